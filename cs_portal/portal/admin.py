@@ -1,0 +1,65 @@
+from django.conf import settings
+from django.contrib import admin
+
+from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Customer, Message
+from translation.models import Translation
+
+admin.site.site_header = "Support portal administration"
+admin.site.site_url = settings.FLOWER_URL  # "View site" opens Flower: the queues and workers
+admin.site.site_title = "Support portal"
+
+
+@admin.register(AgentProfile)
+class AgentProfileAdmin(admin.ModelAdmin):
+    list_display = ["user", "working_language", "is_available", "created_at"]
+    list_filter = ["working_language", "is_available"]
+    search_fields = ["user__username"]
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    """Keys are created with ``manage.py create_api_client`` (shown once); here they are revoked."""
+
+    list_display = ["name", "key_prefix", "is_active", "created_at", "last_used_at"]
+    readonly_fields = ["key_prefix", "key_hash", "created_at", "last_used_at"]
+    list_filter = ["is_active"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ["name", "email", "external_id", "api_client", "created_at"]
+    search_fields = ["name", "email", "external_id"]
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    fields = ["sender", "author", "language", "language_source", "text", "created_at"]
+    readonly_fields = fields
+    show_change_link = True
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ["id", "customer", "language", "status", "assignee", "updated_at"]
+    list_filter = ["status", "language"]
+    search_fields = ["customer__name", "customer__email", "subject"]
+    inlines = [MessageInline]
+
+
+class TranslationInline(admin.TabularInline):
+    model = Translation
+    extra = 0
+    fields = ["target_language", "status", "text", "failure_reason", "model_name", "attempts", "worker"]
+    readonly_fields = fields
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["id", "conversation", "sender", "language", "language_source", "created_at"]
+    list_filter = ["sender", "language", "language_source"]
+    search_fields = ["text"]
+    inlines = [TranslationInline]

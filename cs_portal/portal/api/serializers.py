@@ -1,0 +1,105 @@
+"""Input validation and output shapes of the JSON API."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from cs_portal.portal.models import Conversation, Message, Sender
+from translation.models import Translation, TranslationStatus
+
+
+class CustomerInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    email = serializers.EmailField(required=False, default="")
+    external_id = serializers.CharField(max_length=200, required=False, default="")
+
+
+class ConversationInput(serializers.Serializer):
+    customer = CustomerInput()
+    language = serializers.CharField(required=False, help_text="ISO 639-1 code of the customer's language.")
+    subject = serializers.CharField(max_length=200, required=False, default="")
+
+
+class MessageInput(serializers.Serializer):
+    # Blank and whitespace-only texts reach the service, which answers with its own message.
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    language = serializers.CharField(
+        required=False, help_text="ISO 639-1 code; detected from the text when absent."
+    )
+
+
+class AgentMessageInput(serializers.Serializer):
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+
+class TranslationOutput(serializers.ModelSerializer):
+    status = serializers.CharField(source="get_status_display")
+    model = serializers.CharField(source="model_name")
+
+    class Meta:
+        model = Translation
+        fields = [
+            "id", "source_language", "target_language", "status", "text", "failure_reason", "model",
+            "queue", "attempts", "created_at", "started_at", "finished_at",
+        ]
+
+
+class CustomerOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    email = serializers.CharField()
+    external_id = serializers.CharField()
+
+
+class ConversationOutput(serializers.ModelSerializer):
+    customer = CustomerOutput()
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "status", "language", "subject", "customer", "created_at", "updated_at"]
+
+
+class CustomerMessageOutput(serializers.ModelSerializer):
+    """A message as the customer sees it: agent replies in the customer's language.
+
+    ``text`` is what the customer reads: their own text, or the translation of the agent's
+    reply once it is done (null while ``delivery`` is pending or failed).
+    """
+
+    text = serializers.SerializerMethodField()
+    language = serializers.SerializerMethodField()
+    delivery = serializers.SerializerMethodField()
+    original_text = serializers.CharField(source="text")
+    original_language = serializers.CharField(source="language")
+    translations = TranslationOutput(many=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id", "sender", "text", "language", "delivery", "original_text", "original_language",
+            "language_source", "detection_confidence", "created_at", "translations",
+        ]
+
+    def _customer_translation(self, message: Message) -> Translation | None:
+        target = message.conversation.language
+        return next((t for t in message.translations.all() if t.target_language == target), None)
+
+    def _is_direct(self, message: Message) -> bool:
+        return message.sender == Sender.CUSTOMER or message.language == message.conversation.language
+
+    def get_text(self, message: Message) -> str | None:
+        if self._is_direct(message):
+            return message.text
+        translation = self._customer_translation(message)
+        return translation.text if translation and translation.status == TranslationStatus.DONE else None
+
+    def get_language(self, message: Message) -> str:
+        return message.language if self._is_direct(message) else message.conversation.language
+
+    def get_delivery(self, message: Message) -> str:
+        if self._is_direct(message):
+            return "delivered"
+        translation = self._customer_translation(message)
+        if translation is None or translation.status == TranslationStatus.FAILED:
+            return "failed"
+        return "delivered" if translation.status == TranslationStatus.DONE else "pending"

@@ -1,0 +1,26 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from cs_portal.portal.services import agent_create
+from translation.errors import ApplicationError
+
+
+class Command(BaseCommand):
+    help = "Create a support agent with a working language (the language their translations arrive in)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--language", required=True, help="the agent's working language (ISO 639-1)")
+        parser.add_argument("--password", required=True)
+        parser.add_argument("--staff", action="store_true", help="may also sign in to the admin")
+
+    def handle(self, *args, username: str, language: str, password: str, staff: bool, **options) -> None:
+        if get_user_model().objects.filter(username=username).exists():
+            raise CommandError(f"User '{username}' already exists.")
+        if len(password) < 8:
+            raise CommandError("The password must have at least 8 characters.")
+        try:
+            agent = agent_create(username=username, password=password, working_language=language, is_staff=staff)
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from exc
+        self.stdout.write(f"Agent '{agent.user.username}' created, working language {agent.working_language}.")

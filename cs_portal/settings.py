@@ -1,0 +1,192 @@
+"""Settings of the support portal, read from the environment.
+
+Every value has an embedded default that runs on one machine with no configuration (SQLite,
+the local Redis, the tiny models); production sets the environment (see README, "Settings").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not env.bool("ALLOW_INSECURE_SECRET_KEY", default=True):
+        raise environ.ImproperlyConfigured("SECRET_KEY must be set in production")
+    SECRET_KEY = "insecure-embedded-default-do-not-use-in-production"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "cs_portal.portal",
+    "translation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cs_portal.urls"
+WSGI_APPLICATION = "cs_portal.wsgi.application"
+ASGI_APPLICATION = "cs_portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'portal.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # The web server and the worker write the same file: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "admin:login"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
+
+# --- API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "cs_portal.portal.api.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Support portal API",
+    "DESCRIPTION": "Customer channel and agent replies of the multilingual support portal.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's files ship in drf-spectacular-sidecar: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Messages and languages ----------------------------------------------------------------
+MESSAGE_MAX_CHARS = env.int("MESSAGE_MAX_CHARS", default=5000)
+# Languages customers may write in (ISO 639-1); each must be known to translation.languages.
+SUPPORTED_LANGUAGES = env.list(
+    "SUPPORTED_LANGUAGES", default=["en", "zh", "es", "fr", "de", "pt", "ja", "ko", "ru", "ar", "hi", "it"]
+)
+# Target language of customer messages while a conversation has no assigned agent.
+DEFAULT_AGENT_LANGUAGE = env.str("DEFAULT_AGENT_LANGUAGE", default="en")
+# Lingua's low-accuracy mode needs ~30 MB instead of ~300 MB, at some cost on short texts.
+LANGUAGE_DETECTION_LOW_ACCURACY = env.bool("LANGUAGE_DETECTION_LOW_ACCURACY", default=False)
+
+# --- Translation routing -------------------------------------------------------------------
+MODELS_DIR = Path(env.str("MODELS_DIR", default=str(DATA_DIR / "models")))
+
+
+def _default_routes() -> list[dict]:
+    """Embedded defaults: the tiny checkpoints (random weights) written by prepare_models.
+
+    es->en takes the per-pair Marian model; every other pair the many-to-many M2M100 model.
+    """
+    routes = [{"source": "es", "target": "en", "engine": "hf-seq2seq", "model": str(MODELS_DIR / "marian-es-en")}]
+    for target in SUPPORTED_LANGUAGES:
+        routes.append({"source": "*", "target": target, "engine": "hf-seq2seq", "model": str(MODELS_DIR / "m2m100")})
+    return routes
+
+
+# TRANSLATION_ROUTES (JSON) or TRANSLATION_ROUTES_FILE (a JSON file) replace the defaults;
+# each route: source ("*" for any), target, engine, model, optional queue and precision.
+if env.str("TRANSLATION_ROUTES_FILE", default=""):
+    TRANSLATION_ROUTES = json.loads(Path(env.str("TRANSLATION_ROUTES_FILE")).read_text())
+elif env.str("TRANSLATION_ROUTES", default=""):
+    TRANSLATION_ROUTES = json.loads(env.str("TRANSLATION_ROUTES"))
+else:
+    TRANSLATION_ROUTES = _default_routes()
+
+# A job that failed for a passing reason (database blip, device error) is retried this many
+# times with exponential backoff before its Translation is marked failed.
+TRANSLATION_MAX_ATTEMPTS = env.int("TRANSLATION_MAX_ATTEMPTS", default=3)
+
+# --- Celery --------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# The ledger (Translation rows) holds every result; Celery's result store is not used.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# JSON only: a pickle payload from the broker would be code execution on a GPU host.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Acknowledge a job after it ran, not when received: a worker that dies mid-batch leaves its
+# jobs on the broker to be redelivered (the ledger makes the rerun idempotent).
+CELERY_TASK_ACKS_LATE = True
+# ... and when the process running a job is killed, reject the job so it is redelivered
+# rather than acknowledged as if it had finished.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Bounded prefetch: a worker holds at most this many unacked jobs per pool thread, so one
+# slow worker cannot hoard a language's queue while another idles.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
+# Redis redelivers an unacked job after the visibility timeout. It must exceed the longest a
+# job can legitimately wait in prefetch plus run (a CPU batch takes seconds, not minutes), or
+# a slow job is delivered twice; the shortest value among all processes wins, so every
+# process reads this one setting.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing to a broker that is down fails fast (the ledger row stays queued) instead of
+# blocking a web request for the default ~minute of retries.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# Task events let Flower show jobs per queue and worker.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+# Jobs never go to Celery's default queue: each is sent to its route's queue explicitly.
+CELERY_TASK_DEFAULT_QUEUE = "translate.default"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Where the run command and the admin link point for Flower.
+FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555/")

@@ -1,0 +1,17 @@
+"""Translation engines: load a model once, translate lists of texts for one language pair.
+
+Engines import neither Django nor Celery; they take texts and return texts.
+"""
+
+from translation.engines.base import EngineError, EngineSpec, InputTooLong, TranslationEngine, UnsupportedPair
+from translation.engines.registry import engine_for, loaded_engines
+
+__all__ = [
+    "EngineError",
+    "EngineSpec",
+    "InputTooLong",
+    "TranslationEngine",
+    "UnsupportedPair",
+    "engine_for",
+    "loaded_engines",
+]

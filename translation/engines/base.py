@@ -1,0 +1,63 @@
+"""The engine interface and the errors an engine reports."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class EngineError(Exception):
+    """The input cannot be translated by this engine; retrying will not help."""
+
+
+class UnsupportedPair(EngineError):
+    pass
+
+
+class InputTooLong(EngineError):
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(f"Input has {tokens} tokens; the model accepts at most {limit}.")
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What identifies one loaded model in a process: two routes with the same spec share it."""
+
+    engine: str
+    model: str
+    precision: str = "fp32"
+    device: str = "cpu"
+
+
+class TranslationEngine(ABC):
+    """One model on one device. ``load`` once, then ``translate`` from any thread."""
+
+    spec: EngineSpec
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights and tokenizer; called once before the first ``translate``."""
+
+    @abstractmethod
+    def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
+        """Translate ``texts`` from ``source`` to ``target`` (ISO 639-1 codes).
+
+        Args:
+            texts: non-empty strings, all of the same language pair.
+            source: the texts' language.
+            target: the language to produce.
+
+        Returns:
+            One output per input, in the same order.
+
+        Raises:
+            UnsupportedPair: the model cannot produce this pair.
+            InputTooLong: one of the texts exceeds the model's input length.
+        """
+
+    @property
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes held by the model's parameters and buffers."""

@@ -1,0 +1,131 @@
+"""Hugging Face encoder-decoder models: Marian (opus-mt, one pair) and M2M100 / NLLB-200 (many to many)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from enum import Enum
+
+from translation import languages
+from translation.engines.base import EngineSpec, InputTooLong, TranslationEngine, UnsupportedPair
+
+logger = logging.getLogger(__name__)
+
+# Output length guard: MT models sometimes repeat words without end (opus-mt #88, CTranslate2
+# #1236), so an output may be at most this multiple of the input's tokens, plus a margin for
+# very short inputs whose translation is naturally longer.
+OUTPUT_LENGTH_RATIO = 2.0
+OUTPUT_LENGTH_MARGIN = 16
+
+
+class Family(Enum):
+    PAIR = "pair"  # Marian / opus-mt: the checkpoint is the language pair
+    M2M100 = "m2m100"  # ISO 639-1 codes, __xx__ language tokens
+    NLLB = "nllb"  # FLORES-200 codes such as spa_Latn
+
+
+def _dtype(precision: str, device: str):
+    import torch
+
+    if precision in ("fp16", "bf16") and device == "cpu":
+        # Half precision on CPU is slow or unsupported for many kernels; int8 is the CPU option.
+        raise ValueError(f"precision {precision} needs a GPU; use fp32 or int8 on CPU")
+    if precision == "int8" and device != "cpu":
+        raise ValueError("int8 dynamic quantization runs on CPU only")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}[precision]
+
+
+class HFSeq2SeqEngine(TranslationEngine):
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.family: Family | None = None
+        self._model = None
+        self._tokenizer = None
+        self._max_input_tokens = 512
+        self._dropped_ids: set[int] = set()
+        # A tokenizer holds per-call state (src_lang) and a model runs one forward at a time
+        # well; one lock keeps both consistent when several pool threads share the engine.
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        dtype = _dtype(self.spec.precision, self.spec.device)
+        tokenizer = AutoTokenizer.from_pretrained(self.spec.model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(self.spec.model, dtype=dtype)
+        model.eval()
+        if self.spec.precision == "int8":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model.to(self.spec.device)
+        self._tokenizer, self._model = tokenizer, model
+        self.family = self._detect_family(tokenizer)
+        limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+        self._max_input_tokens = min(limit for limit in limits if isinstance(limit, int) and limit > 0)
+        # Language tokens are not always registered as special (M2M100's slow tokenizer in
+        # transformers 5), so decoding drops them by id rather than trusting the flag.
+        self._dropped_ids = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "lang_code_to_id", {}).values())
+        logger.info("Loaded %s (%s, %s) on %s", self.spec.model, self.family.value, self.spec.precision, self.spec.device)
+
+    @staticmethod
+    def _detect_family(tokenizer) -> Family:
+        name = type(tokenizer).__name__
+        if name.startswith("Nllb"):
+            return Family.NLLB
+        if hasattr(tokenizer, "lang_code_to_id") or name.startswith("M2M100"):
+            return Family.M2M100
+        return Family.PAIR
+
+    def _model_code(self, code: str) -> str:
+        if not languages.is_known(code):
+            raise UnsupportedPair(f"Unknown language '{code}'.")
+        if self.family is Family.NLLB:
+            return languages.nllb_code(code)
+        return languages.m2m100_code(code)
+
+    def _target_token_id(self, code: str) -> int:
+        tokenizer = self._tokenizer
+        token = self._model_code(code)
+        if self.family is Family.M2M100:
+            token = tokenizer.lang_code_to_token.get(token, f"__{token}__")
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise UnsupportedPair(f"Model {self.spec.model} cannot produce '{code}'.")
+        return token_id
+
+    def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
+        import torch
+
+        if self._model is None:
+            raise RuntimeError("translate() before load()")
+        if not texts:
+            return []
+        tokenizer = self._tokenizer
+        generate_args: dict = {}
+        with self._lock:
+            if self.family is Family.PAIR:
+                pair = (getattr(tokenizer, "source_lang", None), getattr(tokenizer, "target_lang", None))
+                if all(pair) and pair != (source, target):
+                    raise UnsupportedPair(f"Model {self.spec.model} translates {pair[0]}->{pair[1]}, not {source}->{target}.")
+            else:
+                tokenizer.src_lang = self._model_code(source)
+                generate_args["forced_bos_token_id"] = self._target_token_id(target)
+            encoded = tokenizer(list(texts), return_tensors="pt", padding=True)
+            lengths = encoded["attention_mask"].sum(dim=1).tolist()
+            for index, length in enumerate(lengths):
+                if length > self._max_input_tokens:
+                    raise InputTooLong(index, length, self._max_input_tokens)
+            max_new = min(self._max_input_tokens, int(max(lengths) * OUTPUT_LENGTH_RATIO) + OUTPUT_LENGTH_MARGIN)
+            encoded = encoded.to(self.spec.device)
+            with torch.inference_mode():
+                output = self._model.generate(**encoded, max_new_tokens=max_new, num_beams=1, do_sample=False, **generate_args)
+            rows = [[token for token in row if token not in self._dropped_ids] for row in output.tolist()]
+            return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+    @property
+    def memory_bytes(self) -> int:
+        if self._model is None:
+            return 0
+        tensors = list(self._model.parameters()) + list(self._model.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)

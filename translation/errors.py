@@ -1,0 +1,40 @@
+"""The application error type of translation and the portal, and its named kinds.
+
+Messages are module constants so tests assert them exactly; each says what happened and in
+which state.
+"""
+
+from __future__ import annotations
+
+
+class ApplicationError(Exception):
+    """An error a user or operator can act on; ``code`` is stable, ``message`` is for people."""
+
+    code = "invalid"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, extra: dict | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.extra = extra or {}
+
+
+class NotFound(ApplicationError):
+    code = "not_found"
+    status = 404
+
+
+class NoRoute(ApplicationError):
+    code = "no_route"
+
+
+TEXT_EMPTY = "Message text is empty."
+TEXT_TOO_LONG = "Message text has {length} characters; the limit is {limit}."
+LANGUAGE_UNKNOWN = "Unknown language code '{code}': use an ISO 639-1 code such as 'es'."
+LANGUAGE_UNSUPPORTED = "Language '{code}' is not supported here. Supported: {supported}."
+LANGUAGE_UNDETECTED = "Could not detect the language of the text; send 'language' with the message."
+CONVERSATION_NOT_FOUND = "Conversation {id} does not exist."
+CONVERSATION_CLOSED = "Conversation {id} is closed; open a new one."
+NO_ROUTE = "No enabled route translates {source} into {target}."

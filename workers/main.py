@@ -1,0 +1,80 @@
+"""Worker entry point: one process, one device, the given queues; models load before consuming.
+
+    python -m workers.main --queues translate.en,translate.es --device cpu
+    python -m workers.main --queues all --device cuda:0
+
+``--device cuda:N`` sets CUDA_VISIBLE_DEVICES=N before torch is imported, so the process
+sees exactly one GPU (as ``cuda``). The worker loads every model that a route on its queues
+names, runs one warm-up translation through each, and only then starts consuming.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.split("\n")[0])
+    parser.add_argument("--queues", required=True, help="comma-separated queue names, or 'all' for every routed queue")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (N: the GPU index or UUID)")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool threads taking jobs (default 2)")
+    parser.add_argument("--name", default="", help="worker name (default: translate-<device>@<host>)")
+    parser.add_argument("--loglevel", default="INFO")
+    return parser.parse_args(argv)
+
+
+def pin_device(device: str) -> str:
+    """Restrict the process to one GPU before torch loads; returns the device torch should use."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu"
+    if not device.startswith("cuda:"):
+        raise SystemExit(f"--device must be 'cpu' or 'cuda:N', not '{device}'")
+    os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    return "cuda"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ["TRANSLATION_DEVICE"] = pin_device(args.device)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cs_portal.settings")
+
+    import django
+
+    django.setup()
+    from workers.warmup import load_models_for_queues
+
+    from cs_portal.celery import app
+    from translation.routing import load_routes
+
+    queues = sorted({r.queue for r in load_routes()}) if args.queues == "all" else args.queues.split(",")
+    if not queues:
+        raise SystemExit("No queues to consume: the routing table is empty")
+    started = time.monotonic()
+    load_models_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"])
+    print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
+
+    name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(queues)}",
+            # Threads, not prefork: the models loaded above stay shared in this one process,
+            # CUDA is never forked, and heartbeats and remote control keep answering while a
+            # job runs (the solo pool would block them).
+            "--pool=threads",
+            f"--concurrency={args.concurrency}",
+            f"--hostname={name}",
+            f"--loglevel={args.loglevel}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
