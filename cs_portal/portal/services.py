@@ -29,6 +29,14 @@ def api_client_create(*, name: str) -> tuple[ApiClient, str]:
     return client, key
 
 
+def api_client_rotate_key(*, client: ApiClient) -> str:
+    """A new key for ``client``; the old one stops working at once."""
+    key = ApiClient.new_key()
+    client.key_prefix, client.key_hash = key[:8], ApiClient.hash_key(key)
+    client.save(update_fields=["key_prefix", "key_hash"])
+    return key
+
+
 @transaction.atomic
 def agent_create(*, username: str, password: str, working_language: str, is_staff: bool = False) -> AgentProfile:
     language_validate(working_language, supported_only=False)

@@ -67,6 +67,9 @@ def write_tiny_models(directory: Path, *, force: bool = False, progress: Callabl
         return models
     directory.mkdir(parents=True, exist_ok=True)
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress lines say what happens
 
     torch.manual_seed(0)  # the same weights on every machine, so outputs are reproducible
     with tempfile.TemporaryDirectory() as tmp:

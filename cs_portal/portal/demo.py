@@ -1,0 +1,43 @@
+"""Demo data of the embedded run: an admin, an agent, an API client and one conversation."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from cs_portal.portal.models import ApiClient, Conversation
+from cs_portal.portal.services import (
+    agent_create,
+    api_client_create,
+    api_client_rotate_key,
+    conversation_create,
+    message_create_from_customer,
+)
+
+DEMO_CLIENT = "demo-widget"
+DEMO_MESSAGE = "Hola, necesito ayuda con mi pedido. El paquete no ha llegado."
+
+
+@transaction.atomic
+def demo_data_ensure(*, admin_password: str, agent_password: str, api_key: str) -> tuple[str, str]:
+    """Create what is missing; returns the API key and the agent's API token (new or kept)."""
+    users = get_user_model().objects
+    if not users.filter(username="admin").exists():
+        users.create_superuser(username="admin", password=admin_password, email="")
+    agent_user = users.filter(username="agent").first()
+    agent = agent_user.agent if agent_user else agent_create(
+        username="agent", password=agent_password, working_language="en", is_staff=True
+    )
+    client = ApiClient.objects.filter(name=DEMO_CLIENT).first()
+    if client is None:
+        client, api_key = api_client_create(name=DEMO_CLIENT)
+    elif not api_key or client.key_hash != ApiClient.hash_key(api_key):
+        api_key = api_client_rotate_key(client=client)  # the saved key was lost
+    token, _ = Token.objects.get_or_create(user=agent.user)
+    if not Conversation.objects.filter(customer__api_client=client).exists():
+        conversation = conversation_create(
+            api_client=client, customer_name="Lucía García", customer_email="lucia@example.com", external_id="demo-1"
+        )
+        message_create_from_customer(conversation=conversation, text=DEMO_MESSAGE)
+    return api_key, token.key

@@ -1,0 +1,87 @@
+import os
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from cs_portal.embedded import Credentials, EmbeddedSystem, choose_broker, port_is_free
+from cs_portal.portal.demo import demo_data_ensure
+
+
+class Command(BaseCommand):
+    help = "Start the whole system on embedded defaults (web, one CPU worker, Flower); Ctrl-C stops it."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", 8000)))
+        parser.add_argument("--flower-port", type=int, default=int(os.environ.get("FLOWER_PORT", 5555)))
+
+    def say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
+
+    def handle(self, *args, port: int, flower_port: int, **options) -> None:
+        started = time.monotonic()
+        for name, value in (("--port", port), ("--flower-port", flower_port)):
+            if not port_is_free(value):
+                raise CommandError(f"Port {value} ({name}) is taken; pick another, e.g. {name}={value + 1}")
+        data_dir = settings.DATA_DIR
+        self.say(f"Data directory: {data_dir}")
+        broker_url, broker_server = choose_broker(data_dir, self.say)
+        os.environ["CELERY_BROKER_URL"] = broker_url
+        from cs_portal.celery import app
+
+        app.conf.broker_url = broker_url
+
+        self.say("[1/4] Database migrations ...")
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        self.say("[2/4] Tiny models (random weights: output is not a real translation) ...")
+        call_command("prepare_models", verbosity=0, stdout=self.stdout)
+        self.say("[3/4] Demo data ...")
+        credentials_file = data_dir / "credentials.json"
+        credentials = Credentials.load_or_create(credentials_file)
+        credentials.api_key, credentials.agent_token = demo_data_ensure(
+            admin_password=credentials.admin_password,
+            agent_password=credentials.agent_password,
+            api_key=credentials.api_key,
+        )
+        credentials.save(credentials_file)
+
+        self.say("[4/4] Starting processes ...")
+        system = EmbeddedSystem(port=port, flower_port=flower_port, say=self.say, data_dir=data_dir)
+        system._broker_server = broker_server
+        status = 1
+        try:
+            system.start(credentials, broker_url)
+            system.wait_ready(credentials)
+            self.print_summary(port, flower_port, credentials, time.monotonic() - started)
+            status = system.supervise()
+        except RuntimeError as exc:
+            self.stderr.write(str(exc))
+        finally:
+            system.stop()
+        self.say("Stopped.")
+        if status:
+            raise SystemExit(status)
+
+    def print_summary(self, port: int, flower_port: int, credentials: Credentials, seconds: float) -> None:
+        web = f"http://127.0.0.1:{port}"
+        self.say(
+            f"""
+Support portal is running ({seconds:.0f}s to start).
+
+  Admin (ledger, routes, agents)  {web}/admin/          admin / {credentials.admin_password}
+  Demo agent                      {web}/admin/          agent / {credentials.agent_password}
+  API docs (OpenAPI)              {web}/api/docs/       schema: {web}/api/schema/
+  Flower (queues, workers)        http://127.0.0.1:{flower_port}/   admin / {credentials.admin_password}
+  Customer API key                {credentials.api_key}
+  Agent API token                 {credentials.agent_token}
+  Credentials file                {settings.DATA_DIR / 'credentials.json'}
+  Logs                            {settings.DATA_DIR / 'logs'}
+
+Try it:
+  curl -s -H "Authorization: Bearer {credentials.api_key}" {web}/api/v1/conversations/1/messages
+
+Ready. Press Ctrl-C to stop."""
+        )
