@@ -57,6 +57,8 @@ class HFSeq2SeqEngine(TranslationEngine):
         model = AutoModelForSeq2SeqLM.from_pretrained(self.spec.model, dtype=dtype)
         model.eval()
         if self.spec.precision == "int8":
+            # torch.ao's dynamic quantization is deprecated in favour of torchao; it still
+            # ships with torch 2.13 and needs no extra dependency.
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         model.to(self.spec.device)
         self._tokenizer, self._model = tokenizer, model
@@ -116,11 +118,19 @@ class HFSeq2SeqEngine(TranslationEngine):
             for index, length in enumerate(lengths):
                 if length > self._max_input_tokens:
                     raise InputTooLong(index, length, self._max_input_tokens)
-            max_new = min(self._max_input_tokens, int(max(lengths) * OUTPUT_LENGTH_RATIO) + OUTPUT_LENGTH_MARGIN)
+            # Each text's own bound, applied after the batch's generate: a text's output does
+            # not depend on which neighbours shared its batch.
+            limits = [min(self._max_input_tokens, int(n * OUTPUT_LENGTH_RATIO) + OUTPUT_LENGTH_MARGIN) for n in lengths]
             encoded = encoded.to(self.spec.device)
             with torch.inference_mode():
-                output = self._model.generate(**encoded, max_new_tokens=max_new, num_beams=1, do_sample=False, **generate_args)
-            rows = [[token for token in row if token not in self._dropped_ids] for row in output.tolist()]
+                output = self._model.generate(
+                    **encoded, max_new_tokens=max(limits), num_beams=1, do_sample=False, **generate_args
+                )
+            # Row layout: the decoder start token, then the generated tokens.
+            rows = [
+                [token for token in row[: 1 + limit] if token not in self._dropped_ids]
+                for row, limit in zip(output.tolist(), limits, strict=True)
+            ]
             return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     @property

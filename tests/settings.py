@@ -1,0 +1,18 @@
+"""Test settings: the machine's real PostgreSQL and Redis, and tiny models under var/test-models.
+
+Every value can still be overridden from the environment.
+"""
+
+import os
+from pathlib import Path
+
+_base = Path(__file__).resolve().parent.parent
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+# A Redis database of its own, flushed at the start of a run.
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("MODELS_DIR", str(_base / "var" / "test-models"))
+os.environ.setdefault("DATA_DIR", str(_base / "var" / "test-data"))
+
+from cs_portal.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast sign-ins in tests

@@ -1,0 +1,94 @@
+"""The Hugging Face seq2seq engine on the tiny checkpoints, loaded through from_pretrained."""
+
+import pytest
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
+from translation.engines.hf_seq2seq import OUTPUT_LENGTH_MARGIN, OUTPUT_LENGTH_RATIO, Family, HFSeq2SeqEngine
+
+
+@pytest.fixture(scope="module")
+def m2m100(tiny_models):
+    return engine_for(EngineSpec("hf-seq2seq", str(tiny_models.m2m100)))
+
+
+@pytest.fixture(scope="module")
+def marian(tiny_models):
+    return engine_for(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)))
+
+
+class HFSeq2SeqEngineTests:
+    def test_families_are_recognised_from_the_checkpoint(self, m2m100, marian):
+        assert m2m100.family is Family.M2M100
+        assert marian.family is Family.PAIR
+
+    def test_many_to_many_output_is_what_generate_produces_with_the_forced_target(self, m2m100, tiny_models):
+        tokenizer = AutoTokenizer.from_pretrained(tiny_models.m2m100)
+        model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.m2m100)
+        tokenizer.src_lang = "es"
+        encoded = tokenizer(["Mi paquete no ha llegado"], return_tensors="pt")
+        limit = int(encoded["input_ids"].shape[1] * OUTPUT_LENGTH_RATIO) + OUTPUT_LENGTH_MARGIN
+        ids = model.generate(**encoded, forced_bos_token_id=tokenizer.get_lang_id("fr"), max_new_tokens=limit, num_beams=1)
+        # The forced language token is the first generated token, and not part of the text.
+        assert ids[0, 1].item() == tokenizer.get_lang_id("fr")
+        [text] = m2m100.translate(["Mi paquete no ha llegado"], "es", "fr")
+        assert text
+        assert "__fr__" not in text
+        lang_ids = set(tokenizer.lang_code_to_id.values())
+        expected = tokenizer.decode([i for i in ids[0].tolist() if i not in lang_ids], skip_special_tokens=True).strip()
+        assert text == expected
+
+    def test_target_language_changes_the_output(self, m2m100):
+        [to_en] = m2m100.translate(["Hola"], "es", "en")
+        [to_ar] = m2m100.translate(["Hola"], "es", "ar")
+        assert to_en != to_ar
+
+    def test_batch_gives_one_output_per_input_in_order(self, m2m100):
+        texts = ["Hola", "Mi paquete no ha llegado todavía, ¿pueden ayudarme?", "Gracias"]
+        batched = m2m100.translate(texts, "es", "en")
+        singles = [m2m100.translate([text], "es", "en")[0] for text in texts]
+        assert len(batched) == 3
+        assert batched == singles
+
+    def test_pair_model_refuses_another_pair(self, marian):
+        with pytest.raises(UnsupportedPair, match="translates es->en, not en->es"):
+            marian.translate(["Hello"], "en", "es")
+
+    def test_pair_model_translates_its_pair(self, marian):
+        [text] = marian.translate(["Hola, necesito ayuda"], "es", "en")
+        assert text
+
+    def test_unknown_language_is_refused(self, m2m100):
+        with pytest.raises(UnsupportedPair, match="Unknown language 'xx'"):
+            m2m100.translate(["Hola"], "es", "xx")
+
+    def test_input_longer_than_the_model_accepts_is_refused(self, m2m100):
+        with pytest.raises(InputTooLong) as raised:
+            m2m100.translate(["short", "palabra " * 600], "es", "en")
+        assert raised.value.index == 1
+        assert raised.value.limit == 512
+
+    def test_a_spec_loads_once_per_process(self, m2m100, tiny_models):
+        assert engine_for(EngineSpec("hf-seq2seq", str(tiny_models.m2m100))) is m2m100
+        assert m2m100.memory_bytes > 0
+
+    def test_int8_on_cpu_translates(self, tiny_models):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="int8"))
+        engine.load()
+        [text] = engine.translate(["Hola"], "es", "en")
+        assert text
+
+    def test_half_precision_on_cpu_is_refused_with_the_reason(self, tiny_models):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="fp16"))
+        with pytest.raises(ValueError, match="fp16 needs a GPU"):
+            engine.load()
+
+
+class NllbCodeTests:
+    def test_nllb_family_speaks_flores_codes(self):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", "unused"))
+        engine.family = Family.NLLB
+        assert engine._model_code("es") == "spa_Latn"
+        assert engine._model_code("zh") == "zho_Hans"
+        engine.family = Family.M2M100
+        assert engine._model_code("es") == "es"
