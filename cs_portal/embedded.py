@@ -29,6 +29,17 @@ STOP_TIMEOUT_S = 20
 READY_TIMEOUT_S = 180
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM this process when the supervisor dies,
+    so a killed ``bin/run`` never leaves a worker consuming with nobody watching it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: children are still stopped by the supervisor's own shutdown
+        pass
+
+
 @dataclass
 class Child:
     name: str
@@ -41,7 +52,8 @@ class Child:
         log = self.log.open("ab")
         # A session of its own: Ctrl-C reaches only the supervisor, which stops children in order.
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=settings.BASE_DIR
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=settings.BASE_DIR, preexec_fn=_die_with_parent,
         )
 
     def alive(self) -> bool:

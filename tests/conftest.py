@@ -32,9 +32,13 @@ def broker() -> redis.Redis:
     return client
 
 
-def queue_drained(broker: redis.Redis, queue: str) -> bool:
-    """No message waiting on ``queue`` and none taken but unacknowledged."""
-    return broker.llen(queue) == 0 and broker.hlen("unacked") == 0
+def tasks_processed(worker_name: str = WORKER_NAME) -> int:
+    """How many translate jobs the worker has taken so far (its own count, from remote control)."""
+    from cs_portal.celery import app
+    from translation.tasks import TRANSLATE_TASK
+
+    stats = app.control.inspect([worker_name], timeout=2).stats() or {}
+    return stats.get(worker_name, {}).get("total", {}).get(TRANSLATE_TASK, 0)
 
 
 def wait_for(check, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
@@ -88,3 +92,35 @@ def api_client_key(db) -> tuple[object, str]:
     from cs_portal.portal.services import api_client_create
 
     return api_client_create(name="test-widget")
+
+
+class Http:
+    """A small JSON client over real HTTP (urllib) against a running server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    def call(self, method: str, path: str, body=None, *, key: str | None = None, raw: bytes | None = None,
+             headers: dict | None = None) -> tuple[int, dict | list | None]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if key is not None:
+            request.add_header("Authorization", f"Bearer {key}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, payload = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, payload = error.code, error.read()
+        return status, (json.loads(payload) if payload else None)
+
+
+@pytest.fixture
+def http(live_server) -> Http:
+    return Http(live_server.url)

@@ -53,12 +53,13 @@ def translation_enqueue(*, translation_id: int, queue: str) -> bool:
     """Send the job to its queue. A broker failure leaves the row queued (and logged)."""
     from translation.tasks import translate
 
+    sent_at = timezone.now()  # before the send: a fast worker may start before it returns
     try:
         translate.apply_async(args=[translation_id], queue=queue)
     except Exception:  # the broker is down or refused: the ledger row keeps the job
         logger.exception("Could not send translation %s to %s; it stays queued", translation_id, queue)
         return False
-    Translation.objects.filter(pk=translation_id, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    Translation.objects.filter(pk=translation_id, enqueued_at__isnull=True).update(enqueued_at=sent_at)
     return True
 
 

@@ -1,0 +1,106 @@
+"""The README's run command itself, started in the background on free ports, used, and stopped."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import ROOT, Http, wait_for
+
+READY_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def run_command(tmp_path: Path):
+    port, flower_port = free_port(), free_port()
+    broker_url = "redis://127.0.0.1:6379/14"
+    redis.Redis.from_url(broker_url).flushdb()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MODELS_DIR", "DJANGO_SETTINGS_MODULE")}
+    env.update(DATA_DIR=str(tmp_path), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker_url)
+    process = subprocess.Popen(
+        [str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(
+            lambda: any(line.startswith("Ready.") for line in lines) or process.poll() is not None,
+            timeout=READY_TIMEOUT_S, interval=0.5, what="the run command to say it is ready",
+        )
+        assert process.poll() is None, "".join(lines)
+        yield process, lines, tmp_path, port, flower_port
+    finally:
+        # Only does something when the test failed midway: nothing of the run may outlive it.
+        for pid in [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", "".join(lines))] + [process.pid]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+
+
+class RunCommandTests:
+    def test_starts_translates_and_stops_cleanly(self, run_command):
+        process, lines, data_dir, port, flower_port = run_command
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}/api/docs/" in output
+        assert f"http://127.0.0.1:{flower_port}/" in output
+        child_pids = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", output)]
+        assert len(child_pids) == 3
+
+        credentials = json.loads((data_dir / "credentials.json").read_text())
+        assert credentials["admin_password"] in output
+        api = Http(f"http://127.0.0.1:{port}")
+        key = credentials["api_key"]
+        status, conversation = api.call("POST", "/api/v1/conversations", {"customer": {"name": "Smoke"}}, key=key)
+        assert status == 201
+        status, message = api.call(
+            "POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": "Hola, ¿dónde está mi pedido?"}, key=key
+        )
+        assert status == 201
+
+        def translated():
+            _, listed = api.call("GET", f"/api/v1/conversations/{conversation['id']}/messages", key=key)
+            translation = listed[-1]["translations"][0]
+            return translation if translation["status"] in ("done", "failed") else None
+
+        translation = wait_for(translated, timeout=60, interval=0.3, what="the translation")
+        assert translation["status"] == "done", translation["failure_reason"]
+        assert translation["text"]
+
+        flower = Http(f"http://127.0.0.1:{flower_port}")
+        assert flower.call("GET", "/api/workers")[0] == 401  # behind a login
+        import base64
+
+        auth = "Basic " + base64.b64encode(f"admin:{credentials['admin_password']}".encode()).decode()
+        status, queues = flower.call("GET", "/api/queues/length", headers={"Authorization": auth})
+        assert status == 200
+        assert {"translate.en", "translate.es"} <= {queue["name"] for queue in queues["active_queues"]}
+
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(60) == 0
+        time.sleep(0.2)
+        assert "Stopped." in "".join(lines)
+        assert [pid for pid in child_pids if alive(pid)] == []

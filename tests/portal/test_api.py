@@ -1,0 +1,166 @@
+"""The customer API over real HTTP: what it accepts, and each bad input's specific answer."""
+
+import pytest
+
+from cs_portal.portal.api.auth import INVALID_KEY, MALFORMED_HEADER
+from cs_portal.portal.models import Conversation, Customer, Message
+from cs_portal.portal.services import agent_create, api_client_create, conversation_create
+from translation import errors
+from translation.models import Translation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def conversation(api_client_key):
+    client, _ = api_client_key
+    return conversation_create(api_client=client, customer_name="Ana")
+
+
+def counts() -> tuple[int, int, int, int]:
+    return Customer.objects.count(), Conversation.objects.count(), Message.objects.count(), Translation.objects.count()
+
+
+class ConversationCreateTests:
+    def test_creates_a_conversation_assigned_to_an_available_agent(self, http, api_client_key):
+        agent_create(username="lea", password="secret-pass", working_language="de")
+        _, key = api_client_key
+        status, body = http.call(
+            "POST", "/api/v1/conversations", {"customer": {"name": "Ana", "external_id": "c-1"}, "language": "es"}, key=key
+        )
+        assert status == 201
+        assert body["language"] == "es"
+        assert body["customer"]["external_id"] == "c-1"
+        assert Conversation.objects.get(pk=body["id"]).assignee.user.username == "lea"
+
+    def test_same_external_id_reuses_the_customer(self, http, api_client_key):
+        _, key = api_client_key
+        for _ in range(2):
+            http.call("POST", "/api/v1/conversations", {"customer": {"name": "Ana", "external_id": "c-1"}}, key=key)
+        assert Customer.objects.count() == 1
+        assert Conversation.objects.count() == 2
+
+    def test_customer_name_is_required(self, http, api_client_key):
+        _, key = api_client_key
+        status, body = http.call("POST", "/api/v1/conversations", {"customer": {}}, key=key)
+        assert status == 400
+        assert body["error"]["message"] == "customer.name: This field is required."
+        assert counts() == (0, 0, 0, 0)
+
+    def test_unknown_language_is_refused(self, http, api_client_key):
+        _, key = api_client_key
+        status, body = http.call("POST", "/api/v1/conversations", {"customer": {"name": "A"}, "language": "xx"}, key=key)
+        assert (status, body["error"]["code"]) == (400, "language_unknown")
+        assert counts() == (0, 0, 0, 0)
+
+
+class MessageCreateTests:
+    def test_language_is_detected_and_a_translation_queued(self, http, api_client_key, conversation):
+        _, key = api_client_key
+        status, body = http.call(
+            "POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "  Hola, necesito ayuda con mi pedido "}, key=key
+        )
+        assert status == 201
+        assert body["text"] == "Hola, necesito ayuda con mi pedido"
+        assert (body["language"], body["language_source"]) == ("es", "detected")
+        [translation] = body["translations"]
+        assert (translation["target_language"], translation["queue"]) == ("en", "translate.en")
+        assert translation["status"] in ("queued", "running", "done")
+        conversation.refresh_from_db()
+        assert conversation.language == "es"
+
+    def test_list_shows_messages_with_their_translations(self, http, api_client_key, conversation):
+        _, key = api_client_key
+        http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "Bonjour", "language": "fr"}, key=key)
+        status, body = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages", key=key)
+        assert status == 200
+        assert [m["text"] for m in body] == ["Bonjour"]
+        assert body[0]["translations"][0]["target_language"] == "en"
+
+
+BAD_MESSAGES = [
+    ({"text": ""}, 400, "text_empty", errors.TEXT_EMPTY),
+    ({"text": " \n\t "}, 400, "text_empty", errors.TEXT_EMPTY),
+    ({"text": "x" * 5001}, 400, "text_too_long", errors.TEXT_TOO_LONG.format(length=5001, limit=5000)),
+    ({"text": "Hola", "language": "xx"}, 400, "language_unknown", errors.LANGUAGE_UNKNOWN.format(code="xx")),
+    ({"text": "Hej", "language": "sv"}, 400, "language_unsupported", None),
+    ({}, 400, "invalid", "text: This field is required."),
+    ({"text": ["not", "a", "string"]}, 400, "invalid", "text: Not a valid string."),
+    ({"text": "12345 ??? !!!"}, 400, "language_undetected", errors.LANGUAGE_UNDETECTED),
+]
+
+
+class MessageBadInputTests:
+    @pytest.mark.parametrize(("body", "status", "code", "message"), BAD_MESSAGES)
+    def test_bad_message_gets_a_specific_4xx_and_writes_nothing(self, http, api_client_key, conversation, body, status, code, message):
+        _, key = api_client_key
+        before = counts()
+        got_status, got = http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", body, key=key)
+        assert got_status == status
+        assert got["error"]["code"] == code
+        if message:
+            assert got["error"]["message"] == message
+        assert counts() == before
+
+    def test_text_limit_is_configurable(self, http, api_client_key, conversation, settings):
+        settings.MESSAGE_MAX_CHARS = 10
+        _, key = api_client_key
+        status, body = http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "Hola amigos de"}, key=key)
+        assert (status, body["error"]["message"]) == (400, errors.TEXT_TOO_LONG.format(length=14, limit=10))
+
+    def test_malformed_json_is_refused(self, http, api_client_key, conversation):
+        _, key = api_client_key
+        before = counts()
+        status, body = http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", raw=b'{"text": "Hola', key=key)
+        assert status == 400
+        assert body["error"]["code"] == "malformed_json"
+        assert body["error"]["message"].startswith("Request body is not valid JSON")
+        assert counts() == before
+
+    def test_unknown_conversation_is_404(self, http, api_client_key):
+        _, key = api_client_key
+        status, body = http.call("POST", "/api/v1/conversations/424242/messages", {"text": "Hola"}, key=key)
+        assert status == 404
+        assert body["error"]["message"] == errors.CONVERSATION_NOT_FOUND.format(id=424242)
+        assert counts() == (0, 0, 0, 0)
+
+    def test_another_clients_conversation_is_404(self, http, conversation):
+        _, other_key = api_client_create(name="other-channel")
+        status, _ = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages", key=other_key)
+        assert status == 404
+
+    def test_wrong_key_is_401(self, http, conversation):
+        before = counts()
+        status, body = http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "Hola"}, key="wrong")
+        assert (status, body["error"]["message"]) == (401, INVALID_KEY)
+        assert counts() == before
+
+    def test_missing_key_is_401(self, http, conversation):
+        status, body = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages")
+        assert (status, body["error"]["code"]) == (401, "unauthenticated")
+
+    def test_malformed_authorization_header_is_401(self, http, conversation):
+        status, body = http.call(
+            "GET", f"/api/v1/conversations/{conversation.pk}/messages", headers={"Authorization": "Bearer a b"}
+        )
+        assert (status, body["error"]["message"]) == (401, MALFORMED_HEADER)
+
+    def test_closed_conversation_takes_no_messages(self, http, api_client_key, conversation):
+        conversation.status = "closed"
+        conversation.save()
+        _, key = api_client_key
+        status, body = http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "Hola"}, key=key)
+        assert (status, body["error"]["code"]) == (400, "conversation_closed")
+
+    def test_unknown_api_path_answers_json_404(self, http, api_client_key):
+        _, key = api_client_key
+        status, body = http.call("GET", "/api/v1/nothing-here", key=key)
+        assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+class OpenApiSchemaTests:
+    def test_schema_lists_the_customer_endpoints(self, http):
+        status, schema = http.call("GET", "/api/schema/?format=json")
+        assert status == 200
+        assert "/api/v1/conversations/{conversation_id}/messages" in schema["paths"]
+        assert "post" in schema["paths"]["/api/v1/conversations"]
