@@ -92,3 +92,21 @@ class NllbCodeTests:
         assert engine._model_code("zh") == "zho_Hans"
         engine.family = Family.M2M100
         assert engine._model_code("es") == "es"
+
+
+class MultiTargetPairModelTests:
+    @pytest.fixture
+    def engine(self, tiny_models):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)))
+        engine.load()
+        # As an opus-mt en-ROMANCE tokenizer declares its targets (and no single pair).
+        engine._tokenizer.source_lang = engine._tokenizer.target_lang = None
+        engine._tokenizer.supported_language_codes = [">>fr<<", ">>es<<"]
+        return engine
+
+    def test_target_token_is_prefixed(self, engine):
+        assert engine._pair_inputs(["Hello"], "en", "fr") == [">>fr<< Hello"]
+
+    def test_target_the_model_lacks_is_refused(self, engine):
+        with pytest.raises(UnsupportedPair, match="cannot produce 'de'"):
+            engine.translate(["Hello"], "en", "de")

@@ -96,6 +96,23 @@ class HFSeq2SeqEngine(TranslationEngine):
             raise UnsupportedPair(f"Model {self.spec.model} cannot produce '{code}'.")
         return token_id
 
+    def _pair_inputs(self, texts: Sequence[str], source: str, target: str) -> Sequence[str]:
+        """Check a per-pair checkpoint serves the pair; prefix the target token of multi-target ones."""
+        tokenizer = self._tokenizer
+        declared = (getattr(tokenizer, "source_lang", None), getattr(tokenizer, "target_lang", None))
+        # opus-mt checkpoints name their pair in ISO 639-1 or 639-3 codes; only the former can
+        # be compared with ours, the route is trusted otherwise.
+        if all(isinstance(code, str) and len(code) == 2 for code in declared) and declared != (source, target):
+            raise UnsupportedPair(f"Model {self.spec.model} translates {declared[0]}->{declared[1]}, not {source}->{target}.")
+        targets = getattr(tokenizer, "supported_language_codes", None) or []
+        if not targets:
+            return texts
+        # Multi-target opus-mt models (en-ROMANCE, ...) pick the output language from a prefix.
+        token = f">>{target}<<"
+        if token not in targets:
+            raise UnsupportedPair(f"Model {self.spec.model} cannot produce '{target}' (it knows {', '.join(targets[:8])}).")
+        return [f"{token} {text}" for text in texts]
+
     def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
         import torch
 
@@ -107,9 +124,7 @@ class HFSeq2SeqEngine(TranslationEngine):
         generate_args: dict = {}
         with self._lock:
             if self.family is Family.PAIR:
-                pair = (getattr(tokenizer, "source_lang", None), getattr(tokenizer, "target_lang", None))
-                if all(pair) and pair != (source, target):
-                    raise UnsupportedPair(f"Model {self.spec.model} translates {pair[0]}->{pair[1]}, not {source}->{target}.")
+                texts = self._pair_inputs(texts, source, target)
             else:
                 tokenizer.src_lang = self._model_code(source)
                 generate_args["forced_bos_token_id"] = self._target_token_id(target)
