@@ -9,7 +9,7 @@ from translation.services import translation_retry
 class TranslationAdmin(admin.ModelAdmin):
     list_display = [
         "id", "message", "source_language", "target_language", "status", "queue", "worker", "attempts",
-        "queue_wait", "compute", "created_at",
+        "queue_wait", "compute", "reason", "created_at",
     ]
     list_filter = ["status", "target_language", "queue", "source_language"]
     search_fields = ["text", "failure_reason", "message__text"]
@@ -18,6 +18,10 @@ class TranslationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # translations are requested by messages, never by hand
+
+    @admin.display(description="failure reason")
+    def reason(self, obj: Translation) -> str:
+        return obj.failure_reason[:120]
 
     @admin.display(description="queue wait (s)")
     def queue_wait(self, obj: Translation) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -16,6 +17,7 @@ from cs_portal.portal.services import (
 )
 
 DEMO_CLIENT = "demo-widget"
+AGENT_VIEW_PERMISSIONS = ["view_conversation", "view_message", "view_customer", "view_translation"]
 DEMO_MESSAGE = "Hola, necesito ayuda con mi pedido. El paquete no ha llegado."
 
 
@@ -34,6 +36,8 @@ def demo_data_ensure(*, admin_password: str, agent_password: str, api_key: str) 
         client, api_key = api_client_create(name=DEMO_CLIENT)
     elif not api_key or client.key_hash != ApiClient.hash_key(api_key):
         api_key = api_client_rotate_key(client=client)  # the saved key was lost
+    # The demo agent may look at conversations and translations in the admin.
+    agent.user.user_permissions.add(*Permission.objects.filter(codename__in=AGENT_VIEW_PERMISSIONS))
     token, _ = Token.objects.get_or_create(user=agent.user)
     if not Conversation.objects.filter(customer__api_client=client).exists():
         conversation = conversation_create(

@@ -1,0 +1,45 @@
+import pytest
+from django.urls import reverse
+
+from cs_portal.portal.services import conversation_create, message_create_from_customer
+from translation.models import TranslationStatus
+from translation.services import translation_fail
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def failed_translation(api_client_key, tiny_models, django_capture_on_commit_callbacks):
+    client, _ = api_client_key
+    conversation = conversation_create(api_client=client, customer_name="Ana")
+    with django_capture_on_commit_callbacks(execute=False):
+        message = message_create_from_customer(conversation=conversation, text="Hola", language="es")
+    translation = message.translations.get()
+    translation_fail(translation_id=translation.pk, reason="CUDA error: device lost")
+    return translation
+
+
+class TranslationAdminTests:
+    def test_list_shows_the_failure_reason_filterable_by_status(self, admin_client, failed_translation):
+        url = reverse("admin:translation_translation_changelist")
+        response = admin_client.get(url, {"status__exact": TranslationStatus.FAILED})
+        assert response.status_code == 200
+        assert "CUDA error: device lost" in response.content.decode()
+        done = admin_client.get(url, {"status__exact": TranslationStatus.DONE})
+        assert "CUDA error: device lost" not in done.content.decode()
+
+    def test_retry_action_queues_the_failed_translation_again(self, admin_client, failed_translation, django_capture_on_commit_callbacks):
+        url = reverse("admin:translation_translation_changelist")
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = admin_client.post(url, {"action": "retry_failed", "_selected_action": [failed_translation.pk]}, follow=True)
+        assert response.status_code == 200
+        assert "1 translation(s) sent again." in response.content.decode()
+        failed_translation.refresh_from_db()
+        assert failed_translation.status == TranslationStatus.QUEUED
+        assert len(callbacks) == 1
+
+
+class PortalAdminTests:
+    @pytest.mark.parametrize("model", ["conversation", "message", "customer", "agentprofile", "apiclient"])
+    def test_changelists_render(self, admin_client, failed_translation, model):
+        assert admin_client.get(reverse(f"admin:portal_{model}_changelist")).status_code == 200
