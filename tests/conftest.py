@@ -94,6 +94,19 @@ def api_client_key(db) -> tuple[object, str]:
     return api_client_create(name="test-widget")
 
 
+@pytest.fixture
+def queued_translation(api_client_key, tiny_models, django_capture_on_commit_callbacks):
+    """A Spanish customer message's queued translation into English, not sent to the broker:
+    the on-commit enqueue is captured, so a test drives the worker's side by hand."""
+    from cs_portal.portal.services import conversation_create, message_create_from_customer
+
+    client, _ = api_client_key
+    conversation = conversation_create(api_client=client, customer_name="Ana")
+    with django_capture_on_commit_callbacks(execute=False):
+        message = message_create_from_customer(conversation=conversation, text="Hola, mi pedido no llegó", language="es")
+    return message.translations.get()
+
+
 class Http:
     """A small JSON client over real HTTP (urllib) against a running server."""
 

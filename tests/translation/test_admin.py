@@ -1,7 +1,6 @@
 import pytest
 from django.urls import reverse
 
-from cs_portal.portal.services import conversation_create, message_create_from_customer
 from translation.models import TranslationStatus
 from translation.services import translation_fail
 
@@ -9,14 +8,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def failed_translation(api_client_key, tiny_models, django_capture_on_commit_callbacks):
-    client, _ = api_client_key
-    conversation = conversation_create(api_client=client, customer_name="Ana")
-    with django_capture_on_commit_callbacks(execute=False):
-        message = message_create_from_customer(conversation=conversation, text="Hola", language="es")
-    translation = message.translations.get()
-    translation_fail(translation_id=translation.pk, reason="CUDA error: device lost")
-    return translation
+def failed_translation(queued_translation):
+    translation_fail(translation_id=queued_translation.pk, reason="CUDA error: device lost")
+    return queued_translation
 
 
 class TranslationAdminTests:

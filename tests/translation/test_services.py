@@ -19,13 +19,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def translation(api_client_key, tiny_models, django_capture_on_commit_callbacks):
-    client, _ = api_client_key
-    conversation = conversation_create(api_client=client, customer_name="Ana")
-    # The on-commit enqueue is captured, not run: these tests drive the worker's side by hand.
-    with django_capture_on_commit_callbacks(execute=False):
-        message = message_create_from_customer(conversation=conversation, text="Hola, mi pedido no llegó", language="es")
-    return message.translations.get()
+def translation(queued_translation):
+    return queued_translation
 
 
 class TranslationClaimTests:
