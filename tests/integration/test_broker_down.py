@@ -1,0 +1,46 @@
+"""With the broker unreachable, a message and its translation job are still stored, queued."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from django.db import connection
+
+from cs_portal.portal.models import Message
+from tests.conftest import ROOT
+from translation.models import Translation, TranslationStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SCRIPT = """
+import json, django
+django.setup()
+from cs_portal.portal.services import api_client_create, conversation_create, message_create_from_customer
+client, _ = api_client_create(name="offline-widget")
+conversation = conversation_create(api_client=client, customer_name="Ana")
+message = message_create_from_customer(conversation=conversation, text="Hola, ¿dónde está mi pedido?")
+print(json.dumps({"message": message.pk}))
+"""
+
+
+class BrokerDownTests:
+    def test_message_and_job_stay_in_the_ledger_and_the_call_returns(self, tiny_models):
+        db = connection.settings_dict
+        env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            CELERY_BROKER_URL="redis://127.0.0.1:1/0",  # nothing listens on port 1
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        message = Message.objects.get(pk=outcome["message"])
+        translation = Translation.objects.get(message=message)
+        assert translation.status == TranslationStatus.QUEUED
+        assert translation.enqueued_at is None  # never reached a queue: the reconciler's to resend
+        assert "it stays queued" in result.stderr
