@@ -16,3 +16,7 @@ os.environ.setdefault("DATA_DIR", str(_base / "var" / "test-data"))
 from cs_portal.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast sign-ins in tests
+
+# WhiteNoise serves from STATIC_ROOT; tests need no collected files, only the folder.
+STATIC_ROOT = DATA_DIR / "static"  # noqa: F405
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
