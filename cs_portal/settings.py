@@ -153,6 +153,9 @@ else:
 # A job that failed for a passing reason (database blip, device error) is retried this many
 # times with exponential backoff before its Translation is marked failed.
 TRANSLATION_MAX_ATTEMPTS = env.int("TRANSLATION_MAX_ATTEMPTS", default=3)
+# Redeliveries of one job while its row cannot even be claimed (the database is down), with
+# backoff up to 60 s: about ten minutes. The row stays queued for `resend_translations` after.
+TRANSLATION_TASK_MAX_RETRIES = env.int("TRANSLATION_TASK_MAX_RETRIES", default=12)
 
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
@@ -165,8 +168,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # Acknowledge a job after it ran, not when received: a worker that dies mid-batch leaves its
 # jobs on the broker to be redelivered (the ledger makes the rerun idempotent).
 CELERY_TASK_ACKS_LATE = True
-# ... and when the process running a job is killed, reject the job so it is redelivered
-# rather than acknowledged as if it had finished.
+# ... and when a prefork child running a job is killed, reject the job so it is redelivered
+# rather than acknowledged as failed. (The threads pool we run has no child to lose: a killed
+# worker process leaves its unacked jobs to Redis's visibility timeout, and the ledger.)
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # Bounded prefetch: a worker holds at most this many unacked jobs per pool thread, so one
 # slow worker cannot hoard a language's queue while another idles.

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 
 from translation.errors import ApplicationError
 from translation.models import Translation, TranslationStatus
-from translation.services import translation_retry
+from translation.services import translation_enqueue, translation_retry
 
 
 @admin.register(Translation)
@@ -14,7 +14,7 @@ class TranslationAdmin(admin.ModelAdmin):
     list_filter = ["status", "target_language", "queue", "source_language"]
     search_fields = ["text", "failure_reason", "message__text"]
     readonly_fields = [field.name for field in Translation._meta.fields]
-    actions = ["retry_failed"]
+    actions = ["retry_failed", "send_unsent"]
 
     def has_add_permission(self, request) -> bool:
         return False  # translations are requested by messages, never by hand
@@ -41,3 +41,10 @@ class TranslationAdmin(admin.ModelAdmin):
             except ApplicationError as exc:
                 self.message_user(request, exc.message, messages.ERROR)
         self.message_user(request, f"{retried} translation(s) sent again.", messages.SUCCESS)
+
+    @admin.action(description="Send queued translations that never reached a queue")
+    def send_unsent(self, request, queryset) -> None:
+        unsent = queryset.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True)
+        sent = sum(translation_enqueue(translation_id=t.pk, queue=t.queue) for t in unsent)
+        level = messages.SUCCESS if sent == unsent.count() else messages.WARNING
+        self.message_user(request, f"{sent} of {unsent.count()} unsent translation(s) sent; the rest stay queued.", level)

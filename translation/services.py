@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from translation import errors
@@ -24,6 +25,9 @@ from translation.routing import route_for
 logger = logging.getLogger(__name__)
 
 EMPTY_OUTPUT = "The model produced an empty translation."
+GAVE_UP = "Gave up after {attempts} attempts. {reason}"
+RETRYING = "Attempt {attempt} failed, retrying. {reason}"
+UNFINISHED = "The job was delivered that many times without finishing (did it stop its worker?)."
 NOT_RETRYABLE = "Translation {id} is {status}; only failed translations can be retried."
 
 
@@ -66,14 +70,19 @@ def translation_enqueue(*, translation_id: int, queue: str) -> bool:
 class RunOutcome(Enum):
     DONE = "done"
     FAILED = "failed"
-    SKIPPED = "skipped"  # already finished, or gone: a duplicate delivery
+    SKIPPED = "skipped"  # already finished, gone, or stored by a later claim: a duplicate delivery
+
+
+class TransientFailure(Exception):
+    """The job failed for a passing reason; the row is queued again and the job should be retried."""
 
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs of a claimed row to run it."""
+    """What a worker needs of a claimed row to run it. ``attempt`` is the claim's token."""
 
     id: int
+    attempt: int
     text: str
     source: str
     target: str
@@ -81,69 +90,106 @@ class Job:
 
 
 def translation_claim(*, translation_id: int, worker: str, consumed_from: str) -> Job | None:
-    """Mark the row running for ``worker``; None when it is finished or gone (duplicate delivery)."""
-    now = timezone.now()
-    claimed = Translation.objects.filter(
-        pk=translation_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]
-    ).update(
-        status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-        attempts=F("attempts") + 1, started_at=now, updated_at=now,
-    )
-    if not claimed:
-        return None
-    row = Translation.objects.select_related("message").get(pk=translation_id)
+    """Mark the row running for ``worker`` as a new attempt.
+
+    Returns None when there is nothing to do: the row is finished or gone (a duplicate
+    delivery), or it has used up its attempts (a job that kept killing workers), in which case
+    it is failed with that reason.
+    """
+    with transaction.atomic():
+        row = (
+            Translation.objects.select_for_update()
+            .select_related("message")
+            .filter(pk=translation_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
+            .first()
+        )
+        if row is None:
+            return None
+        if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
+            _finish(row, TranslationStatus.FAILED, reason=GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED))
+            return None
+        row.status, row.worker, row.consumed_from = TranslationStatus.RUNNING, worker, consumed_from
+        row.attempts += 1
+        row.started_at = timezone.now()
+        row.save(update_fields=["status", "worker", "consumed_from", "attempts", "started_at", "updated_at"])
     return Job(
-        id=row.pk, text=row.message.text, source=row.source_language, target=row.target_language,
+        id=row.pk, attempt=row.attempts, text=row.message.text, source=row.source_language,
+        target=row.target_language,
         spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=_device()),
     )
 
 
-def translation_complete(*, translation_id: int, text: str) -> bool:
-    """Store the result unless the row is already done; True when this call stored it."""
+def _finish(row: Translation, status: int, *, reason: str = "") -> None:
+    row.status, row.failure_reason, row.finished_at = status, reason[:2000], timezone.now()
+    row.save(update_fields=["status", "failure_reason", "finished_at", "updated_at"])
+
+
+def _claimed(job: Job):
+    """The row, only while ``job``'s claim is the latest: a later claim supersedes it."""
+    return Translation.objects.filter(pk=job.id, status=TranslationStatus.RUNNING, attempts=job.attempt)
+
+
+def translation_complete(*, job: Job, text: str) -> bool:
+    """Store the result of ``job``'s claim; True when stored, False when superseded or finished."""
     now = timezone.now()
-    stored = (
-        Translation.objects.filter(pk=translation_id)
-        .exclude(status=TranslationStatus.DONE)
-        .update(status=TranslationStatus.DONE, text=text, failure_reason="", finished_at=now, updated_at=now)
+    return bool(
+        _claimed(job).update(status=TranslationStatus.DONE, text=text, failure_reason="", finished_at=now, updated_at=now)
     )
-    return bool(stored)
 
 
-def translation_fail(*, translation_id: int, reason: str) -> bool:
-    """Fail the row visibly with ``reason``, unless it is already done."""
+def translation_fail(*, translation_id: int, reason: str, job: Job | None = None) -> bool:
+    """Fail the row visibly with ``reason`` (only ``job``'s claim, when given); never a done row."""
     now = timezone.now()
-    failed = (
-        Translation.objects.filter(pk=translation_id)
-        .exclude(status=TranslationStatus.DONE)
-        .update(status=TranslationStatus.FAILED, failure_reason=reason[:2000], finished_at=now, updated_at=now)
-    )
-    return bool(failed)
+    rows = _claimed(job) if job else Translation.objects.filter(pk=translation_id).exclude(status=TranslationStatus.DONE)
+    return bool(rows.update(status=TranslationStatus.FAILED, failure_reason=reason[:2000], finished_at=now, updated_at=now))
 
 
-def translation_requeue(*, translation_id: int, reason: str) -> None:
-    """Put a running row back to queued before a retry, keeping the last error visible."""
-    Translation.objects.filter(pk=translation_id, status=TranslationStatus.RUNNING).update(
-        status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=timezone.now()
-    )
+def translation_requeue(*, job: Job, reason: str) -> bool:
+    """Put ``job``'s row back to queued before a retry, keeping the last error visible."""
+    return bool(_claimed(job).update(status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=timezone.now()))
 
 
 def translation_run(*, translation_id: int, worker: str, consumed_from: str) -> RunOutcome:
-    """Claim, translate and store one job. Bad input fails the row; other errors propagate for a retry."""
+    """Claim, translate and store one job.
+
+    Input the model cannot take fails the row. Any other error queues the row again and
+    raises TransientFailure, until the row's attempts are used up; then it fails visibly.
+    """
     job = translation_claim(translation_id=translation_id, worker=worker, consumed_from=consumed_from)
     if job is None:
-        logger.info("Translation %s is already finished or gone; delivery skipped", translation_id)
+        logger.info("Translation %s is finished, gone or out of attempts; delivery skipped", translation_id)
         return RunOutcome.SKIPPED
     try:
         engine = engine_for(job.spec)
         [text] = engine.translate([job.text], job.source, job.target)
     except EngineError as exc:
-        translation_fail(translation_id=job.id, reason=str(exc))
+        translation_fail(translation_id=job.id, reason=str(exc), job=job)
         return RunOutcome.FAILED
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if job.attempt >= settings.TRANSLATION_MAX_ATTEMPTS:
+            translation_fail(translation_id=job.id, reason=GAVE_UP.format(attempts=job.attempt, reason=reason), job=job)
+            return RunOutcome.FAILED
+        translation_requeue(job=job, reason=RETRYING.format(attempt=job.attempt, reason=reason))
+        raise TransientFailure(reason) from exc
     if not text:
-        translation_fail(translation_id=job.id, reason=EMPTY_OUTPUT)
+        translation_fail(translation_id=job.id, reason=EMPTY_OUTPUT, job=job)
         return RunOutcome.FAILED
-    translation_complete(translation_id=job.id, text=text)
-    return RunOutcome.DONE
+    return RunOutcome.DONE if translation_complete(job=job, text=text) else RunOutcome.SKIPPED
+
+
+def translation_resend_unsent(*, older_than_s: float) -> int:
+    """Send again the queued rows that never reached a queue (the broker was down at commit).
+
+    A row that is already on a queue is left alone; sending it twice would be harmless (the
+    ledger stores one result) but wasteful.
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    rows = Translation.objects.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True, created_at__lt=cutoff)
+    sent = 0
+    for translation_id, queue in rows.values_list("id", "queue"):
+        sent += translation_enqueue(translation_id=translation_id, queue=queue)
+    return sent
 
 
 @transaction.atomic

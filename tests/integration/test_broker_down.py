@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from cs_portal.portal.models import Message
 from tests.conftest import ROOT
@@ -23,6 +23,19 @@ conversation = conversation_create(api_client=client, customer_name="Ana")
 message = message_create_from_customer(conversation=conversation, text="Hola, ¿dónde está mi pedido?")
 print(json.dumps({"message": message.pk}))
 """
+
+
+@pytest.fixture
+def queued_translation_unsent(api_client_key, tiny_models):
+    """A translation whose send failed: queued, never enqueued (its on-commit send is not run)."""
+    from cs_portal.portal.services import conversation_create, message_create_from_customer
+
+    client, _ = api_client_key
+    conversation = conversation_create(api_client=client, customer_name="Ana")
+    with transaction.atomic():
+        message = message_create_from_customer(conversation=conversation, text="Mi pedido no llegó", language="es")
+        transaction.get_connection().run_on_commit.clear()  # as if the broker had refused it
+    return message.translations.get()
 
 
 class BrokerDownTests:
@@ -44,3 +57,16 @@ class BrokerDownTests:
         assert translation.status == TranslationStatus.QUEUED
         assert translation.enqueued_at is None  # never reached a queue: the reconciler's to resend
         assert "it stays queued" in result.stderr
+
+    def test_resend_command_sends_the_unsent_rows_once_the_broker_is_back(self, worker, queued_translation_unsent):
+        from django.core.management import call_command
+
+        from tests.conftest import wait_for
+
+        call_command("resend_translations", "--older-than", "0")
+        done = wait_for(
+            lambda: Translation.objects.filter(pk=queued_translation_unsent.pk, status=TranslationStatus.DONE).first(),
+            what="the resent translation to be done",
+        )
+        assert done.enqueued_at is not None
+        assert done.attempts == 1

@@ -61,7 +61,8 @@ class AgentToCustomerTests:
             headers={"Authorization": f"Token {token}"},
         )
         assert status == 201
-        assert (message["original_language"], message["delivery"], message["text"]) == ("en", "pending", None)
+        assert message["original_language"] == "en"
+        assert message["delivery"] in ("pending", "delivered")  # a fast worker may already be done
 
         translation = wait_done(message["translations"][0]["id"])
         assert translation.status == TranslationStatus.DONE, translation.failure_reason
@@ -79,8 +80,7 @@ class AgentToCustomerTests:
     def test_agent_endpoint_refuses_a_customer_key(self, http, api_client_key):
         _, key = api_client_key
         status, body = http.call("POST", "/api/v1/agent/conversations/1/messages", {"text": "Hi"}, key=key)
-        assert status in (401, 403)
-        assert body["error"]["code"] in ("unauthenticated", "not_authenticated")
+        assert (status, body["error"]["code"]) == (401, "unauthenticated")
 
 
 class DuplicateDeliveryTests:
@@ -104,3 +104,20 @@ class DuplicateDeliveryTests:
         assert (again.status, again.text, again.finished_at, again.attempts) == (
             TranslationStatus.DONE, first.text, first.finished_at, first.attempts,
         )
+
+
+class RetryTests:
+    def test_a_passing_failure_is_retried_on_the_same_queue_then_failed_visibly(self, worker, http, api_client_key, agent, settings):
+        # The route names a model the worker cannot load: every attempt fails the same way.
+        settings.TRANSLATION_ROUTES = [{"source": "*", "target": "en", "model": "/nonexistent/checkpoint"}]
+        _, key = api_client_key
+        _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Jean"}}, key=key)
+        _, message = http.call(
+            "POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": "Bonjour", "language": "fr"}, key=key
+        )
+        translation = wait_done(message["translations"][0]["id"], timeout=90)
+        assert translation.status == TranslationStatus.FAILED
+        assert translation.attempts == 3  # TRANSLATION_MAX_ATTEMPTS of the worker
+        assert translation.failure_reason.startswith("Gave up after 3 attempts.")
+        assert "/nonexistent/checkpoint" in translation.failure_reason
+        assert translation.consumed_from == "translate.en"  # the retries came back through the same queue
