@@ -110,3 +110,18 @@ class MultiTargetPairModelTests:
     def test_target_the_model_lacks_is_refused(self, engine):
         with pytest.raises(UnsupportedPair, match="cannot produce 'de'"):
             engine.translate(["Hello"], "en", "de")
+
+
+class LongMessageTests:
+    def test_a_long_message_is_translated_sentence_by_sentence(self, m2m100):
+        sentences = ["Mi paquete no ha llegado todavía y necesito ayuda con el pedido número 4711."] * 40
+        text = " ".join(sentences) + "\n\nGracias."
+        [translated] = m2m100.translate([text], "es", "en")
+        [one] = m2m100.translate([sentences[0]], "es", "en")
+        [thanks] = m2m100.translate(["Gracias."], "es", "en")
+        assert translated == " ".join([one] * 40) + "\n\n" + thanks
+
+    def test_the_offending_text_is_named_when_one_sentence_is_too_long(self, m2m100):
+        with pytest.raises(InputTooLong) as raised:
+            m2m100.translate(["Hola. Adiós.", "Bien. " + "palabra " * 600], "es", "en")
+        assert raised.value.index == 1

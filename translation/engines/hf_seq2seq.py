@@ -9,6 +9,7 @@ from enum import Enum
 
 from translation import languages
 from translation.engines.base import EngineSpec, InputTooLong, TranslationEngine, UnsupportedPair
+from translation.segmentation import join_sentences, split_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -114,27 +115,42 @@ class HFSeq2SeqEngine(TranslationEngine):
         return [f"{token} {text}" for text in texts]
 
     def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
-        import torch
-
         if self._model is None:
             raise RuntimeError("translate() before load()")
-        if not texts:
+        # Sentence by sentence, all sentences of all texts in one batch.
+        segmented = [split_sentences(text) for text in texts]
+        sentences = [segment.text for segments in segmented for segment in segments]
+        owners = [index for index, segments in enumerate(segmented) for _ in segments]
+        try:
+            translated = self._generate(sentences, source, target)
+        except InputTooLong as exc:
+            raise InputTooLong(owners[exc.index], exc.tokens, exc.limit) from None
+        results, position = [], 0
+        for segments in segmented:
+            results.append(join_sentences(translated[position : position + len(segments)], segments))
+            position += len(segments)
+        return results
+
+    def _generate(self, sentences: list[str], source: str, target: str) -> list[str]:
+        import torch
+
+        if not sentences:
             return []
         tokenizer = self._tokenizer
         generate_args: dict = {}
         with self._lock:
             if self.family is Family.PAIR:
-                texts = self._pair_inputs(texts, source, target)
+                sentences = self._pair_inputs(sentences, source, target)
             else:
                 tokenizer.src_lang = self._model_code(source)
                 generate_args["forced_bos_token_id"] = self._target_token_id(target)
-            encoded = tokenizer(list(texts), return_tensors="pt", padding=True)
+            encoded = tokenizer(list(sentences), return_tensors="pt", padding=True)
             lengths = encoded["attention_mask"].sum(dim=1).tolist()
             for index, length in enumerate(lengths):
                 if length > self._max_input_tokens:
                     raise InputTooLong(index, length, self._max_input_tokens)
-            # Each text's own bound, applied after the batch's generate: a text's output does
-            # not depend on which neighbours shared its batch.
+            # Each sentence's own bound, applied after the batch's generate: an output does not
+            # depend on which neighbours shared its batch.
             limits = [min(self._max_input_tokens, int(n * OUTPUT_LENGTH_RATIO) + OUTPUT_LENGTH_MARGIN) for n in lengths]
             encoded = encoded.to(self.spec.device)
             with torch.inference_mode():
