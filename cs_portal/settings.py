@@ -180,6 +180,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 # a slow job is delivered twice; the shortest value among all processes wins, so every
 # process reads this one setting.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900)}
+# A prefix on every broker key lets several installations share one Redis database without
+# taking each other's jobs (a job carries only a row id of its own ledger).
+if env.str("BROKER_KEY_PREFIX", default=""):
+    CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env.str("BROKER_KEY_PREFIX")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing to a broker that is down fails fast (the ledger row stays queued) instead of
 # blocking a web request for the default ~minute of retries.

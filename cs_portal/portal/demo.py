@@ -22,15 +22,25 @@ DEMO_MESSAGE = "Hola, necesito ayuda con mi pedido. El paquete no ha llegado."
 
 
 @transaction.atomic
-def demo_data_ensure(*, admin_password: str, agent_password: str, api_key: str) -> tuple[str, str]:
-    """Create what is missing; returns the API key and the agent's API token (new or kept)."""
+def demo_data_ensure(
+    *, admin_password: str, agent_password: str, api_key: str, reset_passwords: bool = False
+) -> tuple[str, str]:
+    """Create what is missing; returns the API key and the agent's API token (new or kept).
+
+    ``reset_passwords`` gives existing demo users the passwords passed in.
+    """
     users = get_user_model().objects
-    if not users.filter(username="admin").exists():
-        users.create_superuser(username="admin", password=admin_password, email="")
+    admin = users.filter(username="admin").first()
+    if admin is None:
+        admin = users.create_superuser(username="admin", password=admin_password, email="")
     agent_user = users.filter(username="agent").first()
     agent = agent_user.agent if agent_user else agent_create(
         username="agent", password=agent_password, working_language="en", is_staff=True
     )
+    if reset_passwords:
+        for user, password in ((admin, admin_password), (agent.user, agent_password)):
+            user.set_password(password)
+            user.save(update_fields=["password"])
     client = ApiClient.objects.filter(name=DEMO_CLIENT).first()
     if client is None:
         client, api_key = api_client_create(name=DEMO_CLIENT)

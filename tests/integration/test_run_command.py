@@ -24,6 +24,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def processes_of(data_dir: Path) -> list[int]:
+    """Pids of live processes started for ``data_dir`` (found by DATA_DIR in their environment)."""
+    marker = f"DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -32,13 +46,12 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture
-def run_command(tmp_path: Path):
+def start_run_command(data_dir: Path) -> tuple[subprocess.Popen, list[str], int, int]:
     port, flower_port = free_port(), free_port()
     broker_url = "redis://127.0.0.1:6379/14"
     redis.Redis.from_url(broker_url).flushdb()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MODELS_DIR", "DJANGO_SETTINGS_MODULE")}
-    env.update(DATA_DIR=str(tmp_path), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker_url)
+    env.update(DATA_DIR=str(data_dir), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker_url)
     process = subprocess.Popen(
         [str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
@@ -46,6 +59,21 @@ def run_command(tmp_path: Path):
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
     reader.start()
+    return process, lines, port, flower_port
+
+
+def kill_leftovers(data_dir: Path) -> None:
+    """Only does something when a test failed midway: nothing of a run may outlive its test."""
+    for pid in processes_of(data_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def run_command(tmp_path: Path):
+    process, lines, port, flower_port = start_run_command(tmp_path)
     try:
         wait_for(
             lambda: any(line.startswith("Ready.") for line in lines) or process.poll() is not None,
@@ -54,10 +82,7 @@ def run_command(tmp_path: Path):
         assert process.poll() is None, "".join(lines)
         yield process, lines, tmp_path, port, flower_port
     finally:
-        # Only does something when the test failed midway: nothing of the run may outlive it.
-        for pid in [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", "".join(lines))] + [process.pid]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_leftovers(tmp_path)
         process.wait()
 
 
@@ -104,3 +129,23 @@ class RunCommandTests:
         time.sleep(0.2)
         assert "Stopped." in "".join(lines)
         assert [pid for pid in child_pids if alive(pid)] == []
+        assert processes_of(data_dir) == []  # gunicorn's workers included
+
+    def test_a_stop_during_start_up_stops_what_had_started(self, tmp_path):
+        process, lines, _, _ = start_run_command(tmp_path)
+        try:
+            wait_for(lambda: any("started worker" in line for line in lines), timeout=READY_TIMEOUT_S, what="the worker to start")
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the run command did not stop:\n" + "".join(lines))
+            assert process.returncode == 0
+            time.sleep(0.2)
+            output = "".join(lines)
+            assert "Stopped." in output
+            assert "Traceback" not in output
+            assert processes_of(tmp_path) == []
+        finally:
+            kill_leftovers(tmp_path)
+            process.wait()

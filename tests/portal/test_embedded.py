@@ -9,21 +9,45 @@ from cs_portal.portal.models import ApiClient, Conversation
 from cs_portal.portal.selectors import api_client_by_key
 
 
-class ChooseBrokerTests:
-    def test_without_a_local_redis_an_embedded_server_is_started(self, tmp_path, monkeypatch):
-        monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-        monkeypatch.setattr(embedded, "LOCAL_REDIS", "redis://127.0.0.1:1/0")  # nothing listens there
-        url, server = embedded.choose_broker(tmp_path, say=lambda line: None)
-        try:
-            assert url.startswith("redis+socket://")
-            client = redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
-            assert client.ping()
-        finally:
-            server.shutdown()
+@pytest.fixture
+def system(tmp_path, monkeypatch):
+    """An embedded system that is never started; the broker settings it changes are restored."""
+    from cs_portal.celery import app
 
-    def test_an_explicit_broker_url_wins(self, tmp_path, monkeypatch):
+    saved = app.conf.broker_url, dict(app.conf.broker_transport_options)
+    for variable in ("CELERY_BROKER_URL", "BROKER_KEY_PREFIX"):
+        monkeypatch.delenv(variable, raising=False)
+    system = embedded.EmbeddedSystem(port=0, flower_port=0, say=lambda line: None, data_dir=tmp_path)
+    yield system
+    if system._broker_server is not None:
+        system._broker_server.shutdown()
+    app.conf.broker_url, app.conf.broker_transport_options = saved
+
+
+class ChooseBrokerTests:
+    def test_without_a_local_redis_an_embedded_server_is_started(self, system, monkeypatch):
+        monkeypatch.setattr(embedded, "LOCAL_REDIS", "redis://127.0.0.1:1/0")  # nothing listens there
+        url = system.choose_broker()
+        assert url.startswith("redis+socket://")
+        assert redis.Redis(unix_socket_path=url.removeprefix("redis+socket://")).ping()
+
+    def test_the_local_redis_is_shared_under_a_key_prefix_of_this_data_directory(self, system):
+        from cs_portal.celery import app
+
+        assert system.choose_broker() == embedded.LOCAL_REDIS
+        prefix = app.conf.broker_transport_options["global_keyprefix"]
+        assert prefix.startswith("cs-portal-") and prefix.endswith(":")
+        other = embedded.EmbeddedSystem(port=0, flower_port=0, say=lambda line: None, data_dir=system.data_dir / "other")
+        import os
+
+        del os.environ["BROKER_KEY_PREFIX"]
+        other.choose_broker()
+        assert app.conf.broker_transport_options["global_keyprefix"] != prefix
+
+    def test_an_explicit_broker_url_wins(self, system, monkeypatch):
         monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/9")
-        assert embedded.choose_broker(tmp_path, say=lambda line: None) == ("redis://127.0.0.1:6379/9", None)
+        assert system.choose_broker() == "redis://127.0.0.1:6379/9"
+        assert system._broker_server is None
 
 
 @pytest.mark.django_db

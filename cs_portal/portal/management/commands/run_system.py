@@ -5,7 +5,14 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from cs_portal.embedded import Credentials, EmbeddedSystem, choose_broker, port_is_free
+from cs_portal.embedded import (
+    Credentials,
+    EmbeddedSystem,
+    StopRequested,
+    install_stop_signals,
+    port_is_free,
+    raise_if_stop_requested,
+)
 from cs_portal.portal.demo import demo_data_ensure
 
 
@@ -27,36 +34,31 @@ class Command(BaseCommand):
                 raise CommandError(f"Port {value} ({name}) is taken; pick another, e.g. {name}={value + 1}")
         data_dir = settings.DATA_DIR
         self.say(f"Data directory: {data_dir}")
-        broker_url, broker_server = choose_broker(data_dir, self.say)
-        os.environ["CELERY_BROKER_URL"] = broker_url
-        from cs_portal.celery import app
-
-        app.conf.broker_url = broker_url
-
-        self.say("[1/4] Database migrations ...")
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
-        self.say("[2/4] Tiny models (random weights: output is not a real translation) ...")
-        call_command("prepare_models", verbosity=0, stdout=self.stdout)
-        self.say("[3/4] Demo data ...")
-        credentials_file = data_dir / "credentials.json"
-        credentials = Credentials.load_or_create(credentials_file)
-        credentials.api_key, credentials.agent_token = demo_data_ensure(
-            admin_password=credentials.admin_password,
-            agent_password=credentials.agent_password,
-            api_key=credentials.api_key,
-        )
-        credentials.save(credentials_file)
-
-        self.say("[4/4] Starting processes ...")
         system = EmbeddedSystem(port=port, flower_port=flower_port, say=self.say, data_dir=data_dir)
-        system._broker_server = broker_server
+        # From here on, Ctrl-C or SIGTERM stops whatever has started, in order.
+        install_stop_signals()
         status = 1
         try:
+            broker_url = system.choose_broker()
+            raise_if_stop_requested()
+            self.say("[1/4] Database migrations ...")
+            call_command("migrate", interactive=False, verbosity=0)
+            call_command("collectstatic", interactive=False, verbosity=0)
+            raise_if_stop_requested()
+            self.say("[2/4] Tiny models (random weights: output is not a real translation) ...")
+            call_command("prepare_models", verbosity=0, stdout=self.stdout)
+            raise_if_stop_requested()
+            self.say("[3/4] Demo data ...")
+            credentials = self.demo_data(data_dir / "credentials.json")
+            raise_if_stop_requested()
+            self.say("[4/4] Starting processes ...")
             system.start(credentials, broker_url)
             system.wait_ready(credentials)
             self.print_summary(port, flower_port, credentials, time.monotonic() - started)
             status = system.supervise()
+        except StopRequested:
+            self.say("Stopping ...")
+            status = 0
         except RuntimeError as exc:
             self.stderr.write(str(exc))
         finally:
@@ -64,6 +66,17 @@ class Command(BaseCommand):
         self.say("Stopped.")
         if status:
             raise SystemExit(status)
+
+    def demo_data(self, path) -> Credentials:
+        credentials, created = Credentials.load_or_create(path)
+        credentials.api_key, credentials.agent_token = demo_data_ensure(
+            admin_password=credentials.admin_password,
+            agent_password=credentials.agent_password,
+            api_key=credentials.api_key,
+            reset_passwords=created,  # the old credentials file was lost: the printed passwords must work
+        )
+        credentials.save(path)
+        return credentials
 
     def print_summary(self, port: int, flower_port: int, credentials: Credentials, seconds: float) -> None:
         web = f"http://127.0.0.1:{port}"
