@@ -64,8 +64,10 @@ class MessageCreateTests:
         assert body["text"] == "Hola, necesito ayuda con mi pedido"
         assert (body["language"], body["language_source"]) == ("es", "detected")
         [translation] = body["translations"]
-        assert (translation["target_language"], translation["queue"]) == ("en", "translate.en")
+        assert translation["target_language"] == "en"
         assert translation["status"] in ("queued", "running", "done")
+        assert Translation.objects.get(pk=translation["id"]).queue == "translate.en"
+        assert "model" not in translation and "queue" not in translation  # internals stay in the ledger
         conversation.refresh_from_db()
         assert conversation.language == "es"
 
@@ -88,6 +90,21 @@ BAD_MESSAGES = [
     ({"text": ["not", "a", "string"]}, 400, "invalid", "text: Not a valid string."),
     ({"text": "12345 ??? !!!"}, 400, "language_undetected", errors.LANGUAGE_UNDETECTED),
 ]
+
+
+class AgentReplyBeforeLanguageTests:
+    def test_a_reply_before_the_customer_wrote_is_delivered_as_written(self, http, conversation):
+        from rest_framework.authtoken.models import Token
+
+        agent = agent_create(username="kim", password="secret-pass", working_language="en")
+        token = Token.objects.create(user=agent.user).key
+        status, body = http.call(
+            "POST", f"/api/v1/agent/conversations/{conversation.pk}/messages", {"text": "Hello, how can I help?"},
+            headers={"Authorization": f"Token {token}"},
+        )
+        assert status == 201
+        assert (body["text"], body["language"], body["delivery"]) == ("Hello, how can I help?", "en", "delivered")
+        assert body["translations"] == []
 
 
 class MessageBadInputTests:

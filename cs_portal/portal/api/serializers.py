@@ -33,15 +33,14 @@ class AgentMessageInput(serializers.Serializer):
 
 
 class TranslationOutput(serializers.ModelSerializer):
+    """A translation as the customer channel sees it; which model, queue and worker served it,
+    and why one failed, are for the ledger (admin), not for customers."""
+
     status = serializers.CharField(source="get_status_display")
-    model = serializers.CharField(source="model_name")
 
     class Meta:
         model = Translation
-        fields = [
-            "id", "source_language", "target_language", "status", "text", "failure_reason", "model",
-            "queue", "attempts", "created_at", "started_at", "finished_at",
-        ]
+        fields = ["id", "source_language", "target_language", "status", "text", "created_at", "finished_at"]
 
 
 class CustomerOutput(serializers.Serializer):
@@ -85,7 +84,10 @@ class CustomerMessageOutput(serializers.ModelSerializer):
         return next((t for t in message.translations.all() if t.target_language == target), None)
 
     def _is_direct(self, message: Message) -> bool:
-        return message.sender == Sender.CUSTOMER or message.language == message.conversation.language
+        """Shown as written: the customer's own messages, and replies already in the customer's
+        language (or sent before the customer's language was known)."""
+        conversation_language = message.conversation.language
+        return message.sender == Sender.CUSTOMER or not conversation_language or message.language == conversation_language
 
     def get_text(self, message: Message) -> str | None:
         if self._is_direct(message):

@@ -84,7 +84,7 @@ class Command(BaseCommand):
             f"""
 Support portal is running ({seconds:.0f}s to start).
 
-  Admin (ledger, routes, agents)  {web}/admin/          admin / {credentials.admin_password}
+  Admin (ledger, conversations)   {web}/admin/          admin / {credentials.admin_password}
   Demo agent                      {web}/admin/          agent / {credentials.agent_password}
   API docs (OpenAPI)              {web}/api/docs/       schema: {web}/api/schema/
   Flower (queues, workers)        http://127.0.0.1:{flower_port}/   admin / {credentials.admin_password}
