@@ -123,6 +123,11 @@ class RunCommandTests:
         status, queues = flower.call("GET", "/api/queues/length", headers={"Authorization": auth})
         assert status == 200
         assert {"translate.en", "translate.es"} <= {queue["name"] for queue in queues["active_queues"]}
+        status, workers = flower.call("GET", "/api/workers?refresh=1", headers={"Authorization": auth})
+        assert status == 200
+        [(name, worker)] = workers.items()
+        assert name.startswith("embedded-")
+        assert {"translate.en", "translate.es"} <= {queue["name"] for queue in worker["active_queues"]}
 
         process.send_signal(signal.SIGINT)  # Ctrl-C
         assert process.wait(60) == 0
