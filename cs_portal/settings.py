@@ -157,6 +157,16 @@ TRANSLATION_MAX_ATTEMPTS = env.int("TRANSLATION_MAX_ATTEMPTS", default=3)
 # backoff up to 60 s: about ten minutes. The row stays queued for `resend_translations` after.
 TRANSLATION_TASK_MAX_RETRIES = env.int("TRANSLATION_TASK_MAX_RETRIES", default=12)
 
+# The worker's dynamic batcher (translation/batching.py): a batch leaves when it holds
+# MAX_BATCH_SIZE jobs or MAX_BATCH_TOKENS input tokens, or when its oldest job has waited
+# MAX_WAIT_MS. Larger batches raise throughput on a busy queue; the wait is what a lone job pays.
+TRANSLATION_MAX_BATCH_SIZE = env.int("TRANSLATION_MAX_BATCH_SIZE", default=128)
+TRANSLATION_MAX_WAIT_MS = env.float("TRANSLATION_MAX_WAIT_MS", default=5.0)
+TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8192)
+# How long a task thread waits for its batch before giving the job back for a retry; well
+# under the visibility timeout, so Redis never redelivers a job that is still waiting.
+TRANSLATION_JOB_TIMEOUT_S = env.float("TRANSLATION_JOB_TIMEOUT_S", default=300.0)
+
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 # The ledger (Translation rows) holds every result; Celery's result store is not used.

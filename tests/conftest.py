@@ -69,7 +69,7 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.main", "--queues", "all", "--name", WORKER_NAME, "--concurrency", "2"],
+            [sys.executable, "-m", "workers.main", "--queues", "all", "--name", WORKER_NAME],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -45,6 +45,6 @@ class TranslationAdmin(admin.ModelAdmin):
     @admin.action(description="Send queued translations that never reached a queue")
     def send_unsent(self, request, queryset) -> None:
         unsent = queryset.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True)
-        sent = sum(translation_enqueue(translation_id=t.pk, queue=t.queue) for t in unsent)
+        sent = sum(translation_enqueue(translation=t) for t in unsent.select_related("message"))
         level = messages.SUCCESS if sent == unsent.count() else messages.WARNING
         self.message_user(request, f"{sent} of {unsent.count()} unsent translation(s) sent; the rest stay queued.", level)

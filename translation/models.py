@@ -34,6 +34,7 @@ class Translation(models.Model):
     precision = models.CharField(max_length=10, blank=True, default="")
     worker = models.CharField(max_length=200, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
+    batch_size = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs in the forward pass that made it.")
 
     # Latency splits into queue wait (started - enqueued) and compute (finished - started).
     created_at = models.DateTimeField(auto_now_add=True)
@@ -51,6 +52,11 @@ class Translation(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.source_language}->{self.target_language} {self.get_status_display()}"
+
+    @property
+    def forward_pass_key(self) -> str:
+        """What must be equal for jobs to share a forward pass: model, precision, language pair."""
+        return f"{self.engine}|{self.model_name}|{self.precision}|{self.source_language}|{self.target_language}"
 
     @property
     def is_finished(self) -> bool:

@@ -1,4 +1,4 @@
-"""Celery tasks of translation: thin, they load ids and call a service."""
+"""Celery tasks of translation: thin, they check the payload and call the execution layer."""
 
 from __future__ import annotations
 
@@ -11,20 +11,35 @@ TRANSLATE_TASK = "translation.translate"
 MAX_BACKOFF_S = 60
 
 
-@shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
-def translate(self, translation_id: int) -> str:
-    from translation.services import translation_run
-
+def _check_payload(translation_id, batch_key, chars) -> None:
+    """A malformed payload cannot name a row to fail: refuse it loudly, never retry it."""
     if not isinstance(translation_id, int) or isinstance(translation_id, bool):
-        # A malformed payload cannot name a row to fail: reject it loudly, never retry it.
         raise ValueError(f"translate expects a Translation id (int), got {translation_id!r}")
-    delivery = self.request.delivery_info or {}
+    if not isinstance(batch_key, str):
+        raise ValueError(f"translate expects batch_key as a string, got {batch_key!r}")
+    if not isinstance(chars, int) or isinstance(chars, bool) or chars < 0:
+        raise ValueError(f"translate expects chars as a non-negative int, got {chars!r}")
+
+
+@shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
+def translate(self, translation_id: int, batch_key: str = "", chars: int = 0) -> str:
+    from translation.batching import PendingJob
+    from translation.execution import Delivery, current_batcher, translation_run
+
+    _check_payload(translation_id, batch_key, chars)
+    consumed_from = (self.request.delivery_info or {}).get("routing_key") or ""
+    delivery = Delivery(translation_id, self.request.hostname or "", consumed_from)
     try:
-        outcome = translation_run(
-            translation_id=translation_id,
-            worker=self.request.hostname or "",
-            consumed_from=delivery.get("routing_key") or "",
-        )
+        batcher = current_batcher()
+        if batcher is None:
+            outcome = translation_run(
+                translation_id=delivery.translation_id, worker=delivery.worker, consumed_from=delivery.consumed_from
+            )
+        else:
+            # The device loop runs this job in a batch and answers through the future; this
+            # thread waits, so Celery acknowledges the message only after the result is stored.
+            job = PendingJob(key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4))
+            outcome = batcher.submit(job).result(timeout=settings.TRANSLATION_JOB_TIMEOUT_S)
     except Exception as exc:
         # A passing failure (the row is queued again and counts its attempts), or the database
         # itself failing before the row could be claimed: send the job again, to the same

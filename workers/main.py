@@ -21,7 +21,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.split("\n")[0])
     parser.add_argument("--queues", required=True, help="comma-separated queue names, or 'all' for every routed queue")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (N: the GPU index or UUID)")
-    parser.add_argument("--concurrency", type=int, default=2, help="pool threads taking jobs (default 2)")
+    parser.add_argument(
+        "--concurrency", type=int, default=0,
+        help="pool threads taking jobs (default: max batch size + 16, so the next batch fills while one runs)",
+    )
+    parser.add_argument(
+        "--no-batching", dest="batching", action="store_false",
+        help="run each job on its own forward pass (the baseline the batcher is measured against)",
+    )
     parser.add_argument("--name", default="", help="worker name (default: translate-<device>@<host>)")
     parser.add_argument("--loglevel", default="INFO")
     return parser.parse_args(argv)
@@ -58,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     load_models_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"])
     print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
 
+    from django.conf import settings
+
+    concurrency = args.concurrency or (settings.TRANSLATION_MAX_BATCH_SIZE + 16 if args.batching else 2)
+    if args.batching:
+        start_device_loop(settings)
     name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
     app.worker_main(
         [
@@ -65,14 +77,39 @@ def main(argv: list[str] | None = None) -> None:
             f"--queues={','.join(queues)}",
             # Threads, not prefork: the models loaded above stay shared in this one process,
             # CUDA is never forked, and heartbeats and remote control keep answering while a
-            # job runs (the solo pool would block them).
+            # job runs (the solo pool would block them). With batching, each thread holds one
+            # job waiting for its batch.
             "--pool=threads",
-            f"--concurrency={args.concurrency}",
+            f"--concurrency={concurrency}",
+            # Prefetch = concurrency: more than a batch (celery-batches #17: a prefetch below the
+            # batch size caps every batch), yet bounded, so one worker cannot hoard a queue.
+            "--prefetch-multiplier=1",
             f"--hostname={name}",
             f"--loglevel={args.loglevel}",
             "--without-mingle",
             "--without-gossip",
         ]
+    )
+
+
+def start_device_loop(settings) -> None:
+    """Start the batcher and the device loop, and route this process's jobs through them."""
+    from translation.batching import Batcher, BatchPolicy
+    from translation.execution import use_batcher
+    from workers.device_loop import DeviceLoop
+
+    policy = BatchPolicy(
+        max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,
+        max_wait_s=settings.TRANSLATION_MAX_WAIT_MS / 1000,
+        max_batch_tokens=settings.TRANSLATION_MAX_BATCH_TOKENS,
+    )
+    batcher = Batcher(policy)
+    DeviceLoop(batcher).start()
+    use_batcher(batcher)
+    print(
+        f"Batching: up to {policy.max_batch_size} jobs or {policy.max_batch_tokens} tokens, "
+        f"waiting at most {policy.max_wait_s * 1000:g} ms",
+        flush=True,
     )
 
 

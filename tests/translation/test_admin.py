@@ -2,7 +2,7 @@ import pytest
 from django.urls import reverse
 
 from translation.models import TranslationStatus
-from translation.services import translation_fail
+from translation.execution import translation_fail
 
 pytestmark = pytest.mark.django_db
 

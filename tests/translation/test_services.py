@@ -1,20 +1,12 @@
-"""The ledger's writes against the real PostgreSQL: idempotent completion, visible failures."""
+"""The sending side of the ledger against the real PostgreSQL: requests, retries, resends."""
 
 import pytest
 
 from cs_portal.portal.services import conversation_create, message_create_from_customer
 from translation import errors
-from translation.models import Translation, TranslationStatus
-from translation.services import (
-    NOT_RETRYABLE,
-    RunOutcome,
-    TransientFailure,
-    translation_claim,
-    translation_complete,
-    translation_fail,
-    translation_retry,
-    translation_run,
-)
+from translation.execution import translation_fail
+from translation.models import TranslationStatus
+from translation.services import NOT_RETRYABLE, translation_retry
 
 pytestmark = pytest.mark.django_db
 
@@ -22,110 +14,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def translation(queued_translation):
     return queued_translation
-
-
-def claim(translation, worker="w1"):
-    return translation_claim(translation_id=translation.pk, worker=worker, consumed_from="translate.en")
-
-
-class TranslationClaimTests:
-    def test_claim_marks_the_row_running_for_the_worker(self, translation):
-        job = claim(translation)
-        translation.refresh_from_db()
-        assert job.text == "Hola, mi pedido no llegó"
-        assert (job.source, job.target, job.attempt) == ("es", "en", 1)
-        assert translation.status == TranslationStatus.RUNNING
-        assert (translation.worker, translation.consumed_from, translation.attempts) == ("w1", "translate.en", 1)
-        assert translation.started_at is not None
-
-    def test_a_done_row_is_not_claimed_again(self, translation):
-        translation_complete(job=claim(translation), text="first")
-        assert claim(translation, "w2") is None
-
-    def test_a_failed_row_is_not_claimed(self, translation):
-        translation_fail(translation_id=translation.pk, reason="bad input")
-        assert claim(translation) is None
-
-    def test_a_running_row_is_claimed_again_as_a_new_attempt(self, translation):
-        first = claim(translation, "w1")
-        second = claim(translation, "w2")  # redelivered while w1 still holds it, or after w1 died
-        assert (first.attempt, second.attempt) == (1, 2)
-        translation.refresh_from_db()
-        assert translation.worker == "w2"
-
-    def test_a_row_out_of_attempts_is_failed_instead_of_claimed(self, translation, settings):
-        settings.TRANSLATION_MAX_ATTEMPTS = 2
-        claim(translation), claim(translation)  # two deliveries that never finished
-        assert claim(translation) is None
-        translation.refresh_from_db()
-        assert translation.status == TranslationStatus.FAILED
-        assert translation.failure_reason.startswith("Gave up after 2 attempts.")
-
-
-class TranslationCompleteTests:
-    def test_second_completion_never_overwrites_a_done_translation(self, translation):
-        job = claim(translation)
-        assert translation_complete(job=job, text="first") is True
-        assert translation_complete(job=job, text="second") is False
-        translation.refresh_from_db()
-        assert translation.text == "first"
-        assert Translation.objects.filter(message=translation.message).count() == 1
-
-    def test_a_superseded_claim_stores_nothing_and_the_latest_claim_stores_once(self, translation):
-        stale, latest = claim(translation, "w1"), claim(translation, "w2")
-        assert translation_complete(job=stale, text="from w1") is False
-        assert translation_complete(job=latest, text="from w2") is True
-        translation.refresh_from_db()
-        assert (translation.text, translation.worker, translation.status) == ("from w2", "w2", TranslationStatus.DONE)
-
-    def test_failure_after_done_is_ignored(self, translation):
-        job = claim(translation)
-        translation_complete(job=job, text="first")
-        assert translation_fail(translation_id=translation.pk, reason="late error") is False
-        assert translation_fail(translation_id=translation.pk, reason="late error", job=job) is False
-        translation.refresh_from_db()
-        assert translation.status == TranslationStatus.DONE
-
-
-class TranslationRunTests:
-    def test_run_stores_the_models_output(self, translation):
-        outcome = translation_run(translation_id=translation.pk, worker="w1", consumed_from="translate.en")
-        translation.refresh_from_db()
-        assert outcome is RunOutcome.DONE
-        assert translation.status == TranslationStatus.DONE
-        assert translation.text
-        assert translation.finished_at >= translation.started_at
-
-    def test_second_delivery_is_skipped_and_leaves_the_text(self, translation):
-        translation_run(translation_id=translation.pk, worker="w1", consumed_from="translate.en")
-        translation.refresh_from_db()
-        text, finished = translation.text, translation.finished_at
-        assert translation_run(translation_id=translation.pk, worker="w2", consumed_from="translate.en") is RunOutcome.SKIPPED
-        translation.refresh_from_db()
-        assert (translation.text, translation.finished_at, translation.worker) == (text, finished, "w1")
-
-    def test_a_passing_error_queues_the_row_again_then_fails_it_after_the_last_attempt(self, translation, settings):
-        settings.TRANSLATION_MAX_ATTEMPTS = 2
-        Translation.objects.filter(pk=translation.pk).update(model_name="/nonexistent/model")
-        with pytest.raises(TransientFailure):
-            translation_run(translation_id=translation.pk, worker="w1", consumed_from="translate.en")
-        translation.refresh_from_db()
-        assert (translation.status, translation.attempts) == (TranslationStatus.QUEUED, 1)
-        assert translation.failure_reason.startswith("Attempt 1 failed, retrying.")
-        assert translation_run(translation_id=translation.pk, worker="w1", consumed_from="translate.en") is RunOutcome.FAILED
-        translation.refresh_from_db()
-        assert translation.status == TranslationStatus.FAILED
-        assert translation.failure_reason.startswith("Gave up after 2 attempts.")
-        assert "/nonexistent/model" in translation.failure_reason
-
-    def test_input_the_model_cannot_take_fails_visibly(self, translation):
-        translation.message.text = "palabra " * 600
-        translation.message.save()
-        outcome = translation_run(translation_id=translation.pk, worker="w1", consumed_from="translate.en")
-        translation.refresh_from_db()
-        assert outcome is RunOutcome.FAILED
-        assert translation.status == TranslationStatus.FAILED
-        assert "the model accepts at most 512" in translation.failure_reason
 
 
 class TranslationRequestTests:

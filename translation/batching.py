@@ -1,0 +1,157 @@
+"""The dynamic batcher: gathers translation jobs into batches that share one forward pass.
+
+Like Triton's dynamic batcher, a batch is released when it is full (``max_batch_size`` jobs or
+``max_batch_tokens`` input tokens) or when its oldest job has waited ``max_wait_s`` — each job's
+own deadline, not a fixed timer. Jobs are grouped by what must share a forward pass (model,
+precision, language pair); a released batch is sorted by length so padding stays small.
+
+Plain Python: no Django, no Celery. Producers (the worker's task threads) ``submit`` and wait
+on the returned future; one consumer (the device loop) calls ``next_batch``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+# Defaults, after Triton's: a few milliseconds of waiting buys full batches under load and
+# costs a light-load job at most that much latency.
+DEFAULT_MAX_BATCH_SIZE = 128
+DEFAULT_MAX_WAIT_S = 0.005
+# Input tokens per batch: bounds activation memory when long messages arrive together
+# (TGI's max_batch_total_tokens). 128 jobs of ~64 tokens fit.
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate for budgeting: about four characters per subword token."""
+    return max(1, len(text) // 4)
+
+
+@dataclass
+class PendingJob:
+    """One job waiting for a batch. ``key`` says which jobs may share a forward pass."""
+
+    key: Hashable
+    payload: Any
+    text: str
+    tokens: int = 0
+    arrived: float = 0.0
+    future: Future = field(default_factory=Future)
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            self.tokens = estimate_tokens(self.text)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch_size <= 4096:
+            raise ValueError(f"max_batch_size must be 1..4096, not {self.max_batch_size}")
+        if not 0 <= self.max_wait_s <= 10:
+            raise ValueError(f"max_wait_s must be 0..10 seconds, not {self.max_wait_s}")
+        if self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be positive, not {self.max_batch_tokens}")
+
+
+class Batcher:
+    def __init__(self, policy: BatchPolicy | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy or BatchPolicy()
+        self._clock = clock
+        self._groups: dict[Hashable, list[PendingJob]] = {}
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def submit(self, job: PendingJob) -> Future:
+        """Queue ``job``; its future receives the result the device loop sets."""
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            job.arrived = self._clock()
+            self._groups.setdefault(job.key, []).append(job)
+            self._ready.notify()
+        return job.future
+
+    def pending(self) -> int:
+        with self._ready:
+            return sum(len(jobs) for jobs in self._groups.values())
+
+    def close(self) -> None:
+        """Release waiting consumers; jobs still queued are left to their submitters' timeouts."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def next_batch(self, timeout: float | None = None) -> list[PendingJob]:
+        """Block until a batch is due and return it (sorted by length), or [] on timeout/close."""
+        give_up = None if timeout is None else self._clock() + timeout
+        with self._ready:
+            while not self._closed:
+                now = self._clock()
+                key, wait = self._due(now)
+                if key is not None:
+                    return self._take(key)
+                if give_up is not None:
+                    if now >= give_up:
+                        return []
+                    wait = min(wait, give_up - now) if wait is not None else give_up - now
+                self._ready.wait(wait)
+            return []
+
+    def _due(self, now: float) -> tuple[Hashable | None, float | None]:
+        """The group to release now, else how long until the earliest deadline (None: no jobs)."""
+        policy, earliest = self.policy, None
+        for key, jobs in self._groups.items():
+            if len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens:
+                return key, None
+            deadline = jobs[0].arrived + policy.max_wait_s
+            if deadline <= now:
+                return key, None
+            earliest = deadline if earliest is None else min(earliest, deadline)
+        return None, (None if earliest is None else earliest - now)
+
+    def _take(self, key: Hashable) -> list[PendingJob]:
+        """Up to a full batch of the group's oldest jobs, within the token budget."""
+        jobs, policy = self._groups[key], self.policy
+        taken, tokens = [], 0
+        for job in jobs:
+            if len(taken) == policy.max_batch_size or (taken and tokens + job.tokens > policy.max_batch_tokens):
+                break
+            taken.append(job)
+            tokens += job.tokens
+        remaining = jobs[len(taken):]
+        if remaining:
+            self._groups[key] = remaining
+        else:
+            del self._groups[key]
+        return sorted(taken, key=lambda job: job.tokens)
+
+
+def run_isolated(items: list, run: Callable[[list], list]) -> list:
+    """``run(items)`` as one call; when it raises, the halves separately, down to single items.
+
+    One bad input does not fail its neighbours: every item gets its own result, or the
+    exception its own run raised. A healthy batch costs one call; a single poisoned item
+    among n costs about 2·log2(n) more.
+    """
+    if not items:
+        return []
+    try:
+        results = run(items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        middle = len(items) // 2
+        return run_isolated(items[:middle], run) + run_isolated(items[middle:], run)
+    if len(results) != len(items):
+        raise RuntimeError(f"run returned {len(results)} results for {len(items)} items")
+    return results

@@ -1,0 +1,232 @@
+"""Running translation jobs on the worker: claim rows, translate in batches, store the results.
+
+``translation_run_batch`` is the one path, for a batch of one or of 128: one transaction claims
+every row (each claim an attempt token), each group of jobs that shares a forward pass goes to
+its engine in one call (with a poisoned input isolated by halving), and each group's results
+are stored with one UPDATE that only touches rows whose claim is still the latest. A job
+delivered twice therefore never duplicates or overwrites a done translation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import Enum
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, Q, TextField, Value, When
+from django.utils import timezone
+
+from translation.batching import run_isolated
+from translation.engines import EngineError, EngineSpec, engine_for
+from translation.models import Translation, TranslationStatus
+
+logger = logging.getLogger(__name__)
+
+EMPTY_OUTPUT = "The model produced an empty translation."
+GAVE_UP = "Gave up after {attempts} attempts. {reason}"
+RETRYING = "Attempt {attempt} failed, retrying. {reason}"
+UNFINISHED = "The job was delivered that many times without finishing (did it stop its worker?)."
+
+
+class RunOutcome(Enum):
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # finished, gone, or stored by a later claim: a duplicate delivery
+
+
+class TransientFailure(Exception):
+    """The job failed for a passing reason; the row is queued again and the job should be retried."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One job as the broker delivered it."""
+
+    translation_id: int
+    worker: str
+    consumed_from: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs of a claimed row to run it. ``attempt`` is the claim's token."""
+
+    id: int
+    attempt: int
+    text: str
+    source: str
+    target: str
+    spec: EngineSpec
+
+
+def device() -> str:
+    """The device this process computes on; the worker entry point sets it."""
+    return os.environ.get("TRANSLATION_DEVICE", "cpu")
+
+
+def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
+    """Claim the deliveries' rows as new attempts, in one transaction; returns the claimed jobs.
+
+    Rows finished or gone are left out (duplicate deliveries). A row that has used up its
+    attempts (a job that kept killing workers) is failed with that reason instead.
+    """
+    by_id = {delivery.translation_id: delivery for delivery in deliveries}
+    now = timezone.now()
+    claimed: list[Translation] = []
+    with transaction.atomic():
+        rows = (
+            Translation.objects.select_for_update()
+            .select_related("message")
+            .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
+            .order_by("pk")  # one lock order for every worker: no deadlocks between batches
+        )
+        for row in rows:
+            if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
+                reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
+                _fail_rows(Translation.objects.filter(pk=row.pk), reason)
+                continue
+            delivery = by_id[row.pk]
+            row.status, row.worker, row.consumed_from = TranslationStatus.RUNNING, delivery.worker, delivery.consumed_from
+            row.attempts += 1
+            row.started_at = row.updated_at = now
+            claimed.append(row)
+        if claimed:
+            fields = ["status", "worker", "consumed_from", "attempts", "started_at", "updated_at"]
+            Translation.objects.bulk_update(claimed, fields, batch_size=500)
+    return {
+        row.pk: Job(
+            id=row.pk, attempt=row.attempts, text=row.message.text, source=row.source_language,
+            target=row.target_language,
+            spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
+        )
+        for row in claimed
+    }
+
+
+def translation_claim(*, translation_id: int, worker: str, consumed_from: str) -> Job | None:
+    """``translations_claim`` for one row."""
+    return translations_claim([Delivery(translation_id, worker, consumed_from)]).get(translation_id)
+
+
+def _latest_claims(jobs: list[Job]):
+    """The jobs' rows, only while each job's claim is the latest: a later claim supersedes it."""
+    condition = Q()
+    for job in jobs:
+        condition |= Q(pk=job.id, attempts=job.attempt)
+    return Translation.objects.filter(condition, status=TranslationStatus.RUNNING)
+
+
+def translations_complete(results: list[tuple[Job, str]]) -> set[int]:
+    """Store the results with one UPDATE; returns the ids stored (the others were superseded)."""
+    if not results:
+        return set()
+    now = timezone.now()
+    texts = Case(*[When(pk=job.id, then=Value(text)) for job, text in results], output_field=TextField())
+    _latest_claims([job for job, _ in results]).update(
+        status=TranslationStatus.DONE, text=texts, failure_reason="", finished_at=now, updated_at=now,
+        batch_size=len(results),
+    )
+    ids = [job.id for job, _ in results]
+    # finished_at=now names exactly the rows this statement wrote.
+    return set(Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE, finished_at=now).values_list("pk", flat=True))
+
+
+def translation_complete(*, job: Job, text: str) -> bool:
+    return job.id in translations_complete([(job, text)])
+
+
+def _fail_rows(rows, reason: str) -> int:
+    now = timezone.now()
+    return rows.update(status=TranslationStatus.FAILED, failure_reason=reason[:2000], finished_at=now, updated_at=now)
+
+
+def translation_fail(*, translation_id: int, reason: str, job: Job | None = None) -> bool:
+    """Fail the row visibly with ``reason`` (only ``job``'s claim, when given); never a done row."""
+    rows = _latest_claims([job]) if job else Translation.objects.filter(pk=translation_id).exclude(status=TranslationStatus.DONE)
+    return bool(_fail_rows(rows, reason))
+
+
+def translation_requeue(*, job: Job, reason: str) -> bool:
+    """Put ``job``'s row back to queued before a retry, keeping the last error visible."""
+    return bool(
+        _latest_claims([job]).update(status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=timezone.now())
+    )
+
+
+def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure | None:
+    """Record a job's failure; None means its text is to be stored."""
+    if isinstance(result, EngineError):
+        translation_fail(translation_id=job.id, reason=str(result), job=job)
+        return RunOutcome.FAILED
+    if isinstance(result, Exception):
+        reason = f"{type(result).__name__}: {result}"
+        if job.attempt >= settings.TRANSLATION_MAX_ATTEMPTS:
+            translation_fail(translation_id=job.id, reason=GAVE_UP.format(attempts=job.attempt, reason=reason), job=job)
+            return RunOutcome.FAILED
+        translation_requeue(job=job, reason=RETRYING.format(attempt=job.attempt, reason=reason))
+        return TransientFailure(reason)
+    if not result:
+        translation_fail(translation_id=job.id, reason=EMPTY_OUTPUT, job=job)
+        return RunOutcome.FAILED
+    return None
+
+
+def translation_run_batch(deliveries: list[Delivery]) -> list[RunOutcome | TransientFailure]:
+    """Run a batch of deliveries; one outcome per delivery, in order.
+
+    A TransientFailure in the list means: the row is queued again, send the job again later.
+    """
+    jobs = translations_claim(deliveries)
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    for job in jobs.values():
+        groups[(job.spec, job.source, job.target)].append(job)
+    outcomes: dict[int, RunOutcome | TransientFailure] = {}
+    for (spec, source, target), group in groups.items():
+        try:
+            engine = engine_for(spec)
+        except Exception as exc:  # the model does not load: every job of the group, the same way
+            results: list = [exc] * len(group)
+        else:
+            results = run_isolated([job.text for job in group], lambda texts: engine.translate(texts, source, target))
+        to_store = []
+        for job, result in zip(group, results, strict=True):
+            settled = _settle(job, result)
+            if settled is None:
+                to_store.append((job, result))
+            else:
+                outcomes[job.id] = settled
+        stored = translations_complete(to_store)
+        outcomes.update({job.id: RunOutcome.DONE if job.id in stored else RunOutcome.SKIPPED for job, _ in to_store})
+    answered: set[int] = set()
+    ordered = []
+    for delivery in deliveries:
+        first = delivery.translation_id not in answered  # a job twice in one batch runs once
+        answered.add(delivery.translation_id)
+        ordered.append(outcomes.get(delivery.translation_id, RunOutcome.SKIPPED) if first else RunOutcome.SKIPPED)
+    return ordered
+
+
+def translation_run(*, translation_id: int, worker: str, consumed_from: str) -> RunOutcome:
+    """One job on its own; raises TransientFailure when it should be sent again later."""
+    [outcome] = translation_run_batch([Delivery(translation_id, worker, consumed_from)])
+    if isinstance(outcome, TransientFailure):
+        raise outcome
+    return outcome
+
+
+# The batcher of this process, when a worker runs one (see workers/device_loop.py); task
+# threads hand their jobs to it instead of running them one by one.
+_batcher = None
+
+
+def use_batcher(batcher) -> None:
+    global _batcher
+    _batcher = batcher
+
+
+def current_batcher():
+    return _batcher

@@ -1,0 +1,58 @@
+"""The device loop: the one thread of a worker that runs models.
+
+Celery's pool threads take jobs from the broker and hand them to the batcher; this loop takes
+batches from the batcher, runs each through the execution layer (one claim, one forward pass
+per group, one write) and answers every job's future.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.db import close_old_connections
+
+from translation.batching import Batcher, PendingJob
+from translation.execution import translation_run_batch
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceLoop(threading.Thread):
+    def __init__(self, batcher: Batcher) -> None:
+        super().__init__(name="device-loop", daemon=True)
+        self.batcher = batcher
+        self._stopping = threading.Event()
+        self.batches = 0
+        self.jobs = 0
+        self.last_batch_at: float | None = None
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            batch = self.batcher.next_batch(timeout=0.5)
+            if batch:
+                self.process(batch)
+        close_old_connections()
+
+    def process(self, batch: list[PendingJob]) -> None:
+        close_old_connections()  # a connection the database dropped is replaced, not reused
+        try:
+            outcomes = translation_run_batch([job.payload for job in batch])
+        except Exception as exc:  # the database failed: every job goes back for a retry
+            logger.exception("Batch of %d failed before its results were stored", len(batch))
+            outcomes = [exc] * len(batch)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            # A TransientFailure or a database error reaches the task thread as an exception,
+            # which sends the job again later.
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+        self.batches += 1
+        self.jobs += len(batch)
+        self.last_batch_at = time.time()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.batcher.close()
