@@ -126,3 +126,63 @@ class TranslationRunTests:
         assert "the model accepts at most 512" in translation.failure_reason
 
 
+
+
+@pytest.fixture
+def many_translations(api_client_key, tiny_models, django_capture_on_commit_callbacks):
+    """Translations of five Spanish messages and one French one, all queued, none sent."""
+    from cs_portal.portal.services import conversation_create, message_create_from_customer
+
+    client, _ = api_client_key
+    texts = [("es", f"Mi pedido número {i} no ha llegado.") for i in range(5)] + [("fr", "Mon colis est en retard.")]
+    rows = []
+    with django_capture_on_commit_callbacks(execute=False):
+        for language, text in texts:
+            conversation = conversation_create(api_client=client, customer_name="Ana")
+            rows.append(message_create_from_customer(conversation=conversation, text=text, language=language).translations.get())
+    return rows
+
+
+def deliveries(rows, worker="w1"):
+    return [Delivery(row.pk, worker, "translate.en") for row in rows]
+
+
+class TranslationRunBatchTests:
+    def test_a_batch_ends_done_with_one_outcome_per_delivery_in_order(self, many_translations):
+        outcomes = translation_run_batch(deliveries(many_translations))
+        assert outcomes == [RunOutcome.DONE] * 6
+        rows = Translation.objects.filter(pk__in=[r.pk for r in many_translations]).order_by("pk")
+        assert all(row.status == TranslationStatus.DONE and row.text for row in rows)
+        # es->en on the pair model shared one forward pass; fr->en went to the many-to-many model.
+        assert sorted(row.batch_size for row in rows) == [1, 5, 5, 5, 5, 5]
+
+    def test_results_go_to_the_right_rows(self, many_translations):
+        from translation.engines import EngineSpec, engine_for
+
+        translation_run_batch(deliveries(many_translations))
+        for row in Translation.objects.filter(pk__in=[r.pk for r in many_translations]).select_related("message"):
+            engine = engine_for(EngineSpec(row.engine, row.model_name))
+            assert row.text == engine.translate([row.message.text], row.source_language, "en")[0]
+
+    def test_a_poisoned_input_fails_alone(self, many_translations):
+        poisoned = many_translations[2]
+        poisoned.message.text = "palabra " * 600
+        poisoned.message.save()
+        outcomes = translation_run_batch(deliveries(many_translations))
+        assert outcomes[2] is RunOutcome.FAILED
+        assert outcomes[:2] + outcomes[3:] == [RunOutcome.DONE] * 5
+        poisoned.refresh_from_db()
+        assert "the model accepts at most 512" in poisoned.failure_reason
+
+    def test_a_job_twice_in_one_batch_runs_once(self, many_translations):
+        first = many_translations[0]
+        outcomes = translation_run_batch(deliveries([first, first]))
+        assert outcomes == [RunOutcome.DONE, RunOutcome.SKIPPED]
+        first.refresh_from_db()
+        assert first.attempts == 1
+
+    def test_a_model_that_does_not_load_queues_the_whole_group_again(self, many_translations):
+        Translation.objects.filter(pk__in=[r.pk for r in many_translations]).update(model_name="/nonexistent")
+        outcomes = translation_run_batch(deliveries(many_translations))
+        assert all(isinstance(outcome, TransientFailure) for outcome in outcomes)
+        assert set(Translation.objects.values_list("status", flat=True)) == {TranslationStatus.QUEUED}

@@ -1,0 +1,148 @@
+"""The batcher as plain Python, on a clock the tests move by hand."""
+
+import threading
+
+import pytest
+
+from translation.batching import Batcher, BatchPolicy, PendingJob, run_isolated
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(key="es-en", payload=None, text="hola", tokens=0) -> PendingJob:
+    return PendingJob(key=key, payload=payload, text=text, tokens=tokens)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def batcher(clock, **policy) -> Batcher:
+    return Batcher(BatchPolicy(**{"max_batch_size": 4, "max_wait_s": 0.005, **policy}), clock=clock)
+
+
+class FlushTests:
+    def test_a_full_batch_leaves_at_once(self, clock):
+        b = batcher(clock)
+        for i in range(5):
+            b.submit(job(payload=i))
+        assert [j.payload for j in b.next_batch(timeout=0)] == [0, 1, 2, 3]
+        assert b.pending() == 1
+
+    def test_a_partial_batch_waits_for_its_oldest_jobs_deadline(self, clock):
+        b = batcher(clock)
+        b.submit(job(payload="first"))
+        clock.now += 0.003
+        b.submit(job(payload="second"))
+        assert b.next_batch(timeout=0) == []  # 3 ms: the first job may still wait 2 ms
+        clock.now += 0.002
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["first", "second"]
+
+    def test_the_token_budget_releases_a_batch_before_it_is_full(self, clock):
+        b = batcher(clock, max_batch_tokens=100)
+        b.submit(job(payload="a", tokens=60))
+        b.submit(job(payload="b", tokens=60))
+        # Over budget: release now, and only what fits.
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["a"]
+        assert b.pending() == 1
+
+    def test_a_lone_job_larger_than_the_budget_still_runs(self, clock):
+        b = batcher(clock, max_batch_tokens=10)
+        b.submit(job(payload="long", tokens=50))
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["long"]
+
+    def test_redelivered_jobs_never_make_a_batch_larger_than_the_limit(self, clock):
+        b = batcher(clock)
+        for i in range(4 * 3):  # a burst, as after a redelivery sweep
+            b.submit(job(payload=i))
+        sizes = [len(b.next_batch(timeout=0)) for _ in range(3)]
+        assert sizes == [4, 4, 4]
+
+    def test_next_batch_blocks_until_a_deadline_passes_in_real_time(self):
+        b = Batcher(BatchPolicy(max_batch_size=100, max_wait_s=0.01))
+        b.submit(job(payload="x"))
+        assert [j.payload for j in b.next_batch(timeout=2)] == ["x"]
+
+    def test_close_releases_a_waiting_consumer(self):
+        b = Batcher(BatchPolicy())
+        got = []
+        consumer = threading.Thread(target=lambda: got.append(b.next_batch()))
+        consumer.start()
+        b.close()
+        consumer.join(2)
+        assert got == [[]]
+        with pytest.raises(RuntimeError, match="closed"):
+            b.submit(job())
+
+
+class GroupingTests:
+    def test_jobs_of_different_pairs_never_share_a_batch(self, clock):
+        b = batcher(clock)
+        b.submit(job(key="es-en", payload=1))
+        b.submit(job(key="fr-en", payload=2))
+        b.submit(job(key="es-en", payload=3))
+        clock.now += 1
+        batches = [b.next_batch(timeout=0), b.next_batch(timeout=0)]
+        assert sorted(sorted(j.payload for j in batch) for batch in batches) == [[1, 3], [2]]
+        assert all(len({j.key for j in batch}) == 1 for batch in batches)
+
+    def test_the_group_whose_deadline_comes_first_leaves_first(self, clock):
+        b = batcher(clock)
+        b.submit(job(key="fr-en", payload="older"))
+        clock.now += 0.001
+        b.submit(job(key="es-en", payload="newer"))
+        clock.now += 1
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["older"]
+
+    def test_a_batch_is_sorted_by_length(self, clock):
+        b = batcher(clock)
+        for payload, tokens in (("long", 30), ("short", 2), ("mid", 10)):
+            b.submit(job(payload=payload, tokens=tokens))
+        clock.now += 1
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["short", "mid", "long"]
+
+
+class PolicyTests:
+    @pytest.mark.parametrize(
+        ("values", "message"),
+        [
+            ({"max_batch_size": 0}, "max_batch_size must be 1..4096"),
+            ({"max_wait_s": -1}, "max_wait_s must be 0..10 seconds"),
+            ({"max_batch_tokens": 0}, "max_batch_tokens must be positive"),
+        ],
+    )
+    def test_bad_knobs_are_refused(self, values, message):
+        with pytest.raises(ValueError, match=message):
+            BatchPolicy(**values)
+
+
+class RunIsolatedTests:
+    def test_a_healthy_batch_is_one_call(self):
+        calls = []
+        results = run_isolated([1, 2, 3], lambda items: calls.append(list(items)) or [i * 10 for i in items])
+        assert results == [10, 20, 30]
+        assert calls == [[1, 2, 3]]
+
+    def test_a_poisoned_item_fails_alone_and_its_neighbours_keep_their_order(self):
+        def run(items):
+            if "poison" in items:
+                raise ValueError("bad input")
+            return [item.upper() for item in items]
+
+        items = [f"t{i}" for i in range(127)]
+        items.insert(50, "poison")
+        results = run_isolated(items, run)
+        assert isinstance(results[50], ValueError)
+        assert results[:50] == [f"T{i}" for i in range(50)]
+        assert results[51:] == [f"T{i}" for i in range(50, 127)]
+
+    def test_a_run_returning_the_wrong_count_is_an_error(self):
+        with pytest.raises(RuntimeError, match="2 results for 3 items"):
+            run_isolated([1, 2, 3], lambda items: [1, 2])
