@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from enum import Enum
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 # very short inputs whose translation is naturally longer.
 OUTPUT_LENGTH_RATIO = 2.0
 OUTPUT_LENGTH_MARGIN = 16
+# Benchmarks only: every output exactly this many tokens, so random weights (which may stop at
+# once or never) time like a real model on real text. Unset in production.
+FIXED_OUTPUT_TOKENS_VARIABLE = "TRANSLATION_FIXED_OUTPUT_TOKENS"
 
 
 class Family(Enum):
@@ -45,6 +49,7 @@ class HFSeq2SeqEngine(TranslationEngine):
         self._tokenizer = None
         self._max_input_tokens = 512
         self._dropped_ids: set[int] = set()
+        self._fixed_output_tokens = int(os.environ.get(FIXED_OUTPUT_TOKENS_VARIABLE) or 0)
         # A tokenizer holds per-call state (src_lang) and a model runs one forward at a time
         # well; one lock keeps both consistent when several pool threads share the engine.
         self._lock = threading.Lock()
@@ -152,6 +157,9 @@ class HFSeq2SeqEngine(TranslationEngine):
             # Each sentence's own bound, applied after the batch's generate: an output does not
             # depend on which neighbours shared its batch.
             limits = [min(self._max_input_tokens, int(n * OUTPUT_LENGTH_RATIO) + OUTPUT_LENGTH_MARGIN) for n in lengths]
+            if self._fixed_output_tokens:
+                limits = [self._fixed_output_tokens] * len(lengths)
+                generate_args["min_new_tokens"] = self._fixed_output_tokens
             encoded = encoded.to(self.spec.device)
             with torch.inference_mode():
                 output = self._model.generate(

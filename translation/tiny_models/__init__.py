@@ -45,6 +45,26 @@ MIN_NEW_TOKENS = 4
 
 
 @dataclass(frozen=True)
+class Shape:
+    """The architecture sizes of a Marian checkpoint."""
+
+    d_model: int = D_MODEL
+    layers: int = LAYERS
+    heads: int = HEADS
+    ffn: int = FFN
+    vocab_size: int | None = None  # None: the trained tokenizer's size
+
+
+# Benchmark models: random weights in the shapes that matter for speed. "small" is the
+# CPU target of the benchmarks; "base" has opus-mt-base's shape (d512, 6+6 layers, ~58k vocab).
+BENCHMARK_SHAPES = {
+    "tiny": Shape(),
+    "small": Shape(d_model=256, layers=3, heads=4, ffn=1024),
+    "base": Shape(d_model=512, layers=6, heads=8, ffn=2048, vocab_size=58101),
+}
+
+
+@dataclass(frozen=True)
 class TinyModels:
     marian_es_en: Path
     m2m100: Path
@@ -108,7 +128,28 @@ def _pieces(spm_file: Path) -> list[str]:
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
 
 
-def _write_marian(target: Path, corpus: Path, tmp: Path) -> None:
+def write_benchmark_model(directory: Path, size: str, *, progress: Callable[[str], None] = print) -> Path:
+    """A Marian es->en checkpoint of ``size`` (see BENCHMARK_SHAPES) under ``directory``."""
+    target = Path(directory) / f"bench-{size}"
+    marker = target / MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION:
+        return target
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    progress(f"Writing the {size} benchmark model to {target} ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
+        _write_marian(target, corpus, Path(tmp), BENCHMARK_SHAPES[size])
+    marker.write_text(json.dumps({"version": FORMAT_VERSION, "note": "random weights: output is not a translation"}))
+    return target
+
+
+def _write_marian(target: Path, corpus: Path, tmp: Path, shape: Shape = Shape()) -> None:
+    import torch
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
     # opus-mt layout: "</s>" is id 0, "<unk>" id 1, "<pad>" the last id and the decoder start.
@@ -121,13 +162,19 @@ def _write_marian(target: Path, corpus: Path, tmp: Path) -> None:
         source_lang="es", target_lang="en",
     )
     config = MarianConfig(
-        vocab_size=len(vocab), d_model=D_MODEL, encoder_layers=LAYERS, decoder_layers=LAYERS,
-        encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
-        encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, max_position_embeddings=MAX_POSITIONS,
+        vocab_size=shape.vocab_size or len(vocab), d_model=shape.d_model,
+        encoder_layers=shape.layers, decoder_layers=shape.layers,
+        encoder_attention_heads=shape.heads, decoder_attention_heads=shape.heads,
+        encoder_ffn_dim=shape.ffn, decoder_ffn_dim=shape.ffn, max_position_embeddings=MAX_POSITIONS,
         pad_token_id=vocab["<pad>"], eos_token_id=0, decoder_start_token_id=vocab["<pad>"],
         forced_eos_token_id=0, share_encoder_decoder_embeddings=True,
     )
     model = MarianMTModel(config)
+    if config.vocab_size > len(vocab):
+        # A vocabulary wider than the tokenizer's (base: opus-mt's ~58k) costs what it costs
+        # at the output layer, but its extra ids must never be produced: they have no piece.
+        with torch.no_grad():
+            model.final_logits_bias[:, len(vocab):] = -1e4
     model.generation_config.min_new_tokens = MIN_NEW_TOKENS
     model.generation_config.num_beams = 1
     model.save_pretrained(target)

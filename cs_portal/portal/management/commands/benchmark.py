@@ -1,0 +1,38 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from translation.tiny_models import BENCHMARK_SHAPES
+from workers.benchmark import Benchmark
+
+
+class Command(BaseCommand):
+    help = (
+        "Measure the serving pipeline against the raw batched model (the limit) and against "
+        "one job per forward pass (the baseline). Needs the broker and database of the settings."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--model", choices=sorted(BENCHMARK_SHAPES), default="small")
+        parser.add_argument("--jobs", type=int, default=512, help="jobs in the saturation burst (default 512)")
+
+    def say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
+
+    def handle(self, *args, model: str, jobs: int, **options) -> None:
+        if not 1 <= jobs <= 100_000:
+            raise CommandError("--jobs must be between 1 and 100000.")
+        try:
+            figures = Benchmark(model=model, jobs=jobs, say=self.say).run()
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from exc
+        self.say(
+            f"\nSummary ({model} model, batch {jobs} jobs):\n"
+            f"  limit (raw batched model)   {figures.limit:8.1f} sent/s\n"
+            f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
+            f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"
+            f"  mean batch size             {figures.mean_batch:8.1f}\n"
+            f"  light load p50/p95/p99      {figures.light[0]:.1f} / {figures.light[1]:.1f} / {figures.light[2]:.1f} ms"
+            f"   (one forward pass alone: {figures.model_ms:.1f} ms)\n"
+            f"  saturation p50/p95/p99      {figures.saturated[0]:.0f} / {figures.saturated[1]:.0f} / {figures.saturated[2]:.0f} ms"
+        )
+        self.say(figures.last_line())

@@ -1,0 +1,220 @@
+"""The serving benchmark: the full pipeline against the raw batched model and batch-1 serving.
+
+(a) limit: the raw model, in this process, on batches of the configured size;
+(b) pipeline: ORM -> Celery -> Redis -> a batching worker process -> database;
+(c) batch1: the same pipeline with one job per forward pass (``--no-batching``).
+Outputs are forced to FIXED_OUTPUT_TOKENS so that random weights time like a real model.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.test.utils import override_settings
+
+from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
+from translation.models import Translation, TranslationStatus
+from translation.tiny_models import corpus_lines, write_benchmark_model
+
+FIXED_OUTPUT_TOKENS = 20
+LIGHT_LOAD_JOBS = 40
+BATCH1_PIPELINE_JOBS = 100
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spanish_texts() -> list[str]:
+    """The corpus's Spanish support sentences (and their variants with numbers and addresses)."""
+    lines = corpus_lines()
+    half = len(lines) // 2
+    return lines[16:32] + lines[half + 16 : half + 32]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+@dataclass
+class Figures:
+    limit: float = 0.0  # sentences/s, raw batched model
+    raw_batch1: float = 0.0  # sentences/s, raw model one at a time
+    model_ms: float = 0.0  # one sentence's forward pass alone
+    pipeline: float = 0.0
+    batch1: float = 0.0
+    mean_batch: float = 0.0
+    light: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p95, p99 in ms
+    saturated: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def last_line(self) -> str:
+        return (
+            f"limit={self.limit:.1f} pipeline={self.pipeline:.1f} batch1={self.batch1:.1f} "
+            f"vs_limit={self.pipeline / self.limit:.3f} vs_batch1={self.pipeline / self.batch1:.2f} "
+            f"p95_light_ms={self.light[1]:.1f} mean_batch={self.mean_batch:.1f}"
+        )
+
+
+class Benchmark:
+    def __init__(self, *, model: str, jobs: int, say: Callable[[str], None]) -> None:
+        self.model, self.jobs, self.say = model, jobs, say
+        self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
+        self.texts = spanish_texts()
+        self.target = settings.DEFAULT_AGENT_LANGUAGE
+        self.prefix = f"bench-{os.getpid()}:"
+
+    # --- (a) the raw model -----------------------------------------------------------------
+    def measure_model(self, figures: Figures) -> None:
+        from translation.engines import EngineSpec
+        from translation.engines.hf_seq2seq import HFSeq2SeqEngine
+
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(self.model_dir)))
+        engine.load()
+        engine.translate(self.texts[:4], "es", self.target)  # warm-up
+        batches = max(2, self.jobs // self.batch_size)
+        started = time.perf_counter()
+        for i in range(batches):
+            engine.translate([self.texts[(i + j) % len(self.texts)] for j in range(self.batch_size)], "es", self.target)
+        figures.limit = batches * self.batch_size / (time.perf_counter() - started)
+        singles = 20
+        started = time.perf_counter()
+        for i in range(singles):
+            engine.translate([self.texts[i % len(self.texts)]], "es", self.target)
+        elapsed = time.perf_counter() - started
+        figures.raw_batch1, figures.model_ms = singles / elapsed, elapsed / singles * 1000
+        self.say(f"  raw model: {figures.limit:.1f} sent/s at batch {self.batch_size}, "
+                 f"{figures.raw_batch1:.1f} sent/s one at a time ({figures.model_ms:.1f} ms each)")
+        del engine
+        gc.collect()
+
+    # --- the pipeline ----------------------------------------------------------------------
+    def start_worker(self, *, batching: bool) -> subprocess.Popen:
+        from cs_portal.celery import app
+
+        name = f"bench-{'batched' if batching else 'batch1'}-{os.getpid()}@localhost"
+        env = dict(os.environ, TRANSLATION_ROUTES=json.dumps(self.routes), BROKER_KEY_PREFIX=self.prefix,
+                   PYTHONUNBUFFERED="1", **{FIXED_OUTPUT_TOKENS_VARIABLE: str(FIXED_OUTPUT_TOKENS)})
+        command = [sys.executable, "-m", "workers.main", "--queues", f"translate.{self.target}", "--name", name,
+                   "--loglevel", "WARNING"]
+        if not batching:
+            command.append("--no-batching")
+        log = (settings.DATA_DIR / "logs" / "benchmark-worker.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while not app.control.ping(destination=[name], timeout=0.5):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the benchmark worker did not start; see {log}")
+        return process
+
+    @staticmethod
+    def stop_worker(process: subprocess.Popen) -> None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def send(self, conversation, count: int, offset: int = 0) -> None:
+        from cs_portal.portal.services import message_create_from_customer
+
+        for i in range(count):
+            text = self.texts[(offset + i) % len(self.texts)]
+            message_create_from_customer(conversation=conversation, text=text, language="es")
+
+    def wait_done(self, conversation, count: int, timeout: float) -> list[Translation]:
+        deadline = time.monotonic() + timeout
+        rows = Translation.objects.filter(message__conversation=conversation)
+        while time.monotonic() < deadline:
+            if rows.filter(status__in=[TranslationStatus.DONE, TranslationStatus.FAILED]).count() >= count:
+                return list(rows)
+            time.sleep(0.01)
+        raise RuntimeError(f"{count} jobs did not finish within {timeout:.0f}s")
+
+    @staticmethod
+    def latencies_ms(rows: list[Translation]) -> list[float]:
+        return [(row.finished_at - row.created_at).total_seconds() * 1000 for row in rows if row.finished_at]
+
+    def burst(self, conversation, count: int) -> tuple[float, list[Translation]]:
+        """``count`` jobs sent at once (one commit); sentences/s from the commit to the last result."""
+        from django.utils import timezone
+
+        with transaction.atomic():
+            self.send(conversation, count)
+            committed = timezone.now()  # the commit and the sends follow: they are the pipeline's
+        rows = self.wait_done(conversation, count, timeout=60 + count * 2)
+        failed = [row for row in rows if row.status != TranslationStatus.DONE]
+        if failed:
+            raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g.: {failed[0].failure_reason}")
+        elapsed = (max(row.finished_at for row in rows) - committed).total_seconds()
+        return count / elapsed, rows
+
+    def new_conversation(self, client):
+        from cs_portal.portal.services import conversation_create
+
+        conversation = conversation_create(api_client=client, customer_name="Benchmark")
+        conversation.assignee = None  # jobs go to DEFAULT_AGENT_LANGUAGE, the route's target
+        conversation.save(update_fields=["assignee"])
+        return conversation
+
+    def run(self) -> Figures:
+        from cs_portal.celery import app
+        from cs_portal.portal.services import api_client_create
+
+        figures = Figures()
+        self.model_dir = write_benchmark_model(settings.MODELS_DIR, self.model, progress=self.say)
+        self.routes = [{"source": "es", "target": self.target, "engine": "hf-seq2seq", "model": str(self.model_dir)}]
+        os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(FIXED_OUTPUT_TOKENS)
+        self.say(f"[1/3] Raw model ({self.model}, {FIXED_OUTPUT_TOKENS} output tokens) ...")
+        self.measure_model(figures)
+
+        saved_options = dict(app.conf.broker_transport_options)
+        app.conf.broker_transport_options = {**saved_options, "global_keyprefix": self.prefix}
+        client, _ = api_client_create(name=f"benchmark-{os.getpid()}-{time.time_ns()}")
+        try:
+            with override_settings(TRANSLATION_ROUTES=self.routes):
+                self.say("[2/3] Pipeline with batching: light load, then saturation ...")
+                worker = self.start_worker(batching=True)
+                try:
+                    light = self.new_conversation(client)
+                    interval = max(0.05, 4 / figures.raw_batch1)  # well below what one job at a time can serve
+                    for i in range(LIGHT_LOAD_JOBS):
+                        with transaction.atomic():
+                            self.send(light, 1, offset=i)
+                        time.sleep(interval)
+                    rows = self.wait_done(light, LIGHT_LOAD_JOBS, timeout=120)
+                    figures.light = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
+                    self.say(f"  light load ({1 / interval:.0f} jobs/s): p50 {figures.light[0]:.1f} ms, "
+                             f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms")
+                    saturated = self.new_conversation(client)
+                    figures.pipeline, rows = self.burst(saturated, self.jobs)
+                    figures.saturated = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
+                    executions = sum(1 / row.batch_size for row in rows if row.batch_size)
+                    figures.mean_batch = len(rows) / executions if executions else 0.0
+                    self.say(f"  saturation ({self.jobs} jobs at once): {figures.pipeline:.1f} sent/s, "
+                             f"mean batch {figures.mean_batch:.1f}, p95 {figures.saturated[1]:.0f} ms")
+                finally:
+                    self.stop_worker(worker)
+                self.say("[3/3] Pipeline with one job per forward pass ...")
+                worker = self.start_worker(batching=False)
+                try:
+                    count = min(self.jobs, BATCH1_PIPELINE_JOBS)
+                    figures.batch1, _ = self.burst(self.new_conversation(client), count)
+                    self.say(f"  batch-1 pipeline ({count} jobs at once): {figures.batch1:.1f} sent/s")
+                finally:
+                    self.stop_worker(worker)
+        finally:
+            app.conf.broker_transport_options = saved_options
+            client.customers.all().delete()
+            client.delete()
+        return figures
