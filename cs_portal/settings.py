@@ -199,9 +199,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # blocking a web request for the default ~minute of retries.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-# Task events let Flower show jobs per queue and worker.
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Task events let Flower show jobs per queue and worker; each costs a broker publish per job
+# and state change, so a throughput-bound deployment may turn them off (CELERY_TASK_EVENTS=false).
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)
+CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
 # Jobs never go to Celery's default queue: each is sent to its route's queue explicitly.
 CELERY_TASK_DEFAULT_QUEUE = "translate.default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -157,6 +157,14 @@ class Benchmark:
         if failed:
             raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g.: {failed[0].failure_reason}")
         elapsed = (max(row.finished_at for row in rows) - committed).total_seconds()
+        sending = (max(row.enqueued_at for row in rows) - committed).total_seconds()
+        batches = {}
+        for row in rows:  # one forward pass per (worker, started_at): its rows share the claim time
+            batches.setdefault(row.started_at, []).append(row)
+        compute = sum((max(r.finished_at for r in b) - started).total_seconds() for started, b in batches.items())
+        self.say(f"  where the time goes: {elapsed:.2f}s in all; sending {sending:.2f}s; "
+                 f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
+                 f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
         return count / elapsed, rows
 
     def new_conversation(self, client):

@@ -23,7 +23,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (N: the GPU index or UUID)")
     parser.add_argument(
         "--concurrency", type=int, default=0,
-        help="pool threads taking jobs (default: max batch size + 16, so the next batch fills while one runs)",
+        help="pool threads taking jobs (default: twice the max batch size + 16, so a full batch waits while one runs)",
     )
     parser.add_argument(
         "--no-batching", dest="batching", action="store_false",
@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from django.conf import settings
 
-    concurrency = args.concurrency or (settings.TRANSLATION_MAX_BATCH_SIZE + 16 if args.batching else 2)
+    # Each waiting job holds a pool thread. With only one batch's worth, the next batch could
+    # only hold what is left over while one runs, and batches alternate full and tiny (the
+    # in-flight cap Ray Serve users hit, ray#43288); two batches' worth keeps them full.
+    concurrency = args.concurrency or (2 * settings.TRANSLATION_MAX_BATCH_SIZE + 16 if args.batching else 2)
     if args.batching:
         start_device_loop(settings)
     name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
