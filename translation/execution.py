@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -21,7 +22,7 @@ from django.db.models import Case, Q, TextField, Value, When
 from django.utils import timezone
 
 from translation.batching import run_isolated
-from translation.engines import EngineError, EngineSpec, engine_for
+from translation.engines import EngineError, EngineSpec, TranslationEngine, engine_for
 from translation.models import Translation, TranslationStatus
 
 logger = logging.getLogger(__name__)
@@ -175,10 +176,14 @@ def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure 
     return None
 
 
-def translation_run_batch(deliveries: list[Delivery]) -> list[RunOutcome | TransientFailure]:
+def translation_run_batch(
+    deliveries: list[Delivery], *, engines: Callable[[EngineSpec], TranslationEngine] = engine_for
+) -> list[RunOutcome | TransientFailure]:
     """Run a batch of deliveries; one outcome per delivery, in order.
 
-    A TransientFailure in the list means: the row is queued again, send the job again later.
+    ``engines`` gives the engine of a spec: loaded in this process by default, or a worker's
+    engine process. A TransientFailure in the list means: the row is queued again, send the
+    job again later.
     """
     jobs = translations_claim(deliveries)
     groups: dict[tuple, list[Job]] = defaultdict(list)
@@ -187,7 +192,7 @@ def translation_run_batch(deliveries: list[Delivery]) -> list[RunOutcome | Trans
     outcomes: dict[int, RunOutcome | TransientFailure] = {}
     for (spec, source, target), group in groups.items():
         try:
-            engine = engine_for(spec)
+            engine = engines(spec)
         except Exception as exc:  # the model does not load: every job of the group, the same way
             results: list = [exc] * len(group)
         else:

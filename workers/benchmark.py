@@ -142,6 +142,18 @@ class Benchmark:
         raise RuntimeError(f"{count} jobs did not finish within {timeout:.0f}s")
 
     @staticmethod
+    def latency_parts(rows: list[Translation]) -> dict[str, list[float]]:
+        """Saved -> sent -> claimed by the worker -> stored, in ms, per job."""
+        def ms(later, earlier) -> float:
+            return (later - earlier).total_seconds() * 1000
+
+        return {
+            "saving and sending": [ms(r.enqueued_at, r.created_at) for r in rows],
+            "broker, worker and batcher wait": [ms(r.started_at, r.enqueued_at) for r in rows],
+            "claim, model and store": [ms(r.finished_at, r.started_at) for r in rows],
+        }
+
+    @staticmethod
     def latencies_ms(rows: list[Translation]) -> list[float]:
         return [(row.finished_at - row.created_at).total_seconds() * 1000 for row in rows if row.finished_at]
 
@@ -202,6 +214,8 @@ class Benchmark:
                         time.sleep(interval)
                     rows = self.wait_done(light, LIGHT_LOAD_JOBS, timeout=120)
                     figures.light = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
+                    self.say("  light load, median parts: " + ", ".join(
+                        f"{name} {statistics.median(values):.1f} ms" for name, values in self.latency_parts(rows).items()))
                     self.say(f"  light load ({1 / interval:.0f} jobs/s): p50 {figures.light[0]:.1f} ms, "
                              f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms")
                     saturated = self.new_conversation(client)

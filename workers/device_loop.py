@@ -1,13 +1,15 @@
-"""The device loop: the one thread of a worker that runs models.
+"""The device loop: the thread of a worker that turns batches into forward passes.
 
 Celery's pool threads take jobs from the broker and hand them to the batcher; this loop takes
 batches from the batcher, runs each through the execution layer (one claim, one forward pass
-per group, one write) and answers every job's future.
+per group in the engine process, one write) and answers every job's future.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 
@@ -15,14 +17,15 @@ from django.db import close_old_connections
 
 from translation.batching import Batcher, PendingJob
 from translation.execution import translation_run_batch
+from workers.engine_process import EngineProcess
 
 logger = logging.getLogger(__name__)
 
 
 class DeviceLoop(threading.Thread):
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Batcher, engines: EngineProcess) -> None:
         super().__init__(name="device-loop", daemon=True)
-        self.batcher = batcher
+        self.batcher, self.engines = batcher, engines
         self._stopping = threading.Event()
         self.batches = 0
         self.jobs = 0
@@ -33,12 +36,18 @@ class DeviceLoop(threading.Thread):
             batch = self.batcher.next_batch(timeout=0.5)
             if batch:
                 self.process(batch)
+            if not self.engines.alive() and not self._stopping.is_set():
+                # Without its models the worker can only fail jobs: stop it (a warm shutdown
+                # gives its unfinished jobs back to the broker) and let its supervisor restart it.
+                logger.critical("The engine process died; stopping this worker")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
         close_old_connections()
 
     def process(self, batch: list[PendingJob]) -> None:
         close_old_connections()  # a connection the database dropped is replaced, not reused
         try:
-            outcomes = translation_run_batch([job.payload for job in batch])
+            outcomes = translation_run_batch([job.payload for job in batch], engines=self.engines.engine)
         except Exception as exc:  # the database failed: every job goes back for a retry
             logger.exception("Batch of %d failed before its results were stored", len(batch))
             outcomes = [exc] * len(batch)
@@ -56,3 +65,4 @@ class DeviceLoop(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.batcher.close()
+        self.engines.stop()

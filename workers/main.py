@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     import django
 
     django.setup()
-    from workers.warmup import load_models_for_queues
+    from workers.warmup import warmups_for_queues
 
     from cs_portal.celery import app
     from translation.routing import load_routes
@@ -61,18 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     queues = sorted({r.queue for r in load_routes()}) if args.queues == "all" else args.queues.split(",")
     if not queues:
         raise SystemExit("No queues to consume: the routing table is empty")
-    started = time.monotonic()
-    load_models_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"])
-    print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
-
     from django.conf import settings
+
+    started = time.monotonic()
+    start_device_loop(settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching)
+    print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
 
     # Each waiting job holds a pool thread. With only one batch's worth, the next batch could
     # only hold what is left over while one runs, and batches alternate full and tiny (the
     # in-flight cap Ray Serve users hit, ray#43288); two batches' worth keeps them full.
     concurrency = args.concurrency or (2 * settings.TRANSLATION_MAX_BATCH_SIZE + 16 if args.batching else 2)
-    if args.batching:
-        start_device_loop(settings)
     name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
     app.worker_main(
         [
@@ -95,19 +93,27 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def start_device_loop(settings) -> None:
-    """Start the batcher and the device loop, and route this process's jobs through them."""
+def start_device_loop(settings, warmups, batching: bool) -> None:
+    """Load the models in the engine process, start the batcher and the device loop, and route
+    this process's jobs through them. Without batching, every batch holds one job."""
     from translation.batching import Batcher, BatchPolicy
     from translation.execution import use_batcher
     from workers.device_loop import DeviceLoop
+    from workers.engine_process import EngineProcess
 
-    policy = BatchPolicy(
-        max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,
-        max_wait_s=settings.TRANSLATION_MAX_WAIT_MS / 1000,
-        max_batch_tokens=settings.TRANSLATION_MAX_BATCH_TOKENS,
-    )
+    engines = EngineProcess(warmups)
+    for spec, size in engines.start().items():
+        print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB", flush=True)
+    if batching:
+        policy = BatchPolicy(
+            max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,
+            max_wait_s=settings.TRANSLATION_MAX_WAIT_MS / 1000,
+            max_batch_tokens=settings.TRANSLATION_MAX_BATCH_TOKENS,
+        )
+    else:
+        policy = BatchPolicy(max_batch_size=1, max_wait_s=0)
     batcher = Batcher(policy)
-    DeviceLoop(batcher).start()
+    DeviceLoop(batcher, engines).start()
     use_batcher(batcher)
     print(
         f"Batching: up to {policy.max_batch_size} jobs or {policy.max_batch_tokens} tokens, "

@@ -20,6 +20,10 @@ class InputTooLong(EngineError):
         super().__init__(f"Input has {tokens} tokens; the model accepts at most {limit}.")
         self.index, self.tokens, self.limit = index, tokens, limit
 
+    def __reduce__(self):
+        # Crosses a process boundary (workers/engine_process.py) with its fields intact.
+        return (InputTooLong, (self.index, self.tokens, self.limit))
+
 
 @dataclass(frozen=True)
 class EngineSpec:
