@@ -26,20 +26,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from workers.lifecycle import die_with_parent
+
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 STOP_TIMEOUT_S = 20
 READY_TIMEOUT_S = 180
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM this process when the supervisor dies,
-    so a killed ``bin/run`` never leaves a worker consuming with nobody watching it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: children are still stopped by the supervisor's own shutdown
-        pass
 
 
 @dataclass
@@ -55,7 +46,7 @@ class Child:
         # A session of its own: Ctrl-C reaches only the supervisor, which stops children in order.
         self.process = subprocess.Popen(
             self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            cwd=settings.BASE_DIR, preexec_fn=_die_with_parent,
+            cwd=settings.BASE_DIR, preexec_fn=die_with_parent,
         )
 
     def alive(self) -> bool:

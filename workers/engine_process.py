@@ -107,6 +107,9 @@ class EngineProcess:
 def _serve(connection, warmups: list[Warmup]) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     from translation.engines import engine_for
+    from workers.lifecycle import die_with_parent
+
+    die_with_parent()
 
     try:
         memory: dict[EngineSpec, int] = {}

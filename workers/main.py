@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import time
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     from django.conf import settings
 
     started = time.monotonic()
+    # Until Celery installs its own handlers, SIGTERM ends the start-up cleanly (the engine
+    # process is told to stop) instead of killing this process mid-load.
+    signal.signal(signal.SIGTERM, _exit_during_start_up)
     start_device_loop(settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching)
     print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
 
@@ -93,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def _exit_during_start_up(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def start_device_loop(settings, warmups, batching: bool) -> None:
     """Load the models in the engine process, start the batcher and the device loop, and route
     this process's jobs through them. Without batching, every batch holds one job."""
@@ -102,7 +110,12 @@ def start_device_loop(settings, warmups, batching: bool) -> None:
     from workers.engine_process import EngineProcess
 
     engines = EngineProcess(warmups)
-    for spec, size in engines.start().items():
+    try:
+        memory = engines.start()
+    except BaseException:
+        engines.stop()
+        raise
+    for spec, size in memory.items():
         print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB", flush=True)
     if batching:
         policy = BatchPolicy(
