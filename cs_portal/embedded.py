@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,41 +25,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workers.lifecycle import die_with_parent
+from workers.lifecycle import Child
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-STOP_TIMEOUT_S = 20
 READY_TIMEOUT_S = 180
-
-
-@dataclass
-class Child:
-    name: str
-    command: list[str]
-    log: Path
-    process: subprocess.Popen | None = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log.open("ab")
-        # A session of its own: Ctrl-C reaches only the supervisor, which stops children in order.
-        self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            cwd=settings.BASE_DIR, preexec_fn=die_with_parent,
-        )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        self.process.send_signal(signal.SIGTERM)  # Celery: warm shutdown, unfinished jobs go back
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 @dataclass

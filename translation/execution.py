@@ -13,6 +13,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 from enum import Enum
 
@@ -196,7 +197,7 @@ def translation_run_batch(
         except Exception as exc:  # the model does not load: every job of the group, the same way
             results: list = [exc] * len(group)
         else:
-            results = run_isolated([job.text for job in group], lambda texts: engine.translate(texts, source, target))
+            results = run_isolated([job.text for job in group], partial(engine.translate, source=source, target=target))
         to_store = []
         for job, result in zip(group, results, strict=True):
             settled = _settle(job, result)
