@@ -15,7 +15,6 @@ import secrets
 import signal
 import socket
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workers.lifecycle import Child
+from workers.lifecycle import Child, raise_if_stop_requested
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 READY_TIMEOUT_S = 180
@@ -61,29 +60,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-class StopRequested(Exception):
-    """Ctrl-C or SIGTERM arrived; raised at the next safe point by ``raise_if_stop_requested``."""
-
-
-_stop = threading.Event()
-
-
-def install_stop_signals() -> None:
-    """Record Ctrl-C and SIGTERM. The handler only sets a flag: an exception raised inside a
-    signal handler can land in the middle of a fork or a library's cleanup and be swallowed."""
-
-    def on_signal(signum, frame) -> None:
-        _stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-
-def raise_if_stop_requested() -> None:
-    if _stop.is_set():
-        raise StopRequested()
 
 
 def wait_until(check: Callable[[], bool], children: list[Child], what: str, timeout: float = READY_TIMEOUT_S) -> None:

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "cs_portal.portal",
     "translation",
+    "workers",
 ]
 
 MIDDLEWARE = [
@@ -206,6 +207,9 @@ CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
 # Jobs never go to Celery's default queue: each is sent to its route's queue explicitly.
 CELERY_TASK_DEFAULT_QUEUE = "translate.default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Which GPU serves which queues (workers/placement.py); `manage.py start_workers` reads it.
+PLACEMENT_FILE = Path(env.str("PLACEMENT_FILE", default=str(BASE_DIR / "docker" / "placement.json")))
 
 # Where the run command and the admin link point for Flower.
 FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,26 @@ class Child:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM arrived; raised at the next safe point by ``raise_if_stop_requested``."""
+
+
+_stop = threading.Event()
+
+
+def install_stop_signals() -> None:
+    """Record Ctrl-C and SIGTERM. The handler only sets a flag: an exception raised inside a
+    signal handler can land in the middle of a fork or a library's cleanup and be swallowed."""
+
+    def on_signal(signum, frame) -> None:
+        _stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def raise_if_stop_requested() -> None:
+    if _stop.is_set():
+        raise StopRequested()

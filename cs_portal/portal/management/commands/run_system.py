@@ -5,14 +5,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from cs_portal.embedded import (
-    Credentials,
-    EmbeddedSystem,
-    StopRequested,
-    install_stop_signals,
-    port_is_free,
-    raise_if_stop_requested,
-)
+from cs_portal.embedded import Credentials, EmbeddedSystem, port_is_free
+from workers.lifecycle import StopRequested, install_stop_signals, raise_if_stop_requested
 from cs_portal.portal.demo import demo_data_ensure
 
 

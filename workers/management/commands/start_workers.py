@@ -1,0 +1,99 @@
+import socket
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.lifecycle import Child, StopRequested, install_stop_signals, raise_if_stop_requested
+from workers.placement import PlacementError, for_this_machine, gpu_count, load_placement
+
+READY_TIMEOUT_S = 600
+MAX_RESTART_DELAY_S = 30
+
+
+class Command(BaseCommand):
+    help = (
+        "Start one worker process per GPU of the placement plan (one CPU worker on a machine "
+        "without a GPU), each loading its models before it consumes; restart any that dies."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--plan", default=str(settings.PLACEMENT_FILE), help="placement plan (JSON)")
+        parser.add_argument("--cpu", action="store_true", help="ignore GPUs: one CPU worker for every queue of the plan")
+
+    def say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
+
+    def handle(self, *args, plan: str, cpu: bool, **options) -> None:
+        try:
+            placements = for_this_machine(load_placement(Path(plan)), 0 if cpu else gpu_count())
+        except PlacementError as exc:
+            raise CommandError(str(exc)) from exc
+        host = socket.gethostname()
+        workers = {
+            placement.name: Child(
+                name=f"{placement.name}@{host}",
+                command=[
+                    sys.executable, "-m", "workers.main", "--device", placement.device,
+                    "--queues", ",".join(placement.queues), "--name", f"{placement.name}@{host}",
+                ],
+                log=settings.DATA_DIR / "logs" / f"worker-{placement.name}.log",
+            )
+            for placement in placements
+        }
+        install_stop_signals()
+        try:
+            for placement in placements:
+                child = workers[placement.name]
+                child.start(_environment())
+                self.say(f"  {child.name}: {placement.device}, queues {', '.join(placement.queues)} (pid {child.process.pid}, log {child.log})")
+            self.wait_ready(workers.values())
+            self.say(f"Ready: {len(workers)} worker(s). Ctrl-C stops them.")
+            self.supervise(workers.values())
+        except StopRequested:
+            self.say("Stopping ...")
+        finally:
+            for child in workers.values():
+                child.stop()
+        self.say("Stopped.")
+
+    def wait_ready(self, children) -> None:
+        from cs_portal.celery import app
+
+        waiting = {child.name: child for child in children}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while waiting:
+            raise_if_stop_requested()
+            for name, child in list(waiting.items()):
+                if not child.alive():
+                    raise CommandError(f"{name} exited while loading its models; see {child.log}")
+            answered = app.control.ping(destination=list(waiting), timeout=0.5) or []
+            for reply in answered:
+                for name in reply:
+                    if waiting.pop(name, None):
+                        self.say(f"  {name} is consuming")
+            if time.monotonic() > deadline:
+                raise CommandError(f"Timed out waiting for {', '.join(waiting)}")
+
+    def supervise(self, children) -> None:
+        """Restart a worker that died, with a growing delay so a crash loop does not spin."""
+        delays = {child.name: 1.0 for child in children}
+        while True:
+            raise_if_stop_requested()
+            for child in children:
+                if not child.alive():
+                    self.say(f"{child.name} exited with status {child.process.returncode}; restarting in {delays[child.name]:.0f}s")
+                    time.sleep(delays[child.name])
+                    raise_if_stop_requested()
+                    delays[child.name] = min(delays[child.name] * 2, MAX_RESTART_DELAY_S)
+                    child.start(_environment())
+            time.sleep(0.5)
+
+
+def _environment() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,0 +1,103 @@
+"""The placement plan: which GPU serves which queues, one worker process per GPU.
+
+A plan is a JSON file (``PLACEMENT_FILE``, by default ``docker/placement.json``):
+
+    {"workers": [
+        {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en", "translate.es"]},
+        {"name": "gpu1", "device": "cuda:1", "queues": ["translate.en", "translate.zh"]}
+    ]}
+
+A GPU may serve several languages; a language may be served by several GPUs (they all consume
+its queue). On a machine without a GPU the plan becomes one CPU worker for all its queues.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda:(\d+|GPU-[0-9a-fA-F-]+))$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+QUEUE_PATTERN = re.compile(r"^translate\.[a-z]{2}(\.[a-z0-9_-]+)?$")
+
+
+class PlacementError(ValueError):
+    """The plan is invalid; the message names the entry and the problem."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    device: str  # "cpu" or "cuda:N" (an index or a GPU UUID)
+    queues: tuple[str, ...]
+
+
+def parse_placement(data: object, *, source: str = "the placement plan") -> list[Placement]:
+    if not isinstance(data, dict) or not isinstance(data.get("workers"), list) or not data["workers"]:
+        raise PlacementError(f'{source}: expected {{"workers": [...]}} with at least one worker')
+    placements, names, devices = [], set(), set()
+    for index, entry in enumerate(data["workers"]):
+        where = f"{source}, worker {index + 1}"
+        if not isinstance(entry, dict):
+            raise PlacementError(f"{where}: expected an object")
+        unknown = set(entry) - {"name", "device", "queues"}
+        if unknown:
+            raise PlacementError(f"{where}: unknown keys {sorted(unknown)}")
+        name, device, queues = entry.get("name", ""), entry.get("device", ""), entry.get("queues")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise PlacementError(f"{where}: name {name!r} must be lower-case letters, digits, '-' or '_'")
+        if name in names:
+            raise PlacementError(f"{where}: a second worker named {name!r}")
+        if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+            raise PlacementError(f"{where}: device {device!r} must be 'cpu', 'cuda:N' or 'cuda:GPU-<uuid>'")
+        if device != "cpu" and device in devices:
+            # One process per GPU: two would each load every model into the same card's memory.
+            raise PlacementError(f"{where}: {device} already has a worker; give it more queues instead")
+        if not isinstance(queues, list) or not queues:
+            raise PlacementError(f"{where}: queues must be a non-empty list")
+        for queue in queues:
+            if not isinstance(queue, str) or not QUEUE_PATTERN.match(queue):
+                raise PlacementError(f"{where}: queue {queue!r} must look like 'translate.<lang>[.<name>]'")
+        names.add(name)
+        devices.add(device)
+        placements.append(Placement(name=name, device=device, queues=tuple(dict.fromkeys(queues))))
+    return placements
+
+
+def load_placement(path: Path) -> list[Placement]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PlacementError(f"No placement plan at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise PlacementError(f"{path} is not valid JSON: {exc}") from None
+    return parse_placement(data, source=str(path))
+
+
+def for_this_machine(plan: list[Placement], gpu_count: int) -> list[Placement]:
+    """The plan as this machine can run it: GPU entries beyond its GPUs are an error; with no
+    GPU at all, one CPU worker consumes every queue of the plan."""
+    if gpu_count == 0:
+        queues = tuple(dict.fromkeys(queue for placement in plan for queue in placement.queues))
+        return [Placement(name="cpu", device="cpu", queues=queues)]
+    for placement in plan:
+        index = placement.device.removeprefix("cuda:")
+        if index.isdigit() and int(index) >= gpu_count:
+            raise PlacementError(f"worker {placement.name} wants {placement.device}, but this machine has {gpu_count} GPU(s)")
+    return plan
+
+
+def gpu_count() -> int:
+    """GPUs this machine has, without initialising CUDA in this process (its children use them)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return 0
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
