@@ -174,7 +174,22 @@ class HFSeq2SeqEngine(TranslationEngine):
 
     @property
     def memory_bytes(self) -> int:
+        """Bytes of weights and buffers, int8-packed layers included (they are not parameters)."""
         if self._model is None:
             return 0
-        tensors = list(self._model.parameters()) + list(self._model.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors)
+
+        def size(value) -> int:
+            if isinstance(value, tuple | list):
+                return sum(size(item) for item in value)
+            if hasattr(value, "element_size") and hasattr(value, "numel"):
+                return value.numel() * value.element_size()
+            return 0
+
+        # Tied weights appear under several names; count each storage once.
+        seen, total = set(), 0
+        for value in self._model.state_dict().values():
+            key = value.data_ptr() if hasattr(value, "data_ptr") and not getattr(value, "is_quantized", False) else id(value)
+            if key not in seen:
+                seen.add(key)
+                total += size(value)
+        return total

@@ -1,0 +1,49 @@
+import io
+
+import pytest
+import torch
+from django.core.management import call_command
+
+from translation.engines import EngineSpec
+from translation.engines.hf_seq2seq import HFSeq2SeqEngine
+from workers.precision import measure_drift, precisions_for
+
+NO_GPU = "needs a CUDA device: fp16 and bf16 run only on a GPU (none on this machine)"
+
+
+class PrecisionDriftTests:
+    def test_int8_on_cpu_is_measured_against_fp32(self, tiny_models):
+        texts = ["Hola, mi pedido no ha llegado.", "Gracias por su ayuda.", "¿Dónde está mi paquete?"] * 3
+        fp32_memory, [drift] = measure_drift(str(tiny_models.m2m100), texts, device="cpu", source="es", target="en",
+                                             say=lambda line: None)
+        assert drift.precision == "int8"
+        assert 0 <= drift.identical <= 1
+        assert 0 <= drift.chrf <= 100
+        assert 0 < drift.memory_mib < fp32_memory  # packed int8 layers are smaller
+
+    def test_the_command_prints_a_row_per_precision(self, tiny_models):
+        out = io.StringIO()
+        call_command("precision_drift", "--model", "tiny", stdout=out)
+        rows = [line.split()[0] for line in out.getvalue().splitlines() if line[:4] in ("fp32", "int8")]
+        assert rows == ["fp32", "int8"]
+
+    def test_gpu_precisions_are_fp16_and_bf16(self):
+        assert precisions_for("cuda") == ["fp16", "bf16"]
+        assert precisions_for("cpu") == ["int8"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+class GpuPrecisionTests:
+    @pytest.mark.parametrize("precision", ["fp16", "bf16"])
+    def test_half_precision_translates_on_the_gpu(self, tiny_models, precision):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision=precision, device="cuda"))
+        engine.load()
+        [text] = engine.translate(["Hola, mi pedido no ha llegado."], "es", "en")
+        assert text
+        assert engine.memory_bytes > 0
+
+    def test_drift_of_fp16_and_bf16_is_measured(self, tiny_models):
+        _, drifts = measure_drift(str(tiny_models.m2m100), ["Hola.", "Gracias."], device="cuda", source="es",
+                                  target="en", say=lambda line: None)
+        assert [d.precision for d in drifts] == ["fp16", "bf16"]
