@@ -152,6 +152,7 @@ class EmbeddedSystem:
                 "worker",
                 [python, "-m", "workers.main", "--queues", "all", "--device", "cpu", "--name", self.worker_name],
                 logs / "worker.log",
+                stop_timeout_s=60,
             ),
             Child(
                 "web",

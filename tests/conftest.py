@@ -107,6 +107,21 @@ def queued_translation(api_client_key, tiny_models, django_capture_on_commit_cal
     return message.translations.get()
 
 
+@pytest.fixture
+def many_translations(api_client_key, tiny_models, django_capture_on_commit_callbacks):
+    """Translations of five Spanish messages and one French one, all queued, none sent."""
+    from cs_portal.portal.services import conversation_create, message_create_from_customer
+
+    client, _ = api_client_key
+    texts = [("es", f"Mi pedido número {i} no ha llegado.") for i in range(5)] + [("fr", "Mon colis est en retard.")]
+    rows = []
+    with django_capture_on_commit_callbacks(execute=False):
+        for language, text in texts:
+            conversation = conversation_create(api_client=client, customer_name="Ana")
+            rows.append(message_create_from_customer(conversation=conversation, text=text, language=language).translations.get())
+    return rows
+
+
 class Http:
     """A small JSON client over real HTTP (urllib) against a running server."""
 

@@ -85,11 +85,17 @@ class Batcher:
         with self._ready:
             return sum(len(jobs) for jobs in self._groups.values())
 
-    def close(self) -> None:
-        """Release waiting consumers; jobs still queued are left to their submitters' timeouts."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Refuse new jobs and answer every waiting job with ``error`` (its submitter then
+        gives the job back for a retry) instead of leaving it to time out."""
         with self._ready:
             self._closed = True
+            waiting = [job for jobs in self._groups.values() for job in jobs]
+            self._groups.clear()
             self._ready.notify_all()
+        for job in waiting:
+            if not job.future.done():
+                job.future.set_exception(error or RuntimeError("the batcher closed before this job ran"))
 
     def next_batch(self, timeout: float | None = None) -> list[PendingJob]:
         """Block until a batch is due and return it (sorted by length), or [] on timeout/close."""
@@ -108,15 +114,24 @@ class Batcher:
             return []
 
     def _due(self, now: float) -> tuple[Hashable | None, float | None]:
-        """The group to release now, else how long until the earliest deadline (None: no jobs)."""
-        policy, earliest = self.policy, None
+        """The group to release now, else how long until the earliest deadline (None: no jobs).
+
+        Among the groups that are due (full, over the token budget, or past their oldest job's
+        deadline), the one whose oldest job arrived first goes first: a busy pair cannot starve
+        a quiet one.
+        """
+        policy, earliest, due, due_since = self.policy, None, None, None
         for key, jobs in self._groups.items():
-            if len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens:
-                return key, None
-            deadline = jobs[0].arrived + policy.max_wait_s
-            if deadline <= now:
-                return key, None
-            earliest = deadline if earliest is None else min(earliest, deadline)
+            oldest = jobs[0].arrived
+            deadline = oldest + policy.max_wait_s
+            full = len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens
+            if full or deadline <= now:
+                if due_since is None or oldest < due_since:
+                    due, due_since = key, oldest
+            else:
+                earliest = deadline if earliest is None else min(earliest, deadline)
+        if due is not None:
+            return due, None
         return None, (None if earliest is None else earliest - now)
 
     def _take(self, key: Hashable) -> list[PendingJob]:

@@ -81,7 +81,7 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
     claimed: list[Translation] = []
     with transaction.atomic():
         rows = (
-            Translation.objects.select_for_update()
+            Translation.objects.select_for_update(of=("self",))  # not the messages' rows
             .select_related("message")
             .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
             .order_by("pk")  # one lock order for every worker: no deadlocks between batches
@@ -122,19 +122,27 @@ def _latest_claims(jobs: list[Job]):
     return Translation.objects.filter(condition, status=TranslationStatus.RUNNING)
 
 
-def translations_complete(results: list[tuple[Job, str]]) -> set[int]:
-    """Store the results with one UPDATE; returns the ids stored (the others were superseded)."""
+def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | None = None) -> set[int]:
+    """Store the results with one UPDATE; returns the ids stored (the others were superseded).
+
+    ``batch_size`` is the number of jobs in the forward pass that made them.
+    """
     if not results:
         return set()
     now = timezone.now()
     texts = Case(*[When(pk=job.id, then=Value(text)) for job, text in results], output_field=TextField())
-    _latest_claims([job for job, _ in results]).update(
+    stored = _latest_claims([job for job, _ in results]).update(
         status=TranslationStatus.DONE, text=texts, failure_reason="", finished_at=now, updated_at=now,
-        batch_size=len(results),
+        batch_size=batch_size or len(results),
     )
     ids = [job.id for job, _ in results]
-    # finished_at=now names exactly the rows this statement wrote.
-    return set(Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE, finished_at=now).values_list("pk", flat=True))
+    if stored == len(ids):
+        return set(ids)
+    # Some claims were superseded: the rows this statement wrote are the ones still holding
+    # the claim's attempt and this statement's finish time.
+    attempts = {job.id: job.attempt for job, _ in results}
+    rows = Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE, finished_at=now)
+    return {pk for pk, attempt in rows.values_list("pk", "attempts") if attempts[pk] == attempt}
 
 
 def translation_complete(*, job: Job, text: str) -> bool:
@@ -188,8 +196,8 @@ def translation_run_batch(
     """
     jobs = translations_claim(deliveries)
     groups: dict[tuple, list[Job]] = defaultdict(list)
-    for job in jobs.values():
-        groups[(job.spec, job.source, job.target)].append(job)
+    for job in dict.fromkeys(jobs[d.translation_id] for d in deliveries if d.translation_id in jobs):
+        groups[(job.spec, job.source, job.target)].append(job)  # in the batcher's order: by length
     outcomes: dict[int, RunOutcome | TransientFailure] = {}
     for (spec, source, target), group in groups.items():
         try:
@@ -205,7 +213,7 @@ def translation_run_batch(
                 to_store.append((job, result))
             else:
                 outcomes[job.id] = settled
-        stored = translations_complete(to_store)
+        stored = translations_complete(to_store, batch_size=len(group))
         outcomes.update({job.id: RunOutcome.DONE if job.id in stored else RunOutcome.SKIPPED for job, _ in to_store})
     answered: set[int] = set()
     ordered = []

@@ -84,6 +84,7 @@ def translation_retry(*, translation: Translation) -> Translation:
         )
     route = route_for(translation.source_language, translation.target_language)
     translation.status, translation.failure_reason, translation.text = TranslationStatus.QUEUED, "", ""
+    translation.attempts = 0  # a person decided to try again: a full set of attempts
     translation.queue, translation.engine = route.queue, route.engine
     translation.model_name, translation.precision = route.model, route.precision
     translation.enqueued_at = translation.started_at = translation.finished_at = None

@@ -65,8 +65,10 @@ class Figures:
 
 
 class Benchmark:
-    def __init__(self, *, model: str, jobs: int, say: Callable[[str], None]) -> None:
+    def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
+                 precision: str = "fp32") -> None:
         self.model, self.jobs, self.say = model, jobs, say
+        self.device, self.precision = device, precision  # device: "cpu" or "cuda" (the first GPU)
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
         self.texts = spanish_texts()
         self.target = settings.DEFAULT_AGENT_LANGUAGE
@@ -77,7 +79,7 @@ class Benchmark:
         from translation.engines import EngineSpec
         from translation.engines.hf_seq2seq import HFSeq2SeqEngine
 
-        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(self.model_dir)))
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(self.model_dir), precision=self.precision, device=self.device))
         engine.load()
         engine.translate(self.texts[:4], "es", self.target)  # warm-up
         batches = max(2, self.jobs // self.batch_size)
@@ -104,7 +106,7 @@ class Benchmark:
         env = dict(os.environ, TRANSLATION_ROUTES=json.dumps(self.routes), BROKER_KEY_PREFIX=self.prefix,
                    PYTHONUNBUFFERED="1", **{FIXED_OUTPUT_TOKENS_VARIABLE: str(FIXED_OUTPUT_TOKENS)})
         command = [sys.executable, "-m", "workers.main", "--queues", f"translate.{self.target}", "--name", name,
-                   "--loglevel", "WARNING"]
+                   "--loglevel", "WARNING", "--device", "cuda:0" if self.device == "cuda" else "cpu"]
         if not batching:
             command.append("--no-batching")
         log = (settings.DATA_DIR / "logs" / "benchmark-worker.log")
@@ -193,9 +195,10 @@ class Benchmark:
 
         figures = Figures()
         self.model_dir = write_benchmark_model(settings.MODELS_DIR, self.model, progress=self.say)
-        self.routes = [{"source": "es", "target": self.target, "engine": "hf-seq2seq", "model": str(self.model_dir)}]
+        self.routes = [{"source": "es", "target": self.target, "engine": "hf-seq2seq", "model": str(self.model_dir),
+                        "precision": self.precision}]
         os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(FIXED_OUTPUT_TOKENS)
-        self.say(f"[1/3] Raw model ({self.model}, {FIXED_OUTPUT_TOKENS} output tokens) ...")
+        self.say(f"[1/3] Raw model ({self.model}, {self.precision} on {self.device}, {FIXED_OUTPUT_TOKENS} output tokens) ...")
         self.measure_model(figures)
 
         saved_options = dict(app.conf.broker_transport_options)

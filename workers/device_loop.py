@@ -17,7 +17,7 @@ from django.db import close_old_connections
 
 from translation.batching import Batcher, PendingJob
 from translation.execution import translation_run_batch
-from workers.engine_process import EngineProcess
+from workers.engine_process import EngineProcess, EngineProcessDied
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class DeviceLoop(threading.Thread):
                 # Without its models the worker can only fail jobs: stop it (a warm shutdown
                 # gives its unfinished jobs back to the broker) and let its supervisor restart it.
                 logger.critical("The engine process died; stopping this worker")
+                self.batcher.close(EngineProcessDied("the engine process died before this job ran"))
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
         close_old_connections()

@@ -21,10 +21,14 @@ from translation.engines import EngineSpec
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600  # loading several large checkpoints from disk can take minutes
+# A forward pass that has not answered by then is taken as hung (a wedged driver, a deadlock):
+# the engine process is killed and the worker stops for its supervisor to restart it. A full
+# batch of a base-size model on a slow CPU takes seconds; this is two orders above.
+CALL_TIMEOUT_S = 300
 
 
 class EngineProcessDied(RuntimeError):
-    """The child process ended (killed, out of memory, a crashed driver)."""
+    """The child process ended (killed, out of memory, a crashed driver) or hung."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class EngineProcess:
                 self._connection.send((spec, texts, source, target))
             except (BrokenPipeError, OSError) as exc:
                 raise EngineProcessDied(f"the engine process is gone ({exc})") from exc
+            if not self._connection.poll(CALL_TIMEOUT_S):
+                self._process.kill()
+                raise EngineProcessDied(f"the engine process did not answer within {CALL_TIMEOUT_S}s; killed")
             kind, value = self._receive()
         if kind == "error":
             raise value
@@ -92,12 +99,13 @@ class EngineProcess:
         return self._process.is_alive()
 
     def stop(self) -> None:
-        if self._process.is_alive():
+        if self._process.is_alive() and self._lock.acquire(timeout=5):  # not while a call hangs
             try:
-                with self._lock:
-                    self._connection.send(None)
+                self._connection.send(None)
             except OSError:
                 pass
+            finally:
+                self._lock.release()
             self._process.join(10)
         if self._process.is_alive():
             self._process.kill()
@@ -106,10 +114,15 @@ class EngineProcess:
 
 def _serve(connection, warmups: list[Warmup]) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
+    import signal
+
     from translation.engines import engine_for
     from workers.lifecycle import die_with_parent
 
     die_with_parent()
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides when this
+    # process stops (it tells it, or it dies with it), not the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     try:
         memory: dict[EngineSpec, int] = {}
@@ -132,4 +145,18 @@ def _serve(connection, warmups: list[Warmup]) -> None:
         try:
             connection.send(("ok", engine_for(spec).translate(texts, source, target)))
         except Exception as exc:
-            connection.send(("error", exc))
+            connection.send(("error", _picklable(exc)))
+
+
+def _picklable(exc: Exception) -> Exception:
+    """``exc`` if it survives the pipe, else an error of the same kind (engine error or not)."""
+    import pickle
+
+    from translation.engines import EngineError
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        kind = EngineError if isinstance(exc, EngineError) else RuntimeError
+        return kind(f"{type(exc).__name__}: {exc}")

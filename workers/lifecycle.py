@@ -32,6 +32,8 @@ class Child:
     command: list[str]
     log: Path
     process: subprocess.Popen | None = None
+    # A worker's warm shutdown finishes the batches it holds before it exits.
+    stop_timeout_s: float = STOP_TIMEOUT_S
 
     def start(self, env: dict[str, str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ class Child:
             return
         self.process.send_signal(signal.SIGTERM)  # Celery: warm shutdown, unfinished jobs go back
         try:
-            self.process.wait(STOP_TIMEOUT_S)
+            self.process.wait(self.stop_timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()

@@ -31,7 +31,7 @@ def precisions_for(device: str) -> list[str]:
 
 
 def measure_drift(model: str, texts: list[str], *, device: str, source: str, target: str,
-                  say: Callable[[str], None] = print) -> tuple[float, list[Drift]]:
+                  precisions: list[str] | None = None, say: Callable[[str], None] = print) -> tuple[float, list[Drift]]:
     """fp32's memory (MiB) and the drift of every other precision this device runs."""
     from sacrebleu.metrics import CHRF
 
@@ -49,7 +49,7 @@ def measure_drift(model: str, texts: list[str], *, device: str, source: str, tar
     say(f"  fp32 on {device} ...")
     reference, fp32_memory = outputs("fp32")
     drifts = []
-    for precision in precisions_for(device):
+    for precision in precisions or precisions_for(device):
         say(f"  {precision} on {device} ...")
         candidate, memory = outputs(precision)
         identical = sum(a == b for a, b in zip(candidate, reference, strict=True)) / len(texts)

@@ -70,6 +70,15 @@ class FlushTests:
         b.submit(job(payload="x"))
         assert [j.payload for j in b.next_batch(timeout=2)] == ["x"]
 
+    def test_close_answers_every_waiting_job_with_the_error(self, clock):
+        b = batcher(clock)
+        futures = [b.submit(job(payload=i)) for i in range(3)]
+        b.close(ConnectionError("engine gone"))
+        for future in futures:
+            with pytest.raises(ConnectionError, match="engine gone"):
+                future.result(timeout=0)
+        assert b.pending() == 0
+
     def test_close_releases_a_waiting_consumer(self):
         b = Batcher(BatchPolicy())
         got = []
@@ -100,6 +109,19 @@ class GroupingTests:
         b.submit(job(key="es-en", payload="newer"))
         clock.now += 1
         assert [j.payload for j in b.next_batch(timeout=0)] == ["older"]
+
+    def test_a_busy_pair_does_not_starve_a_quiet_one(self, clock):
+        b = batcher(clock)
+        for i in range(8):  # a backlog of es-en: two full batches
+            b.submit(job(key="es-en", payload=f"es{i}"))
+        clock.now += 0.001
+        b.submit(job(key="fr-en", payload="fr"))
+        clock.now += 1
+        assert {j.key for j in b.next_batch(timeout=0)} == {"es-en"}  # arrived first
+        for i in range(4):  # es-en keeps arriving, but now after the French job
+            b.submit(job(key="es-en", payload=f"late{i}"))
+        assert {j.key for j in b.next_batch(timeout=0)} == {"es-en"}  # the rest of the older backlog
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["fr"]
 
     def test_a_batch_is_sorted_by_length(self, clock):
         b = batcher(clock)

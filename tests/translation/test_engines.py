@@ -78,10 +78,12 @@ class HFSeq2SeqEngineTests:
         [text] = engine.translate(["Hola"], "es", "en")
         assert text
 
-    def test_half_precision_on_cpu_is_refused_with_the_reason(self, tiny_models):
+    def test_half_precision_on_cpu_falls_back_to_fp32_and_says_so(self, tiny_models, caplog):
         engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="fp16"))
-        with pytest.raises(ValueError, match="fp16 needs a GPU"):
-            engine.load()
+        engine.load()
+        assert engine.precision == "fp32"
+        assert "fp16 does not run on cpu; loading it in fp32" in caplog.text
+        assert engine.translate(["Hola"], "es", "en") == engine_for(EngineSpec("hf-seq2seq", str(tiny_models.m2m100))).translate(["Hola"], "es", "en")
 
 
 class NllbCodeTests:

@@ -128,21 +128,6 @@ class TranslationRunTests:
 
 
 
-@pytest.fixture
-def many_translations(api_client_key, tiny_models, django_capture_on_commit_callbacks):
-    """Translations of five Spanish messages and one French one, all queued, none sent."""
-    from cs_portal.portal.services import conversation_create, message_create_from_customer
-
-    client, _ = api_client_key
-    texts = [("es", f"Mi pedido número {i} no ha llegado.") for i in range(5)] + [("fr", "Mon colis est en retard.")]
-    rows = []
-    with django_capture_on_commit_callbacks(execute=False):
-        for language, text in texts:
-            conversation = conversation_create(api_client=client, customer_name="Ana")
-            rows.append(message_create_from_customer(conversation=conversation, text=text, language=language).translations.get())
-    return rows
-
-
 def deliveries(rows, worker="w1"):
     return [Delivery(row.pk, worker, "translate.en") for row in rows]
 
@@ -157,12 +142,27 @@ class TranslationRunBatchTests:
         assert sorted(row.batch_size for row in rows) == [1, 5, 5, 5, 5, 5]
 
     def test_results_go_to_the_right_rows(self, many_translations):
-        from translation.engines import EngineSpec, engine_for
+        class Echo:
+            """Answers each text with a text of its own: a permutation would show."""
 
-        translation_run_batch(deliveries(many_translations))
+            def translate(self, texts, source, target):
+                return [f"{source}>{target}:{text}" for text in texts]
+
+        translation_run_batch(list(reversed(deliveries(many_translations))), engines=lambda spec: Echo())
         for row in Translation.objects.filter(pk__in=[r.pk for r in many_translations]).select_related("message"):
-            engine = engine_for(EngineSpec(row.engine, row.model_name))
-            assert row.text == engine.translate([row.message.text], row.source_language, "en")[0]
+            assert row.text == f"{row.source_language}>en:{row.message.text}"
+
+    def test_the_forward_pass_sees_the_batch_in_the_batchers_order(self, many_translations):
+        seen = []
+
+        class Recorder:
+            def translate(self, texts, source, target):
+                seen.extend(texts)
+                return list(texts)
+
+        spanish = [row for row in many_translations if row.source_language == "es"]
+        translation_run_batch(list(reversed(deliveries(spanish))), engines=lambda spec: Recorder())
+        assert seen == [row.message.text for row in reversed(spanish)]
 
     def test_a_poisoned_input_fails_alone(self, many_translations):
         poisoned = many_translations[2]

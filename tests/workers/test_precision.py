@@ -17,9 +17,13 @@ class PrecisionDriftTests:
         fp32_memory, [drift] = measure_drift(str(tiny_models.m2m100), texts, device="cpu", source="es", target="en",
                                              say=lambda line: None)
         assert drift.precision == "int8"
-        assert 0 <= drift.identical <= 1
-        assert 0 <= drift.chrf <= 100
         assert 0 < drift.memory_mib < fp32_memory  # packed int8 layers are smaller
+
+    def test_fp32_against_itself_is_identical(self, tiny_models):
+        texts = ["Hola, mi pedido no ha llegado.", "Gracias por su ayuda."]
+        _, [drift] = measure_drift(str(tiny_models.m2m100), texts, device="cpu", source="es", target="en",
+                                   precisions=["fp32"], say=lambda line: None)
+        assert (drift.identical, round(drift.chrf, 1)) == (1.0, 100.0)
 
     def test_the_command_prints_a_row_per_precision(self, tiny_models):
         out = io.StringIO()

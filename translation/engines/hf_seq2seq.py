@@ -30,14 +30,18 @@ class Family(Enum):
     NLLB = "nllb"  # FLORES-200 codes such as spa_Latn
 
 
-def _dtype(precision: str, device: str):
+def effective_precision(precision: str, device: str) -> str:
+    """The precision a model runs at on ``device``: half precision is GPU-only (slow or missing
+    kernels on CPU) and int8 dynamic quantization CPU-only; each falls back to fp32 elsewhere,
+    so a route written for a GPU still serves from a CPU worker."""
+    if (precision in ("fp16", "bf16") and device == "cpu") or (precision == "int8" and device != "cpu"):
+        return "fp32"
+    return precision
+
+
+def _dtype(precision: str):
     import torch
 
-    if precision in ("fp16", "bf16") and device == "cpu":
-        # Half precision on CPU is slow or unsupported for many kernels; int8 is the CPU option.
-        raise ValueError(f"precision {precision} needs a GPU; use fp32 or int8 on CPU")
-    if precision == "int8" and device != "cpu":
-        raise ValueError("int8 dynamic quantization runs on CPU only")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}[precision]
 
 
@@ -45,6 +49,7 @@ class HFSeq2SeqEngine(TranslationEngine):
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
         self.family: Family | None = None
+        self.precision = spec.precision
         self._model = None
         self._tokenizer = None
         self._max_input_tokens = 512
@@ -58,11 +63,17 @@ class HFSeq2SeqEngine(TranslationEngine):
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        dtype = _dtype(self.spec.precision, self.spec.device)
+        self.precision = effective_precision(self.spec.precision, self.spec.device)
+        if self.precision != self.spec.precision:
+            logger.warning(
+                "%s: %s does not run on %s; loading it in %s", self.spec.model, self.spec.precision,
+                self.spec.device, self.precision,
+            )
+        dtype = _dtype(self.precision)
         tokenizer = AutoTokenizer.from_pretrained(self.spec.model)
         model = AutoModelForSeq2SeqLM.from_pretrained(self.spec.model, dtype=dtype)
         model.eval()
-        if self.spec.precision == "int8":
+        if self.precision == "int8":
             # torch.ao's dynamic quantization is deprecated in favour of torchao; it still
             # ships with torch 2.13 and needs no extra dependency.
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -74,7 +85,7 @@ class HFSeq2SeqEngine(TranslationEngine):
         # Language tokens are not always registered as special (M2M100's slow tokenizer in
         # transformers 5), so decoding drops them by id rather than trusting the flag.
         self._dropped_ids = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "lang_code_to_id", {}).values())
-        logger.info("Loaded %s (%s, %s) on %s", self.spec.model, self.family.value, self.spec.precision, self.spec.device)
+        logger.info("Loaded %s (%s, %s) on %s", self.spec.model, self.family.value, self.precision, self.spec.device)
 
     @staticmethod
     def _detect_family(tokenizer) -> Family:

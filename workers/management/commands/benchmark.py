@@ -13,20 +13,29 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--model", choices=sorted(BENCHMARK_SHAPES), default="small")
         parser.add_argument("--jobs", type=int, default=512, help="jobs in the saturation burst (default 512)")
+        parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (cuda: the first GPU)")
+        parser.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, model: str, jobs: int, **options) -> None:
+    def handle(self, *args, model: str, jobs: int, device: str, precision: str, **options) -> None:
         if not 1 <= jobs <= 100_000:
             raise CommandError("--jobs must be between 1 and 100000.")
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise CommandError("--device cuda: no CUDA device on this machine.")
+        if (precision in ("fp16", "bf16")) != (device == "cuda") and precision != "fp32":
+            raise CommandError(f"--precision {precision} does not run on {device} (fp16/bf16: cuda; int8: cpu).")
         try:
-            figures = Benchmark(model=model, jobs=jobs, say=self.say).run()
+            figures = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision).run()
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         self.say(
-            f"\nSummary ({model} model, batch {jobs} jobs):\n"
+            f"\nSummary ({model} model, {precision} on {device}, burst of {jobs} jobs):\n"
             f"  limit (raw batched model)   {figures.limit:8.1f} sent/s\n"
             f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
             f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"

@@ -11,6 +11,9 @@ from workers.placement import PlacementError, for_this_machine, gpu_count, load_
 
 READY_TIMEOUT_S = 600
 MAX_RESTART_DELAY_S = 30
+# A warm shutdown lets the jobs a worker holds (up to two batches) finish; killed earlier, they
+# would wait for the broker's visibility timeout.
+WORKER_STOP_TIMEOUT_S = 120
 
 
 class Command(BaseCommand):
@@ -41,6 +44,7 @@ class Command(BaseCommand):
                     "--queues", ",".join(placement.queues), "--name", f"{placement.name}@{host}",
                 ],
                 log=settings.DATA_DIR / "logs" / f"worker-{placement.name}.log",
+                stop_timeout_s=WORKER_STOP_TIMEOUT_S,
             )
             for placement in placements
         }
