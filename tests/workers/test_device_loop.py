@@ -7,7 +7,7 @@ from translation.execution import Delivery, RunOutcome
 from workers.device_loop import DeviceLoop
 from workers.engine_process import EngineProcessDied
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 class Echo:
