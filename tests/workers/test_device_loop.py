@@ -36,7 +36,12 @@ def submit(batcher, rows):
 
 
 @pytest.fixture
-def spanish(many_translations):
+def spanish(many_translations, monkeypatch):
+    import workers.device_loop as device_loop
+
+    # Inside the test's transaction Django would take the connection for a stale one and close
+    # it; the loop's refresh of connections is for long-lived worker threads.
+    monkeypatch.setattr(device_loop, "close_old_connections", lambda: None)
     return [row for row in many_translations if row.source_language == "es"]
 
 
