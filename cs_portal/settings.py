@@ -203,7 +203,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 # Task events let Flower show jobs per queue and worker; each costs a broker publish per job
 # and state change, so a throughput-bound deployment may turn them off (CELERY_TASK_EVENTS=false).
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)
-CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
+# The portal does not publish a "sent" event per job: the ledger records the send, and Flower
+# still sees every job from the worker's received/started/succeeded events.
+CELERY_TASK_SEND_SENT_EVENT = False
 # Jobs never go to Celery's default queue: each is sent to its route's queue explicitly.
 CELERY_TASK_DEFAULT_QUEUE = "translate.default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

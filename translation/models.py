@@ -38,7 +38,7 @@ class Translation(models.Model):
 
     # Latency splits into queue wait (started - enqueued) and compute (finished - started).
     created_at = models.DateTimeField(auto_now_add=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="Handed to the broker; empty if the send failed.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -38,6 +38,9 @@ def translation_request(*, message, target_language: str) -> Translation:
         return translation
     translation.queue, translation.engine = route.queue, route.engine
     translation.model_name, translation.precision = route.model, route.precision
+    # Stamped now, sent at commit: one statement per job less on the hot path; a failed send
+    # clears it again (translation_enqueue), so "queued, never sent" stays visible.
+    translation.enqueued_at = timezone.now()
     translation.save()
     transaction.on_commit(lambda: translation_enqueue(translation=translation))
     return translation
@@ -58,8 +61,10 @@ def translation_enqueue(*, translation: Translation) -> bool:
         translate.apply_async(args=[translation.pk], kwargs=hints, queue=translation.queue)
     except Exception:  # the broker is down or refused: the ledger row keeps the job
         logger.exception("Could not send translation %s to %s; it stays queued", translation.pk, translation.queue)
+        Translation.objects.filter(pk=translation.pk, status=TranslationStatus.QUEUED).update(enqueued_at=None)
         return False
-    Translation.objects.filter(pk=translation.pk, enqueued_at__isnull=True).update(enqueued_at=sent_at)
+    if translation.enqueued_at is None:  # a resend: stamp it now
+        Translation.objects.filter(pk=translation.pk).update(enqueued_at=sent_at)
     return True
 
 

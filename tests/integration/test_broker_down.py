@@ -34,7 +34,8 @@ def queued_translation_unsent(api_client_key, tiny_models):
     conversation = conversation_create(api_client=client, customer_name="Ana")
     with transaction.atomic():
         message = message_create_from_customer(conversation=conversation, text="Mi pedido no llegó", language="es")
-        transaction.get_connection().run_on_commit.clear()  # as if the broker had refused it
+        transaction.get_connection().run_on_commit.clear()  # as if the broker had refused it ...
+    Translation.objects.filter(message=message).update(enqueued_at=None)  # ... which clears the stamp
     return message.translations.get()
 
 
