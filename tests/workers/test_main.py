@@ -1,0 +1,31 @@
+import os
+
+import pytest
+
+from workers.main import parse_args, pin_device
+
+
+class PinDeviceTests:
+    @pytest.fixture(autouse=True)
+    def restore(self, monkeypatch):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")
+
+    def test_cpu_hides_every_gpu(self):
+        assert pin_device("cpu") == "cpu"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+    @pytest.mark.parametrize(("device", "visible"), [("cuda:1", "1"), ("cuda:GPU-8f6e2a1c", "GPU-8f6e2a1c")])
+    def test_a_gpu_is_the_only_one_the_process_sees(self, device, visible):
+        assert pin_device(device) == "cuda"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == visible
+
+    def test_anything_else_is_refused(self):
+        with pytest.raises(SystemExit, match="--device must be 'cpu' or 'cuda:N'"):
+            pin_device("gpu0")
+
+
+class ParseArgsTests:
+    def test_defaults_batch_and_size_the_pool_from_settings(self):
+        args = parse_args(["--queues", "translate.en"])
+        assert (args.device, args.batching, args.concurrency) == ("cpu", True, 0)
+        assert parse_args(["--queues", "all", "--no-batching"]).batching is False
