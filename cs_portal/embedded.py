@@ -140,7 +140,10 @@ class EmbeddedSystem:
         return f"redis+socket://{self._broker_server.socket_file}"
 
     def environment(self, broker_url: str) -> dict[str, str]:
-        env = dict(os.environ, CELERY_BROKER_URL=broker_url, DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ, CELERY_BROKER_URL=broker_url, DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+            FLOWER_URL=f"http://127.0.0.1:{self.flower_port}/",  # the admin's link to this run's Flower
+        )
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "cs_portal.settings"))
         return env
 

@@ -183,9 +183,9 @@ CELERY_TASK_ACKS_LATE = True
 # rather than acknowledged as failed. (The threads pool we run has no child to lose: a killed
 # worker process leaves its unacked jobs to Redis's visibility timeout, and the ledger.)
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# Bounded prefetch: a worker holds at most this many unacked jobs per pool thread, so one
-# slow worker cannot hoard a language's queue while another idles.
-CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
+# Bounded prefetch: one unacked job per pool thread (workers/main.py sizes the pool to two
+# batches), so one worker cannot hoard a language's queue while another idles.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Redis redelivers an unacked job after the visibility timeout. It must exceed the longest a
 # job can legitimately wait in prefetch plus run (a CPU batch takes seconds, not minutes), or
 # a slow job is delivered twice; the shortest value among all processes wins, so every

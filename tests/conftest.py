@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,6 +33,20 @@ def broker() -> redis.Redis:
     return client
 
 
+def database_url() -> str:
+    """The test database as a URL, for processes the tests start (with its password, if any)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    credentials = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{credentials}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def broker_url(database: int) -> str:
+    """The test broker with another Redis database number (for tests that flush their own)."""
+    return re.sub(r"/\d+$", f"/{database}", settings.CELERY_BROKER_URL)
+
+
 def tasks_processed(worker_name: str = WORKER_NAME) -> int:
     """How many translate jobs the worker has taken so far (its own count, from remote control)."""
     from cs_portal.celery import app
@@ -54,17 +69,9 @@ def wait_for(check, timeout: float = 30, interval: float = 0.1, what: str = "con
 @pytest.fixture(scope="session")
 def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     """A real worker process (``python -m workers.main``) on the test database and Redis."""
-    from django.db import connection
-
     from cs_portal.celery import app
 
-    db = connection.settings_dict
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        PYTHONUNBUFFERED="1",
-    )
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
     log = Path(settings.DATA_DIR) / "test-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:

@@ -62,4 +62,5 @@ class ExampleRoutesTests:
         settings.TRANSLATION_ROUTES = json.loads((DOCKER / "routes.example.json").read_text())
         routes = load_routes()
         assert any("nllb" in route.model for route in routes)
+        assert {route.target for route in routes} >= set(settings.SUPPORTED_LANGUAGES)  # every reply has a route
         load_routes.cache_clear()

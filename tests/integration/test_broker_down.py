@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from cs_portal.portal.models import Message
-from tests.conftest import ROOT
+from tests.conftest import ROOT, database_url
 from translation.models import Translation, TranslationStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,11 +41,10 @@ def queued_translation_unsent(api_client_key, tiny_models):
 
 class BrokerDownTests:
     def test_message_and_job_stay_in_the_ledger_and_the_call_returns(self, tiny_models):
-        db = connection.settings_dict
         env = dict(
             os.environ,
             DJANGO_SETTINGS_MODULE="tests.settings",
-            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            DATABASE_URL=database_url(),
             CELERY_BROKER_URL="redis://127.0.0.1:1/0",  # nothing listens on port 1
         )
         result = subprocess.run(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, Http, wait_for
+from tests.conftest import ROOT, Http, broker_url, wait_for
 
 READY_TIMEOUT_S = 300
 
@@ -48,10 +48,10 @@ def alive(pid: int) -> bool:
 
 def start_run_command(data_dir: Path) -> tuple[subprocess.Popen, list[str], int, int]:
     port, flower_port = free_port(), free_port()
-    broker_url = "redis://127.0.0.1:6379/14"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker = broker_url(14)
+    redis.Redis.from_url(broker).flushdb()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MODELS_DIR", "DJANGO_SETTINGS_MODULE")}
-    env.update(DATA_DIR=str(data_dir), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker_url)
+    env.update(DATA_DIR=str(data_dir), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker)
     process = subprocess.Popen(
         [str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,

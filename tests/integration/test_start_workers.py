@@ -11,7 +11,7 @@ import threading
 import pytest
 import redis
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, broker_url, database_url, wait_for
 from tests.integration.test_run_command import alive, processes_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,19 +19,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 class StartWorkersTests:
     def test_one_cpu_worker_serves_the_plan_and_comes_back_after_a_kill(self, tmp_path, tiny_models):
-        from django.db import connection
-
         plan = tmp_path / "plan.json"
         plan.write_text(json.dumps({"workers": [
             {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en"]},
             {"name": "gpu1", "device": "cuda:1", "queues": ["translate.es", "translate.en"]},
         ]}))
-        broker_url = "redis://127.0.0.1:6379/13"
-        redis.Redis.from_url(broker_url).flushdb()
-        db = connection.settings_dict
+        broker = broker_url(13)
+        redis.Redis.from_url(broker).flushdb()
         env = dict(
-            os.environ, DJANGO_SETTINGS_MODULE="tests.settings", CELERY_BROKER_URL=broker_url, DATA_DIR=str(tmp_path),
-            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            os.environ, DJANGO_SETTINGS_MODULE="tests.settings", CELERY_BROKER_URL=broker, DATA_DIR=str(tmp_path),
+            DATABASE_URL=database_url(),
         )
         process = subprocess.Popen(
             [sys.executable, "manage.py", "start_workers", "--plan", str(plan)], cwd=ROOT, env=env,

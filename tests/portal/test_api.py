@@ -93,6 +93,10 @@ BAD_MESSAGES = [
 
 
 class AgentReplyBeforeLanguageTests:
+    @pytest.fixture(autouse=True)
+    def remember_key(self, api_client_key):
+        self.key = api_client_key
+
     def test_a_reply_before_the_customer_wrote_is_delivered_as_written(self, http, conversation):
         from rest_framework.authtoken.models import Token
 
@@ -105,6 +109,12 @@ class AgentReplyBeforeLanguageTests:
         assert status == 201
         assert (body["text"], body["language"], body["delivery"]) == ("Hello, how can I help?", "en", "delivered")
         assert body["translations"] == []
+
+        # The customer then writes in Spanish: the earlier reply stays delivered as it was.
+        _, key = self.key
+        http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "Hola", "language": "es"}, key=key)
+        _, listed = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages", key=key)
+        assert (listed[0]["text"], listed[0]["delivery"]) == ("Hello, how can I help?", "delivered")
 
 
 class MessageBadInputTests:

@@ -84,10 +84,13 @@ class CustomerMessageOutput(serializers.ModelSerializer):
         return next((t for t in message.translations.all() if t.target_language == target), None)
 
     def _is_direct(self, message: Message) -> bool:
-        """Shown as written: the customer's own messages, and replies already in the customer's
-        language (or sent before the customer's language was known)."""
+        """Shown as written: the customer's own messages, and replies that needed no translation
+        (in the customer's language, or sent before it was known: no translation was requested;
+        one that needed it always has a row, failed ones included)."""
+        if message.sender == Sender.CUSTOMER:
+            return True
         conversation_language = message.conversation.language
-        return message.sender == Sender.CUSTOMER or not conversation_language or message.language == conversation_language
+        return not conversation_language or message.language == conversation_language or not message.translations.all()
 
     def get_text(self, message: Message) -> str | None:
         if self._is_direct(message):
