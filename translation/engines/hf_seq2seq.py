@@ -6,10 +6,12 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from functools import partial
 from enum import Enum
 
 from translation import languages
 from translation.engines.base import EngineSpec, InputTooLong, TranslationEngine, UnsupportedPair
+from translation.protection import translate_protected
 from translation.segmentation import join_sentences, split_sentences
 
 logger = logging.getLogger(__name__)
@@ -133,6 +135,10 @@ class HFSeq2SeqEngine(TranslationEngine):
     def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
         if self._model is None:
             raise RuntimeError("translate() before load()")
+        # Order numbers, e-mail addresses, URLs and amounts come back exactly as written.
+        return translate_protected(texts, partial(self._translate_sentences, source=source, target=target))
+
+    def _translate_sentences(self, texts: Sequence[str], source: str, target: str) -> list[str]:
         # Sentence by sentence, all sentences of all texts in one batch.
         segmented = [split_sentences(text) for text in texts]
         sentences = [segment.text for segments in segmented for segment in segments]
