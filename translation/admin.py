@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from translation.errors import ApplicationError
-from translation.models import Translation, TranslationStatus
+from translation.models import GlossaryTerm, Translation, TranslationStatus
 from translation.services import translation_enqueue, translation_retry
 
 
@@ -48,3 +48,13 @@ class TranslationAdmin(admin.ModelAdmin):
         sent = sum(translation_enqueue(translation=t) for t in unsent.select_related("message"))
         level = messages.SUCCESS if sent == unsent.count() else messages.WARNING
         self.message_user(request, f"{sent} of {unsent.count()} unsent translation(s) sent; the rest stay queued.", level)
+
+
+@admin.register(GlossaryTerm)
+class GlossaryTermAdmin(admin.ModelAdmin):
+    """Terms kept as they are (leave the translation empty) or translated one fixed way. A change
+    applies to the next batch a worker runs; no restart."""
+
+    list_display = ["term", "target_language", "translation", "note", "updated_at"]
+    list_filter = ["target_language"]
+    search_fields = ["term", "translation", "note"]

@@ -25,6 +25,7 @@ from django.utils import timezone
 from translation.batching import run_isolated
 from translation.engines import EngineError, EngineSpec, TranslationEngine, engine_for
 from translation.models import Translation, TranslationStatus
+from translation.selectors import glossary_for
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,10 @@ def translation_run_batch(
         except Exception as exc:  # the model does not load: every job of the group, the same way
             results: list = [exc] * len(group)
         else:
-            results = run_isolated([job.text for job in group], partial(engine.translate, source=source, target=target))
+            glossary = glossary_for(target)
+            results = run_isolated(
+                [job.text for job in group], partial(engine.translate, source=source, target=target, glossary=glossary)
+            )
         to_store = []
         for job, result in zip(group, results, strict=True):
             settled = _settle(job, result)

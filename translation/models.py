@@ -18,6 +18,38 @@ class TranslationStatus(models.IntegerChoices):
         return status >= cls.DONE
 
 
+class GlossaryTerm(models.Model):
+    """A term the engine must not translate freely: kept as it is (brand and product names), or
+    given a forced translation, for one target language or all of them."""
+
+    term = models.CharField(max_length=100, help_text="Matched as a whole word, case-sensitively.")
+    target_language = models.CharField(
+        max_length=8, blank=True, default="", help_text="Empty: every target language."
+    )
+    translation = models.CharField(
+        max_length=200, blank=True, default="", help_text="Empty: the term stays as it is."
+    )
+    note = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["term", "target_language"], name="one_entry_per_term_and_target")]
+        ordering = ["term", "target_language"]
+
+    def __str__(self) -> str:
+        return f"{self.term} -> {self.translation or self.term} ({self.target_language or 'all'})"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from translation.languages import is_known
+
+        if not self.term.strip() or self.term != self.term.strip():
+            raise ValidationError({"term": "A term must not be empty or start or end with spaces."})
+        if self.target_language and not is_known(self.target_language):
+            raise ValidationError({"target_language": f"Unknown language code '{self.target_language}'."})
+
+
 class Translation(models.Model):
     message = models.ForeignKey("portal.Message", on_delete=models.CASCADE, related_name="translations")
     source_language = models.CharField(max_length=8)
@@ -73,3 +105,4 @@ class Translation(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+

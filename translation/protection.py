@@ -1,4 +1,5 @@
-"""Spans a translation must carry through unchanged: order numbers, e-mail addresses, URLs, amounts.
+"""Spans a translation must carry through unchanged: order numbers, e-mail addresses, URLs,
+amounts, and a glossary's terms (kept as they are, or replaced by a forced translation).
 
 Before translation each protected span is replaced by a numbered placeholder, so the model still
 sees a whole sentence; afterwards the placeholders are replaced by the original spans. A model
@@ -12,7 +13,7 @@ Plain Python: ``translate_protected`` takes the translate function of an engine.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Most specific first: an e-mail address contains what looks like a domain, a URL digits.
@@ -36,24 +37,34 @@ class Protected:
     original: str
     masked: str
     spans: tuple[tuple[int, int], ...]  # (start, end) of each protected span in ``original``
+    outputs: tuple[str, ...] = ()  # what each span becomes: itself, or a glossary's forced translation
 
     @property
     def values(self) -> list[str]:
-        return [self.original[start:end] for start, end in self.spans]
+        return list(self.outputs) or [self.original[start:end] for start, end in self.spans]
 
 
-def protect(text: str, terms: Sequence[str] = ()) -> Protected:
-    """Mask the protected spans of ``text``: the automatic patterns and the given ``terms``
-    (brand and product names, matched whole-word and case-sensitively)."""
+Glossary = Mapping[str, str]  # term -> its forced translation ("" keeps the term as it is)
+
+
+def protect(text: str, terms: Glossary | Sequence[str] = ()) -> Protected:
+    """Mask the protected spans of ``text``: the glossary's terms (brand and product names, matched
+    whole-word and case-sensitively; longest first) and the automatic patterns."""
+    glossary = dict(terms) if isinstance(terms, Mapping) else dict.fromkeys(terms, "")
     taken: list[tuple[int, int]] = []
+    forced: dict[tuple[int, int], str] = {}
 
     def free(start: int, end: int) -> bool:
         return all(end <= s or start >= e for s, e in taken)
 
-    for term in sorted(set(terms), key=len, reverse=True):
+    for term in sorted(glossary, key=len, reverse=True):
+        if not term.strip():
+            continue
         for match in re.finditer(rf"(?<!\w){re.escape(term)}(?!\w)", text):
             if free(*match.span()):
                 taken.append(match.span())
+                if glossary[term]:
+                    forced[match.span()] = glossary[term]
     for _, pattern in PATTERNS:
         for match in pattern.finditer(text):
             if free(*match.span()):
@@ -64,7 +75,8 @@ def protect(text: str, terms: Sequence[str] = ()) -> Protected:
         pieces += [text[position:start], PLACEHOLDER.format(index)]
         position = end
     pieces.append(text[position:])
-    return Protected(original=text, masked="".join(pieces), spans=tuple(taken))
+    outputs = tuple(forced.get(span, text[span[0]:span[1]]) for span in taken)
+    return Protected(original=text, masked="".join(pieces), spans=tuple(taken), outputs=outputs)
 
 
 def restore(translated: str, protected: Protected) -> str | None:
@@ -79,15 +91,15 @@ def restore(translated: str, protected: Protected) -> str | None:
 def _pieces(protected: Protected) -> list[tuple[str, bool]]:
     """``(text, is_span)`` in order: the fallback translates the first kind only."""
     pieces, position = [], 0
-    for start, end in protected.spans:
-        pieces += [(protected.original[position:start], False), (protected.original[start:end], True)]
+    for (start, end), output in zip(protected.spans, protected.values, strict=True):
+        pieces += [(protected.original[position:start], False), (output, True)]
         position = end
     pieces.append((protected.original[position:], False))
     return [(text, span) for text, span in pieces if text]
 
 
 def translate_protected(
-    texts: Sequence[str], translate: Callable[[list[str]], list[str]], terms: Sequence[str] = ()
+    texts: Sequence[str], translate: Callable[[list[str]], list[str]], terms: Glossary | Sequence[str] = ()
 ) -> list[str]:
     """Translate ``texts`` with ``translate`` (one call for all), keeping every protected span."""
     protected = [protect(text, terms) for text in texts]

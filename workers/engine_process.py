@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from translation.engines import EngineSpec
@@ -46,8 +46,10 @@ class RemoteEngine:
     def __init__(self, process: EngineProcess, spec: EngineSpec) -> None:
         self._process, self.spec = process, spec
 
-    def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
-        return self._process.call(self.spec, list(texts), source, target)
+    def translate(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
+    ) -> list[str]:
+        return self._process.call(self.spec, list(texts), source, target, dict(glossary or {}))
 
 
 class EngineProcess:
@@ -74,10 +76,10 @@ class EngineProcess:
     def engine(self, spec: EngineSpec) -> RemoteEngine:
         return RemoteEngine(self, spec)
 
-    def call(self, spec: EngineSpec, texts: list[str], source: str, target: str) -> list[str]:
+    def call(self, spec: EngineSpec, texts: list[str], source: str, target: str, glossary: dict | None = None) -> list[str]:
         with self._lock:
             try:
-                self._connection.send((spec, texts, source, target))
+                self._connection.send((spec, texts, source, target, glossary or {}))
             except (BrokenPipeError, OSError) as exc:
                 raise EngineProcessDied(f"the engine process is gone ({exc})") from exc
             if not self._connection.poll(CALL_TIMEOUT_S):
@@ -141,9 +143,9 @@ def _serve(connection, warmups: list[Warmup]) -> None:
             return
         if request is None:
             return
-        spec, texts, source, target = request
+        spec, texts, source, target, glossary = request
         try:
-            connection.send(("ok", engine_for(spec).translate(texts, source, target)))
+            connection.send(("ok", engine_for(spec).translate(texts, source, target, glossary)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
 

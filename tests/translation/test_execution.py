@@ -145,7 +145,7 @@ class TranslationRunBatchTests:
         class Echo:
             """Answers each text with a text of its own: a permutation would show."""
 
-            def translate(self, texts, source, target):
+            def translate(self, texts, source, target, glossary=None):
                 return [f"{source}>{target}:{text}" for text in texts]
 
         translation_run_batch(list(reversed(deliveries(many_translations))), engines=lambda spec: Echo())
@@ -156,7 +156,7 @@ class TranslationRunBatchTests:
         seen = []
 
         class Recorder:
-            def translate(self, texts, source, target):
+            def translate(self, texts, source, target, glossary=None):
                 seen.extend(texts)
                 return list(texts)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -45,13 +45,17 @@ class TranslationEngine(ABC):
         """Load weights and tokenizer; called once before the first ``translate``."""
 
     @abstractmethod
-    def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
+    def translate(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
+    ) -> list[str]:
         """Translate ``texts`` from ``source`` to ``target`` (ISO 639-1 codes).
 
         Args:
             texts: non-empty strings, all of the same language pair.
             source: the texts' language.
             target: the language to produce.
+            glossary: terms that must come back as given: term -> forced translation, or ""
+                to keep the term itself (brand and product names).
 
         Returns:
             One output per input, in the same order.

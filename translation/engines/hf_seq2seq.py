@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from enum import Enum
 
@@ -132,11 +132,15 @@ class HFSeq2SeqEngine(TranslationEngine):
             raise UnsupportedPair(f"Model {self.spec.model} cannot produce '{target}' (it knows {', '.join(targets[:8])}).")
         return [f"{token} {text}" for text in texts]
 
-    def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
+    def translate(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
+    ) -> list[str]:
         if self._model is None:
             raise RuntimeError("translate() before load()")
-        # Order numbers, e-mail addresses, URLs and amounts come back exactly as written.
-        return translate_protected(texts, partial(self._translate_sentences, source=source, target=target))
+        # Glossary terms, order numbers, e-mail addresses, URLs and amounts come back as given.
+        return translate_protected(
+            texts, partial(self._translate_sentences, source=source, target=target), glossary or {}
+        )
 
     def _translate_sentences(self, texts: Sequence[str], source: str, target: str) -> list[str]:
         # Sentence by sentence, all sentences of all texts in one batch.
