@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
@@ -10,10 +12,15 @@ from translation import errors
 from translation.models import Translation
 
 
+# "Last used" is for people revoking stale keys: minute precision, not a write per request.
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
 def api_client_by_key(key: str) -> ApiClient | None:
     client = ApiClient.objects.filter(key_hash=ApiClient.hash_key(key), is_active=True).first()
-    if client is not None:
-        ApiClient.objects.filter(pk=client.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    if client is not None and (client.last_used_at is None or now - client.last_used_at > LAST_USED_PRECISION):
+        ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)
     return client
 
 

@@ -68,3 +68,24 @@ class DemoDataTests:
         assert new_key != key
         assert api_client_by_key(key) is None
         assert api_client_by_key(new_key) is not None
+
+
+@pytest.mark.django_db
+class ApiKeyLastUsedTests:
+    def test_last_used_is_written_at_most_once_a_minute(self):
+        from datetime import timedelta
+
+        from cs_portal.portal.services import api_client_create
+
+        client, key = api_client_create(name="widget")
+        first = api_client_by_key(key)
+        client.refresh_from_db()
+        stamp = client.last_used_at
+        assert stamp is not None and first == client
+        api_client_by_key(key)
+        client.refresh_from_db()
+        assert client.last_used_at == stamp  # within the minute: no write
+        ApiClient.objects.filter(pk=client.pk).update(last_used_at=stamp - timedelta(minutes=2))
+        api_client_by_key(key)
+        client.refresh_from_db()
+        assert client.last_used_at > stamp - timedelta(minutes=2)
