@@ -4,7 +4,7 @@ import pytest
 
 from cs_portal.portal.services import conversation_create, message_create_from_customer
 from translation import errors
-from translation.execution import translation_fail
+from translation.execution import translation_claim, translation_fail
 from translation.models import TranslationStatus
 from translation.services import NOT_RETRYABLE, translation_retry
 
@@ -35,11 +35,13 @@ class TranslationRequestTests:
 
 class TranslationRetryTests:
     def test_failed_translation_goes_back_to_queued(self, translation, django_capture_on_commit_callbacks):
+        translation_claim(translation_id=translation.pk, worker="w1", consumed_from="translate.en")
         translation_fail(translation_id=translation.pk, reason="device lost")
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             retried = translation_retry(translation=translation)
         assert retried.status == TranslationStatus.QUEUED
         assert retried.failure_reason == ""
+        assert retried.attempts == 0  # a person's retry gets a full set of attempts
         assert len(callbacks) == 1  # one enqueue, sent when the transaction commits
 
     def test_only_failed_translations_are_retried(self, translation):
