@@ -115,8 +115,13 @@ def start_device_loop(settings, warmups, batching: bool) -> None:
     except BaseException:
         engines.stop()
         raise
+    from workers.control import LOADED_MODELS  # also registers the "models" inspect command
+
     for spec, size in memory.items():
         print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB", flush=True)
+        LOADED_MODELS.append(
+            {"model": spec.model, "precision": spec.precision, "device": spec.device, "memory_mib": round(size / 2**20, 1)}
+        )
     if batching:
         policy = BatchPolicy(
             max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,

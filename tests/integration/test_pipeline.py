@@ -121,3 +121,13 @@ class RetryTests:
         assert translation.failure_reason.startswith("Gave up after 3 attempts.")
         assert "/nonexistent/checkpoint" in translation.failure_reason
         assert translation.consumed_from == "translate.en"  # the retries came back through the same queue
+
+
+class WorkerReportTests:
+    def test_the_worker_reports_each_loaded_model_and_its_memory(self, worker, tiny_models):
+        from cs_portal.celery import app
+
+        [reply] = app.control.broadcast("models", destination=[WORKER_NAME], reply=True, timeout=5)
+        models = {entry["model"]: entry for entry in reply[WORKER_NAME]}
+        assert set(models) == {str(tiny_models.marian_es_en), str(tiny_models.m2m100)}  # m2m100 once, for every pair
+        assert all(entry["memory_mib"] > 0 and entry["device"] == "cpu" for entry in models.values())

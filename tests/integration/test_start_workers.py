@@ -42,6 +42,7 @@ class StartWorkersTests:
             output = "".join(lines)
             assert "Ready: 1 worker(s)." in output, output
             assert re.search(r"cpu@\S+: cpu, queues translate.en, translate.es", output)
+            assert re.search(r"cpu@\S+ serves \S+/m2m100 \[fp32, cpu\]: [\d.]+ MiB", output), output
             [pid] = [int(p) for p in re.findall(r"\(pid (\d+),", output)]
 
             os.kill(pid, signal.SIGKILL)

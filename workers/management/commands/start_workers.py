@@ -55,6 +55,7 @@ class Command(BaseCommand):
                 child.start(_environment())
                 self.say(f"  {child.name}: {placement.device}, queues {', '.join(placement.queues)} (pid {child.process.pid}, log {child.log})")
             self.wait_ready(workers.values())
+            self.report_models([child.name for child in workers.values()])
             self.say(f"Ready: {len(workers)} worker(s). Ctrl-C stops them.")
             self.supervise(workers.values())
         except StopRequested:
@@ -81,6 +82,15 @@ class Command(BaseCommand):
                         self.say(f"  {name} is consuming")
             if time.monotonic() > deadline:
                 raise CommandError(f"Timed out waiting for {', '.join(waiting)}")
+
+    def report_models(self, names: list[str]) -> None:
+        """Each worker's models and their memory, as the workers report them."""
+        from cs_portal.celery import app
+
+        for reply in app.control.broadcast("models", destination=names, reply=True, timeout=2) or []:
+            for name, models in reply.items():
+                for model in models:
+                    self.say(f"  {name} serves {model['model']} [{model['precision']}, {model['device']}]: {model['memory_mib']} MiB")
 
     def supervise(self, children) -> None:
         """Restart a worker that died, with a growing delay so a crash loop does not spin."""
