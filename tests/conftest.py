@@ -14,6 +14,7 @@ import redis
 from django.conf import settings
 
 from translation.tiny_models import TinyModels, write_tiny_models
+from workers.lifecycle import stop_process, wait_until_consuming
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_NAME = "test-worker@localhost"
@@ -69,7 +70,6 @@ def wait_for(check, timeout: float = 30, interval: float = 0.1, what: str = "con
 @pytest.fixture(scope="session")
 def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     """A real worker process (``python -m workers.main``) on the test database and Redis."""
-    from cs_portal.celery import app
 
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
     log = Path(settings.DATA_DIR) / "test-worker.log"
@@ -80,18 +80,11 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while not app.control.ping(destination=[WORKER_NAME], timeout=0.5):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"test worker did not start; its log:\n{log.read_text()[-3000:]}")
+        if not wait_until_consuming(process, WORKER_NAME, WORKER_START_TIMEOUT_S):
+            raise RuntimeError(f"test worker did not start; its log:\n{log.read_text()[-3000:]}")
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
 
 
 @pytest.fixture

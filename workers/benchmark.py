@@ -26,6 +26,7 @@ from django.test.utils import override_settings
 from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
 from translation.tiny_models import corpus_lines, write_benchmark_model
+from workers.lifecycle import stop_process, wait_until_consuming
 
 FIXED_OUTPUT_TOKENS = 20
 LIGHT_LOAD_JOBS = 40
@@ -100,7 +101,6 @@ class Benchmark:
 
     # --- the pipeline ----------------------------------------------------------------------
     def start_worker(self, *, batching: bool) -> subprocess.Popen:
-        from cs_portal.celery import app
 
         name = f"bench-{'batched' if batching else 'batch1'}-{os.getpid()}@localhost"
         env = dict(os.environ, TRANSLATION_ROUTES=json.dumps(self.routes), BROKER_KEY_PREFIX=self.prefix,
@@ -112,20 +112,14 @@ class Benchmark:
         log = (settings.DATA_DIR / "logs" / "benchmark-worker.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while not app.control.ping(destination=[name], timeout=0.5):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the benchmark worker did not start; see {log}")
+        if not wait_until_consuming(process, name, timeout=180):
+            stop_process(process)
+            raise RuntimeError(f"the benchmark worker did not start; see {log}")
         return process
 
     @staticmethod
     def stop_worker(process: subprocess.Popen) -> None:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=60)
 
     def send(self, conversation, count: int, offset: int = 0) -> None:
         from cs_portal.portal.services import message_create_from_customer

@@ -79,3 +79,27 @@ def install_stop_signals() -> None:
 def raise_if_stop_requested() -> None:
     if _stop.is_set():
         raise StopRequested()
+
+
+def wait_until_consuming(process: subprocess.Popen, name: str, timeout: float) -> bool:
+    """Wait until the worker ``name`` (run by ``process``) answers a ping; False if the process
+    ended or the time ran out first."""
+    import time
+
+    from cs_portal.celery import app
+
+    deadline = time.monotonic() + timeout
+    while not app.control.ping(destination=[name], timeout=0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM (a worker's warm shutdown), then SIGKILL if it has not ended within ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
