@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "simple_history",
     "cs_portal.portal",
     "translation",
     "workers",
@@ -49,6 +50,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Records who made each change to a route (LanguageRoute.history).
+    "simple_history.middleware.HistoryRequestMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -142,14 +145,20 @@ def _default_routes() -> list[dict]:
     return routes
 
 
+# Routing lives in the database (LanguageRoute, edited in the admin). These are the *initial*
+# routes: `manage.py import_routes` loads them (the run command does so into an empty table).
 # TRANSLATION_ROUTES (JSON) or TRANSLATION_ROUTES_FILE (a JSON file) replace the defaults;
-# each route: source ("*" for any), target, engine, model, optional queue and precision.
+# each route: source ("*" for any), target, model, and optionally queue, engine, precision,
+# variant, traffic_share, adapter, max_batch_size, max_wait_ms, max_input_chars, enabled, note.
 if env.str("TRANSLATION_ROUTES_FILE", default=""):
     TRANSLATION_ROUTES = json.loads(Path(env.str("TRANSLATION_ROUTES_FILE")).read_text())
 elif env.str("TRANSLATION_ROUTES", default=""):
     TRANSLATION_ROUTES = json.loads(env.str("TRANSLATION_ROUTES"))
 else:
     TRANSLATION_ROUTES = _default_routes()
+# How often a process checks whether the route table changed (one tiny aggregate query): an
+# admin's change reaches every portal process and worker within this many seconds.
+TRANSLATION_ROUTES_CHECK_S = env.float("TRANSLATION_ROUTES_CHECK_S", default=0.5)
 
 # A job that failed for a passing reason (database blip, device error) is retried this many
 # times with exponential backoff before its Translation is marked failed.

@@ -26,6 +26,46 @@ def tiny_models() -> TinyModels:
     return write_tiny_models(settings.MODELS_DIR, progress=lambda line: None)
 
 
+DB_FIXTURES = {"db", "transactional_db", "live_server", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
+def initial_routes() -> None:
+    """The test settings' initial routes (the tiny models), as ``import_routes --if-empty``
+    loads them at a first start-up."""
+    from translation.models import LanguageRoute
+    from translation.routing import routes_changed
+    from translation.services import routes_import
+
+    routes_changed()
+    if not LanguageRoute.objects.exists():
+        routes_import(settings.TRANSLATION_ROUTES)
+
+
+def route_update(source: str, target: str, **fields):
+    """Change the enabled route of a pair as the admin would: validated, saved, followed at once."""
+    from translation.models import LanguageRoute
+
+    row = LanguageRoute.objects.get(source_language=source, target_language=target, enabled=True)
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.full_clean()
+    row.save()
+    return row
+
+
+@pytest.fixture(autouse=True)
+def language_routes(request):
+    """Every test that uses the database starts from the initial routes; its own changes are
+    rolled back (or flushed) with the rest of its data, and no process cache outlives it."""
+    from translation.routing import routes_changed
+
+    if request.node.get_closest_marker("django_db") or DB_FIXTURES & set(request.fixturenames):
+        request.getfixturevalue("_django_db_helper")
+        initial_routes()
+    yield
+    routes_changed()
+
+
 @pytest.fixture(scope="session")
 def broker() -> redis.Redis:
     """The test Redis database, emptied so no job of an earlier run reaches the worker."""
@@ -71,6 +111,8 @@ def wait_for(check, timeout: float = 30, interval: float = 0.1, what: str = "con
 def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     """A real worker process (``python -m workers.main``) on the test database and Redis."""
 
+    with django_db_blocker.unblock():
+        initial_routes()
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
     log = Path(settings.DATA_DIR) / "test-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)

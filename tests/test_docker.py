@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from translation.routing import load_routes
+from translation.services import routes_import
 from workers.main import parse_args
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
@@ -58,9 +58,8 @@ class DockerfileTests:
 
 
 class ExampleRoutesTests:
+    @pytest.mark.django_db
     def test_example_routes_are_valid(self, settings):
-        settings.TRANSLATION_ROUTES = json.loads((DOCKER / "routes.example.json").read_text())
-        routes = load_routes()
-        assert any("nllb" in route.model for route in routes)
-        assert {route.target for route in routes} >= set(settings.SUPPORTED_LANGUAGES)  # every reply has a route
-        load_routes.cache_clear()
+        routes = routes_import(json.loads((DOCKER / "routes.example.json").read_text()), replace=True)
+        assert any("nllb" in route.model_name for route in routes)
+        assert {route.target_language for route in routes} >= set(settings.SUPPORTED_LANGUAGES)  # every reply has a route

@@ -32,22 +32,6 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-@dataclass
-class PendingJob:
-    """One job waiting for a batch. ``key`` says which jobs may share a forward pass."""
-
-    key: Hashable
-    payload: Any
-    text: str
-    tokens: int = 0
-    arrived: float = 0.0
-    future: Future = field(default_factory=Future)
-
-    def __post_init__(self) -> None:
-        if not self.tokens:
-            self.tokens = estimate_tokens(self.text)
-
-
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
@@ -62,12 +46,42 @@ class BatchPolicy:
         if self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be positive, not {self.max_batch_tokens}")
 
+    def within(self, limit: BatchPolicy) -> BatchPolicy:
+        """This policy with its batch size and token budget capped by ``limit``'s (a worker's
+        thread pool and memory are sized for its own maximum)."""
+        return BatchPolicy(
+            max_batch_size=min(self.max_batch_size, limit.max_batch_size),
+            max_wait_s=self.max_wait_s,
+            max_batch_tokens=min(self.max_batch_tokens, limit.max_batch_tokens),
+        )
+
+
+@dataclass
+class PendingJob:
+    """One job waiting for a batch. ``key`` says which jobs may share a forward pass."""
+
+    key: Hashable
+    payload: Any
+    text: str
+    tokens: int = 0
+    arrived: float = 0.0
+    future: Future = field(default_factory=Future)
+    # The route's own batch size and wait, when it has them (the batcher's policy otherwise).
+    policy: BatchPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            self.tokens = estimate_tokens(self.text)
+
 
 class Batcher:
     def __init__(self, policy: BatchPolicy | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy or BatchPolicy()
         self._clock = clock
         self._groups: dict[Hashable, list[PendingJob]] = {}
+        # Each group follows the policy of its latest job: a route's new knobs apply from the
+        # first job sent after the change.
+        self._policies: dict[Hashable, BatchPolicy] = {}
         self._ready = threading.Condition()
         self._closed = False
 
@@ -78,6 +92,7 @@ class Batcher:
                 raise RuntimeError("the batcher is closed")
             job.arrived = self._clock()
             self._groups.setdefault(job.key, []).append(job)
+            self._policies[job.key] = job.policy.within(self.policy) if job.policy else self.policy
             self._ready.notify()
         return job.future
 
@@ -92,6 +107,7 @@ class Batcher:
             self._closed = True
             waiting = [job for jobs in self._groups.values() for job in jobs]
             self._groups.clear()
+            self._policies.clear()
             self._ready.notify_all()
         for job in waiting:
             if not job.future.done():
@@ -120,8 +136,9 @@ class Batcher:
         deadline), the one whose oldest job arrived first goes first: a busy pair cannot starve
         a quiet one.
         """
-        policy, earliest, due, due_since = self.policy, None, None, None
+        earliest, due, due_since = None, None, None
         for key, jobs in self._groups.items():
+            policy = self._policies[key]
             oldest = jobs[0].arrived
             deadline = oldest + policy.max_wait_s
             full = len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens
@@ -136,7 +153,7 @@ class Batcher:
 
     def _take(self, key: Hashable) -> list[PendingJob]:
         """Up to a full batch of the group's oldest jobs, within the token budget."""
-        jobs, policy = self._groups[key], self.policy
+        jobs, policy = self._groups[key], self._policies[key]
         taken, tokens = [], 0
         for job in jobs:
             if len(taken) == policy.max_batch_size or (taken and tokens + job.tokens > policy.max_batch_tokens):
@@ -148,6 +165,7 @@ class Batcher:
             self._groups[key] = remaining
         else:
             del self._groups[key]
+            del self._policies[key]
         return sorted(taken, key=lambda job: job.tokens)
 
 

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from simple_history.models import HistoricalRecords
+
+ANY_LANGUAGE = "*"
+ENGINES = ("hf-seq2seq",)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+QUEUE_PATTERN = re.compile(r"^translate\.[a-z]{2}(\.[a-z0-9_-]+)?$")
+MAX_BATCH_SIZE_LIMIT = 1024
+MAX_WAIT_MS_LIMIT = 1000
+MAX_INPUT_CHARS_LIMIT = 100_000
 
 
 class TranslationStatus(models.IntegerChoices):
@@ -50,6 +63,133 @@ class GlossaryTerm(models.Model):
             raise ValidationError({"target_language": f"Unknown language code '{self.target_language}'."})
 
 
+def queue_name(target_language: str) -> str:
+    """The default queue of jobs into ``target_language``: one queue per target language."""
+    return f"translate.{target_language}"
+
+
+class LanguageRoute(models.Model):
+    """Which queue, model and knobs serve a language pair; edited in the admin, followed at once.
+
+    A pair may have several enabled routes, one per A/B ``variant``, whose traffic shares add up
+    to 100; a conversation always lands on the same variant. A disabled route hands its jobs to
+    its fallback. Cross-row rules (one active route per pair and variant, shares adding up, no
+    fallback cycles) are checked in ``clean`` and by ``translation.routing.share_problems``.
+    """
+
+    source_language = models.CharField(
+        max_length=8, default=ANY_LANGUAGE, help_text="ISO 639-1 code, or * for any source language."
+    )
+    target_language = models.CharField(max_length=8, help_text="ISO 639-1 code.")
+    variant = models.CharField(
+        max_length=20, blank=True, default="",
+        help_text="Empty unless this pair runs an A/B test: then a short name per variant, such as a or b.",
+    )
+    traffic_share = models.PositiveSmallIntegerField(
+        default=100, validators=[MaxValueValidator(100)],
+        help_text="Percent of conversations this variant serves; a pair's enabled variants add up to 100.",
+    )
+    queue = models.CharField(
+        max_length=100, blank=True, default="",
+        help_text="translate.<lang>[.<name>]; empty: translate.<target language>.",
+    )
+    engine = models.CharField(max_length=50, default=ENGINES[0], choices=[(e, e) for e in ENGINES])
+    model_name = models.CharField(max_length=500, help_text="A local checkpoint folder or a Hugging Face hub id.")
+    adapter = models.CharField(max_length=500, blank=True, default="", help_text="Optional LoRA adapter (path or hub id).")
+    precision = models.CharField(max_length=10, default="fp32", choices=[(p, p) for p in PRECISIONS])
+    max_batch_size = models.PositiveIntegerField(
+        default=128, validators=[MinValueValidator(1), MaxValueValidator(MAX_BATCH_SIZE_LIMIT)],
+        help_text=f"Jobs per forward pass, 1 to {MAX_BATCH_SIZE_LIMIT} (a worker caps it at its own maximum).",
+    )
+    max_wait_ms = models.PositiveIntegerField(
+        default=5, validators=[MaxValueValidator(MAX_WAIT_MS_LIMIT)],
+        help_text=f"How long a batch may wait for more jobs after its first, 0 to {MAX_WAIT_MS_LIMIT} ms.",
+    )
+    max_input_chars = models.PositiveIntegerField(
+        default=5000, validators=[MinValueValidator(1), MaxValueValidator(MAX_INPUT_CHARS_LIMIT)],
+        help_text="Longer messages fail at once with the reason instead of reaching the model.",
+    )
+    enabled = models.BooleanField(default=True)
+    fallback = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="fallback_for",
+        help_text="Takes this route's jobs while it is disabled; same target language.",
+    )
+    note = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_language", "target_language", "variant"],
+                condition=models.Q(enabled=True),
+                name="one_active_route_per_pair_and_variant",
+            ),
+        ]
+        ordering = ["target_language", "source_language", "variant"]
+
+    def __str__(self) -> str:
+        variant = f" [{self.variant}]" if self.variant else ""
+        return f"{self.source_language}→{self.target_language}{variant} (#{self.pk})"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self.queue and self.target_language:
+            self.queue = queue_name(self.target_language)
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        from translation.languages import is_known
+
+        errors: dict[str, str] = {}
+        if self.source_language != ANY_LANGUAGE and not is_known(self.source_language):
+            errors["source_language"] = f"Unknown language code '{self.source_language}': use an ISO 639-1 code such as 'es', or *."
+        if not is_known(self.target_language):
+            errors["target_language"] = f"Unknown language code '{self.target_language}': use an ISO 639-1 code such as 'en'."
+        if self.source_language == self.target_language:
+            errors["target_language"] = "The target language must differ from the source language."
+        if not self.queue and self.target_language:
+            self.queue = queue_name(self.target_language)
+        if self.queue and not QUEUE_PATTERN.match(self.queue):
+            errors["queue"] = f"Queue '{self.queue}' must look like 'translate.<lang>' or 'translate.<lang>.<name>' (lower case)."
+        if self.variant and not re.fullmatch(r"[a-z0-9_-]{1,20}", self.variant):
+            errors["variant"] = "A variant name is 1 to 20 lower-case letters, digits, '-' or '_'."
+        if self.model_name and self.model_name != self.model_name.strip():
+            errors["model_name"] = "The model must not start or end with spaces."
+        if self.fallback_id is not None:
+            problem = self._fallback_problem()
+            if problem:
+                errors["fallback"] = problem
+        if not errors and self.enabled:
+            twin = LanguageRoute.objects.filter(
+                source_language=self.source_language, target_language=self.target_language,
+                variant=self.variant, enabled=True,
+            ).exclude(pk=self.pk).first()
+            if twin is not None:
+                errors["variant" if self.variant else "enabled"] = (
+                    f"Route {twin} is already the active route for {self.source_language}→{self.target_language}"
+                    + (f" variant '{self.variant}'" if self.variant else "")
+                    + ": disable it first, or give this route another variant."
+                )
+        if errors:
+            raise ValidationError(errors)
+
+    def _fallback_problem(self) -> str:
+        fallback = self.fallback
+        if self.pk is not None and fallback.pk == self.pk:
+            return "A route cannot be its own fallback."
+        if fallback.target_language != self.target_language:
+            return f"The fallback {fallback} translates into '{fallback.target_language}', not '{self.target_language}'."
+        seen = {self.pk}
+        step = fallback
+        while step is not None:
+            if step.pk in seen:
+                return f"Fallback cycle: following fallbacks from {fallback} comes back to {step}."
+            seen.add(step.pk)
+            step = step.fallback
+        return ""
+
+
 class Translation(models.Model):
     message = models.ForeignKey("portal.Message", on_delete=models.CASCADE, related_name="translations")
     source_language = models.CharField(max_length=8)
@@ -59,6 +199,11 @@ class Translation(models.Model):
     failure_reason = models.TextField(blank=True, default="")
 
     # What served it: the route's choice at enqueue time, and what the worker reported.
+    route = models.ForeignKey(
+        LanguageRoute, null=True, blank=True, on_delete=models.SET_NULL, related_name="translations",
+        help_text="The route chosen when the job was requested (after A/B choice and fallback).",
+    )
+    variant = models.CharField(max_length=20, blank=True, default="", help_text="The route's A/B variant.")
     queue = models.CharField(max_length=100, blank=True, default="", help_text="Queue the job was sent to.")
     consumed_from = models.CharField(max_length=100, blank=True, default="", help_text="Queue the worker took it from.")
     engine = models.CharField(max_length=50, blank=True, default="")

@@ -1,85 +1,192 @@
-"""Which queue, engine and model serve a language pair.
+"""Which queue, engine, model and knobs serve a language pair: the LanguageRoute table.
 
-Everything that decides a route goes through ``route_for``; the table comes from settings
-(``TRANSLATION_ROUTES``) and is validated in ``load_routes``. Queue names are made only by
-``queue_name``.
+Everything that decides a route goes through ``route_for``. Each process keeps the table in
+memory as immutable ``Route`` snapshots and checks at most every ``TRANSLATION_ROUTES_CHECK_S``
+seconds (default 0.5) whether it changed: a change anywhere (the admin, a command, another
+process) is followed within that time, and a save in this process at once. The check is one
+aggregate over the small table (row count and latest ``updated_at``), so it costs nothing that
+the hot path would notice.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Count, Max
 
-from translation import errors, languages
+from translation import errors
+from translation.models import ANY_LANGUAGE, ENGINES, PRECISIONS, QUEUE_PATTERN, LanguageRoute, queue_name
 
-ANY = "*"
-ENGINES = ("hf-seq2seq",)
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-QUEUE_PATTERN = re.compile(r"^translate\.[a-z]{2}(\.[a-z0-9_-]+)?$")
+ANY = ANY_LANGUAGE
+__all__ = [
+    "ANY", "ENGINES", "PRECISIONS", "QUEUE_PATTERN", "Route", "RoutingTable", "queue_name", "route_by_id",
+    "route_for", "routes", "routes_changed", "routes_for_queues", "share_problems",
+]
 
-
-def queue_name(target_language: str) -> str:
-    """The queue of jobs into ``target_language``: one queue per target language."""
-    return f"translate.{target_language}"
+ROUTE_DISABLED = "Route {route} is disabled and no enabled fallback follows it."
 
 
 @dataclass(frozen=True)
 class Route:
+    """A route as one process sees it: a snapshot of a LanguageRoute row."""
+
     source: str  # ISO 639-1, or ANY
     target: str
     queue: str
     engine: str
     model: str  # local path or hub id, given to from_pretrained
     precision: str = "fp32"
+    id: int | None = None
+    variant: str = ""
+    traffic_share: int = 100
+    adapter: str = ""
+    max_batch_size: int = 128
+    max_wait_ms: int = 5
+    max_input_chars: int = 5000
+    enabled: bool = True
+    fallback_id: int | None = None
+
+    @classmethod
+    def of(cls, row: LanguageRoute) -> Route:
+        return cls(
+            source=row.source_language, target=row.target_language, queue=row.queue or queue_name(row.target_language),
+            engine=row.engine, model=row.model_name, precision=row.precision, id=row.pk, variant=row.variant,
+            traffic_share=row.traffic_share, adapter=row.adapter, max_batch_size=row.max_batch_size,
+            max_wait_ms=row.max_wait_ms, max_input_chars=row.max_input_chars, enabled=row.enabled,
+            fallback_id=row.fallback_id,
+        )
+
+    def __str__(self) -> str:
+        variant = f" [{self.variant}]" if self.variant else ""
+        return f"{self.source}→{self.target}{variant} (#{self.id})"
 
 
-@cache
-def load_routes() -> tuple[Route, ...]:
-    """The validated routing table; a bad table stops the process with a precise message."""
-    routes: list[Route] = []
-    seen: set[tuple[str, str]] = set()
-    for index, raw in enumerate(settings.TRANSLATION_ROUTES):
-        where = f"TRANSLATION_ROUTES[{index}]"
-        unknown = set(raw) - {"source", "target", "queue", "engine", "model", "precision"}
-        if unknown:
-            raise ImproperlyConfigured(f"{where}: unknown keys {sorted(unknown)}")
-        source, target = raw.get("source", ANY), raw.get("target", "")
-        if source != ANY and not languages.is_known(source):
-            raise ImproperlyConfigured(f"{where}: unknown source language '{source}'")
-        if not languages.is_known(target):
-            raise ImproperlyConfigured(f"{where}: unknown target language '{target}'")
-        queue = raw.get("queue") or queue_name(target)
-        if not QUEUE_PATTERN.match(queue):
-            raise ImproperlyConfigured(f"{where}: queue '{queue}' must look like 'translate.<lang>[.<name>]'")
-        engine = raw.get("engine", "hf-seq2seq")
-        if engine not in ENGINES:
-            raise ImproperlyConfigured(f"{where}: engine '{engine}' is not one of {ENGINES}")
-        precision = raw.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ImproperlyConfigured(f"{where}: precision '{precision}' is not one of {PRECISIONS}")
-        if not raw.get("model"):
-            raise ImproperlyConfigured(f"{where}: 'model' (a local path or hub id) is required")
-        if (source, target) in seen:
-            raise ImproperlyConfigured(f"{where}: a second route for {source}->{target}")
-        seen.add((source, target))
-        routes.append(Route(source, target, queue, engine, raw["model"], precision))
-    return tuple(routes)
+class RoutingTable:
+    """The routes, indexed by pair; pure logic, no database."""
 
+    def __init__(self, rows: Iterable[Route], fingerprint: tuple = ()) -> None:
+        self.routes = tuple(rows)
+        self.fingerprint = fingerprint
+        self.by_id = {route.id: route for route in self.routes}
+        self.by_pair: dict[tuple[str, str], list[Route]] = {}
+        for route in sorted(self.routes, key=lambda r: (r.variant, r.id or 0)):
+            self.by_pair.setdefault((route.source, route.target), []).append(route)
 
-def route_for(source: str, target: str) -> Route:
-    """The route for a pair: an exact source match wins over a route for any source."""
-    table = load_routes()
-    for candidate_source in (source, ANY):
-        for route in table:
-            if route.source == candidate_source and route.target == target:
+    def choose(self, source: str, target: str, sticky_key: object = None) -> Route:
+        """The route for a pair: an exact source wins over ANY; among enabled A/B variants the
+        one whose share holds this key's bucket; a pair with only disabled routes follows
+        their fallback. Raises NoRoute with the reason."""
+        disabled_reason = ""
+        for candidate_source in (source, ANY):
+            candidates = self.by_pair.get((candidate_source, target), [])
+            enabled = [route for route in candidates if route.enabled]
+            if enabled:
+                return self._variant(enabled, sticky_key)
+            for route in candidates:
+                fallback = self._enabled_fallback(route)
+                if fallback is not None:
+                    return fallback
+                disabled_reason = disabled_reason or ROUTE_DISABLED.format(route=route)
+        raise errors.NoRoute(disabled_reason or errors.NO_ROUTE.format(source=source, target=target))
+
+    def _enabled_fallback(self, route: Route) -> Route | None:
+        for _ in range(len(self.routes)):  # bounded: the admin forbids cycles, this survives one
+            if route.fallback_id is None or route.fallback_id not in self.by_id:
+                return None
+            route = self.by_id[route.fallback_id]
+            if route.enabled:
                 return route
-    raise errors.NoRoute(errors.NO_ROUTE.format(source=source, target=target))
+        return None
+
+    @staticmethod
+    def _variant(enabled: list[Route], sticky_key: object) -> Route:
+        if len(enabled) == 1:
+            return enabled[0]
+        if sticky_key is None:
+            bucket = random.randrange(100)
+        else:
+            # The same conversation always lands in the same bucket; the pair is mixed in so two
+            # A/B tests on different pairs split conversations independently.
+            seed = f"{sticky_key}|{enabled[0].source}|{enabled[0].target}".encode()
+            bucket = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") % 100
+        boundary = 0
+        for route in enabled:
+            boundary += route.traffic_share
+            if bucket < boundary:
+                return route
+        return enabled[-1]  # shares short of 100 (never saved so by the admin): the last takes the rest
+
+
+_lock = threading.Lock()
+_table: RoutingTable | None = None
+_checked_at = 0.0
+
+
+def _fingerprint() -> tuple:
+    stamp = LanguageRoute.objects.aggregate(count=Count("id"), latest=Max("updated_at"))
+    return stamp["count"], stamp["latest"]
+
+
+def current_table() -> RoutingTable:
+    """This process's table, reloaded when the database's has changed (checked at most every
+    ``TRANSLATION_ROUTES_CHECK_S``)."""
+    global _table, _checked_at
+    now = time.monotonic()
+    table = _table
+    if table is not None and now - _checked_at < settings.TRANSLATION_ROUTES_CHECK_S:
+        return table
+    with _lock:
+        fingerprint = _fingerprint()
+        if _table is None or _table.fingerprint != fingerprint:
+            rows = LanguageRoute.objects.order_by("id")
+            _table = RoutingTable((Route.of(row) for row in rows), fingerprint)
+        _checked_at = time.monotonic()
+        return _table
+
+
+def routes_changed(**kwargs) -> None:
+    """Forget this process's table (connected to the route model's save and delete)."""
+    global _table
+    with _lock:
+        _table = None
+
+
+def route_for(source: str, target: str, *, sticky_key: object = None) -> Route:
+    return current_table().choose(source, target, sticky_key)
+
+
+def route_by_id(route_id: int | None) -> Route | None:
+    return current_table().by_id.get(route_id)
+
+
+def routes() -> tuple[Route, ...]:
+    return current_table().routes
 
 
 def routes_for_queues(queues: set[str]) -> list[Route]:
-    """The routes a worker consuming ``queues`` serves."""
-    return [route for route in load_routes() if route.queue in queues]
+    """The enabled routes a worker consuming ``queues`` serves."""
+    return [route for route in routes() if route.queue in queues and route.enabled]
+
+
+def share_problems(rows: Iterable[LanguageRoute]) -> list[str]:
+    """Pairs whose enabled routes' traffic shares do not add up to 100, as messages."""
+    totals: dict[tuple[str, str], list[LanguageRoute]] = {}
+    for row in rows:
+        if row.enabled:
+            totals.setdefault((row.source_language, row.target_language), []).append(row)
+    problems = []
+    for (source, target), pair in sorted(totals.items()):
+        total = sum(row.traffic_share for row in pair)
+        if total != 100:
+            parts = ", ".join(f"{row.variant or '(no variant)'} {row.traffic_share}%" for row in pair)
+            problems.append(
+                f"Traffic shares of the enabled routes for {source}→{target} add up to {total}% ({parts}); "
+                "they must add up to 100%."
+            )
+    return problems

@@ -13,12 +13,36 @@ from django.db import transaction
 from django.utils import timezone
 
 from translation import errors
-from translation.models import Translation, TranslationStatus
-from translation.routing import route_for
+from translation.models import LanguageRoute, Translation, TranslationStatus
+from translation.routing import Route, route_by_id, route_for
 
 logger = logging.getLogger(__name__)
 
 NOT_RETRYABLE = "Translation {id} is {status}; only failed translations can be retried."
+INPUT_TOO_LONG = "The message has {length} characters; route {route} accepts at most {limit}."
+
+
+def _route_or_reason(translation: Translation, text: str, sticky_key) -> tuple[Route | None, str]:
+    """The route a job takes (A/B variant and fallback applied), or why it cannot be sent."""
+    try:
+        route = route_for(translation.source_language, translation.target_language, sticky_key=sticky_key)
+    except errors.NoRoute as exc:
+        return None, exc.message
+    if len(text) > route.max_input_chars:
+        return route, INPUT_TOO_LONG.format(length=len(text), route=route, limit=route.max_input_chars)
+    return route, ""
+
+
+def _stamp_route(translation: Translation, route: Route) -> None:
+    translation.route_id, translation.variant = route.id, route.variant
+    translation.queue, translation.engine = route.queue, route.engine
+    translation.model_name, translation.precision = route.model, route.precision
+
+
+def _fail_at_once(translation: Translation, reason: str) -> None:
+    translation.status = TranslationStatus.FAILED
+    translation.failure_reason = reason
+    translation.finished_at = timezone.now()
 
 
 def translation_request(*, message, target_language: str) -> Translation:
@@ -27,17 +51,14 @@ def translation_request(*, message, target_language: str) -> Translation:
     A pair without a route is recorded as failed with the reason, never dropped.
     """
     translation = Translation(message=message, source_language=message.language, target_language=target_language)
-    try:
-        route = route_for(message.language, target_language)
-    except errors.NoRoute as exc:
-        translation.status = TranslationStatus.FAILED
-        translation.failure_reason = exc.message
-        translation.finished_at = timezone.now()
+    route, reason = _route_or_reason(translation, message.text, message.conversation_id)
+    if route is not None:
+        _stamp_route(translation, route)
+    if reason:
+        _fail_at_once(translation, reason)
         translation.save()
-        logger.warning("Translation %s failed at once: %s", translation.pk, exc.message)
+        logger.warning("Translation %s failed at once: %s", translation.pk, reason)
         return translation
-    translation.queue, translation.engine = route.queue, route.engine
-    translation.model_name, translation.precision = route.model, route.precision
     # Stamped now, sent at commit: one statement per job less on the hot path; a failed send
     # clears it again (translation_enqueue), so "queued, never sent" stays visible.
     translation.enqueued_at = timezone.now()
@@ -49,14 +70,18 @@ def translation_request(*, message, target_language: str) -> Translation:
 def translation_enqueue(*, translation: Translation) -> bool:
     """Send the job to its queue. A broker failure leaves the row queued (and logged).
 
-    The payload is the row's id; the worker reads everything else from the ledger. Two hints
-    ride along for the worker's batcher: which jobs may share a forward pass, and the text's
-    length for its token budget.
+    The payload is the row's id; the worker reads everything else from the ledger. Hints ride
+    along for the worker's batcher: which jobs may share a forward pass, the text's length for
+    its token budget, and the route's current batch size and wait (so a worker follows an
+    admin's change with its next job, without a restart).
     """
     from translation.tasks import translate
 
     sent_at = timezone.now()  # before the send: a fast worker may start before it returns
     hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.message.text)}
+    route = route_by_id(translation.route_id)
+    if route is not None:
+        hints.update(max_batch=route.max_batch_size, max_wait_ms=route.max_wait_ms)
     try:
         translate.apply_async(args=[translation.pk], kwargs=hints, queue=translation.queue)
     except Exception:  # the broker is down or refused: the ledger row keeps the job
@@ -82,17 +107,62 @@ def translation_resend_unsent(*, older_than_s: float) -> int:
 @transaction.atomic
 def translation_retry(*, translation: Translation) -> Translation:
     """Send a failed translation again, along its current route."""
-    translation = Translation.objects.select_for_update().get(pk=translation.pk)
+    translation = Translation.objects.select_for_update().select_related("message").get(pk=translation.pk)
     if translation.status != TranslationStatus.FAILED:
         raise errors.ApplicationError(
             NOT_RETRYABLE.format(id=translation.pk, status=translation.get_status_display()), code="not_retryable"
         )
-    route = route_for(translation.source_language, translation.target_language)
+    route, reason = _route_or_reason(translation, translation.message.text, translation.message.conversation_id)
+    if reason:
+        raise errors.ApplicationError(f"Translation {translation.pk} cannot be retried: {reason}", code="no_route")
     translation.status, translation.failure_reason, translation.text = TranslationStatus.QUEUED, "", ""
     translation.attempts = 0  # a person decided to try again: a full set of attempts
-    translation.queue, translation.engine = route.queue, route.engine
-    translation.model_name, translation.precision = route.model, route.precision
+    _stamp_route(translation, route)
     translation.enqueued_at = translation.started_at = translation.finished_at = None
     translation.save()
     transaction.on_commit(lambda: translation_enqueue(translation=translation))
     return translation
+
+
+ROUTE_KEYS = {
+    "source": "source_language", "target": "target_language", "queue": "queue", "engine": "engine",
+    "model": "model_name", "precision": "precision", "variant": "variant", "traffic_share": "traffic_share",
+    "adapter": "adapter", "max_batch_size": "max_batch_size", "max_wait_ms": "max_wait_ms",
+    "max_input_chars": "max_input_chars", "enabled": "enabled", "note": "note",
+}
+
+
+@transaction.atomic
+def routes_import(entries: list[dict], *, replace: bool = False) -> list[LanguageRoute]:
+    """Create routes from plain entries (``TRANSLATION_ROUTES``, a JSON file), each validated as
+    the admin validates it. ``replace`` deletes the routes there were first. All or nothing:
+    the first invalid entry raises ``ApplicationError`` naming it, and nothing is written."""
+    from django.core.exceptions import ValidationError
+
+    from translation.routing import share_problems
+
+    if not isinstance(entries, list):
+        raise errors.ApplicationError("Routes must be a JSON list of objects.")
+    if replace:
+        LanguageRoute.objects.filter(fallback__isnull=False).update(fallback=None)
+        LanguageRoute.objects.all().delete()
+    created = []
+    for index, entry in enumerate(entries):
+        where = f"routes[{index}]"
+        if not isinstance(entry, dict):
+            raise errors.ApplicationError(f"{where}: expected an object, got {type(entry).__name__}.")
+        unknown = sorted(set(entry) - set(ROUTE_KEYS))
+        if unknown:
+            raise errors.ApplicationError(f"{where}: unknown keys {unknown}; known: {sorted(ROUTE_KEYS)}.")
+        route = LanguageRoute(**{ROUTE_KEYS[key]: value for key, value in entry.items()})
+        try:
+            route.full_clean()
+        except ValidationError as exc:
+            details = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+            raise errors.ApplicationError(f"{where}: {details}") from exc
+        route.save()
+        created.append(route)
+    problems = share_problems(LanguageRoute.objects.all())
+    if problems:
+        raise errors.ApplicationError(" ".join(problems))
+    return created

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import shared_task
 from django.conf import settings
 
@@ -11,7 +13,15 @@ TRANSLATE_TASK = "translation.translate"
 MAX_BACKOFF_S = 60
 
 
-def _check_payload(translation_id, batch_key, chars) -> None:
+@lru_cache(maxsize=256)
+def _route_policy(max_batch: int, max_wait_ms: float):
+    """The batch policy a route's knobs ask for (few distinct ones: cached, not built per job)."""
+    from translation.batching import BatchPolicy
+
+    return BatchPolicy(max_batch_size=max_batch, max_wait_s=max_wait_ms / 1000)
+
+
+def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0) -> None:
     """A malformed payload cannot name a row to fail: refuse it loudly, never retry it."""
     if not isinstance(translation_id, int) or isinstance(translation_id, bool):
         raise ValueError(f"translate expects a Translation id (int), got {translation_id!r}")
@@ -19,14 +29,20 @@ def _check_payload(translation_id, batch_key, chars) -> None:
         raise ValueError(f"translate expects batch_key as a string, got {batch_key!r}")
     if not isinstance(chars, int) or isinstance(chars, bool) or chars < 0:
         raise ValueError(f"translate expects chars as a non-negative int, got {chars!r}")
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 0 <= max_batch <= 4096:
+        raise ValueError(f"translate expects max_batch as an int 0..4096 (0: the worker's own), got {max_batch!r}")
+    if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms <= 10_000:
+        raise ValueError(f"translate expects max_wait_ms as a number 0..10000, got {max_wait_ms!r}")
 
 
 @shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
-def translate(self, translation_id: int, batch_key: str = "", chars: int = 0) -> str:
+def translate(
+    self, translation_id: int, batch_key: str = "", chars: int = 0, max_batch: int = 0, max_wait_ms: float = 0
+) -> str:
     from translation.batching import PendingJob
     from translation.execution import Delivery, current_batcher, translation_run
 
-    _check_payload(translation_id, batch_key, chars)
+    _check_payload(translation_id, batch_key, chars, max_batch, max_wait_ms)
     consumed_from = (self.request.delivery_info or {}).get("routing_key") or ""
     delivery = Delivery(translation_id, self.request.hostname or "", consumed_from)
     try:
@@ -38,7 +54,10 @@ def translate(self, translation_id: int, batch_key: str = "", chars: int = 0) ->
         else:
             # The device loop runs this job in a batch and answers through the future; this
             # thread waits, so Celery acknowledges the message only after the result is stored.
-            job = PendingJob(key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4))
+            policy = _route_policy(max_batch, max_wait_ms) if max_batch else None
+            job = PendingJob(
+                key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4), policy=policy
+            )
             outcome = batcher.submit(job).result(timeout=settings.TRANSLATION_JOB_TIMEOUT_S)
     except Exception as exc:
         # A passing failure (the row is queued again and counts its attempts), or the database

@@ -9,22 +9,22 @@ Outputs are forced to FIXED_OUTPUT_TOKENS so that random weights time like a rea
 from __future__ import annotations
 
 import gc
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.test.utils import override_settings
 
 from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
+from translation.routing import routes_changed
 from translation.tiny_models import corpus_lines, write_benchmark_model
 from workers.lifecycle import stop_process, wait_until_consuming
 
@@ -73,6 +73,7 @@ class Benchmark:
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
         self.texts = spanish_texts()
         self.target = settings.DEFAULT_AGENT_LANGUAGE
+        self.queue = f"translate.{self.target}.benchmark"
         self.prefix = f"bench-{os.getpid()}:"
 
     # --- (a) the raw model -----------------------------------------------------------------
@@ -103,9 +104,9 @@ class Benchmark:
     def start_worker(self, *, batching: bool) -> subprocess.Popen:
 
         name = f"bench-{'batched' if batching else 'batch1'}-{os.getpid()}@localhost"
-        env = dict(os.environ, TRANSLATION_ROUTES=json.dumps(self.routes), BROKER_KEY_PREFIX=self.prefix,
+        env = dict(os.environ, BROKER_KEY_PREFIX=self.prefix,
                    PYTHONUNBUFFERED="1", **{FIXED_OUTPUT_TOKENS_VARIABLE: str(FIXED_OUTPUT_TOKENS)})
-        command = [sys.executable, "-m", "workers.main", "--queues", f"translate.{self.target}", "--name", name,
+        command = [sys.executable, "-m", "workers.main", "--queues", self.queue, "--name", name,
                    "--loglevel", "WARNING", "--device", "cuda:0" if self.device == "cuda" else "cpu"]
         if not batching:
             command.append("--no-batching")
@@ -182,14 +183,37 @@ class Benchmark:
         conversation.save(update_fields=["assignee"])
         return conversation
 
+    @contextmanager
+    def benchmark_route(self):
+        """The benchmark's own es->target route on its own queue, for the length of the run; the
+        pair's enabled routes are disabled meanwhile and enabled again after."""
+        from translation.models import LanguageRoute
+
+        pair = LanguageRoute.objects.filter(source_language="es", target_language=self.target, enabled=True)
+        paused = list(pair.values_list("pk", flat=True))
+        if paused:
+            self.say(f"  route(s) {paused} for es->{self.target} are disabled during the run")
+        LanguageRoute.objects.filter(pk__in=paused).update(enabled=False)
+        route = LanguageRoute(
+            source_language="es", target_language=self.target, queue=self.queue, model_name=str(self.model_dir),
+            precision=self.precision, max_batch_size=self.batch_size,
+            max_wait_ms=round(settings.TRANSLATION_MAX_WAIT_MS), note="benchmark run",
+        )
+        route.full_clean()
+        route.save()
+        try:
+            yield route
+        finally:
+            route.delete()
+            LanguageRoute.objects.filter(pk__in=paused).update(enabled=True)
+            routes_changed()
+
     def run(self) -> Figures:
         from cs_portal.celery import app
         from cs_portal.portal.services import api_client_create
 
         figures = Figures()
         self.model_dir = write_benchmark_model(settings.MODELS_DIR, self.model, progress=self.say)
-        self.routes = [{"source": "es", "target": self.target, "engine": "hf-seq2seq", "model": str(self.model_dir),
-                        "precision": self.precision}]
         os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(FIXED_OUTPUT_TOKENS)
         self.say(f"[1/3] Raw model ({self.model}, {self.precision} on {self.device}, {FIXED_OUTPUT_TOKENS} output tokens) ...")
         self.measure_model(figures)
@@ -198,7 +222,7 @@ class Benchmark:
         app.conf.broker_transport_options = {**saved_options, "global_keyprefix": self.prefix}
         client, _ = api_client_create(name=f"benchmark-{os.getpid()}-{time.time_ns()}")
         try:
-            with override_settings(TRANSLATION_ROUTES=self.routes):
+            with self.benchmark_route():
                 self.say("[2/3] Pipeline with batching: light load, then saturation ...")
                 worker = self.start_worker(batching=True)
                 try:

@@ -57,11 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     from workers.warmup import warmups_for_queues
 
     from cs_portal.celery import app
-    from translation.routing import load_routes
+    from translation.routing import routes
 
-    queues = sorted({r.queue for r in load_routes()}) if args.queues == "all" else args.queues.split(",")
+    # "all": the queues of the enabled routes at start-up. A queue added later is consumed once
+    # a worker is started for it (the placement plan names queues for exactly that reason).
+    queues = sorted({r.queue for r in routes() if r.enabled}) if args.queues == "all" else args.queues.split(",")
     if not queues:
-        raise SystemExit("No queues to consume: the routing table is empty")
+        raise SystemExit("No queues to consume: no enabled route (add one in the admin, or run `manage.py import_routes`)")
     from django.conf import settings
 
     started = time.monotonic()

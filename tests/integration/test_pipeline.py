@@ -4,7 +4,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from cs_portal.portal.services import agent_create
-from tests.conftest import WORKER_NAME, tasks_processed, wait_for
+from tests.conftest import WORKER_NAME, route_update, tasks_processed, wait_for
 from translation.engines import EngineSpec, engine_for
 from translation.models import Translation, TranslationStatus
 from translation.tasks import translate
@@ -107,9 +107,9 @@ class DuplicateDeliveryTests:
 
 
 class RetryTests:
-    def test_a_passing_failure_is_retried_on_the_same_queue_then_failed_visibly(self, worker, http, api_client_key, agent, settings):
+    def test_a_passing_failure_is_retried_on_the_same_queue_then_failed_visibly(self, worker, http, api_client_key, agent):
         # The route names a model the worker cannot load: every attempt fails the same way.
-        settings.TRANSLATION_ROUTES = [{"source": "*", "target": "en", "model": "/nonexistent/checkpoint"}]
+        route_update("*", "en", model_name="/nonexistent/checkpoint")
         _, key = api_client_key
         _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Jean"}}, key=key)
         _, message = http.call(

@@ -1,71 +1,202 @@
 import pytest
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ValidationError
 
 from translation import errors
-from translation.routing import load_routes, queue_name, route_for, routes_for_queues
-
-ROUTES = [
-    {"source": "es", "target": "en", "engine": "hf-seq2seq", "model": "pair-model"},
-    {"source": "*", "target": "en", "engine": "hf-seq2seq", "model": "many-model"},
-    {"source": "*", "target": "es", "engine": "hf-seq2seq", "model": "many-model", "precision": "int8"},
-]
-
-
-@pytest.fixture
-def routes(settings):
-    settings.TRANSLATION_ROUTES = ROUTES
-    yield
-    load_routes.cache_clear()
+from translation.models import LanguageRoute, queue_name
+from translation.routing import (
+    ROUTE_DISABLED,
+    Route,
+    RoutingTable,
+    route_for,
+    routes,
+    routes_for_queues,
+    share_problems,
+)
+from translation.services import routes_import
 
 
-class RouteForTests:
-    def test_exact_source_wins_over_any_source(self, routes):
-        assert route_for("es", "en").model == "pair-model"
-        assert route_for("fr", "en").model == "many-model"
+def route(id, source, target, model="m", **fields) -> Route:
+    return Route(source=source, target=target, queue=fields.pop("queue", queue_name(target)), engine="hf-seq2seq",
+                 model=model, id=id, **fields)
 
-    def test_queue_is_one_per_target_language(self, routes):
-        assert route_for("fr", "en").queue == "translate.en"
-        assert route_for("en", "es").queue == queue_name("es") == "translate.es"
 
-    def test_precision_is_carried(self, routes):
-        assert route_for("en", "es").precision == "int8"
+class RoutingTableTests:
+    """The choice itself: pure logic on snapshots, no database."""
 
-    def test_pair_without_route_raises_no_route_with_the_pair(self, routes):
+    table = RoutingTable([
+        route(1, "es", "en", "pair-model"),
+        route(2, "*", "en", "many-model"),
+        route(3, "*", "es", "many-model", precision="int8"),
+    ])
+
+    def test_exact_source_wins_over_any_source(self):
+        assert self.table.choose("es", "en").model == "pair-model"
+        assert self.table.choose("fr", "en").model == "many-model"
+        assert self.table.choose("en", "es").precision == "int8"
+
+    def test_pair_without_route_raises_no_route_with_the_pair(self):
         with pytest.raises(errors.NoRoute) as raised:
-            route_for("en", "ja")
+            self.table.choose("en", "ja")
         assert raised.value.message == errors.NO_ROUTE.format(source="en", target="ja")
 
-    def test_worker_queues_select_their_routes(self, routes):
-        assert {r.model for r in routes_for_queues({"translate.es"})} == {"many-model"}
-        assert len(routes_for_queues({"translate.en", "translate.es"})) == 3
+    def test_a_disabled_route_hands_its_jobs_to_its_fallback(self):
+        table = RoutingTable([
+            route(1, "es", "en", "pair-model", enabled=False, fallback_id=2),
+            route(2, "es", "en", "backup-model", enabled=False, fallback_id=3),  # a chain: followed to the end
+            route(3, "de", "en", "german-model"),
+        ])
+        assert table.choose("es", "en").id == 3
+
+    def test_a_disabled_route_without_fallback_leaves_the_any_source_route(self):
+        table = RoutingTable([route(1, "es", "en", enabled=False), route(2, "*", "en", "many-model")])
+        assert table.choose("es", "en").id == 2
+
+    def test_a_disabled_route_with_nothing_behind_it_fails_with_the_reason(self):
+        table = RoutingTable([route(1, "es", "en", enabled=False)])
+        with pytest.raises(errors.NoRoute) as raised:
+            table.choose("es", "en")
+        assert raised.value.message == ROUTE_DISABLED.format(route=table.by_id[1])
+
+    def test_a_fallback_cycle_in_stored_data_ends_in_a_clear_failure(self):
+        table = RoutingTable([
+            route(1, "es", "en", enabled=False, fallback_id=2), route(2, "es", "en", enabled=False, fallback_id=1),
+        ])
+        with pytest.raises(errors.NoRoute, match="is disabled"):
+            table.choose("es", "en")
+
+    def test_ab_variants_split_by_share_and_stick_to_the_key(self):
+        table = RoutingTable([
+            route(1, "es", "en", variant="a", traffic_share=30), route(2, "es", "en", variant="b", traffic_share=70),
+        ])
+        picks = {key: table.choose("es", "en", key).variant for key in range(1000)}
+        assert 250 <= sum(1 for v in picks.values() if v == "a") <= 350
+        assert all(table.choose("es", "en", key).variant == variant for key, variant in picks.items())
 
 
-class LoadRoutesValidationTests:
+class ShareProblemsTests:
+    def test_enabled_shares_of_a_pair_must_add_up_to_100(self):
+        rows = [
+            LanguageRoute(source_language="es", target_language="en", variant="a", traffic_share=30),
+            LanguageRoute(source_language="es", target_language="en", variant="b", traffic_share=60),
+            LanguageRoute(source_language="es", target_language="en", variant="c", traffic_share=10, enabled=False),
+            LanguageRoute(source_language="*", target_language="en", traffic_share=100),
+        ]
+        assert share_problems(rows) == [
+            "Traffic shares of the enabled routes for es→en add up to 90% (a 30%, b 60%); they must add up to 100%."
+        ]
+
+
+@pytest.mark.django_db
+class RouteTableInTheDatabaseTests:
+    def test_the_initial_routes_cover_every_supported_language(self, settings):
+        assert {route.target for route in routes()} == set(settings.SUPPORTED_LANGUAGES)
+
+    def test_a_save_in_this_process_routes_the_next_job_at_once(self, tiny_models):
+        assert route_for("es", "en").queue == "translate.en"
+        row = LanguageRoute.objects.get(source_language="es", target_language="en")
+        row.queue = "translate.en.b"
+        row.save()
+        assert route_for("es", "en").queue == "translate.en.b"
+
+    def test_a_change_made_elsewhere_is_seen_within_the_check_interval(self, settings):
+        settings.TRANSLATION_ROUTES_CHECK_S = 0.2
+        assert route_for("es", "en").queue == "translate.en"
+        # queryset.update() sends no signal, as a change from another process would not.
+        from django.utils import timezone
+
+        LanguageRoute.objects.filter(source_language="es", target_language="en").update(
+            queue="translate.en.b", updated_at=timezone.now()
+        )
+        import time
+
+        time.sleep(0.25)
+        assert route_for("es", "en").queue == "translate.en.b"
+
+    def test_worker_queues_select_their_enabled_routes(self):
+        LanguageRoute.objects.filter(source_language="es", target_language="en").update(enabled=False)
+        from translation.routing import routes_changed
+
+        routes_changed()
+        assert {r.target for r in routes_for_queues({"translate.en"})} == {"en"}
+        assert all(r.source == "*" for r in routes_for_queues({"translate.en"}))
+
+
+def valid(**fields) -> LanguageRoute:
+    values = {"source_language": "es", "target_language": "ja", "model_name": "model"} | fields
+    return LanguageRoute(**values)
+
+
+@pytest.mark.django_db
+class RouteValidationTests:
     @pytest.mark.parametrize(
-        ("route", "message"),
+        ("fields", "field", "message"),
         [
-            ({"target": "xx", "model": "m"}, "unknown target language 'xx'"),
-            ({"source": "qq", "target": "en", "model": "m"}, "unknown source language 'qq'"),
-            ({"target": "en", "model": "m", "queue": "english"}, "queue 'english' must look like"),
-            ({"target": "en", "model": "m", "engine": "magic"}, "engine 'magic' is not one of"),
-            ({"target": "en", "model": "m", "precision": "fp4"}, "precision 'fp4' is not one of"),
-            ({"target": "en"}, "'model' (a local path or hub id) is required"),
-            ({"target": "en", "model": "m", "gpu": 1}, "unknown keys ['gpu']"),
+            ({"target_language": "xx"}, "target_language", "Unknown language code 'xx'"),
+            ({"source_language": "qq"}, "source_language", "Unknown language code 'qq'"),
+            ({"source_language": "ja"}, "target_language", "must differ from the source language"),
+            ({"queue": "japanese"}, "queue", "Queue 'japanese' must look like 'translate.<lang>'"),
+            ({"queue": "translate.JA"}, "queue", "must look like"),
+            ({"max_batch_size": 0}, "max_batch_size", "greater than or equal to 1"),
+            ({"max_batch_size": 5000}, "max_batch_size", "less than or equal to 1024"),
+            ({"max_wait_ms": 5000}, "max_wait_ms", "less than or equal to 1000"),
+            ({"traffic_share": 101}, "traffic_share", "less than or equal to 100"),
+            ({"precision": "fp4"}, "precision", "'fp4' is not a valid choice"),
+            ({"engine": "magic"}, "engine", "'magic' is not a valid choice"),
+            ({"model_name": ""}, "model_name", "cannot be blank"),
+            ({"variant": "Big A"}, "variant", "lower-case letters"),
         ],
     )
-    def test_bad_route_is_refused_with_its_reason(self, settings, route, message):
-        settings.TRANSLATION_ROUTES = [route]
-        with pytest.raises(ImproperlyConfigured, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-            load_routes()
-        load_routes.cache_clear()
+    def test_each_bad_field_is_refused_with_its_reason(self, fields, field, message):
+        with pytest.raises(ValidationError) as raised:
+            valid(**fields).full_clean()
+        assert message in " ".join(raised.value.message_dict[field])
 
-    def test_two_routes_for_one_pair_are_refused(self, settings):
-        settings.TRANSLATION_ROUTES = [{"target": "en", "model": "a"}, {"target": "en", "model": "b"}]
-        with pytest.raises(ImproperlyConfigured, match=r"a second route for \*->en"):
-            load_routes()
-        load_routes.cache_clear()
+    def test_a_second_active_route_for_a_pair_and_variant_is_refused(self):
+        valid().save()
+        with pytest.raises(ValidationError, match="is already the active route for es→ja"):
+            valid(model_name="other").full_clean()
+        valid(model_name="other", enabled=False).full_clean()  # a disabled twin is fine
 
-    def test_default_routes_cover_every_supported_language(self, settings):
-        load_routes.cache_clear()
-        targets = {route.target for route in load_routes()}
-        assert targets == set(settings.SUPPORTED_LANGUAGES)
+    def test_a_fallback_must_translate_into_the_same_language(self):
+        other = valid(target_language="de")
+        other.save()
+        with pytest.raises(ValidationError, match="translates into 'de', not 'ja'"):
+            valid(fallback=other).full_clean()
+
+    def test_fallback_cycles_are_refused(self):
+        first = valid()
+        first.save()
+        second = valid(variant="b", enabled=False, fallback=first)
+        second.save()
+        first.fallback = second
+        with pytest.raises(ValidationError, match="Fallback cycle"):
+            first.full_clean()
+        first.fallback = first
+        with pytest.raises(ValidationError, match="cannot be its own fallback"):
+            first.full_clean()
+
+    def test_the_queue_defaults_to_the_target_languages(self):
+        row = valid()
+        row.full_clean()
+        row.save()
+        assert row.queue == "translate.ja"
+
+
+@pytest.mark.django_db
+class RoutesImportTests:
+    def test_an_invalid_entry_writes_nothing_and_names_itself(self):
+        before = LanguageRoute.objects.count()
+        with pytest.raises(errors.ApplicationError, match=r"routes\[1\]: target_language: Unknown language code 'xx'"):
+            routes_import([{"source": "es", "target": "ja", "model": "m"}, {"target": "xx", "model": "m"}])
+        assert LanguageRoute.objects.count() == before
+
+    def test_unknown_keys_are_named(self):
+        with pytest.raises(errors.ApplicationError, match=r"routes\[0\]: unknown keys \['gpu'\]"):
+            routes_import([{"target": "ja", "model": "m", "gpu": 1}])
+
+    def test_shares_that_do_not_add_up_are_refused(self):
+        with pytest.raises(errors.ApplicationError, match="add up to 80%"):
+            routes_import([
+                {"source": "es", "target": "ja", "model": "m", "variant": "a", "traffic_share": 30},
+                {"source": "es", "target": "ja", "model": "m", "variant": "b", "traffic_share": 50},
+            ])

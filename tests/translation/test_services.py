@@ -8,6 +8,8 @@ from translation.execution import translation_claim, translation_fail
 from translation.models import TranslationStatus
 from translation.services import NOT_RETRYABLE, translation_retry
 
+from translation.models import LanguageRoute  # noqa: E402
+
 pytestmark = pytest.mark.django_db
 
 
@@ -17,8 +19,8 @@ def translation(queued_translation):
 
 
 class TranslationRequestTests:
-    def test_pair_without_route_is_recorded_failed_with_the_reason(self, api_client_key, settings):
-        settings.TRANSLATION_ROUTES = [{"source": "*", "target": "es", "model": "unused"}]
+    def test_pair_without_route_is_recorded_failed_with_the_reason(self, api_client_key):
+        LanguageRoute.objects.filter(target_language="en").delete()
         client, _ = api_client_key
         conversation = conversation_create(api_client=client, customer_name="Jean")
         message = message_create_from_customer(conversation=conversation, text="Bonjour", language="fr")

@@ -42,7 +42,9 @@ class Command(BaseCommand):
             self.say("[2/4] Tiny models (random weights: output is not a real translation) ...")
             call_command("prepare_models", verbosity=0, stdout=self.stdout)
             raise_if_stop_requested()
-            self.say("[3/4] Demo data ...")
+            self.say("[3/4] Routes and demo data ...")
+            # A first start gets the initial routes; later starts keep what admins changed.
+            call_command("import_routes", if_empty=True, stdout=self.stdout)
             credentials = self.demo_data(data_dir / "credentials.json")
             raise_if_stop_requested()
             self.say("[4/4] Starting processes ...")
