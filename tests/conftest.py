@@ -18,6 +18,8 @@ from workers.lifecycle import stop_process, wait_until_consuming
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_NAME = "test-worker@localhost"
+# Besides every routed queue, the worker consumes the spare queue that routing tests move a pair to.
+SPARE_QUEUE = "translate.en.b"
 WORKER_START_TIMEOUT_S = 120
 
 
@@ -118,7 +120,7 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.main", "--queues", "all", "--name", WORKER_NAME],
+            [sys.executable, "-m", "workers.main", "--queues", f"all,{SPARE_QUEUE}", "--name", WORKER_NAME],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -102,7 +102,7 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
             Translation.objects.bulk_update(claimed, fields, batch_size=500)
     return {
         row.pk: Job(
-            id=row.pk, attempt=row.attempts, text=row.message.text, source=row.source_language,
+            id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
             target=row.target_language,
             spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
         )

@@ -191,7 +191,11 @@ class LanguageRoute(models.Model):
 
 
 class Translation(models.Model):
-    message = models.ForeignKey("portal.Message", on_delete=models.CASCADE, related_name="translations")
+    message = models.ForeignKey(
+        "portal.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="translations",
+        help_text="Empty for a sample sent from the route admin.",
+    )
+    sample_text = models.TextField(blank=True, default="", help_text="The text of a sample (no message).")
     source_language = models.CharField(max_length=8)
     target_language = models.CharField(max_length=8)
     status = models.PositiveSmallIntegerField(choices=TranslationStatus.choices, default=TranslationStatus.QUEUED)
@@ -223,12 +227,30 @@ class Translation(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["message", "target_language"], name="one_translation_per_target"),
+            models.CheckConstraint(
+                condition=models.Q(message__isnull=False) | ~models.Q(sample_text=""), name="a_message_or_a_sample"
+            ),
         ]
         indexes = [models.Index(fields=["status", "created_at"])]
         ordering = ["id"]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.source_language}->{self.target_language} {self.get_status_display()}"
+
+    @property
+    def source_text(self) -> str:
+        return self.message.text if self.message_id else self.sample_text
+
+    @property
+    def is_sample(self) -> bool:
+        return self.message_id is None
+
+    @property
+    def latency_seconds(self) -> float | None:
+        """From the request to the stored result: what the person waiting saw."""
+        if self.created_at and self.finished_at:
+            return (self.finished_at - self.created_at).total_seconds()
+        return None
 
     @property
     def forward_pass_key(self) -> str:

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from translation import errors
-from translation.models import LanguageRoute, Translation, TranslationStatus
+from translation.models import ANY_LANGUAGE, LanguageRoute, Translation, TranslationStatus
 from translation.routing import Route, route_by_id, route_for
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def translation_enqueue(*, translation: Translation) -> bool:
     from translation.tasks import translate
 
     sent_at = timezone.now()  # before the send: a fast worker may start before it returns
-    hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.message.text)}
+    hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.source_text)}
     route = route_by_id(translation.route_id)
     if route is not None:
         hints.update(max_batch=route.max_batch_size, max_wait_ms=route.max_wait_ms)
@@ -104,15 +104,42 @@ def translation_resend_unsent(*, older_than_s: float) -> int:
     return sum(translation_enqueue(translation=row) for row in rows.select_related("message"))
 
 
+def translation_sample(*, route: LanguageRoute, text: str, source_language: str = "") -> Translation:
+    """Send ``text`` through ``route`` (enabled or not: a route can be tried before it is
+    switched on), along its real queue, as a ledger row without a message."""
+    from translation.languages import is_known
+
+    text = (text or "").strip()
+    if not text:
+        raise errors.ApplicationError("The sample text is empty.")
+    if len(text) > route.max_input_chars:
+        raise errors.ApplicationError(
+            INPUT_TOO_LONG.format(length=len(text), route=route, limit=route.max_input_chars)
+        )
+    source = source_language if route.source_language == ANY_LANGUAGE else route.source_language
+    if not is_known(source):
+        raise errors.ApplicationError(
+            f"Route {route} takes any source language: choose the sample's language (an ISO 639-1 code such as 'es')."
+        )
+    translation = Translation(source_language=source, target_language=route.target_language, sample_text=text)
+    _stamp_route(translation, Route.of(route))
+    translation.enqueued_at = timezone.now()
+    translation.save()
+    transaction.on_commit(lambda: translation_enqueue(translation=translation))
+    return translation
+
+
 @transaction.atomic
 def translation_retry(*, translation: Translation) -> Translation:
     """Send a failed translation again, along its current route."""
-    translation = Translation.objects.select_for_update().select_related("message").get(pk=translation.pk)
+    translation = Translation.objects.select_for_update(of=("self",)).select_related("message").get(pk=translation.pk)
     if translation.status != TranslationStatus.FAILED:
         raise errors.ApplicationError(
             NOT_RETRYABLE.format(id=translation.pk, status=translation.get_status_display()), code="not_retryable"
         )
-    route, reason = _route_or_reason(translation, translation.message.text, translation.message.conversation_id)
+    if translation.is_sample:
+        raise errors.ApplicationError(f"Translation {translation.pk} is a route sample; send a new sample instead.")
+    route, reason = _route_or_reason(translation, translation.source_text, translation.message.conversation_id)
     if reason:
         raise errors.ApplicationError(f"Translation {translation.pk} cannot be retried: {reason}", code="no_route")
     translation.status, translation.failure_reason, translation.text = TranslationStatus.QUEUED, "", ""

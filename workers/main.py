@@ -20,7 +20,7 @@ import time
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.split("\n")[0])
-    parser.add_argument("--queues", required=True, help="comma-separated queue names, or 'all' for every routed queue")
+    parser.add_argument("--queues", required=True, help="comma-separated queue names; 'all' stands for every enabled route's queue (e.g. all,translate.en.b)")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (N: the GPU index or UUID)")
     parser.add_argument(
         "--concurrency", type=int, default=0,
@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # "all": the queues of the enabled routes at start-up. A queue added later is consumed once
     # a worker is started for it (the placement plan names queues for exactly that reason).
-    queues = sorted({r.queue for r in routes() if r.enabled}) if args.queues == "all" else args.queues.split(",")
+    named = [name for name in args.queues.split(",") if name]
+    queues = set(named) - {"all"}
+    if "all" in named:
+        queues |= {route.queue for route in routes() if route.enabled}
+    queues = sorted(queues)
     if not queues:
         raise SystemExit("No queues to consume: no enabled route (add one in the admin, or run `manage.py import_routes`)")
     from django.conf import settings

@@ -168,3 +168,26 @@ class RunIsolatedTests:
     def test_a_run_returning_the_wrong_count_is_an_error(self):
         with pytest.raises(RuntimeError, match="2 results for 3 items"):
             run_isolated([1, 2, 3], lambda items: [1, 2])
+
+
+class RoutePolicyTests:
+    """A job may carry its route's batch size and wait; its group follows the latest one."""
+
+    def test_a_routes_smaller_batch_size_and_longer_wait_apply_to_its_group_only(self, clock):
+        b = batcher(clock)
+        route = BatchPolicy(max_batch_size=2, max_wait_s=0.050)
+        for i in range(3):
+            b.submit(PendingJob(key="es-en", payload=i, text="hola", policy=route))
+        b.submit(job(key="fr-en", payload="fr"))
+        assert [j.payload for j in b.next_batch(timeout=0)] == [0, 1]  # full at the route's size
+        clock.now += 0.010  # past the worker's 5 ms, within the route's 50 ms
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["fr"]
+        assert b.next_batch(timeout=0) == []
+        clock.now += 0.041
+        assert [j.payload for j in b.next_batch(timeout=0)] == [2]
+
+    def test_a_route_cannot_raise_the_batch_size_past_the_workers(self, clock):
+        b = batcher(clock)  # the worker's maximum: 4
+        for i in range(6):
+            b.submit(PendingJob(key="es-en", payload=i, text="hola", policy=BatchPolicy(max_batch_size=100)))
+        assert len(b.next_batch(timeout=0)) == 4

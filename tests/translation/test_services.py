@@ -9,6 +9,7 @@ from translation.models import TranslationStatus
 from translation.services import NOT_RETRYABLE, translation_retry
 
 from translation.models import LanguageRoute  # noqa: E402
+from translation.routing import routes_changed  # noqa: E402
 
 pytestmark = pytest.mark.django_db
 
@@ -27,6 +28,27 @@ class TranslationRequestTests:
         translation = message.translations.get()
         assert translation.status == TranslationStatus.FAILED
         assert translation.failure_reason == errors.NO_ROUTE.format(source="fr", target="en")
+
+    def test_a_disabled_route_with_nothing_behind_it_fails_visibly_with_the_reason(self, api_client_key):
+        LanguageRoute.objects.filter(source_language="*", target_language="en").delete()
+        LanguageRoute.objects.filter(source_language="es", target_language="en").update(enabled=False)
+        routes_changed()
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Ana")
+        translation = message_create_from_customer(conversation=conversation, text="Hola", language="es").translations.get()
+        assert translation.status == TranslationStatus.FAILED
+        assert translation.failure_reason.startswith("Route es→en (#") and "is disabled and no enabled fallback" in translation.failure_reason
+
+    def test_a_message_over_the_routes_input_limit_fails_visibly(self, api_client_key):
+        LanguageRoute.objects.filter(source_language="es", target_language="en").update(max_input_chars=10)
+        routes_changed()
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Ana")
+        message = message_create_from_customer(conversation=conversation, text="Hola, mi pedido no llegó", language="es")
+        translation = message.translations.get()
+        assert translation.status == TranslationStatus.FAILED
+        assert translation.failure_reason.startswith("The message has 24 characters; route es→en")
+        assert translation.failure_reason.endswith("accepts at most 10.")
 
     def test_message_in_the_agents_language_needs_no_translation(self, api_client_key):
         client, _ = api_client_key

@@ -1,0 +1,66 @@
+"""What the workers and the broker say about the translation queues: who consumes each one,
+and how many messages wait in it. For the admin's views; cached briefly, because asking every
+worker costs up to ``INSPECT_TIMEOUT_S``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+INSPECT_TIMEOUT_S = 1.0
+CACHE_S = 5.0
+
+_lock = threading.Lock()
+_cached: tuple[float, dict[str, list[str]] | None] = (0.0, None)
+
+
+def queue_consumers(*, fresh: bool = False) -> dict[str, list[str]] | None:
+    """Queue name -> the workers consuming it now (from every worker's reply to
+    ``active_queues``), or None when the broker cannot be reached (nothing can be said)."""
+    global _cached
+    with _lock:
+        at, consumers = _cached
+        if not fresh and consumers is not None and time.monotonic() - at < CACHE_S:
+            return consumers
+    from cs_portal.celery import app
+
+    try:
+        replies = app.control.inspect(timeout=INSPECT_TIMEOUT_S).active_queues() or {}
+    except Exception:  # the broker is down: unknown, not "nobody"
+        logger.warning("Could not ask the workers which queues they consume", exc_info=True)
+        return None
+    consumers = {}
+    for worker, queues in replies.items():
+        for queue in queues or []:
+            consumers.setdefault(queue["name"], []).append(worker)
+    with _lock:
+        _cached = (time.monotonic(), consumers)
+    return consumers
+
+
+def forget_consumers() -> None:
+    global _cached
+    with _lock:
+        _cached = (0.0, None)
+
+
+def queue_depths(names: list[str]) -> dict[str, int | None]:
+    """Messages waiting in each queue, as the broker counts them (None where it cannot say)."""
+    from cs_portal.celery import app
+
+    depths: dict[str, int | None] = dict.fromkeys(names)
+    try:
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.default_channel
+            for name in names:
+                try:
+                    depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except Exception:  # a queue nobody declared yet holds nothing
+                    depths[name] = 0
+    except Exception:
+        logger.warning("Could not read queue depths from the broker", exc_info=True)
+    return depths
