@@ -37,6 +37,11 @@ class TranslationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # translations are requested by messages, never by hand
 
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            warn_unconsumed_queues(self, request, queue_consumers())
+        return super().changelist_view(request, extra_context)
+
     @admin.display(description="failure reason")
     def reason(self, obj: Translation) -> str:
         return obj.failure_reason[:120]
@@ -79,6 +84,25 @@ class GlossaryTermAdmin(admin.ModelAdmin):
 
 
 # --- Language routes -------------------------------------------------------------------------
+
+
+def warn_unconsumed_queues(model_admin: admin.ModelAdmin, request, consumers) -> None:
+    """Name each queue that has an enabled route or queued jobs and no worker consuming it."""
+    if consumers is None:
+        model_admin.message_user(
+            request, "The broker cannot be reached: which queues are consumed is unknown.", messages.ERROR
+        )
+        return
+    enabled_queues = set(LanguageRoute.objects.filter(enabled=True).values_list("queue", flat=True))
+    waiting = waiting_by_queue()
+    for queue in sorted((enabled_queues | set(waiting)) - set(consumers)):
+        jobs = waiting.get(queue, 0)
+        model_admin.message_user(
+            request,
+            f"No worker consumes {queue}: {jobs} queued job(s) wait there. Start a worker for it "
+            "(placement plan or start_workers), or route its pairs elsewhere.",
+            messages.ERROR if jobs else messages.WARNING,
+        )
 
 SAMPLE_WAIT_S = 10.0
 SPLIT_HINT = " To change a split, edit the pair's shares and switches together in the route list, and save once."
@@ -181,19 +205,7 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
         return changelist
 
     def warn_unconsumed(self, request, consumers) -> None:
-        if consumers is None:
-            self.message_user(request, "The broker cannot be reached: which queues are consumed is unknown.", messages.ERROR)
-            return
-        enabled_queues = set(LanguageRoute.objects.filter(enabled=True).values_list("queue", flat=True))
-        waiting = waiting_by_queue()
-        for queue in sorted((enabled_queues | set(waiting)) - set(consumers)):
-            jobs = waiting.get(queue, 0)
-            self.message_user(
-                request,
-                f"No worker consumes {queue}: {jobs} queued job(s) wait there. Start a worker for it "
-                "(placement plan or start_workers), or route its pairs elsewhere.",
-                messages.ERROR if jobs else messages.WARNING,
-            )
+        warn_unconsumed_queues(self, request, consumers)
 
     @admin.display(description="workers")
     def consumers(self, route) -> str:

@@ -154,6 +154,10 @@ class LanguageRoute(models.Model):
             errors["queue"] = f"Queue '{self.queue}' must look like 'translate.<lang>' or 'translate.<lang>.<name>' (lower case)."
         if self.variant and not re.fullmatch(r"[a-z0-9_-]{1,20}", self.variant):
             errors["variant"] = "A variant name is 1 to 20 lower-case letters, digits, '-' or '_'."
+        if self.adapter:
+            # Stored for the adapters work; until workers apply adapters, a route naming one would
+            # be served by its base model alone, so it is refused rather than silently ignored.
+            errors["adapter"] = "LoRA adapters are not served by the workers yet: leave this empty."
         if self.model_name and self.model_name != self.model_name.strip():
             errors["model_name"] = "The model must not start or end with spaces."
         if self.fallback_id is not None:

@@ -102,3 +102,45 @@ class ABSplitTests:
         assert 250 <= variants.count("b") <= 350, variants.count("b")
         assert [m.translations.get().variant for m in again] == variants[:200]  # sticky per conversation
         assert {m.translations.get().route_id for m in first} == {route.pk, variant_b.pk}
+
+
+WATCHER = """
+import json, sys, time
+import django
+django.setup()
+from translation.routing import route_for
+deadline = time.monotonic() + 20
+last = None
+while time.monotonic() < deadline:
+    queue = route_for("es", "en").queue
+    if queue != last:
+        print(json.dumps({"queue": queue, "at": time.time()}), flush=True)
+        last = queue
+    time.sleep(0.02)
+"""
+
+
+class CrossProcessTests:
+    def test_another_process_routes_by_a_saved_change_within_two_seconds(self, settings):
+        import json
+        import os
+        import subprocess
+        import sys
+        import time
+
+        from tests.conftest import ROOT, database_url
+
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url())
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert json.loads(watcher.stdout.readline())["queue"] == "translate.en"
+            saved_at = time.time()
+            route_update("es", "en", queue=SPARE_QUEUE)
+            seen = json.loads(watcher.stdout.readline())
+        finally:
+            watcher.kill()
+            watcher.wait()
+        assert seen["queue"] == SPARE_QUEUE
+        delay = seen["at"] - saved_at
+        print(f"another process followed the change after {delay * 1000:.0f} ms")
+        assert delay < 2.0

@@ -144,6 +144,7 @@ class RouteValidationTests:
             ({"engine": "magic"}, "engine", "'magic' is not a valid choice"),
             ({"model_name": ""}, "model_name", "cannot be blank"),
             ({"variant": "Big A"}, "variant", "lower-case letters"),
+            ({"adapter": "adapters/support-tone"}, "adapter", "not served by the workers yet"),
         ],
     )
     def test_each_bad_field_is_refused_with_its_reason(self, fields, field, message):
