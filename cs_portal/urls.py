@@ -4,6 +4,8 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from cs_portal.portal.workspace.views import customer_chat
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers. Readiness checks come with the operations work."""
@@ -11,7 +13,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="workspace:inbox", permanent=False)),
+    path("workspace/", include("cs_portal.portal.workspace.urls")),
+    path("chat/", customer_chat, name="customer-chat"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("cs_portal.portal.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -30,7 +30,7 @@ class TranslationAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "target_language", "queue", "source_language", "variant"]
     list_select_related = ["message", "route"]
-    search_fields = ["text", "failure_reason", "message__text", "sample_text"]
+    search_fields = ["text", "failure_reason", "message__text", "input_text"]
     readonly_fields = [field.name for field in Translation._meta.fields]
     actions = ["retry_failed", "send_unsent"]
 

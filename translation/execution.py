@@ -64,6 +64,7 @@ class Job:
     source: str
     target: str
     spec: EngineSpec
+    back_translate: bool = False  # once stored, translate the output back (an agent's draft)
 
 
 def device() -> str:
@@ -105,6 +106,7 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
             id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
             target=row.target_language,
             spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
+            back_translate=row.back_translate,
         )
         for row in claimed
     }
@@ -138,12 +140,19 @@ def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | N
     )
     ids = [job.id for job, _ in results]
     if stored == len(ids):
-        return set(ids)
-    # Some claims were superseded: the rows this statement wrote are the ones still holding
-    # the claim's attempt and this statement's finish time.
-    attempts = {job.id: job.attempt for job, _ in results}
-    rows = Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE, finished_at=now)
-    return {pk for pk, attempt in rows.values_list("pk", "attempts") if attempts[pk] == attempt}
+        done = set(ids)
+    else:
+        # Some claims were superseded: the rows this statement wrote are the ones still holding
+        # the claim's attempt and this statement's finish time.
+        attempts = {job.id: job.attempt for job, _ in results}
+        rows = Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE, finished_at=now)
+        done = {pk for pk, attempt in rows.values_list("pk", "attempts") if attempts[pk] == attempt}
+    wanted = [job.id for job, _ in results if job.back_translate and job.id in done]
+    if wanted:  # an agent's draft reply: its back-translation, for the agent to check
+        from translation.services import back_translations_request
+
+        back_translations_request(wanted)
+    return done
 
 
 def translation_complete(*, job: Job, text: str) -> bool:

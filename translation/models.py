@@ -199,7 +199,22 @@ class Translation(models.Model):
         "portal.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="translations",
         help_text="Empty for a sample sent from the route admin.",
     )
-    sample_text = models.TextField(blank=True, default="", help_text="The text of a sample (no message).")
+    input_text = models.TextField(
+        blank=True, default="",
+        help_text="What to translate when it is not the message's text: a route sample, or a back-translation's input.",
+    )
+    back_translation_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="back_translations",
+        help_text="The translation this one translates back (for an agent to check a reply).",
+    )
+    back_translate = models.BooleanField(
+        default=False, help_text="Once done, translate the output back into the source language."
+    )
+    corrected_text = models.TextField(blank=True, default="", help_text="An agent's correction; the machine output stays in text.")
+    corrected_by = models.ForeignKey(
+        "portal.AgentProfile", null=True, blank=True, on_delete=models.SET_NULL, related_name="corrections"
+    )
+    corrected_at = models.DateTimeField(null=True, blank=True)
     source_language = models.CharField(max_length=8)
     target_language = models.CharField(max_length=8)
     status = models.PositiveSmallIntegerField(choices=TranslationStatus.choices, default=TranslationStatus.QUEUED)
@@ -232,7 +247,7 @@ class Translation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["message", "target_language"], name="one_translation_per_target"),
             models.CheckConstraint(
-                condition=models.Q(message__isnull=False) | ~models.Q(sample_text=""), name="a_message_or_a_sample"
+                condition=models.Q(message__isnull=False) | ~models.Q(input_text=""), name="a_message_or_a_sample"
             ),
         ]
         indexes = [models.Index(fields=["status", "created_at"])]
@@ -243,11 +258,18 @@ class Translation(models.Model):
 
     @property
     def source_text(self) -> str:
-        return self.message.text if self.message_id else self.sample_text
+        if self.input_text:
+            return self.input_text
+        return self.message.text if self.message_id else ""
+
+    @property
+    def final_text(self) -> str:
+        """What a reader is shown: the agent's correction when there is one, else the model's."""
+        return self.corrected_text or self.text
 
     @property
     def is_sample(self) -> bool:
-        return self.message_id is None
+        return self.message_id is None and self.back_translation_of_id is None
 
     @property
     def latency_seconds(self) -> float | None:

@@ -45,12 +45,16 @@ def _fail_at_once(translation: Translation, reason: str) -> None:
     translation.finished_at = timezone.now()
 
 
-def translation_request(*, message, target_language: str) -> Translation:
+def translation_request(*, message, target_language: str, back_translate: bool = False) -> Translation:
     """Record that ``message`` needs a translation into ``target_language``; send it on commit.
 
-    A pair without a route is recorded as failed with the reason, never dropped.
+    A pair without a route is recorded as failed with the reason, never dropped. With
+    ``back_translate``, the output is translated back once done (an agent's draft reply).
     """
-    translation = Translation(message=message, source_language=message.language, target_language=target_language)
+    translation = Translation(
+        message=message, source_language=message.language, target_language=target_language,
+        back_translate=back_translate,
+    )
     route, reason = _route_or_reason(translation, message.text, message.conversation_id)
     if route is not None:
         _stamp_route(translation, route)
@@ -65,6 +69,41 @@ def translation_request(*, message, target_language: str) -> Translation:
     translation.save()
     transaction.on_commit(lambda: translation_enqueue(translation=translation))
     return translation
+
+
+def back_translation_request(*, of: Translation, text: str) -> Translation:
+    """Translate ``text`` (``of``'s output, or its correction) back into ``of``'s source language,
+    so the agent who wrote the source can check what the customer will read."""
+    translation = Translation(
+        input_text=text, source_language=of.target_language, target_language=of.source_language,
+        back_translation_of=of,
+    )
+    conversation_id = of.message.conversation_id if of.message_id else None
+    route, reason = _route_or_reason(translation, text, conversation_id)
+    if route is not None:
+        _stamp_route(translation, route)
+    if reason:
+        _fail_at_once(translation, reason)
+        translation.save()
+        return translation
+    translation.enqueued_at = timezone.now()
+    translation.save()
+    transaction.on_commit(lambda: translation_enqueue(translation=translation))
+    return translation
+
+
+def back_translations_request(translation_ids) -> int:
+    """Back-translations of the done rows among ``translation_ids`` that asked for one."""
+    rows = Translation.objects.filter(
+        pk__in=translation_ids, back_translate=True, status=TranslationStatus.DONE
+    ).select_related("message")
+    count = 0
+    with transaction.atomic():
+        for row in rows:
+            if not row.back_translations.exists():
+                back_translation_request(of=row, text=row.final_text)
+                count += 1
+    return count
 
 
 def translation_enqueue(*, translation: Translation) -> bool:
@@ -121,7 +160,7 @@ def translation_sample(*, route: LanguageRoute, text: str, source_language: str 
         raise errors.ApplicationError(
             f"Route {route} takes any source language: choose the sample's language (an ISO 639-1 code such as 'es')."
         )
-    translation = Translation(source_language=source, target_language=route.target_language, sample_text=text)
+    translation = Translation(source_language=source, target_language=route.target_language, input_text=text)
     _stamp_route(translation, Route.of(route))
     translation.enqueued_at = timezone.now()
     translation.save()

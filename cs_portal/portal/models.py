@@ -13,14 +13,41 @@ from translation.languages import LANGUAGES
 LANGUAGE_CHOICES = [(code, f"{lang.name} ({code})") for code, lang in LANGUAGES.items()]
 
 
+class Team(models.Model):
+    """A group of agents sharing conversations: an agent sees only their team's."""
+
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class AgentProfile(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent")
-    working_language = models.CharField(max_length=8, choices=LANGUAGE_CHOICES, default="en")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="agents")
+    working_language = models.CharField(
+        max_length=8, choices=LANGUAGE_CHOICES, default="en",
+        help_text="Customer messages are translated into it; replies are written in it.",
+    )
+    native_languages = models.JSONField(
+        default=list, blank=True, help_text="Languages read natively (ISO 639-1 codes): not translated for this agent."
+    )
+    translation_enabled = models.BooleanField(default=True, help_text="Off: the agent sees every message as written.")
     is_available = models.BooleanField(default=True, help_text="Receives new conversations.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.user.get_username()} ({self.working_language})"
+
+    def reads_natively(self, language: str) -> bool:
+        return language == self.working_language or language in (self.native_languages or [])
+
+    def needs_translation(self, language: str) -> bool:
+        return self.translation_enabled and not self.reads_natively(language)
 
 
 class ApiClient(models.Model):
@@ -77,10 +104,13 @@ class ConversationStatus(models.TextChoices):
 class Conversation(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="conversations")
     assignee = models.ForeignKey(AgentProfile, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
     # The customer's language: set by the client or by the first message's detection.
     language = models.CharField(max_length=8, blank=True, default="", choices=LANGUAGE_CHOICES)
     status = models.CharField(max_length=10, choices=ConversationStatus.choices, default=ConversationStatus.OPEN)
     subject = models.CharField(max_length=200, blank=True, default="")
+    last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_customer_message_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,6 +131,7 @@ class LanguageSource(models.TextChoices):
     DETECTED = "detected", "detected"
     CONVERSATION = "conversation", "conversation's language"
     AGENT = "agent", "agent's working language"
+    OVERRIDE = "override", "set by an agent"
 
 
 class Message(models.Model):
@@ -111,10 +142,27 @@ class Message(models.Model):
     language = models.CharField(max_length=8, choices=LANGUAGE_CHOICES)
     language_source = models.CharField(max_length=12, choices=LanguageSource.choices)
     detection_confidence = models.FloatField(null=True, blank=True)
+    detected_language = models.CharField(
+        max_length=8, blank=True, default="", help_text="What detection said, kept when an agent overrides it."
+    )
+    # An agent's reply is a draft until sent: the customer sees it only from then on.
+    delivered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
         return f"{self.sender} message {self.pk} ({self.language})"
+
+
+class ConversationRead(models.Model):
+    """When an agent last opened a conversation: newer customer messages are unread for them."""
+
+    agent = models.ForeignKey(AgentProfile, on_delete=models.CASCADE, related_name="reads")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="reads")
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "conversation"], name="one_read_mark_per_agent")]

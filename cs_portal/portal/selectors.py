@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Message
@@ -35,8 +35,22 @@ def conversation_get_for_client(*, api_client: ApiClient, conversation_id: int) 
     return conversation
 
 
+def conversations_visible_to(agent: AgentProfile) -> QuerySet[Conversation]:
+    """An agent sees their team's conversations, those without a team, and those assigned to
+    them; staff see all."""
+    conversations = Conversation.objects.all()
+    if agent.user.is_staff:
+        return conversations
+    mine = Q(team__isnull=True) | Q(assignee=agent)
+    if agent.team_id:
+        mine |= Q(team=agent.team_id)
+    return conversations.filter(mine)
+
+
 def conversation_get_for_agent(*, agent: AgentProfile, conversation_id: int) -> Conversation:
-    conversation = Conversation.objects.select_related("customer", "assignee").filter(pk=conversation_id).first()
+    conversation = (
+        conversations_visible_to(agent).select_related("customer", "assignee__user", "team").filter(pk=conversation_id).first()
+    )
     if conversation is None:
         raise errors.NotFound(errors.CONVERSATION_NOT_FOUND.format(id=conversation_id), code="conversation_not_found")
     return conversation
@@ -46,3 +60,40 @@ def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.prefetch_related(
         Prefetch("translations", queryset=Translation.objects.order_by("target_language"))
     ).select_related("author__user")
+
+
+def inbox(
+    *, agent: AgentProfile, status: str = "", language: str = "", assignee: str = "", query: str = ""
+) -> QuerySet[Conversation]:
+    """The agent's inbox, newest activity first, each conversation with ``unread`` (a customer
+    message after the agent last opened it) and ``last_message`` (the latest delivered text).
+
+    ``assignee``: "me", "none", or an agent id.
+    """
+    from cs_portal.portal.models import ConversationRead
+
+    conversations = conversations_visible_to(agent).select_related("customer", "assignee__user", "team")
+    if status:
+        conversations = conversations.filter(status=status)
+    if language:
+        conversations = conversations.filter(language=language)
+    if assignee == "me":
+        conversations = conversations.filter(assignee=agent)
+    elif assignee == "none":
+        conversations = conversations.filter(assignee__isnull=True)
+    elif assignee.isdigit():
+        conversations = conversations.filter(assignee_id=int(assignee))
+    if query:
+        conversations = conversations.filter(
+            Q(customer__name__icontains=query) | Q(customer__email__icontains=query)
+            | Q(pk__in=Message.objects.filter(text__icontains=query).values("conversation_id"))
+        )
+    read_after = ConversationRead.objects.filter(
+        agent=agent, conversation=OuterRef("pk"), read_at__gte=OuterRef("last_customer_message_at")
+    )
+    latest = Message.objects.filter(conversation=OuterRef("pk"), delivered_at__isnull=False).order_by("-created_at", "-id")
+    return conversations.annotate(
+        unread=Q(last_customer_message_at__isnull=False) & ~Exists(read_after),
+        last_message=Subquery(latest.values("text")[:1]),
+        last_sender=Subquery(latest.values("sender")[:1]),
+    ).order_by("-last_message_at", "-id")

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Q
+from django.utils import timezone
 
 from cs_portal.portal.models import (
     AgentProfile,
@@ -14,8 +15,10 @@ from cs_portal.portal.models import (
     ConversationStatus,
     Customer,
     LanguageSource,
+    ConversationRead,
     Message,
     Sender,
+    Team,
 )
 from translation import errors, languages
 from translation.detection import detect_language
@@ -38,10 +41,16 @@ def api_client_rotate_key(*, client: ApiClient) -> str:
 
 
 @transaction.atomic
-def agent_create(*, username: str, password: str, working_language: str, is_staff: bool = False) -> AgentProfile:
+def agent_create(
+    *, username: str, password: str, working_language: str, is_staff: bool = False, team: Team | None = None,
+    native_languages: list[str] | tuple[str, ...] = (),
+) -> AgentProfile:
     language_validate(working_language, supported_only=False)
+    native = sorted({language_validate(code, supported_only=False) for code in native_languages})
     user = get_user_model().objects.create_user(username=username, password=password, is_staff=is_staff)
-    return AgentProfile.objects.create(user=user, working_language=working_language)
+    return AgentProfile.objects.create(
+        user=user, working_language=working_language, team=team, native_languages=native
+    )
 
 
 def language_validate(code: str, *, supported_only: bool = True) -> str:
@@ -97,15 +106,45 @@ def conversation_create(
         customer = Customer.objects.create(
             api_client=api_client, name=customer_name, email=customer_email, external_id=external_id
         )
+    assignee = _agent_for_new_conversation()
     return Conversation.objects.create(
-        customer=customer, assignee=_agent_for_new_conversation(), language=language or "", subject=subject
+        customer=customer, assignee=assignee, team=assignee.team if assignee else None,
+        language=language or "", subject=subject,
     )
 
 
-def _agent_language(conversation: Conversation) -> str:
-    if conversation.assignee_id:
-        return conversation.assignee.working_language
-    return settings.DEFAULT_AGENT_LANGUAGE
+def _readers(conversation: Conversation) -> list[AgentProfile]:
+    """The agents who may open the conversation: its team (or everyone, without a team) and its
+    assignee."""
+    agents = AgentProfile.objects.filter(user__is_active=True)
+    agents = agents.filter(team=conversation.team_id) if conversation.team_id else agents.filter(team__isnull=True)
+    readers = list(agents)
+    if conversation.assignee_id and all(agent.pk != conversation.assignee_id for agent in readers):
+        readers.append(conversation.assignee)
+    return readers
+
+
+def inbound_targets(*, conversation: Conversation, language: str) -> list[str]:
+    """The languages a customer message in ``language`` is translated into on arrival: one per
+    distinct working language of the agents who may read it and need it translated (not per
+    agent); DEFAULT_AGENT_LANGUAGE while there is no such agent at all."""
+    readers = _readers(conversation)
+    if not readers:
+        targets = {settings.DEFAULT_AGENT_LANGUAGE}
+    else:
+        targets = {agent.working_language for agent in readers if agent.needs_translation(language)}
+    targets.discard(language)
+    return sorted(targets)
+
+
+def _touch(conversation: Conversation, *, customer: bool, fields: tuple[str, ...] = ()) -> None:
+    now = timezone.now()
+    conversation.last_message_at = now
+    changed = ["last_message_at", "updated_at", *fields]
+    if customer:
+        conversation.last_customer_message_at = now
+        changed.append("last_customer_message_at")
+    conversation.save(update_fields=changed)
 
 
 @transaction.atomic
@@ -129,12 +168,14 @@ def message_create_from_customer(*, conversation: Conversation, text: str, langu
     message = Message.objects.create(
         conversation=conversation, sender=Sender.CUSTOMER, text=text, language=language,
         language_source=source, detection_confidence=confidence,
+        detected_language=language if source == LanguageSource.DETECTED else "", delivered_at=timezone.now(),
     )
     if not conversation.language:
         conversation.language = language
-    conversation.save(update_fields=["language", "updated_at"])
-    target = _agent_language(conversation)
-    if target != language:
+    if conversation.status == ConversationStatus.PENDING:
+        conversation.status = ConversationStatus.OPEN  # the customer answered
+    _touch(conversation, customer=True, fields=("language", "status"))
+    for target in inbound_targets(conversation=conversation, language=language):
         translation_request(message=message, target_language=target)
     return message
 
@@ -147,12 +188,147 @@ def message_create_from_agent(*, conversation: Conversation, agent: AgentProfile
         raise errors.ApplicationError(errors.CONVERSATION_CLOSED.format(id=conversation.pk), code="conversation_closed")
     message = Message.objects.create(
         conversation=conversation, sender=Sender.AGENT, author=agent, text=text,
-        language=agent.working_language, language_source=LanguageSource.AGENT,
+        language=agent.working_language, language_source=LanguageSource.AGENT, delivered_at=timezone.now(),
     )
     if conversation.assignee_id is None:
         conversation.assignee = agent
-    conversation.save(update_fields=["assignee", "updated_at"])
+    _touch(conversation, customer=False, fields=("assignee",))
     target = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
     if target != message.language:
         translation_request(message=message, target_language=target)
     return message
+
+
+# --- The agent workspace ---------------------------------------------------------------------
+
+NOT_YOUR_TEAM = "Conversation {id} belongs to another team."
+NOT_A_DRAFT = "Message {id} was already sent."
+ONLY_CUSTOMER_MESSAGES = "Only a customer message's language can be corrected."
+
+
+def _check_open(conversation: Conversation) -> None:
+    if conversation.status == ConversationStatus.CLOSED:
+        raise errors.ApplicationError(errors.CONVERSATION_CLOSED.format(id=conversation.pk), code="conversation_closed")
+
+
+@transaction.atomic
+def reply_draft_create(*, conversation: Conversation, agent: AgentProfile, text: str) -> Message:
+    """An agent's reply, written in their working language, kept as a draft: its translation into
+    the customer's language is requested now, and its back-translation once that is done, so the
+    agent can check and correct it before sending."""
+    text = text_validate(text)
+    _check_open(conversation)
+    message = Message.objects.create(
+        conversation=conversation, sender=Sender.AGENT, author=agent, text=text,
+        language=agent.working_language, language_source=LanguageSource.AGENT,
+    )
+    if conversation.assignee_id is None:
+        conversation.assignee = agent
+        conversation.save(update_fields=["assignee", "updated_at"])
+    target = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
+    if target != message.language:
+        translation_request(message=message, target_language=target, back_translate=True)
+    return message
+
+
+@transaction.atomic
+def reply_correct(*, message: Message, agent: AgentProfile, text: str):
+    """Store the agent's correction of a draft's translation beside the machine output, and
+    translate the correction back for them."""
+    from translation.services import back_translation_request
+
+    text = text_validate(text)
+    message = Message.objects.select_for_update().get(pk=message.pk)  # not sent meanwhile
+    if message.delivered_at is not None:
+        raise errors.ApplicationError(NOT_A_DRAFT.format(id=message.pk), code="already_sent")
+    translation = message.translations.select_for_update().first()
+    if translation is None:
+        raise errors.ApplicationError(f"Message {message.pk} has no translation to correct.", code="no_translation")
+    translation.corrected_text, translation.corrected_by, translation.corrected_at = text, agent, timezone.now()
+    translation.save(update_fields=["corrected_text", "corrected_by", "corrected_at", "updated_at"])
+    translation.back_translations.all().delete()
+    back_translation_request(of=translation, text=text)
+    return translation
+
+
+@transaction.atomic
+def reply_send(*, message: Message, agent: AgentProfile) -> Message:
+    """Deliver a draft: from now on the customer sees it (its corrected translation, if any)."""
+    message = Message.objects.select_for_update().get(pk=message.pk)
+    if message.delivered_at is not None:
+        raise errors.ApplicationError(NOT_A_DRAFT.format(id=message.pk), code="already_sent")
+    conversation = message.conversation
+    _check_open(conversation)
+    message.delivered_at = timezone.now()
+    message.save(update_fields=["delivered_at", "updated_at"])
+    conversation.status = ConversationStatus.PENDING  # waiting for the customer
+    _touch(conversation, customer=False, fields=("status",))
+    return message
+
+
+@transaction.atomic
+def message_language_override(*, message: Message, agent: AgentProfile, language: str) -> Message:
+    """An agent says which language a customer message is really in: it is translated again,
+    from that language, into the same targets (the detection's answer is kept)."""
+    from translation.models import Translation
+
+    language = language_validate(language, supported_only=False)
+    if message.sender != Sender.CUSTOMER:
+        raise errors.ApplicationError(ONLY_CUSTOMER_MESSAGES, code="not_a_customer_message")
+    if message.language == language:
+        return message
+    if message.language_source == LanguageSource.DETECTED and not message.detected_language:
+        message.detected_language = message.language
+    message.language, message.language_source = language, LanguageSource.OVERRIDE
+    message.save(update_fields=["language", "language_source", "detected_language", "updated_at"])
+    conversation = message.conversation
+    if conversation.language and conversation.messages.filter(sender=Sender.CUSTOMER).count() == 1:
+        conversation.language = language  # the first message set it: correct it too
+        conversation.save(update_fields=["language", "updated_at"])
+    Translation.objects.filter(message=message).delete()
+    for target in inbound_targets(conversation=conversation, language=language):
+        translation_request(message=message, target_language=target)
+    return message
+
+
+def conversation_take(*, conversation: Conversation, agent: AgentProfile) -> Conversation:
+    conversation.assignee = agent
+    if conversation.team_id is None and agent.team_id is not None:
+        conversation.team = agent.team
+    if conversation.status == ConversationStatus.CLOSED:
+        conversation.status = ConversationStatus.OPEN
+    conversation.save(update_fields=["assignee", "team", "status", "updated_at"])
+    return conversation
+
+
+def conversation_assign(*, conversation: Conversation, assignee: AgentProfile) -> Conversation:
+    if conversation.team_id and assignee.team_id != conversation.team_id:
+        raise errors.ApplicationError(
+            f"{assignee.user.get_username()} is not in the team of conversation {conversation.pk}.", code="wrong_team"
+        )
+    conversation.assignee = assignee
+    conversation.save(update_fields=["assignee", "updated_at"])
+    return conversation
+
+
+def conversation_set_status(*, conversation: Conversation, status: str) -> Conversation:
+    if status not in ConversationStatus.values:
+        raise errors.ApplicationError(
+            f"Unknown status '{status}': use one of {', '.join(ConversationStatus.values)}.", code="bad_status"
+        )
+    conversation.status = status
+    conversation.save(update_fields=["status", "updated_at"])
+    return conversation
+
+
+def conversation_mark_read(*, conversation: Conversation, agent: AgentProfile) -> None:
+    ConversationRead.objects.update_or_create(
+        agent=agent, conversation=conversation, defaults={"read_at": timezone.now()}
+    )
+
+
+def team_create(*, name: str) -> Team:
+    name = name.strip()
+    if not name:
+        raise errors.ApplicationError("A team needs a name.", code="team_name_empty")
+    return Team.objects.get_or_create(name=name)[0]

@@ -74,7 +74,7 @@ class AdminChangeTests:
         route = es_en()
         url = reverse("admin:translation_languageroute_sample") + f"?ids={route.pk}"
         response = admin_client.post(url, {"text": "Hola, ¿dónde está mi pedido?"})
-        sample = Translation.objects.get(sample_text="Hola, ¿dónde está mi pedido?")
+        sample = Translation.objects.get(input_text="Hola, ¿dónde está mi pedido?")
         assert sample.status == TranslationStatus.DONE, sample.failure_reason
         page = response.content.decode()
         results = page[page.index('id="sample-results"'):]

@@ -156,7 +156,7 @@ class SampleViewTests:
         page = response.content.decode()
         assert response.status_code == 200
         assert "still queued" in page and "translate.en" in page
-        sample = Translation.objects.get(sample_text="Hola, ¿dónde está mi pedido?")
+        sample = Translation.objects.get(input_text="Hola, ¿dónde está mi pedido?")
         assert (sample.route_id, sample.queue, sample.message_id) == (route.pk, "translate.en", None)
         assert len(callbacks) == 1  # sent to the broker on commit
 
@@ -165,4 +165,4 @@ class SampleViewTests:
         url = reverse("admin:translation_languageroute_sample") + f"?ids={route.pk}"
         response = admin_client.post(url, {"text": "Hello", "source_language": ""})
         assert "takes any source language: choose the sample&#x27;s language" in response.content.decode()
-        assert not Translation.objects.filter(sample_text="Hello").exists()
+        assert not Translation.objects.filter(input_text="Hello").exists()

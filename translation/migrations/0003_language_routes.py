@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='translation',
-            name='sample_text',
+            name='input_text',
             field=models.TextField(blank=True, default='', help_text='The text of a sample (no message).'),
         ),
         migrations.AddField(
@@ -99,7 +99,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='translation',
-            constraint=models.CheckConstraint(condition=models.Q(('message__isnull', False), models.Q(('sample_text', ''), _negated=True), _connector='OR'), name='a_message_or_a_sample'),
+            constraint=models.CheckConstraint(condition=models.Q(('message__isnull', False), models.Q(('input_text', ''), _negated=True), _connector='OR'), name='a_message_or_a_sample'),
         ),
         migrations.AddConstraint(
             model_name='languageroute',

@@ -37,6 +37,7 @@ class TranslationOutput(serializers.ModelSerializer):
     and why one failed, are for the ledger (admin), not for customers."""
 
     status = serializers.CharField(source="get_status_display")
+    text = serializers.CharField(source="final_text", help_text="The agent's correction when there is one.")
 
     class Meta:
         model = Translation
@@ -96,7 +97,8 @@ class CustomerMessageOutput(serializers.ModelSerializer):
         if self._is_direct(message):
             return message.text
         translation = self._customer_translation(message)
-        return translation.text if translation and translation.status == TranslationStatus.DONE else None
+        # An agent's correction, when there is one, is what the customer reads.
+        return translation.final_text if translation and translation.status == TranslationStatus.DONE else None
 
     def get_language(self, message: Message) -> str:
         return message.language if self._is_direct(message) else message.conversation.language

@@ -64,7 +64,7 @@ class MessageListView(CustomerChannelView):
     )
     def get(self, request: Request, conversation_id: int) -> Response:
         conversation = self.conversation(request, conversation_id)
-        messages = selectors.message_list(conversation=conversation)
+        messages = selectors.message_list(conversation=conversation).filter(delivered_at__isnull=False)  # no drafts
         return Response(CustomerMessageOutput(messages, many=True).data)
 
     @extend_schema(

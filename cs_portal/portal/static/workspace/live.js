@@ -1,0 +1,28 @@
+// Live pages: an element with data-live (an event-stream URL) and data-refresh (a URL giving its
+// new inner HTML) is re-rendered whenever the server says something changed. EventSource
+// reconnects by itself when a stream ends. A refresh waits while the agent is typing in it.
+(function () {
+  function live(element) {
+    let pending = false;
+    function refresh() {
+      const active = document.activeElement;
+      if (active && element.contains(active) && (active.tagName === "TEXTAREA" || active.tagName === "SELECT")) {
+        pending = true;  // do not replace what the agent is editing; try again when they leave it
+        return;
+      }
+      pending = false;
+      fetch(element.dataset.refresh, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
+        .then((response) => (response.ok ? response.text() : Promise.reject(response.status)))
+        .then((html) => {
+          const target = element.tagName === "TABLE" ? element.querySelector("tbody") : element;
+          target.innerHTML = html;
+          element.dispatchEvent(new CustomEvent("refreshed"));
+        })
+        .catch(() => { pending = true; });
+    }
+    element.addEventListener("focusout", () => { if (pending) setTimeout(refresh, 0); });
+    const source = new EventSource(element.dataset.live);
+    source.addEventListener("change", refresh);
+  }
+  document.querySelectorAll("[data-live][data-refresh]").forEach(live);
+})();

@@ -1,0 +1,311 @@
+"""Views of the agent workspace. Thin: they read through selectors, write through services, and
+answer a bad request with the service's message."""
+
+from __future__ import annotations
+
+import time
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages as flash
+from django.contrib.auth.decorators import login_required
+from django.db.models import Max, Prefetch
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from cs_portal.portal import selectors, services
+from cs_portal.portal.models import AgentProfile, ConversationStatus, Message, Sender
+from translation import errors
+from translation.languages import LANGUAGES
+from translation.models import Translation, TranslationStatus
+from translation.services import translation_request, translation_retry
+
+# A live stream lasts this long, then the browser's EventSource reconnects by itself: a
+# worker thread is never held for long, and a restarted server is picked up.
+STREAM_SECONDS = 25
+STREAM_POLL_S = 0.25
+
+
+def agent_required(view):
+    """Signed in, and an agent (a user without an agent profile gets a page saying so)."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        agent = AgentProfile.objects.select_related("user", "team").filter(user=request.user).first()
+        if agent is None:
+            return render(request, "workspace/not_an_agent.html", status=403)
+        request.agent = agent
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponseRedirect:
+    target = request.POST.get("next") or default
+    if not target.startswith("/") or target.startswith("//"):
+        target = default
+    return HttpResponseRedirect(target)
+
+
+def _conversation(request: HttpRequest, conversation_id: int):
+    try:
+        return selectors.conversation_get_for_agent(agent=request.agent, conversation_id=conversation_id)
+    except errors.NotFound:
+        return None
+
+
+def _not_found(request: HttpRequest, what: str) -> HttpResponse:
+    return render(request, "workspace/not_found.html", {"what": what}, status=404)
+
+
+# --- Inbox -------------------------------------------------------------------------------------
+
+@agent_required
+def inbox(request: HttpRequest) -> HttpResponse:
+    context = _inbox_context(request)
+    template = "workspace/_inbox_rows.html" if request.GET.get("partial") else "workspace/inbox.html"
+    return render(request, template, context)
+
+
+def _inbox_context(request: HttpRequest) -> dict:
+    filters = {
+        "status": request.GET.get("status", ""),
+        "language": request.GET.get("language", ""),
+        "assignee": request.GET.get("assignee", ""),
+        "query": request.GET.get("q", "").strip(),
+    }
+    if filters["status"] not in ("", *ConversationStatus.values):
+        filters["status"] = ""
+    conversations = selectors.inbox(agent=request.agent, **filters)[:200]
+    teammates = AgentProfile.objects.select_related("user").filter(user__is_active=True)
+    if request.agent.team_id:
+        teammates = teammates.filter(team=request.agent.team_id)
+    params = request.GET.copy()
+    params.pop("partial", None)
+    page_path = request.path + (f"?{params.urlencode()}" if params else "")
+    return {
+        "agent": request.agent, "conversations": conversations, "filters": filters, "page_path": page_path,
+        "refresh_path": page_path + ("&" if params else "?") + "partial=1",
+        "statuses": ConversationStatus.values, "languages": sorted(LANGUAGES.items()), "teammates": teammates,
+    }
+
+
+# --- Conversation --------------------------------------------------------------------------------
+
+def _thread(conversation, agent: AgentProfile) -> list[dict]:
+    """Each message as the agent sees it: the translation meant for them, the original, drafts
+    with their translation and back-translation."""
+    back = Translation.objects.order_by("-id")
+    rows = (
+        conversation.messages.select_related("author__user")
+        .prefetch_related(Prefetch("translations", queryset=Translation.objects.prefetch_related(
+            Prefetch("back_translations", queryset=back)
+        )))
+    )
+    thread = []
+    for message in rows:
+        translations = {t.target_language: t for t in message.translations.all()}
+        item = {"message": message, "language": LANGUAGES.get(message.language), "translations": translations}
+        if message.sender == Sender.CUSTOMER:
+            item["needs_translation"] = agent.needs_translation(message.language)
+            item["mine"] = translations.get(agent.working_language)
+        else:
+            customer_language = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
+            outgoing = translations.get(customer_language)
+            item["outgoing"] = outgoing
+            item["back"] = next(iter(outgoing.back_translations.all()), None) if outgoing else None
+            item["customer_language"] = LANGUAGES.get(customer_language)
+        thread.append(item)
+    return thread
+
+
+@agent_required
+def conversation_view(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    if conversation is None:
+        return _not_found(request, f"Conversation {conversation_id}")
+    services.conversation_mark_read(conversation=conversation, agent=request.agent)
+    context = {
+        "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
+        "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
+        "statuses": ConversationStatus.values, "teammates": _inbox_context(request)["teammates"],
+        "states": TranslationStatus,
+    }
+    template = "workspace/_thread.html" if request.GET.get("partial") else "workspace/conversation.html"
+    return render(request, template, context)
+
+
+def _act(request: HttpRequest, conversation_id: int, action) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    if conversation is None:
+        return _not_found(request, f"Conversation {conversation_id}")
+    try:
+        action(conversation)
+    except errors.ApplicationError as exc:
+        flash.error(request, exc.message)
+    return _back(request, reverse("workspace:conversation", args=[conversation.pk]))
+
+
+@require_POST
+@agent_required
+def conversation_take(request, conversation_id: int):
+    return _act(request, conversation_id, lambda c: services.conversation_take(conversation=c, agent=request.agent))
+
+
+@require_POST
+@agent_required
+def conversation_assign(request, conversation_id: int):
+    def assign(conversation):
+        assignee = AgentProfile.objects.select_related("user").filter(pk=request.POST.get("assignee") or 0).first()
+        if assignee is None:
+            raise errors.ApplicationError("Choose an agent to assign the conversation to.")
+        services.conversation_assign(conversation=conversation, assignee=assignee)
+
+    return _act(request, conversation_id, assign)
+
+
+@require_POST
+@agent_required
+def conversation_status(request, conversation_id: int):
+    return _act(
+        request, conversation_id,
+        lambda c: services.conversation_set_status(conversation=c, status=request.POST.get("status", "")),
+    )
+
+
+@require_POST
+@agent_required
+def reply(request, conversation_id: int):
+    return _act(
+        request, conversation_id,
+        lambda c: services.reply_draft_create(conversation=c, agent=request.agent, text=request.POST.get("text", "")),
+    )
+
+
+def _message(request: HttpRequest, message_id: int) -> Message | None:
+    message = Message.objects.select_related("conversation").filter(pk=message_id).first()
+    if message is None or _conversation(request, message.conversation_id) is None:
+        return None
+    return message
+
+
+def _act_on_message(request: HttpRequest, message_id: int, action) -> HttpResponse:
+    message = _message(request, message_id)
+    if message is None:
+        return _not_found(request, f"Message {message_id}")
+    try:
+        action(message)
+    except errors.ApplicationError as exc:
+        flash.error(request, exc.message)
+    return _back(request, reverse("workspace:conversation", args=[message.conversation_id]))
+
+
+@require_POST
+@agent_required
+def message_correct(request, message_id: int):
+    return _act_on_message(
+        request, message_id,
+        lambda m: services.reply_correct(message=m, agent=request.agent, text=request.POST.get("text", "")),
+    )
+
+
+@require_POST
+@agent_required
+def message_send(request, message_id: int):
+    return _act_on_message(request, message_id, lambda m: services.reply_send(message=m, agent=request.agent))
+
+
+@require_POST
+@agent_required
+def message_language(request, message_id: int):
+    return _act_on_message(
+        request, message_id,
+        lambda m: services.message_language_override(message=m, agent=request.agent, language=request.POST.get("language", "")),
+    )
+
+
+@require_POST
+@agent_required
+def message_translate(request, message_id: int):
+    """Translate a message into the agent's language on demand (one that arrived before the
+    agent joined the team, or while their translation was off)."""
+
+    def translate(message):
+        if message.translations.filter(target_language=request.agent.working_language).exists():
+            return
+        if message.language == request.agent.working_language:
+            raise errors.ApplicationError("This message is already in your working language.")
+        translation_request(message=message, target_language=request.agent.working_language)
+
+    return _act_on_message(request, message_id, translate)
+
+
+@require_POST
+@agent_required
+def translation_retry_view(request, translation_id: int):
+    translation = get_object_or_404(Translation.objects.select_related("message"), pk=translation_id, message__isnull=False)
+    return _act_on_message(request, translation.message_id, lambda m: translation_retry(translation=translation))
+
+
+# --- Live updates ---------------------------------------------------------------------------------
+
+def _conversation_stamp(conversation_id: int) -> tuple:
+    messages = Message.objects.filter(conversation_id=conversation_id)
+    translations = Translation.objects.filter(message__conversation_id=conversation_id)
+    backs = Translation.objects.filter(back_translation_of__message__conversation_id=conversation_id)
+    return (
+        messages.aggregate(n=Max("id"), at=Max("updated_at"))["at"],
+        translations.aggregate(at=Max("updated_at"))["at"],
+        backs.aggregate(at=Max("updated_at"))["at"],
+        selectors.Conversation.objects.filter(pk=conversation_id).values_list("updated_at", flat=True).first(),
+    )
+
+
+def _inbox_stamp(agent: AgentProfile) -> tuple:
+    visible = selectors.conversations_visible_to(agent)
+    return tuple(visible.aggregate(n=Max("id"), at=Max("updated_at"), last=Max("last_message_at")).values())
+
+
+@agent_required
+def events(request: HttpRequest) -> HttpResponse:
+    """Server-sent events: ``change`` whenever the conversation (``?conversation=<id>``) or the
+    agent's inbox changes, checked every STREAM_POLL_S; the page then fetches the new HTML."""
+    conversation_id = request.GET.get("conversation", "")
+    if conversation_id:
+        if not conversation_id.isdigit() or _conversation(request, int(conversation_id)) is None:
+            return _not_found(request, f"Conversation {conversation_id}")
+        stamp = lambda: _conversation_stamp(int(conversation_id))  # noqa: E731
+    else:
+        agent = request.agent
+        stamp = lambda: _inbox_stamp(agent)  # noqa: E731
+
+    first = stamp()  # before the response starts: a change after this moment is never missed
+
+    def stream():
+        last = first
+        yield "retry: 500\n\n"
+        deadline = time.monotonic() + STREAM_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(STREAM_POLL_S)
+            current = stamp()
+            if current != last:
+                last = current
+                yield "event: change\ndata: {}\n\n"
+            else:
+                yield ": keep-alive\n\n"
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+# --- The customer's side, for demos and tests ------------------------------------------------------
+
+def customer_chat(request: HttpRequest) -> HttpResponse:
+    """A small page that plays the customer through the public API (the key is typed in, or
+    given as ?key=; the page never sees more than a customer channel would)."""
+    return render(request, "workspace/customer_chat.html", {"languages": sorted(LANGUAGES.items())})

@@ -1,0 +1,264 @@
+"""The agent workspace through Django's test client: sign-in, teams, inbox, thread, replies."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from cs_portal.portal.models import ConversationStatus, Message
+from cs_portal.portal.services import (
+    agent_create,
+    conversation_create,
+    message_create_from_customer,
+    reply_correct,
+    reply_draft_create,
+    reply_send,
+    team_create,
+)
+from translation.execution import translation_claim, translations_complete
+from translation.models import Translation, TranslationStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def finish(translation: Translation, text: str) -> None:
+    """Store ``text`` as the translation's result, as a worker would."""
+    job = translation_claim(translation_id=translation.pk, worker="w1", consumed_from=translation.queue)
+    translations_complete([(job, text)], batch_size=1)
+
+
+@pytest.fixture
+def team():
+    return team_create(name="Tier 1")
+
+
+@pytest.fixture
+def agent(team):
+    return agent_create(username="sam", password="secret-pass", working_language="en", team=team)
+
+
+@pytest.fixture
+def signed_in(agent) -> Client:
+    client = Client()
+    client.force_login(agent.user)
+    return client
+
+
+@pytest.fixture
+def conversation(api_client_key, agent, django_capture_on_commit_callbacks):
+    client, _ = api_client_key
+    with django_capture_on_commit_callbacks(execute=False):
+        conversation = conversation_create(api_client=client, customer_name="Lucía")
+    assert conversation.team == agent.team and conversation.assignee == agent
+    return conversation
+
+
+def customer_says(conversation, text, language="es"):
+    return message_create_from_customer(conversation=conversation, text=text, language=language)
+
+
+class SignInTests:
+    def test_pages_need_a_signed_in_agent(self, client, conversation):
+        for url in (reverse("workspace:inbox"), reverse("workspace:conversation", args=[conversation.pk])):
+            response = client.get(url)
+            assert response.status_code == 302 and response.url.startswith(reverse("workspace:login"))
+
+    def test_an_agent_signs_in_with_username_and_password(self, agent):
+        client = Client(enforce_csrf_checks=True)
+        page = client.get(reverse("workspace:login"))
+        token = page.cookies["csrftoken"].value
+        response = client.post(
+            reverse("workspace:login"), {"username": "sam", "password": "secret-pass", "csrfmiddlewaretoken": token}
+        )
+        assert response.status_code == 302 and response.url == reverse("workspace:inbox")
+        assert client.get(reverse("workspace:inbox")).status_code == 200
+
+    def test_a_post_without_the_csrf_token_is_refused(self, agent, conversation):
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(agent.user)
+        response = client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hello"})
+        assert response.status_code == 403
+        assert not Message.objects.filter(conversation=conversation).exists()
+
+    def test_a_user_without_an_agent_profile_is_told_so(self, admin_client):
+        response = admin_client.get(reverse("workspace:inbox"))
+        assert response.status_code == 403 and "has no agent profile" in response.content.decode()
+
+
+class TeamTests:
+    def test_an_agent_cannot_open_another_teams_conversation(self, conversation):
+        outsider = agent_create(username="kim", password="x", working_language="en", team=team_create(name="Tier 2"))
+        client = Client()
+        client.force_login(outsider.user)
+        assert client.get(reverse("workspace:conversation", args=[conversation.pk])).status_code == 404
+        assert client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hi"}).status_code == 404
+        assert "Lucía" not in client.get(reverse("workspace:inbox")).content.decode()
+
+    def test_a_message_is_translated_once_per_distinct_working_language_of_the_team(self, conversation, team):
+        agent_create(username="ana", password="x", working_language="fr", team=team)
+        agent_create(username="joe", password="x", working_language="en", team=team)  # en again: no second job
+        agent_create(username="eva", password="x", working_language="de", team=team, native_languages=["es"])
+        message = customer_says(conversation, "Mi pedido no llegó")
+        assert sorted(message.translations.values_list("target_language", flat=True)) == ["en", "fr"]
+
+
+class InboxTests:
+    def test_lists_filters_searches_and_marks_unread(self, signed_in, conversation, api_client_key):
+        customer_says(conversation, "¿Dónde está mi paquete?")
+        other = conversation_create(api_client=api_client_key[0], customer_name="Jean", language="fr")
+        other.status = ConversationStatus.CLOSED
+        other.save()
+        url = reverse("workspace:inbox")
+        page = signed_in.get(url).content.decode()
+        assert "Lucía" in page and "Jean" in page and "¿Dónde está mi paquete?" in page
+        assert 'class="unread"' in page
+        assert "Jean" not in signed_in.get(url, {"status": "open"}).content.decode()
+        assert "Lucía" not in signed_in.get(url, {"language": "fr"}).content.decode()
+        assert "Jean" not in signed_in.get(url, {"q": "paquete"}).content.decode()
+        assert "Lucía" in signed_in.get(url, {"q": "lucí"}).content.decode()
+        signed_in.get(reverse("workspace:conversation", args=[conversation.pk]))  # opening it reads it
+        assert 'class="unread"' not in signed_in.get(url, {"q": "Lucía"}).content.decode()
+
+    def test_take_and_close(self, signed_in, conversation, team):
+        mate = agent_create(username="ana", password="x", working_language="fr", team=team)
+        conversation.assignee = mate
+        conversation.save()
+        signed_in.post(reverse("workspace:take", args=[conversation.pk]))
+        conversation.refresh_from_db()
+        assert conversation.assignee.user.username == "sam"
+        signed_in.post(reverse("workspace:status", args=[conversation.pk]), {"status": "closed"})
+        conversation.refresh_from_db()
+        assert conversation.status == ConversationStatus.CLOSED
+
+    def test_a_bad_status_is_refused_with_a_message(self, signed_in, conversation):
+        response = signed_in.post(reverse("workspace:status", args=[conversation.pk]), {"status": "done"}, follow=True)
+        assert "Unknown status &#x27;done&#x27;" in response.content.decode()
+
+
+class ConversationViewTests:
+    def test_shows_the_translation_with_the_original_one_click_away(self, signed_in, conversation):
+        message = customer_says(conversation, "Hola, mi pedido no llegó")
+        finish(message.translations.get(), "Hello, my order did not arrive")
+        page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+        assert "Hello, my order did not arrive" in page
+        assert "<summary>Original (es)</summary>" in page and "Hola, mi pedido no llegó" in page
+
+    def test_shows_a_failed_translation_with_its_reason_and_a_retry_button(self, signed_in, conversation):
+        from translation.execution import translation_fail
+
+        message = customer_says(conversation, "Hola")
+        translation = message.translations.get()
+        translation_fail(translation_id=translation.pk, reason="CUDA error: device lost")
+        page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+        assert "translation failed" in page and "CUDA error: device lost" in page
+        assert reverse("workspace:retry", args=[translation.pk]) in page
+        signed_in.post(reverse("workspace:retry", args=[translation.pk]))
+        translation.refresh_from_db()
+        assert translation.status == TranslationStatus.QUEUED
+
+    def test_customer_text_is_escaped(self, signed_in, conversation):
+        customer_says(conversation, "<script>alert('x')</script>", language="en")
+        page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+        assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+        inbox = signed_in.get(reverse("workspace:inbox")).content.decode()
+        assert "<script>alert" not in inbox
+
+    def test_arabic_renders_right_to_left_and_japanese_carries_its_language(self, signed_in, conversation):
+        customer_says(conversation, "طلبي لم يصل بعد", language="ar")
+        customer_says(conversation, "注文がまだ届きません", language="ja")
+        page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+        assert '<div class="text" lang="ar" dir="rtl">طلبي لم يصل بعد</div>' in page
+        assert '<div class="text" lang="ja" dir="auto">注文がまだ届きません</div>' in page
+
+    def test_overriding_the_language_translates_again_from_it(self, signed_in, conversation):
+        message = customer_says(conversation, "Bom dia, o meu pedido", language="es")
+        old = message.translations.get()
+        signed_in.post(reverse("workspace:language", args=[message.pk]), {"language": "pt"})
+        message.refresh_from_db()
+        assert (message.language, message.language_source) == ("pt", "override")
+        new = message.translations.get()
+        assert new.pk != old.pk and new.source_language == "pt" and new.status == TranslationStatus.QUEUED
+
+    def test_an_unknown_override_language_is_refused(self, signed_in, conversation):
+        message = customer_says(conversation, "Hola")
+        response = signed_in.post(reverse("workspace:language", args=[message.pk]), {"language": "xx"}, follow=True)
+        assert "Unknown language code &#x27;xx&#x27;" in response.content.decode()
+
+
+class ReplyTests:
+    def test_draft_translation_back_translation_correction_and_send(self, signed_in, conversation, agent, http_client_for):
+        customer_says(conversation, "Hola")
+        signed_in.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Your parcel ships today."})
+        draft = conversation.messages.get(sender="agent")
+        assert draft.delivered_at is None
+        outgoing = draft.translations.get()
+        assert (outgoing.target_language, outgoing.back_translate) == ("es", True)
+        customer_api = http_client_for(conversation)
+        assert [m["sender"] for m in customer_api()] == ["customer"]  # a draft is not the customer's yet
+
+        finish(outgoing, "Su paquete sale hoy.")
+        back = outgoing.back_translations.get()
+        assert (back.source_language, back.target_language, back.input_text) == ("es", "en", "Su paquete sale hoy.")
+        finish(back, "Your package leaves today.")
+        page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+        assert "Su paquete sale hoy." in page and "Your package leaves today." in page
+
+        signed_in.post(reverse("workspace:correct", args=[draft.pk]), {"text": "Su paquete se envía hoy."})
+        outgoing.refresh_from_db()
+        assert (outgoing.text, outgoing.corrected_text, outgoing.corrected_by) == (
+            "Su paquete sale hoy.", "Su paquete se envía hoy.", agent,
+        )
+        assert outgoing.back_translations.get().input_text == "Su paquete se envía hoy."  # checked again
+
+        signed_in.post(reverse("workspace:send", args=[draft.pk]))
+        reply = customer_api()[-1]
+        assert (reply["sender"], reply["text"], reply["delivery"]) == ("agent", "Su paquete se envía hoy.", "delivered")
+        conversation.refresh_from_db()
+        assert conversation.status == ConversationStatus.PENDING
+
+    def test_a_sent_reply_cannot_be_corrected_or_sent_again(self, conversation, agent):
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Thanks!")
+        reply_send(message=draft, agent=agent)
+        from translation.errors import ApplicationError
+
+        with pytest.raises(ApplicationError, match="was already sent"):
+            reply_send(message=draft, agent=agent)
+        with pytest.raises(ApplicationError, match="was already sent"):
+            reply_correct(message=draft, agent=agent, text="Gracias")
+
+    def test_an_empty_reply_is_refused_with_a_message(self, signed_in, conversation):
+        response = signed_in.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "   "}, follow=True)
+        assert "Message text is empty." in response.content.decode()
+        assert not conversation.messages.exists()
+
+
+class LiveEventsTests:
+    def test_the_stream_says_change_when_a_message_arrives(self, signed_in, conversation):
+        response = signed_in.get(reverse("workspace:events"), {"conversation": conversation.pk})
+        assert response["Content-Type"] == "text/event-stream"
+        chunks = iter(response.streaming_content)
+        assert next(chunks) == b"retry: 500\n\n"
+        customer_says(conversation, "¿Hola?")
+        assert next(chunks) == b"event: change\ndata: {}\n\n"
+        assert next(chunks) == b": keep-alive\n\n"  # nothing new since
+        response.close()
+
+
+@pytest.fixture
+def http_client_for(api_client_key):
+    """The customer API's message list of a conversation, as the customer channel reads it."""
+    from rest_framework.test import APIClient
+
+    _, key = api_client_key
+
+    def read(conversation):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+        def messages():
+            response = client.get(f"/api/v1/conversations/{conversation.pk}/messages")
+            assert response.status_code == 200
+            return response.json()
+
+        return messages
+
+    return read
