@@ -14,6 +14,7 @@ from django.utils.safestring import mark_safe
 from simple_history.admin import SimpleHistoryAdmin
 
 from translation.errors import ApplicationError
+from translation.execution import translation_fail
 from translation.languages import LANGUAGES
 from translation.models import GlossaryTerm, LanguageRoute, Translation, TranslationStatus
 from translation.queues import queue_consumers
@@ -28,7 +29,7 @@ class TranslationAdmin(admin.ModelAdmin):
         "id", "message", "source_language", "target_language", "status", "route", "variant", "queue", "worker",
         "attempts", "queue_wait", "compute", "reason", "created_at",
     ]
-    list_filter = ["status", "target_language", "queue", "source_language", "variant"]
+    list_filter = ["status", "target_language", "queue", "source_language"]
     list_select_related = ["message", "route"]
     search_fields = ["text", "failure_reason", "message__text", "input_text"]
     readonly_fields = [field.name for field in Translation._meta.fields]
@@ -131,9 +132,18 @@ class LanguageRouteForm(forms.ModelForm):
             self.add_error("traffic_share", " ".join(problems) + SPLIT_HINT)
 
 
+class RouteListForm(forms.ModelForm):
+    """A row of the route list: its one-active-route rule is checked with the other rows, by the
+    formset, so that a swap (disable one, enable another) is one save."""
+
+    def _post_clean(self) -> None:
+        self.instance.checked_as_a_set = True
+        super()._post_clean()
+
+
 class RouteListFormSet(BaseModelFormSet):
-    """The route list's editable columns (share, enabled) validated together: an A/B split
-    changes in one save."""
+    """The route list's editable columns (share, enabled) validated together: an A/B split, or a
+    swap of a pair's active route, changes in one save."""
 
     def clean(self) -> None:
         super().clean()
@@ -145,8 +155,22 @@ class RouteListFormSet(BaseModelFormSet):
             pairs |= Q(source_language=route.source_language, target_language=route.target_language)
         rows = [edited.get(row.pk, row) for row in LanguageRoute.objects.filter(pairs)]
         problems = share_problems(rows)
+        active: dict[tuple, list[LanguageRoute]] = {}
+        for row in rows:
+            if row.enabled:
+                active.setdefault((row.source_language, row.target_language, row.variant), []).append(row)
+        for (source, target, variant), twins in sorted(active.items()):
+            if len(twins) > 1:
+                names = ", ".join(str(twin) for twin in twins)
+                problems.append(
+                    f"Only one route may be active for {source}→{target}"
+                    + (f" variant '{variant}'" if variant else "") + f": {names} would all be."
+                )
         if problems:
             raise ValidationError(problems)
+        # The admin saves rows in this order: switching routes off first keeps the database's
+        # one-active-route constraint true after every statement of a swap.
+        self.forms.sort(key=lambda form: bool(form.cleaned_data.get("enabled")))
 
 
 class SampleForm(forms.Form):
@@ -182,8 +206,31 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
     ]
     actions = ["translate_sample"]
 
+    def get_changelist_form(self, request, **kwargs):
+        return super().get_changelist_form(request, form=RouteListForm, **kwargs)
+
     def get_changelist_formset(self, request, **kwargs):
         return super().get_changelist_formset(request, formset=RouteListFormSet, **kwargs)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # one at a time, from the route's page (shares checked)
+        return actions
+
+    def delete_view(self, request, object_id, extra_context=None):
+        route = LanguageRoute.objects.filter(pk=object_id).first()
+        if route is not None and request.method == "POST":
+            remaining = LanguageRoute.objects.filter(
+                source_language=route.source_language, target_language=route.target_language
+            ).exclude(pk=route.pk)
+            problems = share_problems(remaining)
+            if route.enabled and problems:
+                self.message_user(
+                    request, f"{route} was not deleted: " + " ".join(problems) + " Disable it first, or adjust the shares.",
+                    messages.ERROR,
+                )
+                return HttpResponseRedirect(reverse("admin:translation_languageroute_change", args=[route.pk]))
+        return super().delete_view(request, object_id, extra_context)
 
     def get_urls(self):
         urls = [
@@ -195,6 +242,8 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
     # not a few per row.
     def get_changelist_instance(self, request):
         changelist = super().get_changelist_instance(request)
+        if request.method != "GET":  # a save or an action: its redirect shows the figures
+            return changelist
         rows = list(changelist.result_list)
         figures = route_figures([row.pk for row in rows])
         consumers = queue_consumers()
@@ -206,6 +255,10 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
 
     def warn_unconsumed(self, request, consumers) -> None:
         warn_unconsumed_queues(self, request, consumers)
+
+    @staticmethod
+    def _figures(route) -> RouteFigures:
+        return getattr(route, "figures", None) or RouteFigures()
 
     @admin.display(description="workers")
     def consumers(self, route) -> str:
@@ -227,20 +280,20 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
 
     @admin.display(description="jobs 1 h")
     def jobs_last_hour(self, route) -> int:
-        return route.figures.jobs
+        return self._figures(route).jobs
 
     @admin.display(description="failed 1 h")
     def failed_last_hour(self, route) -> str:
-        failed = route.figures.failed
+        failed = self._figures(route).failed
         return format_html('<strong style="color:#ba2121">{}</strong>', failed) if failed else "0"
 
     @admin.display(description="p50 ms")
     def p50_ms(self, route) -> str:
-        return "-" if route.figures.p50_ms is None else f"{route.figures.p50_ms:.0f}"
+        return "-" if self._figures(route).p50_ms is None else f"{self._figures(route).p50_ms:.0f}"
 
     @admin.display(description="p95 ms")
     def p95_ms(self, route) -> str:
-        return "-" if route.figures.p95_ms is None else f"{route.figures.p95_ms:.0f}"
+        return "-" if self._figures(route).p95_ms is None else f"{self._figures(route).p95_ms:.0f}"
 
     @admin.display(description="")
     def sample(self, route) -> str:
@@ -267,7 +320,9 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
             return HttpResponseRedirect(reverse("admin:translation_languageroute_changelist"))
         form = SampleForm(request.POST or None)
         results, errors_ = [], []
-        if request.method == "POST" and self.has_change_permission(request) and form.is_valid():
+        if request.method == "POST" and not self.has_change_permission(request):
+            self.message_user(request, "Sending a sample needs the permission to change routes.", messages.ERROR)
+        elif request.method == "POST" and form.is_valid():
             sent = []
             for route in routes:
                 try:
@@ -294,7 +349,16 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
             time.sleep(0.05)
             finished = Translation.objects.filter(pk__in=pending, status__gte=TranslationStatus.DONE)
             pending -= set(finished.values_list("pk", flat=True))
-        return list(Translation.objects.filter(pk__in=[row.pk for row in sent]).select_related("route"))
+        rows = list(Translation.objects.filter(pk__in=[row.pk for row in sent]).select_related("route"))
+        # Nobody waits for a sample after this page: one still unanswered is failed with the
+        # reason (a worker that takes it later skips it), so it never sits in a queue's count.
+        for row in rows:
+            if row.pk in pending:
+                translation_fail(
+                    translation_id=row.pk,
+                    reason=f"Sample not answered within {SAMPLE_WAIT_S:g} s: is a worker consuming {row.queue}?",
+                )
+        return rows
 
 
 @admin.register(LanguageRoute.history.model)
@@ -302,6 +366,8 @@ class RouteChangeAdmin(admin.ModelAdmin):
     """Who changed which route, when, and what: one row per saved version."""
 
     list_display = ["history_date", "history_user", "action", "route", "changes"]
+    list_select_related = ["history_user"]
+    list_per_page = 50
     list_filter = ["history_type", "history_user", "target_language"]
     date_hierarchy = "history_date"
 

@@ -8,9 +8,9 @@ class TranslationConfig(AppConfig):
 
     def ready(self) -> None:
         from translation.models import LanguageRoute
-        from translation.routing import routes_changed
+        from translation.routing import route_saved
 
         # This process follows its own saves at once; other processes within
         # TRANSLATION_ROUTES_CHECK_S (translation/routing.py).
-        post_save.connect(routes_changed, sender=LanguageRoute, dispatch_uid="routes_changed_save")
-        post_delete.connect(routes_changed, sender=LanguageRoute, dispatch_uid="routes_changed_delete")
+        post_save.connect(route_saved, sender=LanguageRoute, dispatch_uid="routes_changed_save")
+        post_delete.connect(route_saved, sender=LanguageRoute, dispatch_uid="routes_changed_delete")

@@ -164,7 +164,15 @@ class LanguageRoute(models.Model):
             problem = self._fallback_problem()
             if problem:
                 errors["fallback"] = problem
-        if not errors and self.enabled:
+        if self.pk is not None:
+            for referrer in LanguageRoute.objects.filter(fallback=self.pk).exclude(pk=self.pk):
+                if not fallback_serves(self, referrer):
+                    errors.setdefault(
+                        "target_language",
+                        f"Route {referrer} falls back to this route, which would then no longer serve "
+                        f"{referrer.source_language}→{referrer.target_language}: change its fallback first.",
+                    )
+        if not errors and self.enabled and not getattr(self, "checked_as_a_set", False):
             twin = LanguageRoute.objects.filter(
                 source_language=self.source_language, target_language=self.target_language,
                 variant=self.variant, enabled=True,
@@ -182,8 +190,11 @@ class LanguageRoute(models.Model):
         fallback = self.fallback
         if self.pk is not None and fallback.pk == self.pk:
             return "A route cannot be its own fallback."
-        if fallback.target_language != self.target_language:
-            return f"The fallback {fallback} translates into '{fallback.target_language}', not '{self.target_language}'."
+        if not fallback_serves(fallback, self):
+            return (
+                f"The fallback {fallback} does not serve {self.source_language}→{self.target_language}: it must "
+                "translate into the same language, from the same source language or from any (*)."
+            )
         seen = {self.pk}
         step = fallback
         while step is not None:
@@ -192,6 +203,28 @@ class LanguageRoute(models.Model):
             seen.add(step.pk)
             step = step.fallback
         return ""
+
+
+def fallback_serves(fallback, route) -> bool:
+    """Whether ``fallback`` can take ``route``'s jobs: the same target, and the same source or any.
+    Works on LanguageRoute rows and on routing snapshots alike."""
+    source = getattr(fallback, "source_language", None) or fallback.source
+    target = getattr(fallback, "target_language", None) or fallback.target
+    route_source = getattr(route, "source_language", None) or route.source
+    route_target = getattr(route, "target_language", None) or route.target
+    return target == route_target and source in (route_source, ANY_LANGUAGE)
+
+
+class RouteTableVersion(models.Model):
+    """One row: a number bumped in the same transaction as every change to the routes, so a
+    process sees a committed change by reading it (``translation.routing``)."""
+
+    version = models.BigIntegerField(default=0)
+
+    @classmethod
+    def bump(cls, **kwargs) -> None:
+        if not cls.objects.filter(pk=1).update(version=models.F("version") + 1):
+            cls.objects.get_or_create(pk=1)
 
 
 class Translation(models.Model):
@@ -250,7 +283,10 @@ class Translation(models.Model):
                 condition=models.Q(message__isnull=False) | ~models.Q(input_text=""), name="a_message_or_a_sample"
             ),
         ]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["route", "created_at"], name="translation_route_recent"),  # per-route figures
+        ]
         ordering = ["id"]
 
     def __str__(self) -> str:

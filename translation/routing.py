@@ -3,9 +3,9 @@
 Everything that decides a route goes through ``route_for``. Each process keeps the table in
 memory as immutable ``Route`` snapshots and checks at most every ``TRANSLATION_ROUTES_CHECK_S``
 seconds (default 0.5) whether it changed: a change anywhere (the admin, a command, another
-process) is followed within that time, and a save in this process at once. The check is one
-aggregate over the small table (row count and latest ``updated_at``), so it costs nothing that
-the hot path would notice.
+process) is followed within that time, and a save in this process at once. The check reads one
+number, ``RouteTableVersion``, which every change to a route bumps in its own transaction: a
+change is seen once it is committed, whatever the order of commits or the clocks of the hosts.
 """
 
 from __future__ import annotations
@@ -15,17 +15,26 @@ import random
 import threading
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Max
 
 from translation import errors
-from translation.models import ANY_LANGUAGE, ENGINES, PRECISIONS, QUEUE_PATTERN, LanguageRoute, queue_name
+from translation.models import (
+    ANY_LANGUAGE,
+    ENGINES,
+    PRECISIONS,
+    QUEUE_PATTERN,
+    LanguageRoute,
+    RouteTableVersion,
+    fallback_serves,
+    queue_name,
+)
 
 ANY = ANY_LANGUAGE
 __all__ = [
-    "ANY", "ENGINES", "PRECISIONS", "QUEUE_PATTERN", "Route", "RoutingTable", "queue_name", "route_by_id",
+    "ANY", "ENGINES", "PRECISIONS", "QUEUE_PATTERN", "Route", "RoutingTable", "pinned_route", "queue_name", "route_by_id",
     "route_for", "routes", "routes_changed", "routes_for_queues", "share_problems",
 ]
 
@@ -96,10 +105,13 @@ class RoutingTable:
         raise errors.NoRoute(disabled_reason or errors.NO_ROUTE.format(source=source, target=target))
 
     def _enabled_fallback(self, route: Route) -> Route | None:
+        origin = route
         for _ in range(len(self.routes)):  # bounded: the admin forbids cycles, this survives one
             if route.fallback_id is None or route.fallback_id not in self.by_id:
                 return None
             route = self.by_id[route.fallback_id]
+            if not fallback_serves(route, origin):  # never hand a pair to a model made for another
+                return None
             if route.enabled:
                 return route
         return None
@@ -129,8 +141,7 @@ _checked_at = 0.0
 
 
 def _fingerprint() -> tuple:
-    stamp = LanguageRoute.objects.aggregate(count=Count("id"), latest=Max("updated_at"))
-    return stamp["count"], stamp["latest"]
+    return (RouteTableVersion.objects.filter(pk=1).values_list("version", flat=True).first(),)
 
 
 def current_table() -> RoutingTable:
@@ -142,7 +153,9 @@ def current_table() -> RoutingTable:
     if table is not None and now - _checked_at < settings.TRANSLATION_ROUTES_CHECK_S:
         return table
     with _lock:
-        fingerprint = _fingerprint()
+        if _table is not None and time.monotonic() - _checked_at < settings.TRANSLATION_ROUTES_CHECK_S:
+            return _table  # another thread checked while this one waited
+        fingerprint = _fingerprint()  # read before the rows: a change committed between is seen next time
         if _table is None or _table.fingerprint != fingerprint:
             rows = LanguageRoute.objects.order_by("id")
             _table = RoutingTable((Route.of(row) for row in rows), fingerprint)
@@ -157,7 +170,32 @@ def routes_changed(**kwargs) -> None:
         _table = None
 
 
+def route_saved(**kwargs) -> None:
+    """A route was saved or deleted: bump the version (in the same transaction) for every other
+    process, and forget this process's table."""
+    RouteTableVersion.bump()
+    routes_changed()
+
+
+_pinned = threading.local()
+
+
+@contextmanager
+def pinned_route(route: Route):
+    """In this block, and in this thread only, jobs of ``route``'s pair take ``route`` whatever
+    the table says (the benchmark's own disabled route: real traffic never sees it)."""
+    previous = getattr(_pinned, "route", None)
+    _pinned.route = route
+    try:
+        yield route
+    finally:
+        _pinned.route = previous
+
+
 def route_for(source: str, target: str, *, sticky_key: object = None) -> Route:
+    pinned = getattr(_pinned, "route", None)
+    if pinned is not None and pinned.target == target and pinned.source in (source, ANY):
+        return pinned
     return current_table().choose(source, target, sticky_key)
 
 

@@ -33,6 +33,15 @@ def _route_or_reason(translation: Translation, text: str, sticky_key) -> tuple[R
     return route, ""
 
 
+def _sticky_key(translation: Translation):
+    """The conversation a job belongs to (for its A/B variant), through a back-translation's origin."""
+    message = translation.message if translation.message_id else None
+    if message is None and translation.back_translation_of_id:
+        origin = translation.back_translation_of
+        message = origin.message if origin.message_id else None
+    return message.conversation_id if message is not None else None
+
+
 def _stamp_route(translation: Translation, route: Route) -> None:
     translation.route_id, translation.variant = route.id, route.variant
     translation.queue, translation.engine = route.queue, route.engine
@@ -178,7 +187,7 @@ def translation_retry(*, translation: Translation) -> Translation:
         )
     if translation.is_sample:
         raise errors.ApplicationError(f"Translation {translation.pk} is a route sample; send a new sample instead.")
-    route, reason = _route_or_reason(translation, translation.source_text, translation.message.conversation_id)
+    route, reason = _route_or_reason(translation, translation.source_text, _sticky_key(translation))
     if reason:
         raise errors.ApplicationError(f"Translation {translation.pk} cannot be retried: {reason}", code="no_route")
     translation.status, translation.failure_reason, translation.text = TranslationStatus.QUEUED, "", ""
@@ -217,10 +226,13 @@ def routes_import(entries: list[dict], *, replace: bool = False) -> list[Languag
         where = f"routes[{index}]"
         if not isinstance(entry, dict):
             raise errors.ApplicationError(f"{where}: expected an object, got {type(entry).__name__}.")
-        unknown = sorted(set(entry) - set(ROUTE_KEYS))
+        unknown = sorted(set(entry) - set(ROUTE_KEYS) - {"fallback"})
         if unknown:
-            raise errors.ApplicationError(f"{where}: unknown keys {unknown}; known: {sorted(ROUTE_KEYS)}.")
-        route = LanguageRoute(**{ROUTE_KEYS[key]: value for key, value in entry.items()})
+            raise errors.ApplicationError(f"{where}: unknown keys {unknown}; known: {sorted([*ROUTE_KEYS, 'fallback'])}.")
+        empty = sorted(key for key, value in entry.items() if value is None)
+        if empty:
+            raise errors.ApplicationError(f"{where}: {empty} must not be null (leave a key out for its default).")
+        route = LanguageRoute(**{ROUTE_KEYS[key]: value for key, value in entry.items() if key != "fallback"})
         try:
             route.full_clean()
         except ValidationError as exc:
@@ -228,6 +240,23 @@ def routes_import(entries: list[dict], *, replace: bool = False) -> list[Languag
             raise errors.ApplicationError(f"{where}: {details}") from exc
         route.save()
         created.append(route)
+    # Fallbacks name another entry of the same list by its position, once every entry exists.
+    for index, entry in enumerate(entries):
+        if "fallback" not in entry:
+            continue
+        target = entry["fallback"]
+        if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < len(created):
+            raise errors.ApplicationError(
+                f"routes[{index}]: fallback must be the position of another route in this list (0..{len(created) - 1})."
+            )
+        route = created[index]
+        route.fallback = created[target]
+        try:
+            route.full_clean()
+        except ValidationError as exc:
+            details = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+            raise errors.ApplicationError(f"routes[{index}]: {details}") from exc
+        route.save(update_fields=["fallback", "updated_at"])
     problems = share_problems(LanguageRoute.objects.all())
     if problems:
         raise errors.ApplicationError(" ".join(problems))

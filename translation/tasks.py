@@ -37,8 +37,11 @@ def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0)
 
 @shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
 def translate(
-    self, translation_id: int, batch_key: str = "", chars: int = 0, max_batch: int = 0, max_wait_ms: float = 0
+    self, translation_id: int, batch_key: str = "", chars: int = 0, max_batch: int = 0, max_wait_ms: float = 0,
+    **newer_hints,
 ) -> str:
+    # Hints a newer portal sends that this worker does not know yet are ignored, not fatal: during
+    # a rolling deploy the job is still done (the ledger row holds everything it needs).
     from translation.batching import PendingJob
     from translation.execution import Delivery, current_batcher, translation_run
 

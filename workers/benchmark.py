@@ -24,7 +24,7 @@ from django.db import transaction
 
 from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
-from translation.routing import routes_changed
+from translation.routing import Route, pinned_route
 from translation.tiny_models import corpus_lines, write_benchmark_model
 from workers.lifecycle import stop_process, wait_until_consuming
 
@@ -185,28 +185,23 @@ class Benchmark:
 
     @contextmanager
     def benchmark_route(self):
-        """The benchmark's own es->target route on its own queue, for the length of the run; the
-        pair's enabled routes are disabled meanwhile and enabled again after."""
+        """The benchmark's own es->target route, on its own queue, for the length of the run. It
+        is saved disabled, so no other process routes a job by it; this thread's jobs take it
+        (``pinned_route``). The admins' routes are left as they are."""
         from translation.models import LanguageRoute
 
-        pair = LanguageRoute.objects.filter(source_language="es", target_language=self.target, enabled=True)
-        paused = list(pair.values_list("pk", flat=True))
-        if paused:
-            self.say(f"  route(s) {paused} for es->{self.target} are disabled during the run")
-        LanguageRoute.objects.filter(pk__in=paused).update(enabled=False)
         route = LanguageRoute(
             source_language="es", target_language=self.target, queue=self.queue, model_name=str(self.model_dir),
-            precision=self.precision, max_batch_size=self.batch_size,
-            max_wait_ms=round(settings.TRANSLATION_MAX_WAIT_MS), note="benchmark run",
+            precision=self.precision, max_batch_size=self.batch_size, enabled=False,
+            max_wait_ms=round(settings.TRANSLATION_MAX_WAIT_MS), note=f"benchmark run {os.getpid()} (deleted after it)",
         )
         route.full_clean()
         route.save()
         try:
-            yield route
+            with pinned_route(Route.of(route)):
+                yield route
         finally:
-            route.delete()
-            LanguageRoute.objects.filter(pk__in=paused).update(enabled=True)
-            routes_changed()
+            route.delete()  # its ledger rows keep their queue and model; their route becomes empty
 
     def run(self) -> Figures:
         from cs_portal.celery import app

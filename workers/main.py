@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # "all": the queues of the enabled routes at start-up. A queue added later is consumed once
     # a worker is started for it (the placement plan names queues for exactly that reason).
-    named = [name for name in args.queues.split(",") if name]
+    named = [name.strip() for name in args.queues.split(",") if name.strip()]
     queues = set(named) - {"all"}
     if "all" in named:
         queues |= {route.queue for route in routes() if route.enabled}

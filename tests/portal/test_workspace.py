@@ -215,6 +215,20 @@ class ReplyTests:
         conversation.refresh_from_db()
         assert conversation.status == ConversationStatus.PENDING
 
+    def test_a_failed_back_translation_can_be_retried(self, conversation, agent):
+        from translation.execution import translation_fail
+        from translation.services import translation_retry
+
+        customer_says(conversation, "Hola")
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Thanks!")
+        outgoing = draft.translations.get()
+        finish(outgoing, "¡Gracias!")
+        back = outgoing.back_translations.get()
+        translation_fail(translation_id=back.pk, reason="device lost")
+        back.refresh_from_db()
+        retried = translation_retry(translation=back)
+        assert retried.status == TranslationStatus.QUEUED and retried.input_text == "¡Gracias!"
+
     def test_a_sent_reply_cannot_be_corrected_or_sent_again(self, conversation, agent):
         draft = reply_draft_create(conversation=conversation, agent=agent, text="Thanks!")
         reply_send(message=draft, agent=agent)

@@ -100,6 +100,40 @@ class RouteListTests:
             ("", 70, True), ("b", 30, True)
         }
 
+    def test_a_pairs_active_route_is_swapped_in_one_save_of_the_list(self, admin_client):
+        route = es_en()
+        spare = LanguageRoute.objects.create(
+            source_language="es", target_language="en", enabled=False, model_name="other-model", queue="translate.en.b"
+        )
+        rows = list(LanguageRoute.objects.filter(pk__in=[route.pk, spare.pk]).order_by("pk"))
+        url = reverse(CHANGELIST) + "?target_language__exact=en&source_language__exact=es"
+        data = list_data(rows, **{str(route.pk): {"traffic_share": 100, "enabled": False},
+                                  str(spare.pk): {"traffic_share": 100, "enabled": True}})
+        response = admin_client.post(url, data)
+        assert response.status_code == 302, response.content.decode()[-3000:]
+        assert route_for("es", "en").id == spare.pk
+
+    def test_two_active_routes_for_one_pair_are_refused_in_the_list(self, admin_client):
+        route = es_en()
+        spare = LanguageRoute.objects.create(source_language="es", target_language="en", enabled=False, model_name="m")
+        rows = list(LanguageRoute.objects.filter(pk__in=[route.pk, spare.pk]).order_by("pk"))
+        url = reverse(CHANGELIST) + "?target_language__exact=en&source_language__exact=es"
+        data = list_data(rows, **{str(spare.pk): {"traffic_share": 100, "enabled": True}})
+        response = admin_client.post(url, data)
+        assert "Only one route may be active for es→en" in response.content.decode()
+
+    def test_deleting_a_variant_that_would_break_the_split_is_refused(self, admin_client):
+        route = es_en()
+        route.variant, route.traffic_share = "a", 70
+        route.save()
+        variant_b = LanguageRoute.objects.create(
+            source_language="es", target_language="en", variant="b", traffic_share=30, model_name="m"
+        )
+        url = reverse("admin:translation_languageroute_delete", args=[variant_b.pk])
+        response = admin_client.post(url, {"post": "yes"}, follow=True)
+        assert "was not deleted" in response.content.decode()
+        assert LanguageRoute.objects.filter(pk=variant_b.pk).exists()
+
     def test_shares_that_do_not_add_up_are_refused_in_the_list(self, admin_client):
         route = es_en()
         url = reverse(CHANGELIST) + "?target_language__exact=en&source_language__exact=es"

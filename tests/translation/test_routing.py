@@ -2,7 +2,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from translation import errors
-from translation.models import LanguageRoute, queue_name
+from translation.models import LanguageRoute, RouteTableVersion, queue_name
 from translation.routing import (
     ROUTE_DISABLED,
     Route,
@@ -43,9 +43,16 @@ class RoutingTableTests:
         table = RoutingTable([
             route(1, "es", "en", "pair-model", enabled=False, fallback_id=2),
             route(2, "es", "en", "backup-model", enabled=False, fallback_id=3),  # a chain: followed to the end
-            route(3, "de", "en", "german-model"),
+            route(3, "*", "en", "many-model"),
         ])
         assert table.choose("es", "en").id == 3
+
+    def test_a_fallback_for_another_source_is_never_followed(self):
+        table = RoutingTable([
+            route(1, "*", "en", "many-model", enabled=False, fallback_id=2), route(2, "es", "en", "spanish-model"),
+        ])
+        with pytest.raises(errors.NoRoute, match="is disabled"):
+            table.choose("de", "en")  # German text must not reach a Spanish model
 
     def test_a_disabled_route_without_fallback_leaves_the_any_source_route(self):
         table = RoutingTable([route(1, "es", "en", enabled=False), route(2, "*", "en", "many-model")])
@@ -107,6 +114,7 @@ class RouteTableInTheDatabaseTests:
         LanguageRoute.objects.filter(source_language="es", target_language="en").update(
             queue="translate.en.b", updated_at=timezone.now()
         )
+        RouteTableVersion.bump()  # what a save does in its transaction
         import time
 
         time.sleep(0.25)
@@ -122,8 +130,16 @@ class RouteTableInTheDatabaseTests:
 
 
 def valid(**fields) -> LanguageRoute:
-    values = {"source_language": "es", "target_language": "ja", "model_name": "model"} | fields
+    # Hebrew: a language the initial routes leave out, so these routes meet only each other.
+    values = {"source_language": "es", "target_language": "he", "model_name": "model"} | fields
     return LanguageRoute(**values)
+
+
+def valid_saved(**fields) -> LanguageRoute:
+    row = valid(**fields)
+    row.full_clean()
+    row.save()
+    return row
 
 
 @pytest.mark.django_db
@@ -133,7 +149,7 @@ class RouteValidationTests:
         [
             ({"target_language": "xx"}, "target_language", "Unknown language code 'xx'"),
             ({"source_language": "qq"}, "source_language", "Unknown language code 'qq'"),
-            ({"source_language": "ja"}, "target_language", "must differ from the source language"),
+            ({"source_language": "he"}, "target_language", "must differ from the source language"),
             ({"queue": "japanese"}, "queue", "Queue 'japanese' must look like 'translate.<lang>'"),
             ({"queue": "translate.JA"}, "queue", "must look like"),
             ({"max_batch_size": 0}, "max_batch_size", "greater than or equal to 1"),
@@ -154,15 +170,27 @@ class RouteValidationTests:
 
     def test_a_second_active_route_for_a_pair_and_variant_is_refused(self):
         valid().save()
-        with pytest.raises(ValidationError, match="is already the active route for es→ja"):
+        with pytest.raises(ValidationError, match="is already the active route for es→he"):
             valid(model_name="other").full_clean()
         valid(model_name="other", enabled=False).full_clean()  # a disabled twin is fine
 
-    def test_a_fallback_must_translate_into_the_same_language(self):
+    def test_a_fallback_must_serve_the_same_pair(self):
         other = valid(target_language="de")
         other.save()
-        with pytest.raises(ValidationError, match="translates into 'de', not 'ja'"):
+        with pytest.raises(ValidationError, match="does not serve es→he"):
             valid(fallback=other).full_clean()
+        spanish = valid(source_language="es", variant="x", enabled=False)
+        spanish.save()
+        with pytest.raises(ValidationError, match="does not serve \\*→he"):
+            valid(source_language="*", fallback=spanish).full_clean()
+        valid(source_language="es", variant="y", fallback=valid_saved(source_language="*")).full_clean()
+
+    def test_a_route_others_fall_back_to_cannot_stop_serving_them(self):
+        backup = valid_saved(source_language="*")
+        valid_saved(enabled=False, fallback=backup)
+        backup.target_language = "fr"
+        with pytest.raises(ValidationError, match="falls back to this route"):
+            backup.full_clean()
 
     def test_fallback_cycles_are_refused(self):
         first = valid()
@@ -180,7 +208,7 @@ class RouteValidationTests:
         row = valid()
         row.full_clean()
         row.save()
-        assert row.queue == "translate.ja"
+        assert row.queue == "translate.he"
 
 
 @pytest.mark.django_db
@@ -201,3 +229,17 @@ class RoutesImportTests:
                 {"source": "es", "target": "ja", "model": "m", "variant": "a", "traffic_share": 30},
                 {"source": "es", "target": "ja", "model": "m", "variant": "b", "traffic_share": 50},
             ])
+
+    def test_null_values_are_refused_with_a_message(self):
+        with pytest.raises(errors.ApplicationError, match=r"routes\[0\]: \['variant'\] must not be null"):
+            routes_import([{"source": "es", "target": "he", "model": "m", "variant": None}])
+
+    def test_fallbacks_name_another_entry_by_position(self):
+        first, second = routes_import([
+            {"source": "*", "target": "he", "model": "many"},
+            {"source": "es", "target": "he", "model": "pair", "enabled": False, "fallback": 0},
+        ])
+        second.refresh_from_db()
+        assert second.fallback_id == first.pk
+        with pytest.raises(errors.ApplicationError, match=r"routes\[0\]: fallback must be the position"):
+            routes_import([{"source": "es", "target": "nl", "model": "m", "fallback": 5}])
