@@ -161,7 +161,7 @@ class EmbeddedSystem:
                 "web",
                 [
                     python, "-m", "gunicorn", "cs_portal.wsgi", f"--bind=127.0.0.1:{self.port}",
-                    "--workers=2", "--threads=4", "--access-logfile=-", "--graceful-timeout=5",
+                    "--workers=2", "--threads=16", "--access-logfile=-", "--graceful-timeout=5",
                 ],
                 logs / "web.log",
             ),

@@ -115,7 +115,8 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
 
     with django_db_blocker.unblock():
         initial_routes()
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1",
+               DATABASE_CONN_MAX_AGE="60")
     log = Path(settings.DATA_DIR) / "test-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:

@@ -12,6 +12,10 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("MODELS_DIR", str(_base / "var" / "test-models"))
 os.environ.setdefault("DATA_DIR", str(_base / "var" / "test-data"))
+# The live server starts a thread per request: a connection kept open per thread would outlive
+# its thread and hold the test database open at the end (worker processes keep theirs: see
+# tests/conftest.py).
+os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
 
 from cs_portal.settings import *  # noqa: E402,F403
 

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 
-from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Customer, Message
+from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Customer, Message, Team
 from translation.models import Translation
 
 admin.site.site_header = "Support portal administration"
@@ -9,11 +9,29 @@ admin.site.site_url = settings.FLOWER_URL  # "View site" opens Flower: the queue
 admin.site.site_title = "Support portal"
 
 
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["name", "agents_count", "created_at"]
+    search_fields = ["name"]
+
+    @admin.display(description="agents")
+    def agents_count(self, team: Team) -> int:
+        return team.agents.count()
+
+
 @admin.register(AgentProfile)
 class AgentProfileAdmin(admin.ModelAdmin):
-    list_display = ["user", "working_language", "is_available", "created_at"]
-    list_filter = ["working_language", "is_available"]
+    """An agent's languages: customer messages are translated into the working language, except
+    those in a language the agent reads natively; translation can be switched off."""
+
+    list_display = ["user", "team", "working_language", "native", "translation_enabled", "is_available", "created_at"]
+    list_filter = ["team", "working_language", "translation_enabled", "is_available"]
     search_fields = ["user__username"]
+    list_select_related = ["user", "team"]
+
+    @admin.display(description="reads natively")
+    def native(self, agent: AgentProfile) -> str:
+        return ", ".join(agent.native_languages or []) or "-"
 
 
 @admin.register(ApiClient)
@@ -44,8 +62,8 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["id", "customer", "language", "status", "assignee", "updated_at"]
-    list_filter = ["status", "language"]
+    list_display = ["id", "customer", "language", "status", "team", "assignee", "last_message_at", "updated_at"]
+    list_filter = ["status", "language", "team"]
     search_fields = ["customer__name", "customer__email", "subject"]
     inlines = [MessageInline]
 

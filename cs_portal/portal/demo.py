@@ -14,9 +14,11 @@ from cs_portal.portal.services import (
     api_client_rotate_key,
     conversation_create,
     message_create_from_customer,
+    team_create,
 )
 
 DEMO_CLIENT = "demo-widget"
+DEMO_TEAM = "Support"
 AGENT_VIEW_PERMISSIONS = ["view_conversation", "view_message", "view_customer", "view_translation"]
 DEMO_MESSAGE = "Hola, necesito ayuda con mi pedido. El paquete no ha llegado."
 
@@ -35,7 +37,8 @@ def demo_data_ensure(
         admin = users.create_superuser(username="admin", password=admin_password, email="")
     agent_user = users.filter(username="agent").first()
     agent = agent_user.agent if agent_user else agent_create(
-        username="agent", password=agent_password, working_language="en", is_staff=True
+        username="agent", password=agent_password, working_language="en", is_staff=True,
+        team=team_create(name=DEMO_TEAM),
     )
     if reset_passwords:
         for user, password in ((admin, admin_password), (agent.user, agent_password)):

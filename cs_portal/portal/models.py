@@ -43,6 +43,18 @@ class AgentProfile(models.Model):
     def __str__(self) -> str:
         return f"{self.user.get_username()} ({self.working_language})"
 
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from translation.languages import is_known
+
+        codes = self.native_languages
+        if not isinstance(codes, list) or not all(isinstance(code, str) for code in codes):
+            raise ValidationError({"native_languages": 'A list of ISO 639-1 codes, such as ["es", "pt"].'})
+        unknown = [code for code in codes if not is_known(code)]
+        if unknown:
+            raise ValidationError({"native_languages": f"Unknown language codes: {', '.join(unknown)}."})
+
     def reads_natively(self, language: str) -> bool:
         return language == self.working_language or language in (self.native_languages or [])
 

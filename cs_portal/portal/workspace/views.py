@@ -9,6 +9,7 @@ from functools import wraps
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
+from django.db import connection as db_connection
 from django.db.models import Max, Prefetch
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -286,16 +287,21 @@ def events(request: HttpRequest) -> HttpResponse:
 
     def stream():
         last = first
-        yield "retry: 500\n\n"
-        deadline = time.monotonic() + STREAM_SECONDS
-        while time.monotonic() < deadline:
-            time.sleep(STREAM_POLL_S)
-            current = stamp()
-            if current != last:
-                last = current
-                yield "event: change\ndata: {}\n\n"
-            else:
-                yield ": keep-alive\n\n"
+        try:
+            yield "retry: 500\n\n"
+            deadline = time.monotonic() + STREAM_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(STREAM_POLL_S)
+                current = stamp()
+                if current != last:
+                    last = current
+                    yield "event: change\ndata: {}\n\n"
+                else:
+                    yield ": keep-alive\n\n"
+        finally:
+            # A stream ends when the browser leaves or the time is up: its connection is not
+            # kept for a next request this thread may never serve.
+            db_connection.close()
 
     response = StreamingHttpResponse(stream(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -80,8 +80,9 @@ class Command(BaseCommand):
             f"""
 Support portal is running ({seconds:.0f}s to start).
 
-  Admin (ledger, conversations)   {web}/admin/          admin / {credentials.admin_password}
-  Demo agent                      {web}/admin/          agent / {credentials.agent_password}
+  Agent workspace                 {web}/workspace/      agent / {credentials.agent_password}
+  Customer chat (demo)            {web}/chat/?key={credentials.api_key}
+  Admin (routes, ledger, teams)   {web}/admin/          admin / {credentials.admin_password}
   API docs (OpenAPI)              {web}/api/docs/       schema: {web}/api/schema/
   Flower (queues, workers)        http://127.0.0.1:{flower_port}/   admin / {credentials.admin_password}
   Customer API key                {credentials.api_key}

@@ -1,0 +1,186 @@
+"""The agent workspace and the customer chat page in a real browser: Debian's Chromium, headless,
+driven by Playwright, against the live server, a real worker, PostgreSQL and Redis.
+
+Screenshots go to var/test-data/screenshots, or to docs/screenshots with SAVE_SCREENSHOTS=1
+(how the README's pictures are made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from cs_portal.portal.services import agent_create, team_create
+from tests.conftest import ROOT
+from translation.models import Translation, TranslationStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PASSWORD = "agent-pass-123"
+WAIT_MS = 20_000  # a generous ceiling: the tiny model, the worker and this browser share 2 cores
+
+
+def screenshot_dir() -> Path:
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        return ROOT / "docs" / "screenshots"
+    return Path(settings.DATA_DIR) / "screenshots"
+
+
+@pytest.fixture
+def browser():
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls of these tests
+    # run between its calls, never inside it.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+            # The server notices the closed event streams at its next keep-alive (0.25 s) and
+            # gives back their database connections before the test database is dropped.
+            time.sleep(1)
+
+
+
+@pytest.fixture
+def agent_page(browser, live_server):
+    team = team_create(name="Tier 1")
+    agent_create(username="sam", password=PASSWORD, working_language="en", team=team)
+    page = browser.new_page(viewport={"width": 1200, "height": 820}, locale="en-US")
+    page.goto(f"{live_server.url}/workspace/login/")
+    page.fill("input[name=username]", "sam")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/workspace/")
+    return page
+
+
+@pytest.fixture
+def customer_page(browser, live_server, api_client_key):
+    _, key = api_client_key
+
+    def open_chat(name: str, language: str):
+        page = browser.new_page(viewport={"width": 800, "height": 700})
+        page.goto(f"{live_server.url}/chat/?key={key}")
+        page.fill("#name", name)
+        page.select_option("#language", language)
+        page.click("#start-button")
+        page.wait_for_selector("#chat:not([hidden])")
+        return page
+
+    return open_chat
+
+
+def say(customer, text: str) -> float:
+    customer.fill("#text", text)
+    customer.click("#send-form button[type=submit]")
+    customer.wait_for_function("() => document.getElementById('text').value === ''")
+    return time.monotonic()
+
+
+def done_translation(**filters) -> Translation:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        row = Translation.objects.filter(**filters).order_by("-id").first()
+        if row is not None and row.status == TranslationStatus.DONE:
+            return row
+        assert row is None or row.status != TranslationStatus.FAILED, row and row.failure_reason
+        time.sleep(0.1)
+    raise AssertionError(f"no done translation for {filters}")
+
+
+class AgentWorkspaceBrowserTests:
+    def test_a_customer_message_appears_translated_then_the_agent_replies_corrects_and_sends(
+        self, worker, agent_page, customer_page
+    ):
+        agent = agent_page
+        agent.evaluate("window.__sameDocument = true")  # gone if the page reloads
+        customer = customer_page("Lucía", "es")
+        said_at = say(customer, "Hola, mi pedido no ha llegado todavía.")
+
+        # The inbox shows the new conversation without a reload.
+        agent.wait_for_selector("#inbox-rows >> text=Lucía", timeout=WAIT_MS)
+        print(f"inbox showed the new conversation {time.monotonic() - said_at:.2f}s after the customer's send")
+        assert agent.evaluate("window.__sameDocument") is True
+        agent.click("#inbox-rows >> text=Lucía")
+        agent.wait_for_selector("#thread")
+        agent.evaluate("window.__sameDocument = true")
+
+        # A second message appears, and then its translation, without a reload.
+        said_at = say(customer, "¿Me pueden ayudar, por favor?")
+        agent.wait_for_selector("#thread >> text=¿Me pueden ayudar, por favor?", timeout=WAIT_MS)
+        print(f"the message appeared {time.monotonic() - said_at:.2f}s after the customer's send")
+        translation = done_translation(message__text="¿Me pueden ayudar, por favor?", target_language="en")
+        agent.wait_for_function(
+            "text => [...document.querySelectorAll('#thread .translated .text')].some(e => e.textContent.trim() === text)",
+            arg=translation.text.strip(), timeout=WAIT_MS,
+        )
+        assert agent.evaluate("window.__sameDocument") is True
+        shots = screenshot_dir()
+        shots.mkdir(parents=True, exist_ok=True)
+
+        # The agent replies in English; the Spanish version and its back-translation come back.
+        agent.fill("#reply-text", "Your parcel ships today.")
+        agent.click("#reply-form button[type=submit]")
+        outgoing = done_translation(message__text="Your parcel ships today.", target_language="es")
+        back = done_translation(back_translation_of=outgoing)
+        agent.wait_for_selector(f"#thread .back >> text={back.text.strip()[:20]}", timeout=WAIT_MS)
+        agent.screenshot(path=str(shots / "conversation.png"), full_page=True)
+
+        agent.fill(".correct textarea", "Su paquete se envía hoy mismo.")
+        agent.click(".correct button[type=submit]")
+        agent.wait_for_selector("text=corrected by sam")
+        agent.click("button.send")
+        agent.wait_for_selector(".message.agent:not(.draft)")
+
+        # The customer reads the corrected text.
+        customer.wait_for_selector(".bubble >> text=Su paquete se envía hoy mismo.", timeout=WAIT_MS)
+        outgoing.refresh_from_db()
+        assert outgoing.corrected_text == "Su paquete se envía hoy mismo."
+        assert outgoing.text and outgoing.text != outgoing.corrected_text  # the machine's output is kept
+
+        # More customers for the inbox picture: other languages, one closed.
+        for name, language, text in [
+            ("Amal", "ar", "طلبي لم يصل بعد"), ("Yuki", "ja", "注文がまだ届きません"), ("Jean", "fr", "Merci beaucoup !"),
+        ]:
+            other = customer_page(name, language)
+            say(other, text)
+            other.close()
+        agent.goto(agent.url.split("/conversations/")[0] + "/")
+        agent.wait_for_selector("#inbox-rows >> text=Yuki", timeout=WAIT_MS)
+        agent.click("#inbox-rows tr:has-text('Jean') button:has-text('Close')")
+        agent.wait_for_selector("#inbox-rows tr:has-text('Jean') .status.closed")
+        agent.screenshot(path=str(shots / "inbox.png"), full_page=True)
+
+    def test_an_xss_payload_renders_as_text_and_arabic_right_to_left(self, agent_page, customer_page):
+        agent = agent_page
+        customer = customer_page("Mallory", "en")
+        payload = '<img src=x onerror="window.__xss = 1"><script>window.__xss = 1</script>'
+        say(customer, payload)
+        arabic = customer_page("Amal", "ar")
+        say(arabic, "طلبي لم يصل بعد")
+
+        agent.wait_for_selector("#inbox-rows >> text=Mallory", timeout=WAIT_MS)
+        agent.click("#inbox-rows >> text=Mallory")
+        agent.wait_for_selector("#thread .message.customer")
+        shown = agent.inner_text("#thread .message.customer .text")
+        assert shown.strip() == payload
+        assert agent.evaluate("window.__xss") is None
+        assert customer.inner_text(".bubble.mine") == payload and customer.evaluate("window.__xss") is None
+
+        agent.goto(agent.url.split("/conversations/")[0] + "/")
+        agent.wait_for_selector("#inbox-rows >> text=Amal", timeout=WAIT_MS)
+        agent.click("#inbox-rows >> text=Amal")
+        # Shown as written, or under "Original" once a worker has translated it: attached either way.
+        text = agent.wait_for_selector('#thread .text[lang="ar"]', state="attached")
+        assert text.evaluate("e => getComputedStyle(e).direction") == "rtl"
+        assert text.text_content().strip() == "طلبي لم يصل بعد"
