@@ -291,6 +291,18 @@ def message_language_override(*, message: Message, agent: AgentProfile, language
     return message
 
 
+def agent_update_languages(
+    *, agent: AgentProfile, working_language: str, native_languages: list[str], translation_enabled: bool
+) -> AgentProfile:
+    """An agent's own languages. Messages already translated stay as they are; the next ones
+    follow (an older message can be translated on demand from the conversation)."""
+    agent.working_language = language_validate(working_language, supported_only=False)
+    agent.native_languages = sorted({language_validate(code, supported_only=False) for code in native_languages})
+    agent.translation_enabled = translation_enabled
+    agent.save(update_fields=["working_language", "native_languages", "translation_enabled"])
+    return agent
+
+
 def conversation_take(*, conversation: Conversation, agent: AgentProfile) -> Conversation:
     conversation.assignee = agent
     if conversation.team_id is None and agent.team_id is not None:

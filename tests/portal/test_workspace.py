@@ -245,6 +245,25 @@ class ReplyTests:
         assert not conversation.messages.exists()
 
 
+class SettingsTests:
+    def test_an_agent_sets_their_languages_and_the_next_message_follows(self, signed_in, agent, conversation):
+        response = signed_in.post(
+            reverse("workspace:settings"),
+            {"working_language": "fr", "native_languages": ["es", "pt"], "translation_enabled": "on"},
+        )
+        assert response.status_code == 302
+        agent.refresh_from_db()
+        assert (agent.working_language, agent.native_languages, agent.translation_enabled) == ("fr", ["es", "pt"], True)
+        assert not customer_says(conversation, "Hola").translations.exists()  # read natively
+        assert list(customer_says(conversation, "Hallo", language="de").translations.values_list("target_language", flat=True)) == ["fr"]
+
+    def test_an_unknown_language_is_refused_with_a_message(self, signed_in, agent):
+        response = signed_in.post(reverse("workspace:settings"), {"working_language": "xx"}, follow=True)
+        assert "Unknown language code &#x27;xx&#x27;" in response.content.decode()
+        agent.refresh_from_db()
+        assert agent.working_language == "en"
+
+
 class LiveEventsTests:
     def test_the_stream_says_change_when_a_message_arrives(self, signed_in, conversation):
         response = signed_in.get(reverse("workspace:events"), {"conversation": conversation.pk})

@@ -10,6 +10,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="workspace/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="workspace:login"), name="logout"),
     path("events/", views.events, name="events"),
+    path("settings/", views.settings_view, name="settings"),
     path("conversations/<int:conversation_id>/", views.conversation_view, name="conversation"),
     path("conversations/<int:conversation_id>/take/", views.conversation_take, name="take"),
     path("conversations/<int:conversation_id>/assign/", views.conversation_assign, name="assign"),

@@ -251,6 +251,27 @@ def translation_retry_view(request, translation_id: int):
     return _act_on_message(request, translation.message_id, lambda m: translation_retry(translation=translation))
 
 
+# --- The agent's own settings ---------------------------------------------------------------------
+
+@agent_required
+def settings_view(request: HttpRequest) -> HttpResponse:
+    """The agent's languages and translation switch; a change applies to the next message."""
+    agent = request.agent
+    if request.method == "POST":
+        try:
+            services.agent_update_languages(
+                agent=agent, working_language=request.POST.get("working_language", ""),
+                native_languages=request.POST.getlist("native_languages"),
+                translation_enabled=request.POST.get("translation_enabled") == "on",
+            )
+        except errors.ApplicationError as exc:
+            flash.error(request, exc.message)
+        else:
+            flash.success(request, "Your languages are saved.")
+            return HttpResponseRedirect(reverse("workspace:settings"))
+    return render(request, "workspace/settings.html", {"agent": agent, "languages": sorted(LANGUAGES.items())})
+
+
 # --- Live updates ---------------------------------------------------------------------------------
 
 def _conversation_stamp(conversation_id: int) -> tuple:
