@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Message
@@ -91,9 +91,9 @@ def inbox(
     read_after = ConversationRead.objects.filter(
         agent=agent, conversation=OuterRef("pk"), read_at__gte=OuterRef("last_customer_message_at")
     )
-    latest = Message.objects.filter(conversation=OuterRef("pk"), delivered_at__isnull=False).order_by("-created_at", "-id")
+    latest = Message.objects.filter(conversation=OuterRef("pk"), delivered_at__isnull=False).order_by("-delivered_at", "-id")
     return conversations.annotate(
         unread=Q(last_customer_message_at__isnull=False) & ~Exists(read_after),
         last_message=Subquery(latest.values("text")[:1]),
         last_sender=Subquery(latest.values("sender")[:1]),
-    ).order_by("-last_message_at", "-id")
+    ).order_by(F("last_message_at").desc(nulls_last=True), "-id")

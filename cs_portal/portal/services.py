@@ -114,10 +114,11 @@ def conversation_create(
 
 
 def _readers(conversation: Conversation) -> list[AgentProfile]:
-    """The agents who may open the conversation: its team (or everyone, without a team) and its
-    assignee."""
+    """The agents who may open the conversation (as ``selectors.conversations_visible_to``):
+    its team's and its assignee; every agent when it has no team."""
     agents = AgentProfile.objects.filter(user__is_active=True)
-    agents = agents.filter(team=conversation.team_id) if conversation.team_id else agents.filter(team__isnull=True)
+    if conversation.team_id:
+        agents = agents.filter(team=conversation.team_id)
     readers = list(agents)
     if conversation.assignee_id and all(agent.pk != conversation.assignee_id for agent in readers):
         readers.append(conversation.assignee)
@@ -151,6 +152,8 @@ def _touch(conversation: Conversation, *, customer: bool, fields: tuple[str, ...
 def message_create_from_customer(*, conversation: Conversation, text: str, language: str | None = None) -> Message:
     """Store a customer message and request its translation into the agent's language."""
     text = text_validate(text)
+    # Locked: the status and language written below must not undo a concurrent change.
+    conversation = Conversation.objects.select_for_update(of=("self",)).select_related("assignee").get(pk=conversation.pk)
     if conversation.status == ConversationStatus.CLOSED:
         raise errors.ApplicationError(errors.CONVERSATION_CLOSED.format(id=conversation.pk), code="conversation_closed")
     confidence = None
@@ -192,7 +195,8 @@ def message_create_from_agent(*, conversation: Conversation, agent: AgentProfile
     )
     if conversation.assignee_id is None:
         conversation.assignee = agent
-    _touch(conversation, customer=False, fields=("assignee",))
+    conversation.status = ConversationStatus.PENDING  # answered: waiting for the customer
+    _touch(conversation, customer=False, fields=("assignee", "status"))
     target = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
     if target != message.language:
         translation_request(message=message, target_language=target)
@@ -204,6 +208,8 @@ def message_create_from_agent(*, conversation: Conversation, agent: AgentProfile
 NOT_YOUR_TEAM = "Conversation {id} belongs to another team."
 NOT_A_DRAFT = "Message {id} was already sent."
 ONLY_CUSTOMER_MESSAGES = "Only a customer message's language can be corrected."
+DRAFT_NOT_READY = "The reply's translation into '{language}' is {status}: send it once it is done (or retry it)."
+DRAFT_RETRANSLATED = "The customer's language is now '{language}': the reply is being translated into it; send it once ready."
 
 
 def _check_open(conversation: Conversation) -> None:
@@ -217,6 +223,7 @@ def reply_draft_create(*, conversation: Conversation, agent: AgentProfile, text:
     the customer's language is requested now, and its back-translation once that is done, so the
     agent can check and correct it before sending."""
     text = text_validate(text)
+    conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)  # its language now
     _check_open(conversation)
     message = Message.objects.create(
         conversation=conversation, sender=Sender.AGENT, author=agent, text=text,
@@ -251,18 +258,41 @@ def reply_correct(*, message: Message, agent: AgentProfile, text: str):
     return translation
 
 
-@transaction.atomic
+def _draft_not_translated(message: Message, conversation: Conversation) -> str:
+    """Why the draft cannot go out yet, or "": it goes out only in the customer's current
+    language, once its translation is done. A draft with no translation into that language (the
+    customer's language was corrected after it was written) gets one now."""
+    from translation.models import TranslationStatus
+
+    target = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
+    if target == message.language:
+        return ""
+    translation = message.translations.filter(target_language=target).first()
+    if translation is None:
+        message.translations.all().delete()
+        translation_request(message=message, target_language=target, back_translate=True)
+        return DRAFT_RETRANSLATED.format(language=target)
+    if translation.status != TranslationStatus.DONE:
+        return DRAFT_NOT_READY.format(language=target, status=translation.get_status_display())
+    return ""
+
+
 def reply_send(*, message: Message, agent: AgentProfile) -> Message:
     """Deliver a draft: from now on the customer sees it (its corrected translation, if any)."""
-    message = Message.objects.select_for_update().get(pk=message.pk)
-    if message.delivered_at is not None:
-        raise errors.ApplicationError(NOT_A_DRAFT.format(id=message.pk), code="already_sent")
-    conversation = message.conversation
-    _check_open(conversation)
-    message.delivered_at = timezone.now()
-    message.save(update_fields=["delivered_at", "updated_at"])
-    conversation.status = ConversationStatus.PENDING  # waiting for the customer
-    _touch(conversation, customer=False, fields=("status",))
+    with transaction.atomic():  # committed even when the draft cannot go out (a new translation)
+        message = Message.objects.select_for_update().get(pk=message.pk)
+        if message.delivered_at is not None:
+            raise errors.ApplicationError(NOT_A_DRAFT.format(id=message.pk), code="already_sent")
+        conversation = Conversation.objects.select_for_update().get(pk=message.conversation_id)
+        _check_open(conversation)
+        problem = _draft_not_translated(message, conversation)
+        if not problem:
+            message.delivered_at = timezone.now()
+            message.save(update_fields=["delivered_at", "updated_at"])
+            conversation.status = ConversationStatus.PENDING  # waiting for the customer
+            _touch(conversation, customer=False, fields=("status",))
+    if problem:
+        raise errors.ApplicationError(problem, code="translation_not_ready")
     return message
 
 
@@ -285,6 +315,10 @@ def message_language_override(*, message: Message, agent: AgentProfile, language
     if conversation.language and conversation.messages.filter(sender=Sender.CUSTOMER).count() == 1:
         conversation.language = language  # the first message set it: correct it too
         conversation.save(update_fields=["language", "updated_at"])
+        for draft in conversation.messages.filter(sender=Sender.AGENT, delivered_at__isnull=True):
+            Translation.objects.filter(message=draft).delete()  # drafts follow the customer's language
+            if draft.language != language:
+                translation_request(message=draft, target_language=language, back_translate=True)
     Translation.objects.filter(message=message).delete()
     for target in inbound_targets(conversation=conversation, language=language):
         translation_request(message=message, target_language=target)
@@ -303,7 +337,9 @@ def agent_update_languages(
     return agent
 
 
+@transaction.atomic
 def conversation_take(*, conversation: Conversation, agent: AgentProfile) -> Conversation:
+    conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
     conversation.assignee = agent
     if conversation.team_id is None and agent.team_id is not None:
         conversation.team = agent.team

@@ -70,7 +70,7 @@ def customer_page(browser, live_server, api_client_key):
 
     def open_chat(name: str, language: str):
         page = browser.new_page(viewport={"width": 800, "height": 700})
-        page.goto(f"{live_server.url}/chat/?key={key}")
+        page.goto(f"{live_server.url}/chat/#key={key}")
         page.fill("#name", name)
         page.select_option("#language", language)
         page.click("#start-button")

@@ -101,6 +101,16 @@ class TeamTests:
         assert sorted(message.translations.values_list("target_language", flat=True)) == ["en", "fr"]
 
 
+    def test_a_conversation_without_a_team_is_translated_for_every_agent_who_may_open_it(self, api_client_key, team):
+        agent_create(username="ana", password="x", working_language="fr", team=team)
+        agent_create(username="joe", password="x", working_language="de")  # no team
+        conversation = conversation_create(api_client=api_client_key[0], customer_name="Lea")
+        conversation.team = conversation.assignee = None
+        conversation.save()
+        message = customer_says(conversation, "Hola")
+        assert sorted(message.translations.values_list("target_language", flat=True)) == ["de", "fr"]
+
+
 class InboxTests:
     def test_lists_filters_searches_and_marks_unread(self, signed_in, conversation, api_client_key):
         customer_says(conversation, "¿Dónde está mi paquete?")
@@ -141,6 +151,20 @@ class ConversationViewTests:
         page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
         assert "Hello, my order did not arrive" in page
         assert "<summary>Original (es)</summary>" in page and "Hola, mi pedido no llegó" in page
+
+    def test_a_failed_back_translation_is_retried_from_the_thread(self, signed_in, conversation, agent):
+        from translation.execution import translation_fail
+
+        customer_says(conversation, "Hola")
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Thanks!")
+        finish(draft.translations.get(), "¡Gracias!")
+        back = draft.translations.get().back_translations.get()
+        translation_fail(translation_id=back.pk, reason="device lost")
+        page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+        assert reverse("workspace:retry", args=[back.pk]) in page
+        assert signed_in.post(reverse("workspace:retry", args=[back.pk])).status_code == 302
+        back.refresh_from_db()
+        assert back.status == TranslationStatus.QUEUED
 
     def test_shows_a_failed_translation_with_its_reason_and_a_retry_button(self, signed_in, conversation):
         from translation.execution import translation_fail
@@ -265,15 +289,55 @@ class SettingsTests:
 
 
 class LiveEventsTests:
+    """Streams shortened to under a second, and read to their end (as a browser's would end)."""
+
+    @pytest.fixture(autouse=True)
+    def short_streams(self, monkeypatch):
+        from cs_portal.portal.workspace import views
+
+        monkeypatch.setattr(views, "STREAM_SECONDS", 0.6)
+
     def test_the_stream_says_change_when_a_message_arrives(self, signed_in, conversation):
         response = signed_in.get(reverse("workspace:events"), {"conversation": conversation.pk})
         assert response["Content-Type"] == "text/event-stream"
         chunks = iter(response.streaming_content)
         assert next(chunks) == b"retry: 500\n\n"
+        first = next(chunks).decode()  # a first connection always refreshes: the page may be older
+        assert first.startswith("id: ") and first.endswith("event: change\ndata: {}\n\n")
+        seen = first.split("\n")[0][len("id: "):]
         customer_says(conversation, "¿Hola?")
-        assert next(chunks) == b"event: change\ndata: {}\n\n"
-        assert next(chunks) == b": keep-alive\n\n"  # nothing new since
-        response.close()
+        changed = next(chunks).decode()
+        assert changed.endswith("event: change\ndata: {}\n\n") and not changed.startswith(f"id: {seen}\n")
+        assert set(chunks) == {b": keep-alive\n\n"}  # nothing new since, to the end of the stream
+
+    def test_a_reconnecting_browser_hears_of_a_change_made_while_it_was_away(self, signed_in, conversation):
+        url = reverse("workspace:events")
+        events = list(signed_in.get(url, {"conversation": conversation.pk}).streaming_content)
+        seen = events[1].decode().split("\n")[0][len("id: "):]
+        again = list(signed_in.get(url, {"conversation": conversation.pk}, HTTP_LAST_EVENT_ID=seen).streaming_content)
+        assert not any(b"event: change" in event for event in again)  # up to date: nothing to announce
+        customer_says(conversation, "¿Sigue ahí?")  # while no stream is open
+        later = list(signed_in.get(url, {"conversation": conversation.pk}, HTTP_LAST_EVENT_ID=seen).streaming_content)
+        assert later[1].decode().endswith("event: change\ndata: {}\n\n")
+
+
+class DraftSendingTests:
+    def test_a_draft_is_not_sent_before_its_translation_is_done(self, conversation, agent):
+        from translation.errors import ApplicationError
+
+        customer_says(conversation, "Hola")
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="On its way.")
+        with pytest.raises(ApplicationError, match="translation into 'es' is queued"):
+            reply_send(message=draft, agent=agent)
+        finish(draft.translations.get(), "En camino.")
+        assert reply_send(message=draft, agent=agent).delivered_at is not None
+
+    def test_a_draft_follows_a_corrected_customer_language(self, signed_in, conversation, agent):
+        first = customer_says(conversation, "Bom dia", language="es")
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Good morning!")
+        finish(draft.translations.get(), "¡Buenos días!")
+        signed_in.post(reverse("workspace:language", args=[first.pk]), {"language": "pt"})
+        assert list(draft.translations.values_list("target_language", "status")) == [("pt", TranslationStatus.QUEUED)]
 
 
 @pytest.fixture

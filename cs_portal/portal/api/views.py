@@ -64,7 +64,8 @@ class MessageListView(CustomerChannelView):
     )
     def get(self, request: Request, conversation_id: int) -> Response:
         conversation = self.conversation(request, conversation_id)
-        messages = selectors.message_list(conversation=conversation).filter(delivered_at__isnull=False)  # no drafts
+        # No drafts; in the order they were sent (a draft written earlier may be sent later).
+        messages = selectors.message_list(conversation=conversation).filter(delivered_at__isnull=False).order_by("delivered_at", "id")
         return Response(CustomerMessageOutput(messages, many=True).data)
 
     @extend_schema(

@@ -3,6 +3,7 @@ answer a bad request with the service's message."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from functools import wraps
 
@@ -10,7 +11,7 @@ from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.db import connection as db_connection
-from django.db.models import Max, Prefetch
+from django.db.models import F, Max, Prefetch
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -102,9 +103,11 @@ def _thread(conversation, agent: AgentProfile) -> list[dict]:
     back = Translation.objects.order_by("-id")
     rows = (
         conversation.messages.select_related("author__user")
-        .prefetch_related(Prefetch("translations", queryset=Translation.objects.prefetch_related(
-            Prefetch("back_translations", queryset=back)
-        )))
+        .prefetch_related(Prefetch("translations", queryset=Translation.objects.select_related(
+            "corrected_by__user"
+        ).prefetch_related(Prefetch("back_translations", queryset=back))))
+        # As the customer sees them: in the order they were sent; drafts last.
+        .order_by(F("delivered_at").asc(nulls_last=True), "id")
     )
     thread = []
     for message in rows:
@@ -119,6 +122,9 @@ def _thread(conversation, agent: AgentProfile) -> list[dict]:
             item["outgoing"] = outgoing
             item["back"] = next(iter(outgoing.back_translations.all()), None) if outgoing else None
             item["customer_language"] = LANGUAGES.get(customer_language)
+            item["ready"] = customer_language == message.language or bool(
+                outgoing and outgoing.status == TranslationStatus.DONE
+            )
         thread.append(item)
     return thread
 
@@ -160,7 +166,10 @@ def conversation_take(request, conversation_id: int):
 @agent_required
 def conversation_assign(request, conversation_id: int):
     def assign(conversation):
-        assignee = AgentProfile.objects.select_related("user").filter(pk=request.POST.get("assignee") or 0).first()
+        assignee = (
+            AgentProfile.objects.select_related("user")
+            .filter(pk=request.POST.get("assignee") or 0, user__is_active=True).first()
+        )
         if assignee is None:
             raise errors.ApplicationError("Choose an agent to assign the conversation to.")
         services.conversation_assign(conversation=conversation, assignee=assignee)
@@ -247,8 +256,14 @@ def message_translate(request, message_id: int):
 @require_POST
 @agent_required
 def translation_retry_view(request, translation_id: int):
-    translation = get_object_or_404(Translation.objects.select_related("message"), pk=translation_id, message__isnull=False)
-    return _act_on_message(request, translation.message_id, lambda m: translation_retry(translation=translation))
+    """Retry a failed translation of a message the agent may see, or of its back-translation."""
+    translation = get_object_or_404(
+        Translation.objects.select_related("message", "back_translation_of"), pk=translation_id
+    )
+    origin = translation.back_translation_of if translation.back_translation_of_id else translation
+    if not origin.message_id:
+        return _not_found(request, f"Translation {translation_id}")
+    return _act_on_message(request, origin.message_id, lambda m: translation_retry(translation=translation))
 
 
 # --- The agent's own settings ---------------------------------------------------------------------
@@ -291,10 +306,19 @@ def _inbox_stamp(agent: AgentProfile) -> tuple:
     return tuple(visible.aggregate(n=Max("id"), at=Max("updated_at"), last=Max("last_message_at")).values())
 
 
+def _event_id(stamp: tuple) -> str:
+    return hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
+
+
 @agent_required
 def events(request: HttpRequest) -> HttpResponse:
     """Server-sent events: ``change`` whenever the conversation (``?conversation=<id>``) or the
-    agent's inbox changes, checked every STREAM_POLL_S; the page then fetches the new HTML."""
+    agent's inbox changes, checked every STREAM_POLL_S; the page then fetches the new HTML.
+
+    Each event carries the state it announces as its ``id``; the browser sends the last one back
+    when it reconnects (``Last-Event-ID``), so a change made while it was away is announced at
+    once. A first connection is always told to refresh: the page may be older than the stream.
+    """
     conversation_id = request.GET.get("conversation", "")
     if conversation_id:
         if not conversation_id.isdigit() or _conversation(request, int(conversation_id)) is None:
@@ -305,24 +329,29 @@ def events(request: HttpRequest) -> HttpResponse:
         stamp = lambda: _inbox_stamp(agent)  # noqa: E731
 
     first = stamp()  # before the response starts: a change after this moment is never missed
+    seen = request.headers.get("Last-Event-ID")
 
     def stream():
         last = first
         try:
             yield "retry: 500\n\n"
+            if seen != _event_id(first):
+                yield f"id: {_event_id(first)}\nevent: change\ndata: {{}}\n\n"
             deadline = time.monotonic() + STREAM_SECONDS
             while time.monotonic() < deadline:
                 time.sleep(STREAM_POLL_S)
                 current = stamp()
                 if current != last:
                     last = current
-                    yield "event: change\ndata: {}\n\n"
+                    yield f"id: {_event_id(current)}\nevent: change\ndata: {{}}\n\n"
                 else:
                     yield ": keep-alive\n\n"
         finally:
             # A stream ends when the browser leaves or the time is up: its connection is not
-            # kept for a next request this thread may never serve.
-            db_connection.close()
+            # kept for a next request this thread may never serve (unless a transaction
+            # around the request still needs it).
+            if not db_connection.in_atomic_block:
+                db_connection.close()
 
     response = StreamingHttpResponse(stream(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
@@ -334,5 +363,5 @@ def events(request: HttpRequest) -> HttpResponse:
 
 def customer_chat(request: HttpRequest) -> HttpResponse:
     """A small page that plays the customer through the public API (the key is typed in, or
-    given as ?key=; the page never sees more than a customer channel would)."""
+    given in the fragment, #key=...; the page never sees more than a customer channel would)."""
     return render(request, "workspace/customer_chat.html", {"languages": sorted(LANGUAGES.items())})

@@ -81,7 +81,7 @@ class Command(BaseCommand):
 Support portal is running ({seconds:.0f}s to start).
 
   Agent workspace                 {web}/workspace/      agent / {credentials.agent_password}
-  Customer chat (demo)            {web}/chat/?key={credentials.api_key}
+  Customer chat (demo)            {web}/chat/#key={credentials.api_key}
   Admin (routes, ledger, teams)   {web}/admin/          admin / {credentials.admin_password}
   API docs (OpenAPI)              {web}/api/docs/       schema: {web}/api/schema/
   Flower (queues, workers)        http://127.0.0.1:{flower_port}/   admin / {credentials.admin_password}

@@ -4,7 +4,10 @@
 (function () {
   function live(element) {
     let pending = false;
+    let submitting = false;
+    element.addEventListener("submit", () => { submitting = true; });  // the page is about to change anyway
     function refresh() {
+      if (submitting) return;
       const active = document.activeElement;
       if (active && element.contains(active) && (active.tagName === "TEXTAREA" || active.tagName === "SELECT")) {
         pending = true;  // do not replace what the agent is editing; try again when they leave it
@@ -12,7 +15,13 @@
       }
       pending = false;
       fetch(element.dataset.refresh, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
-        .then((response) => (response.ok ? response.text() : Promise.reject(response.status)))
+        .then((response) => {
+          if (response.redirected) {  // signed out meanwhile: show the sign-in page, not a fragment of it
+            window.location.reload();
+            return Promise.reject("signed out");
+          }
+          return response.ok ? response.text() : Promise.reject(response.status);
+        })
         .then((html) => {
           const target = element.tagName === "TABLE" ? element.querySelector("tbody") : element;
           target.innerHTML = html;
@@ -20,7 +29,8 @@
         })
         .catch(() => { pending = true; });
     }
-    element.addEventListener("focusout", () => { if (pending) setTimeout(refresh, 0); });
+    // Leaving a field may be a click on its form's button: give the click time to submit first.
+    element.addEventListener("focusout", () => { if (pending) setTimeout(refresh, 400); });
     const source = new EventSource(element.dataset.live);
     source.addEventListener("change", refresh);
   }
