@@ -207,9 +207,10 @@ def routes() -> tuple[Route, ...]:
     return current_table().routes
 
 
-def routes_for_queues(queues: set[str]) -> list[Route]:
-    """The enabled routes a worker consuming ``queues`` serves."""
-    return [route for route in routes() if route.queue in queues and route.enabled]
+def routes_for_queues(queues: set[str], *, include_disabled: bool = False) -> list[Route]:
+    """The enabled routes a worker consuming ``queues`` serves (and the disabled ones, which an
+    admin may switch on at any moment, with ``include_disabled``)."""
+    return [route for route in routes() if route.queue in queues and (route.enabled or include_disabled)]
 
 
 def share_problems(rows: Iterable[LanguageRoute]) -> list[str]:
