@@ -117,7 +117,8 @@ class AgentWorkspaceBrowserTests:
 
         # A second message appears, and then its translation, without a reload.
         said_at = say(customer, "¿Me pueden ayudar, por favor?")
-        agent.wait_for_selector("#thread >> text=¿Me pueden ayudar, por favor?", timeout=WAIT_MS)
+        # Attached, not necessarily visible: once translated, the original sits under "Original".
+        agent.wait_for_selector("#thread >> text=¿Me pueden ayudar, por favor?", state="attached", timeout=WAIT_MS)
         print(f"the message appeared {time.monotonic() - said_at:.2f}s after the customer's send")
         translation = done_translation(message__text="¿Me pueden ayudar, por favor?", target_language="en")
         agent.wait_for_function(
@@ -161,7 +162,7 @@ class AgentWorkspaceBrowserTests:
         agent.wait_for_selector("#inbox-rows tr:has-text('Jean') .status.closed")
         agent.screenshot(path=str(shots / "inbox.png"), full_page=True)
 
-    def test_an_xss_payload_renders_as_text_and_arabic_right_to_left(self, agent_page, customer_page):
+    def test_an_xss_payload_renders_as_text_and_arabic_right_to_left(self, worker, agent_page, customer_page):
         agent = agent_page
         customer = customer_page("Mallory", "en")
         payload = '<img src=x onerror="window.__xss = 1"><script>window.__xss = 1</script>'
@@ -177,10 +178,18 @@ class AgentWorkspaceBrowserTests:
         assert agent.evaluate("window.__xss") is None
         assert customer.inner_text(".bubble.mine") == payload and customer.evaluate("window.__xss") is None
 
+        done_translation(message__text="طلبي لم يصل بعد", target_language="en")  # the original is then under <details>
         agent.goto(agent.url.split("/conversations/")[0] + "/")
         agent.wait_for_selector("#inbox-rows >> text=Amal", timeout=WAIT_MS)
         agent.click("#inbox-rows >> text=Amal")
-        # Shown as written, or under "Original" once a worker has translated it: attached either way.
-        text = agent.wait_for_selector('#thread .text[lang="ar"]', state="attached")
-        assert text.evaluate("e => getComputedStyle(e).direction") == "rtl"
-        assert text.text_content().strip() == "طلبي لم يصل بعد"
+        # Translated: the original is under "Original", attached but not laid out until opened.
+        # One synchronous call on the current page (a live refresh may have replaced any handle):
+        # open it, then ask for its direction.
+        agent.wait_for_selector('#thread .text[lang="ar"]', state="attached")
+        direction, shown = agent.evaluate("""() => {
+            const e = document.querySelector('#thread .text[lang="ar"]');
+            const d = e.closest('details');
+            if (d) d.open = true;
+            return [getComputedStyle(e).direction, e.textContent.trim()];
+        }""")
+        assert (direction, shown) == ("rtl", "طلبي لم يصل بعد")

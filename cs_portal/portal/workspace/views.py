@@ -72,6 +72,11 @@ def inbox(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _teammates(agent: AgentProfile):
+    teammates = AgentProfile.objects.select_related("user").filter(user__is_active=True)
+    return teammates.filter(team=agent.team_id) if agent.team_id else teammates
+
+
 def _inbox_context(request: HttpRequest) -> dict:
     filters = {
         "status": request.GET.get("status", ""),
@@ -82,9 +87,7 @@ def _inbox_context(request: HttpRequest) -> dict:
     if filters["status"] not in ("", *ConversationStatus.values):
         filters["status"] = ""
     conversations = selectors.inbox(agent=request.agent, **filters)[:200]
-    teammates = AgentProfile.objects.select_related("user").filter(user__is_active=True)
-    if request.agent.team_id:
-        teammates = teammates.filter(team=request.agent.team_id)
+    teammates = _teammates(request.agent)
     params = request.GET.copy()
     params.pop("partial", None)
     page_path = request.path + (f"?{params.urlencode()}" if params else "")
@@ -138,8 +141,7 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
     context = {
         "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
         "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
-        "statuses": ConversationStatus.values, "teammates": _inbox_context(request)["teammates"],
-        "states": TranslationStatus,
+        "statuses": ConversationStatus.values, "teammates": _teammates(request.agent),
     }
     template = "workspace/_thread.html" if request.GET.get("partial") else "workspace/conversation.html"
     return render(request, template, context)
