@@ -178,6 +178,10 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # under the visibility timeout, so Redis never redelivers a job that is still waiting.
 TRANSLATION_JOB_TIMEOUT_S = env.float("TRANSLATION_JOB_TIMEOUT_S", default=300.0)
 
+# A worker whose device loop has not beaten for this long (outside a batch) is taken as dead by
+# /readyz and `manage.py status`; the loop beats about every second.
+WORKER_HEARTBEAT_STALE_S = env.float("WORKER_HEARTBEAT_STALE_S", default=5.0)
+
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 # The ledger (Translation rows) holds every result; Celery's result store is not used.

@@ -8,8 +8,18 @@ from cs_portal.portal.workspace.views import customer_chat
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers. Readiness checks come with the operations work."""
+    """Liveness: the process answers."""
     return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: database and broker reachable, and a ready, live worker on every enabled
+    route's queue (workers/health.py). 503 with the reasons otherwise."""
+    from workers.health import readiness
+
+    result = readiness()
+    return JsonResponse({"status": "ready" if result.ready else "not ready", "checks": result.checks},
+                        status=200 if result.ready else 503)
 
 
 urlpatterns = [
@@ -21,6 +31,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
 ]
 
 handler404 = "cs_portal.portal.api.errors.api_not_found"

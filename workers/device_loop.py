@@ -18,14 +18,15 @@ from django.db import close_old_connections
 from translation.batching import Batcher, PendingJob
 from translation.execution import translation_run_batch
 from workers.engine_process import EngineProcess, EngineProcessDied
+from workers.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
 
 
 class DeviceLoop(threading.Thread):
-    def __init__(self, batcher: Batcher, engines: EngineProcess) -> None:
+    def __init__(self, batcher: Batcher, engines: EngineProcess, heartbeat: Heartbeat | None = None) -> None:
         super().__init__(name="device-loop", daemon=True)
-        self.batcher, self.engines = batcher, engines
+        self.batcher, self.engines, self.heartbeat = batcher, engines, heartbeat
         self._stopping = threading.Event()
         self.batches = 0
         self.jobs = 0
@@ -35,11 +36,19 @@ class DeviceLoop(threading.Thread):
         while not self._stopping.is_set():
             batch = self.batcher.next_batch(timeout=0.5)
             if batch:
+                if self.heartbeat:
+                    self.heartbeat.batch_started()
                 self.process(batch)
+                if self.heartbeat:
+                    self.heartbeat.batch_ended()
+            elif self.heartbeat:
+                self.heartbeat.idle()
             if not self.engines.alive() and not self._stopping.is_set():
                 # Without its models the worker can only fail jobs: stop it (a warm shutdown
                 # gives its unfinished jobs back to the broker) and let its supervisor restart it.
                 logger.critical("The engine process died; stopping this worker")
+                if self.heartbeat:
+                    self.heartbeat.error("The engine process died; the worker stopped for its supervisor to restart it.")
                 self.batcher.close(EngineProcessDied("the engine process died before this job ran"))
                 os.kill(os.getpid(), signal.SIGTERM)
                 return

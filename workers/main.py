@@ -70,44 +70,59 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("No queues to consume: no enabled route (add one in the admin, or run `manage.py import_routes`)")
     from django.conf import settings
 
+    from workers.heartbeat import Heartbeat
+
+    name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
+    name = name.replace("%h", socket.gethostname())
+    heartbeat = Heartbeat(name, device=args.device, queues=queues)
+    heartbeat.register()
     started = time.monotonic()
     # Until Celery installs its own handlers, SIGTERM ends the start-up cleanly (the engine
     # process is told to stop) instead of killing this process mid-load.
     signal.signal(signal.SIGTERM, _exit_during_start_up)
-    start_device_loop(settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching)
+    try:
+        start_device_loop(
+            settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat
+        )
+    except BaseException as exc:
+        heartbeat.error(f"Start-up failed: {type(exc).__name__}: {exc}")
+        heartbeat.stopped()
+        raise
     print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
 
     # Each waiting job holds a pool thread. With only one batch's worth, the next batch could
     # only hold what is left over while one runs, and batches alternate full and tiny (the
     # in-flight cap Ray Serve users hit, ray#43288); two batches' worth keeps them full.
     concurrency = args.concurrency or (2 * settings.TRANSLATION_MAX_BATCH_SIZE + 16 if args.batching else 2)
-    name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
-    app.worker_main(
-        [
-            "worker",
-            f"--queues={','.join(queues)}",
-            # Threads, not prefork: the models loaded above stay shared in this one process,
-            # CUDA is never forked, and heartbeats and remote control keep answering while a
-            # job runs (the solo pool would block them). With batching, each thread holds one
-            # job waiting for its batch.
-            "--pool=threads",
-            f"--concurrency={concurrency}",
-            # Prefetch = concurrency: more than a batch (celery-batches #17: a prefetch below the
-            # batch size caps every batch), yet bounded, so one worker cannot hoard a queue.
-            "--prefetch-multiplier=1",
-            f"--hostname={name}",
-            f"--loglevel={args.loglevel}",
-            "--without-mingle",
-            "--without-gossip",
-        ]
-    )
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--queues={','.join(queues)}",
+                # Threads, not prefork: the models loaded above stay shared in this one process,
+                # CUDA is never forked, and heartbeats and remote control keep answering while a
+                # job runs (the solo pool would block them). With batching, each thread holds one
+                # job waiting for its batch.
+                "--pool=threads",
+                f"--concurrency={concurrency}",
+                # Prefetch = concurrency: more than a batch (celery-batches #17: a prefetch below
+                # the batch size caps every batch), yet bounded, so one worker cannot hoard a queue.
+                "--prefetch-multiplier=1",
+                f"--hostname={name}",
+                f"--loglevel={args.loglevel}",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
+    finally:
+        heartbeat.stopped()
 
 
 def _exit_during_start_up(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def start_device_loop(settings, warmups, batching: bool) -> None:
+def start_device_loop(settings, warmups, batching: bool, heartbeat=None) -> None:
     """Load the models in the engine process, start the batcher and the device loop, and route
     this process's jobs through them. Without batching, every batch holds one job."""
     from translation.batching import Batcher, BatchPolicy
@@ -137,7 +152,9 @@ def start_device_loop(settings, warmups, batching: bool) -> None:
     else:
         policy = BatchPolicy(max_batch_size=1, max_wait_s=0)
     batcher = Batcher(policy)
-    DeviceLoop(batcher, engines).start()
+    if heartbeat is not None:
+        heartbeat.ready(LOADED_MODELS)  # every model translated its warm-up sentence: the canary
+    DeviceLoop(batcher, engines, heartbeat).start()
     use_batcher(batcher)
     print(
         f"Batching: up to {policy.max_batch_size} jobs or {policy.max_batch_tokens} tokens, "

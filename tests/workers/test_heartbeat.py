@@ -1,0 +1,82 @@
+"""Worker heartbeats: the liveness rule on its own, then a real worker's row, /readyz and status."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from tests.conftest import WORKER_NAME, wait_for
+from translation.models import LanguageRoute
+from workers.engine_process import CALL_TIMEOUT_S
+from workers.models import WorkerHeartbeat
+
+NOW = timezone.now()
+
+
+def beat(**fields) -> WorkerHeartbeat:
+    values = {"name": "w", "hostname": "h", "pid": 1, "device": "cpu", "started_at": NOW, "beat_at": NOW, "ready": True}
+    return WorkerHeartbeat(**(values | fields))
+
+
+class LivenessRuleTests:
+    @pytest.fixture(autouse=True)
+    def five_seconds(self, settings):
+        settings.WORKER_HEARTBEAT_STALE_S = 5
+
+    def test_a_recent_beat_is_alive_and_a_stale_one_is_not(self):
+        assert beat(beat_at=NOW - timedelta(seconds=4)).is_alive(NOW)
+        assert not beat(beat_at=NOW - timedelta(seconds=6)).is_alive(NOW)
+
+    def test_a_long_but_healthy_batch_does_not_make_it_stale(self):
+        long_batch = beat(beat_at=NOW - timedelta(seconds=60), busy_since=NOW - timedelta(seconds=60))
+        assert long_batch.is_alive(NOW)
+
+    def test_a_batch_that_outlasts_the_engine_call_timeout_does(self):
+        hung = NOW - timedelta(seconds=CALL_TIMEOUT_S + 6)
+        assert not beat(beat_at=hung, busy_since=hung).is_alive(NOW)
+
+    def test_ready_needs_the_canary_and_life(self):
+        assert not beat(ready=False).is_ready(NOW)
+        assert not beat(stopped_at=NOW).is_ready(NOW)
+        assert beat().is_ready(NOW)
+
+
+@pytest.mark.django_db(transaction=True)
+class RealWorkerTests:
+    @pytest.fixture(autouse=True)
+    def beating(self, worker):
+        """The worker's row: each test starts from an emptied database, and the worker writes
+        its row again at its next beat (about a second)."""
+        wait_for(lambda: WorkerHeartbeat.objects.filter(name=WORKER_NAME, ready=True).exists(), timeout=10,
+                 what="the worker's heartbeat")
+
+    def test_the_worker_beats_and_is_ready_with_its_models(self, worker, tiny_models):
+        row = WorkerHeartbeat.objects.get(name=WORKER_NAME)
+        assert row.ready and row.is_alive(timezone.now())
+        assert {m["model"] for m in row.loaded_models} == {str(tiny_models.marian_es_en), str(tiny_models.m2m100)}
+        assert "translate.en" in row.queues
+
+    def test_readyz_is_ready_with_the_worker_and_names_a_queue_nobody_serves(self, worker, http):
+        status, body = http.call("GET", "/readyz")
+        assert status == 200, body
+        assert WORKER_NAME in body["checks"]["queues"]["translate.en"]
+        LanguageRoute.objects.create(source_language="es", target_language="ja", model_name="m", queue="translate.ja.nobody")
+        status, body = http.call("GET", "/readyz")
+        assert status == 503 and body["checks"]["unserved_queues"] == ["translate.ja.nobody"]
+
+    def test_readyz_is_not_ready_when_the_only_worker_went_stale(self, worker, http):
+        # Another worker's row, stale, on a queue of its own: as if its loop had stopped beating.
+        old = timezone.now() - timedelta(seconds=60)
+        WorkerHeartbeat.objects.create(name="stuck@h", hostname="h", pid=1, device="cpu", queues=["translate.ja.stuck"],
+                                       started_at=old, beat_at=old, ready=True)
+        LanguageRoute.objects.create(source_language="es", target_language="ja", model_name="m", queue="translate.ja.stuck")
+        status, body = http.call("GET", "/readyz")
+        assert status == 503 and body["checks"]["unserved_queues"] == ["translate.ja.stuck"]
+
+    def test_status_prints_routes_queues_and_workers(self, worker, capsys):
+        call_command("status")
+        out = capsys.readouterr().out
+        assert "Routes" in out and "es→en" in out
+        assert "translate.en" in out and WORKER_NAME in out and "ready" in out
+        assert "READY" in out.splitlines()[-1]

@@ -1,0 +1,80 @@
+"""The worker's heartbeat in the database (``WorkerHeartbeat``): registered at start, ready once
+the models are warm, beaten by the device loop, marked stopped at the end.
+
+Writes are best effort: a database that is down must not stop the loop (it then goes stale,
+which is the truth: this worker cannot store results)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from workers.models import WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
+
+BEAT_EVERY_S = 1.0
+
+
+class Heartbeat:
+    def __init__(self, name: str, *, device: str, queues: list[str]) -> None:
+        self.name, self.device, self.queues = name, device, queues
+        self._last_write = 0.0
+        self._busy_since = None  # as last written
+        self._ready, self._models = False, []
+
+    def _write(self, **fields) -> None:
+        try:
+            if not WorkerHeartbeat.objects.filter(name=self.name).update(**fields):
+                self.register()  # the row was removed (a cleanup, a restored database): write it again
+                WorkerHeartbeat.objects.filter(name=self.name).update(**fields)
+            self._last_write = time.monotonic()
+        except Exception:
+            logger.warning("Could not write the heartbeat of %s", self.name, exc_info=True)
+            close_old_connections()
+
+    def register(self) -> None:
+        now = timezone.now()
+        WorkerHeartbeat.objects.update_or_create(
+            name=self.name,
+            defaults={
+                "hostname": socket.gethostname(), "pid": os.getpid(), "device": self.device, "queues": self.queues,
+                "loaded_models": self._models, "started_at": now, "beat_at": now, "busy_since": None,
+                "ready": self._ready, "stopped_at": None,
+            },
+        )
+
+    def ready(self, models: list[dict]) -> None:
+        """The models are loaded and each has translated its warm-up sentence (the canary)."""
+        self._ready, self._models = True, list(models)
+        self._write(ready=True, loaded_models=self._models, beat_at=timezone.now())
+
+    def idle(self) -> None:
+        """The loop waited for jobs: beat (about every second), no longer busy."""
+        if self._busy_since is not None or time.monotonic() - self._last_write >= BEAT_EVERY_S:
+            self._busy_since = None
+            self._write(beat_at=timezone.now(), busy_since=None)
+
+    def batch_started(self) -> None:
+        """A batch starts: alive for as long as the engine call may take. Written once per busy
+        stretch, not per batch: under load the row changes about once a second."""
+        if self._busy_since is None:
+            self._busy_since = timezone.now()
+            self._write(beat_at=self._busy_since, busy_since=self._busy_since)
+
+    def batch_ended(self) -> None:
+        if time.monotonic() - self._last_write >= BEAT_EVERY_S:
+            self._busy_since = None
+            self._write(beat_at=timezone.now(), busy_since=None)
+
+    def error(self, text: str) -> None:
+        self._write(last_error=text[:2000], last_error_at=timezone.now())
+
+    def stopped(self) -> None:
+        self._ready = False
+        self._write(stopped_at=timezone.now(), ready=False, busy_since=None)
