@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from datetime import timedelta
 
 from django.db import close_old_connections
 from django.utils import timezone
@@ -19,6 +20,7 @@ from workers.models import WorkerHeartbeat
 logger = logging.getLogger(__name__)
 
 BEAT_EVERY_S = 1.0
+FORGET_AFTER = timedelta(days=1)
 
 
 class Heartbeat:
@@ -40,6 +42,8 @@ class Heartbeat:
 
     def register(self) -> None:
         now = timezone.now()
+        # Housekeeping: workers gone for a day (stopped, or killed and silent) leave the list.
+        WorkerHeartbeat.objects.filter(beat_at__lt=now - FORGET_AFTER).exclude(name=self.name).delete()
         WorkerHeartbeat.objects.update_or_create(
             name=self.name,
             defaults={

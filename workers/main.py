@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat
         )
     except BaseException as exc:
-        heartbeat.error(f"Start-up failed: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):  # not a requested stop: say why
+            heartbeat.error(f"Start-up failed: {type(exc).__name__}: {exc}")
         heartbeat.stopped()
         raise
     print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)

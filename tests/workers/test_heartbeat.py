@@ -80,3 +80,15 @@ class RealWorkerTests:
         assert "Routes" in out and "es→en" in out
         assert "translate.en" in out and WORKER_NAME in out and "ready" in out
         assert "READY" in out.splitlines()[-1]
+
+
+@pytest.mark.django_db
+class HousekeepingTests:
+    def test_workers_silent_for_a_day_leave_the_list_when_another_registers(self):
+        from workers.heartbeat import Heartbeat
+
+        old = timezone.now() - timedelta(days=2)
+        WorkerHeartbeat.objects.create(name="gone@h", hostname="h", pid=1, device="cpu", started_at=old, beat_at=old)
+        WorkerHeartbeat.objects.create(name="recent@h", hostname="h", pid=2, device="cpu", started_at=NOW, beat_at=NOW)
+        Heartbeat("new@h", device="cpu", queues=["translate.en"]).register()
+        assert set(WorkerHeartbeat.objects.values_list("name", flat=True)) == {"recent@h", "new@h"}
