@@ -35,7 +35,7 @@ def readiness() -> Readiness:
         return result  # nothing else can be read
     try:
         with app.connection_for_write() as broker:
-            broker.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+            broker.ensure_connection(max_retries=1, interval_start=0, timeout=2)  # a new connection each call
         result.checks["broker"] = "ok"
     except Exception as exc:
         result.fail("broker", f"unreachable: {type(exc).__name__}: {exc}")

@@ -92,3 +92,60 @@ class HousekeepingTests:
         WorkerHeartbeat.objects.create(name="recent@h", hostname="h", pid=2, device="cpu", started_at=NOW, beat_at=NOW)
         Heartbeat("new@h", device="cpu", queues=["translate.en"]).register()
         assert set(WorkerHeartbeat.objects.values_list("name", flat=True)) == {"recent@h", "new@h"}
+
+
+@pytest.mark.django_db
+class ProbeTests:
+    def test_the_probe_passes_a_live_ready_worker_and_fails_a_silent_one(self, capsys):
+        WorkerHeartbeat.objects.create(name="ok@h", hostname="h", pid=1, device="cpu", started_at=NOW,
+                                       beat_at=timezone.now(), ready=True)
+        call_command("worker_probe", "--name", "ok@h", "--ready")
+        assert "ok@h: ready" in capsys.readouterr().out
+        old = timezone.now() - timedelta(seconds=60)
+        WorkerHeartbeat.objects.create(name="silent@h", hostname="h", pid=2, device="cpu", started_at=old, beat_at=old)
+        with pytest.raises(SystemExit) as exited:
+            call_command("worker_probe", "--name", "silent@h")
+        assert exited.value.code == 1 and "not alive (silent for 60s)" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            call_command("worker_probe", "--name", "never@h")
+        assert "no heartbeat yet" in capsys.readouterr().err
+
+
+@pytest.mark.django_db
+class BrokerReadinessTests:
+    def test_readiness_follows_a_broker_that_stops_and_comes_back(self, tmp_path, monkeypatch):
+        """A redis-server of the test's own, on its own port, as the broker: ok, stopped, back."""
+        import shutil
+        import socket
+        import subprocess
+
+        from cs_portal.celery import app
+        from workers.health import readiness
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+
+        def start() -> subprocess.Popen:
+            server = subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG",
+                     timeout=10, what="the test's redis-server")
+            return server
+
+        monkeypatch.setattr(app.conf, "broker_write_url", f"redis://127.0.0.1:{port}/0")  # what connection_for_write reads
+        server = start()
+        try:
+            assert readiness().checks["broker"] == "ok"
+            server.terminate()
+            server.wait(10)
+            result = readiness()
+            assert not result.ready and result.checks["broker"].startswith("unreachable")
+            server = start()
+            assert readiness().checks["broker"] == "ok"
+        finally:
+            server.terminate()
+            server.wait(10)
