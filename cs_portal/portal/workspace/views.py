@@ -197,22 +197,12 @@ def reply(request, conversation_id: int):
     )
 
 
-def _message(request: HttpRequest, message_id: int) -> Message | None:
-    message = Message.objects.select_related("conversation").filter(pk=message_id).first()
-    if message is None or _conversation(request, message.conversation_id) is None:
-        return None
-    return message
-
-
 def _act_on_message(request: HttpRequest, message_id: int, action) -> HttpResponse:
-    message = _message(request, message_id)
+    """``_act`` on the message's conversation (which checks the agent may see it)."""
+    message = Message.objects.filter(pk=message_id).first()
     if message is None:
         return _not_found(request, f"Message {message_id}")
-    try:
-        action(message)
-    except errors.ApplicationError as exc:
-        flash.error(request, exc.message)
-    return _back(request, reverse("workspace:conversation", args=[message.conversation_id]))
+    return _act(request, message.conversation_id, lambda conversation: action(message))
 
 
 @require_POST
