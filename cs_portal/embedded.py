@@ -94,6 +94,7 @@ class EmbeddedSystem:
     flower_port: int
     say: Callable[[str], None]
     data_dir: Path = field(default_factory=lambda: settings.DATA_DIR)
+    worker_metrics_port: int = 9191
     children: list[Child] = field(default_factory=list)
     _broker_server: object | None = None
 
@@ -153,7 +154,10 @@ class EmbeddedSystem:
         self.children = [
             Child(
                 "worker",
-                [python, "-m", "workers.main", "--queues", "all", "--device", "cpu", "--name", self.worker_name],
+                [
+                    python, "-m", "workers.main", "--queues", "all", "--device", "cpu", "--name", self.worker_name,
+                    f"--metrics-port={self.worker_metrics_port}",
+                ],
                 logs / "worker.log",
                 stop_timeout_s=60,
             ),
@@ -161,18 +165,22 @@ class EmbeddedSystem:
                 "web",
                 [
                     python, "-m", "gunicorn", "cs_portal.wsgi", f"--bind=127.0.0.1:{self.port}",
+                    "--config=python:cs_portal.gunicorn_conf",
                     "--workers=2", "--threads=16", "--access-logfile=-", "--graceful-timeout=5",
                 ],
                 logs / "web.log",
+                # Two processes: their metrics are added up through these files.
+                extra_env={"PROMETHEUS_MULTIPROC_DIR": str(self.data_dir / "prometheus")},
             ),
             Child(
                 "flower",
                 [
-                    python, "-m", "celery", "-A", "cs_portal", "flower", "--address=127.0.0.1",
-                    f"--port={self.flower_port}", f"--basic_auth=admin:{credentials.admin_password}",
-                    # Flower's shelve persistence has corrupted itself (flower #1398): off; its
-                    # in-memory task list is bounded instead.
-                    "--persistent=False", "--max_tasks=10000",
+                    python, "-m", "workers.flower", "--address=127.0.0.1",
+                    f"--port={self.flower_port}", f"--basic-auth=admin:{credentials.admin_password}",
+                    # Tasks and workers survive a restart: saved every minute and at exit (Flower
+                    # writes a new file and renames it; an unreadable one is set aside, not fatal).
+                    "--persistent=True", f"--db={self.data_dir / 'flower.db'}", "--state_save_interval=60000",
+                    "--max_tasks=10000",
                 ],
                 logs / "flower.log",
             ),

@@ -37,12 +37,15 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "simple_history",
+    "django_prometheus",
     "cs_portal.portal",
     "translation",
     "workers",
 ]
 
 MIDDLEWARE = [
+    # Request counts and latencies by view, for /metrics (first and last, to time everything).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -53,6 +56,7 @@ MIDDLEWARE = [
     # Records who made each change to a route (LanguageRoute.history).
     "simple_history.middleware.HistoryRequestMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "cs_portal.urls"

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -22,6 +22,26 @@ def readyz(request: HttpRequest) -> JsonResponse:
                         status=200 if result.ready else 503)
 
 
+def metrics(request: HttpRequest) -> HttpResponse:
+    """This web server's series: requests by view (django-prometheus) and the jobs it sent,
+    added up over every web process (``PROMETHEUS_MULTIPROC_DIR``)."""
+    from django_prometheus.exports import ExportToDjangoView
+
+    return ExportToDjangoView(request)
+
+
+def fleet_metrics(request: HttpRequest) -> HttpResponse:
+    """Queue depths, ledger backlog and worker heartbeats: one collector for the whole fleet
+    (scrape it through one address, not every web replica)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from workers.fleet_metrics import FleetCollector
+
+    registry = CollectorRegistry()
+    registry.register(FleetCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="workspace:inbox", permanent=False)),
     path("workspace/", include("cs_portal.portal.workspace.urls")),
@@ -32,6 +52,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
+    path("metrics/fleet", fleet_metrics, name="fleet-metrics"),
 ]
 
 handler404 = "cs_portal.portal.api.errors.api_not_found"

@@ -23,6 +23,18 @@ SPARE_QUEUE = "translate.en.b"
 WORKER_START_TIMEOUT_S = 120
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# The session worker's Prometheus port.
+WORKER_METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> TinyModels:
     return write_tiny_models(settings.MODELS_DIR, progress=lambda line: None)
@@ -121,7 +133,10 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.main", "--queues", f"all,{SPARE_QUEUE}", "--name", WORKER_NAME],
+            [
+                sys.executable, "-m", "workers.main", "--queues", f"all,{SPARE_QUEUE}", "--name", WORKER_NAME,
+                f"--metrics-port={WORKER_METRICS_PORT}",
+            ],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -13,8 +13,8 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 from django.conf import settings
@@ -22,8 +22,9 @@ from django.db import transaction
 from django.db.models import Case, Q, TextField, Value, When
 from django.utils import timezone
 
+from translation import metrics
 from translation.batching import run_isolated
-from translation.engines import EngineError, EngineSpec, TranslationEngine, engine_for
+from translation.engines import EngineError, EngineSpec, TokenUsage, TranslationEngine, engine_for
 from translation.models import Translation, TranslationStatus
 from translation.selectors import glossary_for
 
@@ -65,6 +66,13 @@ class Job:
     target: str
     spec: EngineSpec
     back_translate: bool = False  # once stored, translate the output back (an agent's draft)
+    route_id: int | None = None
+    requested_at: datetime | None = None  # the message saved (or the request, for a sample)
+    claimed_at: datetime | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return metrics.job_labels(route_id=self.route_id, source=self.source, target=self.target, model=self.spec.model)
 
 
 def device() -> str:
@@ -89,10 +97,17 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
             .order_by("pk")  # one lock order for every worker: no deadlocks between batches
         )
         for row in rows:
+            labels = metrics.job_labels(
+                route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
+            )
             if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
                 reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
                 _fail_rows(Translation.objects.filter(pk=row.pk), reason)
+                metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
                 continue
+            metrics.jobs_received.labels(**labels).inc()
+            if row.enqueued_at is not None:
+                metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
             delivery = by_id[row.pk]
             row.status, row.worker, row.consumed_from = TranslationStatus.RUNNING, delivery.worker, delivery.consumed_from
             row.attempts += 1
@@ -106,7 +121,8 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
             id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
             target=row.target_language,
             spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
-            back_translate=row.back_translate,
+            back_translate=row.back_translate, route_id=row.route_id,
+            requested_at=row.message.created_at if row.message_id else row.created_at, claimed_at=now,
         )
         for row in claimed
     }
@@ -147,6 +163,14 @@ def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | N
         attempts = {job.id: job.attempt for job, _ in results}
         rows = Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE, finished_at=now)
         done = {pk for pk, attempt in rows.values_list("pk", "attempts") if attempts[pk] == attempt}
+    for job, _ in results:
+        if job.id in done:
+            labels = job.labels
+            metrics.jobs_done.labels(**labels).inc()
+            if job.claimed_at is not None:
+                metrics.compute_seconds.labels(**labels).observe(max(0.0, (now - job.claimed_at).total_seconds()))
+            if job.requested_at is not None:
+                metrics.end_to_end_seconds.labels(**labels).observe(max(0.0, (now - job.requested_at).total_seconds()))
     wanted = [job.id for job, _ in results if job.back_translate and job.id in done]
     if wanted:  # an agent's draft reply: its back-translation, for the agent to check
         from translation.services import back_translations_request
@@ -181,16 +205,20 @@ def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure 
     """Record a job's failure; None means its text is to be stored."""
     if isinstance(result, EngineError):
         translation_fail(translation_id=job.id, reason=str(result), job=job)
+        metrics.jobs_failed.labels(**job.labels, reason=metrics.FAILED_ENGINE_ERROR).inc()
         return RunOutcome.FAILED
     if isinstance(result, Exception):
         reason = f"{type(result).__name__}: {result}"
         if job.attempt >= settings.TRANSLATION_MAX_ATTEMPTS:
             translation_fail(translation_id=job.id, reason=GAVE_UP.format(attempts=job.attempt, reason=reason), job=job)
+            metrics.jobs_failed.labels(**job.labels, reason=metrics.FAILED_GAVE_UP).inc()
             return RunOutcome.FAILED
         translation_requeue(job=job, reason=RETRYING.format(attempt=job.attempt, reason=reason))
+        metrics.jobs_retried.labels(**job.labels).inc()
         return TransientFailure(reason)
     if not result:
         translation_fail(translation_id=job.id, reason=EMPTY_OUTPUT, job=job)
+        metrics.jobs_failed.labels(**job.labels, reason=metrics.FAILED_EMPTY_OUTPUT).inc()
         return RunOutcome.FAILED
     return None
 
@@ -216,9 +244,18 @@ def translation_run_batch(
             results: list = [exc] * len(group)
         else:
             glossary = glossary_for(target)
-            results = run_isolated(
-                [job.text for job in group], partial(engine.translate, source=source, target=target, glossary=glossary)
-            )
+            usage = TokenUsage()
+
+            def translate(texts, engine=engine, usage=usage, pair=(source, target), glossary=glossary):
+                outputs, used = engine.translate_with_usage(texts, *pair, glossary)
+                usage.add(used)
+                return outputs
+
+            results = run_isolated([job.text for job in group], translate)
+            metrics.batch_size.labels(model=spec.model).observe(len(group))
+            token_labels = {"model": spec.model, "source": source, "target": target}
+            metrics.input_tokens.labels(**token_labels).inc(usage.input_tokens)
+            metrics.output_tokens.labels(**token_labels).inc(usage.output_tokens)
         to_store = []
         for job, result in zip(group, results, strict=True):
             settled = _settle(job, result)

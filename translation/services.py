@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from translation import errors
+from translation import errors, metrics
 from translation.models import ANY_LANGUAGE, LanguageRoute, Translation, TranslationStatus
 from translation.routing import Route, route_by_id, route_for
 
@@ -24,11 +24,18 @@ INPUT_TOO_LONG = "The message has {length} characters; route {route} accepts at 
 
 def _route_or_reason(translation: Translation, text: str, sticky_key) -> tuple[Route | None, str]:
     """The route a job takes (A/B variant and fallback applied), or why it cannot be sent."""
+    source, target = translation.source_language, translation.target_language
     try:
-        route = route_for(translation.source_language, translation.target_language, sticky_key=sticky_key)
+        route = route_for(source, target, sticky_key=sticky_key)
     except errors.NoRoute as exc:
+        labels = metrics.job_labels(route_id=None, source=source, target=target, model="")
+        metrics.jobs_requested.labels(**labels).inc()
+        metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_NO_ROUTE).inc()
         return None, exc.message
+    labels = metrics.job_labels(route_id=route.id, source=source, target=target, model=route.model)
+    metrics.jobs_requested.labels(**labels).inc()
     if len(text) > route.max_input_chars:
+        metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_INPUT_TOO_LONG).inc()
         return route, INPUT_TOO_LONG.format(length=len(text), route=route, limit=route.max_input_chars)
     return route, ""
 
@@ -134,6 +141,7 @@ def translation_enqueue(*, translation: Translation) -> bool:
         translate.apply_async(args=[translation.pk], kwargs=hints, queue=translation.queue)
     except Exception:  # the broker is down or refused: the ledger row keeps the job
         logger.exception("Could not send translation %s to %s; it stays queued", translation.pk, translation.queue)
+        metrics.jobs_enqueue_failed.labels(queue=translation.queue).inc()
         Translation.objects.filter(pk=translation.pk, status=TranslationStatus.QUEUED).update(enqueued_at=None)
         return False
     if translation.enqueued_at is None:  # a resend: stamp it now

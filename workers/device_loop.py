@@ -19,14 +19,19 @@ from translation.batching import Batcher, PendingJob
 from translation.execution import translation_run_batch
 from workers.engine_process import EngineProcess, EngineProcessDied
 from workers.heartbeat import Heartbeat
+from workers.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class DeviceLoop(threading.Thread):
-    def __init__(self, batcher: Batcher, engines: EngineProcess, heartbeat: Heartbeat | None = None) -> None:
+    def __init__(
+        self, batcher: Batcher, engines: EngineProcess, heartbeat: Heartbeat | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         super().__init__(name="device-loop", daemon=True)
-        self.batcher, self.engines, self.heartbeat = batcher, engines, heartbeat
+        self.batcher, self.engines, self.heartbeat, self.metrics = batcher, engines, heartbeat, metrics
+        self.running = 0  # jobs of the batch being computed
         self._stopping = threading.Event()
         self.batches = 0
         self.jobs = 0
@@ -34,13 +39,19 @@ class DeviceLoop(threading.Thread):
 
     def run(self) -> None:
         while not self._stopping.is_set():
+            if self.metrics:
+                self.metrics.loop_turned()
             batch = self.batcher.next_batch(timeout=0.5)
             if batch:
                 if self.heartbeat:
                     self.heartbeat.batch_started()
+                self.running = len(batch)
                 self.process(batch)
+                self.running = 0
                 if self.heartbeat:
                     self.heartbeat.batch_ended()
+                if self.metrics:
+                    self.metrics.batch_ended()
             elif self.heartbeat:
                 self.heartbeat.idle()
             if not self.engines.alive() and not self._stopping.is_set():
@@ -71,6 +82,10 @@ class DeviceLoop(threading.Thread):
         self.batches += 1
         self.jobs += len(batch)
         self.last_batch_at = time.time()
+
+    def in_flight(self) -> int:
+        """Jobs taken from the broker and not answered yet: waiting in the batcher or computing."""
+        return self.batcher.pending() + self.running
 
     def stop(self) -> None:
         self._stopping.set()

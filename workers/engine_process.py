@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from translation.engines import EngineSpec
+from translation.engines import EngineSpec, TokenUsage
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class RemoteEngine:
     def translate(
         self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
     ) -> list[str]:
+        return self.translate_with_usage(texts, source, target, glossary)[0]
+
+    def translate_with_usage(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
+    ) -> tuple[list[str], TokenUsage]:
         return self._process.call(self.spec, list(texts), source, target, dict(glossary or {}))
 
 
@@ -76,7 +81,10 @@ class EngineProcess:
     def engine(self, spec: EngineSpec) -> RemoteEngine:
         return RemoteEngine(self, spec)
 
-    def call(self, spec: EngineSpec, texts: list[str], source: str, target: str, glossary: dict | None = None) -> list[str]:
+    def call(
+        self, spec: EngineSpec, texts: list[str], source: str, target: str, glossary: dict | None = None
+    ) -> tuple[list[str], TokenUsage]:
+        """The outputs, and the tokens read and generated."""
         with self._lock:
             try:
                 self._connection.send((spec, texts, source, target, glossary or {}))
@@ -145,7 +153,7 @@ def _serve(connection, warmups: list[Warmup]) -> None:
             return
         spec, texts, source, target, glossary = request
         try:
-            connection.send(("ok", engine_for(spec).translate(texts, source, target, glossary)))
+            connection.send(("ok", engine_for(spec).translate_with_usage(texts, source, target, glossary)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
 

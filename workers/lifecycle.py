@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +34,10 @@ class Child:
     process: subprocess.Popen | None = None
     # A worker's warm shutdown finishes the batches it holds before it exits.
     stop_timeout_s: float = STOP_TIMEOUT_S
+    extra_env: dict[str, str] = field(default_factory=dict)  # this child's own, beside the shared ones
 
     def start(self, env: dict[str, str]) -> None:
+        env = {**env, **self.extra_env}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             # A session of its own: Ctrl-C reaches only the supervisor, which stops children in order.

@@ -31,6 +31,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run each job on its own forward pass (the baseline the batcher is measured against)",
     )
     parser.add_argument("--name", default="", help="worker name (default: translate-<device>@<host>)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("WORKER_METRICS_PORT") or 0),
+        help="serve Prometheus metrics on this port (0: none; default $WORKER_METRICS_PORT)",
+    )
     parser.add_argument("--loglevel", default="INFO")
     return parser.parse_args(argv)
 
@@ -48,6 +52,8 @@ def pin_device(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # One process, its own metrics port: the web's multiprocess files are not for it.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     os.environ["TRANSLATION_DEVICE"] = pin_device(args.device)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cs_portal.settings")
 
@@ -76,13 +82,20 @@ def main(argv: list[str] | None = None) -> None:
     name = name.replace("%h", socket.gethostname())
     heartbeat = Heartbeat(name, device=args.device, queues=queues)
     heartbeat.register()
+    from workers.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(name, device=args.device, queues=queues)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+        print(f"Metrics on http://0.0.0.0:{args.metrics_port}/metrics", flush=True)
     started = time.monotonic()
     # Until Celery installs its own handlers, SIGTERM ends the start-up cleanly (the engine
     # process is told to stop) instead of killing this process mid-load.
     signal.signal(signal.SIGTERM, _exit_during_start_up)
     try:
         start_device_loop(
-            settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat
+            settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat,
+            metrics,
         )
     except BaseException as exc:
         if not isinstance(exc, (SystemExit, KeyboardInterrupt)):  # not a requested stop: say why
@@ -116,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     finally:
+        metrics.not_ready()
         heartbeat.stopped()
 
 
@@ -123,7 +137,7 @@ def _exit_during_start_up(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def start_device_loop(settings, warmups, batching: bool, heartbeat=None) -> None:
+def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics=None) -> None:
     """Load the models in the engine process, start the batcher and the device loop, and route
     this process's jobs through them. Without batching, every batch holds one job."""
     from translation.batching import Batcher, BatchPolicy
@@ -144,6 +158,8 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None) -> None
         LOADED_MODELS.append(
             {"model": spec.model, "precision": spec.precision, "device": spec.device, "memory_mib": round(size / 2**20, 1)}
         )
+        if metrics is not None:
+            metrics.model_loaded(spec.model, spec.precision, spec.device, size)
     if batching:
         policy = BatchPolicy(
             max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,
@@ -155,7 +171,11 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None) -> None
     batcher = Batcher(policy)
     if heartbeat is not None:
         heartbeat.ready(LOADED_MODELS)  # every model translated its warm-up sentence: the canary
-    DeviceLoop(batcher, engines, heartbeat).start()
+    loop = DeviceLoop(batcher, engines, heartbeat, metrics)
+    if metrics is not None:
+        metrics.ready()
+        metrics.in_flight(loop.in_flight)
+    loop.start()
     use_batcher(batcher)
     print(
         f"Batching: up to {policy.max_batch_size} jobs or {policy.max_batch_tokens} tokens, "

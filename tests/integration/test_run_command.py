@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, Http, broker_url, wait_for
+from tests.conftest import ROOT, Http, broker_url, free_port, wait_for
 
 READY_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def processes_of(data_dir: Path) -> list[int]:
@@ -46,12 +39,36 @@ def alive(pid: int) -> bool:
     return True
 
 
+def get_text(url: str, authorization: str = "") -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def sample_sum(text: str, name: str) -> float:
+    """The sum of a metric's samples over all its label sets (parsed by prometheus_client)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name
+    )
+
+
 def start_run_command(data_dir: Path) -> tuple[subprocess.Popen, list[str], int, int]:
-    port, flower_port = free_port(), free_port()
+    port, flower_port, metrics_port = free_port(), free_port(), free_port()
     broker = broker_url(14)
     redis.Redis.from_url(broker).flushdb()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MODELS_DIR", "DJANGO_SETTINGS_MODULE")}
-    env.update(DATA_DIR=str(data_dir), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker)
+    env.update(
+        DATA_DIR=str(data_dir), PORTAL_PORT=str(port), FLOWER_PORT=str(flower_port), CELERY_BROKER_URL=broker,
+        WORKER_METRICS_PORT=str(metrics_port),
+    )
     process = subprocess.Popen(
         [str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
@@ -129,10 +146,40 @@ class RunCommandTests:
         assert name.startswith("embedded-")
         assert {"translate.en", "translate.es"} <= {queue["name"] for queue in worker["active_queues"]}
 
+        # Flower's own metrics and health answer only with its credentials.
+        assert get_text(f"http://127.0.0.1:{flower_port}/metrics")[0] == 401
+        assert get_text(f"http://127.0.0.1:{flower_port}/healthcheck")[0] == 401
+        status, text = get_text(f"http://127.0.0.1:{flower_port}/metrics", auth)
+        assert status == 200 and "flower_events_total" in text
+
+        # Metrics: the web runs two processes; their counts add up to every message sent.
+        jobs = len(message["translations"])
+        [summary_line] = [line for line in output.splitlines() if "Prometheus metrics" in line]
+        worker_port = re.findall(r":(\d+)/metrics", summary_line)[-1]
+
+        def finished_jobs() -> float:  # random weights may answer nothing: an empty output fails
+            text = get_text(f"http://127.0.0.1:{worker_port}/metrics")[1]
+            return sample_sum(text, "translation_jobs_done_total") + sample_sum(text, "translation_jobs_failed_total")
+
+        finished_before = finished_jobs()  # the demo conversation's jobs, and the first message's
+        for number in range(8):
+            _, sent = api.call(
+                "POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": f"¿Dónde está mi pedido {number}?"},
+                key=key,
+            )
+            jobs += len(sent["translations"])
+        assert jobs >= 9
+        status, text = get_text(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert sample_sum(text, "translation_jobs_requested_total") == jobs
+        new_jobs = jobs - len(message["translations"])
+        wait_for(lambda: finished_jobs() == finished_before + new_jobs, timeout=60, what="the worker to count the new jobs")
+
         process.send_signal(signal.SIGINT)  # Ctrl-C
         assert process.wait(60) == 0
         time.sleep(0.2)
         assert "Stopped." in "".join(lines)
+        assert list(data_dir.glob("flower.db*")), "Flower saves its state at exit"
         assert [pid for pid in child_pids if alive(pid)] == []
         assert processes_of(data_dir) == []  # gunicorn's workers included
 

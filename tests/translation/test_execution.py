@@ -13,6 +13,7 @@ from translation.execution import (
     translation_run_batch,
 )
 from translation.models import Translation, TranslationStatus
+from tests.stand_ins import StandInEngine
 
 pytestmark = pytest.mark.django_db
 
@@ -142,7 +143,7 @@ class TranslationRunBatchTests:
         assert sorted(row.batch_size for row in rows) == [1, 5, 5, 5, 5, 5]
 
     def test_results_go_to_the_right_rows(self, many_translations):
-        class Echo:
+        class Echo(StandInEngine):
             """Answers each text with a text of its own: a permutation would show."""
 
             def translate(self, texts, source, target, glossary=None):
@@ -155,7 +156,7 @@ class TranslationRunBatchTests:
     def test_the_forward_pass_sees_the_batch_in_the_batchers_order(self, many_translations):
         seen = []
 
-        class Recorder:
+        class Recorder(StandInEngine):
             def translate(self, texts, source, target, glossary=None):
                 seen.extend(texts)
                 return list(texts)

@@ -8,6 +8,7 @@ from translation.engines import EngineSpec, engine_for
 from translation.execution import Delivery, translation_run_batch
 from translation.models import GlossaryTerm, Translation
 from translation.selectors import glossary_for
+from tests.stand_ins import StandInEngine
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,7 @@ class GlossaryInTranslationTests:
         GlossaryTerm.objects.create(term="pedido", target_language="en", translation="order")
         seen = []
 
-        class Recorder:
+        class Recorder(StandInEngine):
             def translate(self, texts, source, target, glossary=None):
                 seen.append(glossary)
                 return list(texts)

@@ -6,11 +6,12 @@ from translation.batching import Batcher, BatchPolicy, PendingJob
 from translation.execution import Delivery, RunOutcome
 from workers.device_loop import DeviceLoop
 from workers.engine_process import EngineProcessDied
+from tests.stand_ins import StandInEngine
 
 pytestmark = pytest.mark.django_db
 
 
-class Echo:
+class Echo(StandInEngine):
     def __init__(self) -> None:
         self.calls = 0
 

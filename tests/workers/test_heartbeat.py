@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from tests.conftest import WORKER_NAME, wait_for
+from tests.conftest import WORKER_NAME, free_port, wait_for
 from translation.models import LanguageRoute
 from workers.engine_process import CALL_TIMEOUT_S
 from workers.models import WorkerHeartbeat
@@ -116,15 +116,12 @@ class BrokerReadinessTests:
     def test_readiness_follows_a_broker_that_stops_and_comes_back(self, tmp_path, monkeypatch):
         """A redis-server of the test's own, on its own port, as the broker: ok, stopped, back."""
         import shutil
-        import socket
         import subprocess
 
         from cs_portal.celery import app
         from workers.health import readiness
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
 
         def start() -> subprocess.Popen:
             server = subprocess.Popen(

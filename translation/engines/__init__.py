@@ -3,13 +3,14 @@
 Engines import neither Django nor Celery; they take texts and return texts.
 """
 
-from translation.engines.base import EngineError, EngineSpec, InputTooLong, TranslationEngine, UnsupportedPair
+from translation.engines.base import EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair
 from translation.engines.registry import engine_for, loaded_engines
 
 __all__ = [
     "EngineError",
     "EngineSpec",
     "InputTooLong",
+    "TokenUsage",
     "TranslationEngine",
     "UnsupportedPair",
     "engine_for",

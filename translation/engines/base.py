@@ -35,6 +35,18 @@ class EngineSpec:
     device: str = "cpu"
 
 
+@dataclass
+class TokenUsage:
+    """Tokens a translate call read and generated (for the worker's metrics)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, other: TokenUsage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+
+
 class TranslationEngine(ABC):
     """One model on one device. ``load`` once, then ``translate`` from any thread."""
 
@@ -64,6 +76,12 @@ class TranslationEngine(ABC):
             UnsupportedPair: the model cannot produce this pair.
             InputTooLong: one of the texts exceeds the model's input length.
         """
+
+    def translate_with_usage(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
+    ) -> tuple[list[str], TokenUsage]:
+        """``translate``, and the tokens it read and generated (zero for an engine that cannot count)."""
+        return self.translate(texts, source, target, glossary), TokenUsage()
 
     @property
     @abstractmethod

@@ -10,7 +10,7 @@ from functools import partial
 from enum import Enum
 
 from translation import languages
-from translation.engines.base import EngineSpec, InputTooLong, TranslationEngine, UnsupportedPair
+from translation.engines.base import EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair
 from translation.protection import translate_protected
 from translation.segmentation import join_sentences, split_sentences
 
@@ -60,6 +60,7 @@ class HFSeq2SeqEngine(TranslationEngine):
         # A tokenizer holds per-call state (src_lang) and a model runs one forward at a time
         # well; one lock keeps both consistent when several pool threads share the engine.
         self._lock = threading.Lock()
+        self._usage = threading.local()  # the tokens of the calling thread's current call
 
     def load(self) -> None:
         import torch
@@ -142,6 +143,15 @@ class HFSeq2SeqEngine(TranslationEngine):
             texts, partial(self._translate_sentences, source=source, target=target), glossary or {}
         )
 
+    def translate_with_usage(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None
+    ) -> tuple[list[str], TokenUsage]:
+        self._usage.counted = usage = TokenUsage()
+        try:
+            return self.translate(texts, source, target, glossary), usage
+        finally:
+            self._usage.counted = None
+
     def _translate_sentences(self, texts: Sequence[str], source: str, target: str) -> list[str]:
         # Sentence by sentence, all sentences of all texts in one batch.
         segmented = [split_sentences(text) for text in texts]
@@ -191,6 +201,9 @@ class HFSeq2SeqEngine(TranslationEngine):
                 [token for token in row[: 1 + limit] if token not in self._dropped_ids]
                 for row, limit in zip(output.tolist(), limits, strict=True)
             ]
+            usage = getattr(self._usage, "counted", None)
+            if usage is not None:
+                usage.add(TokenUsage(input_tokens=sum(lengths), output_tokens=sum(len(row) for row in rows)))
             return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     @property

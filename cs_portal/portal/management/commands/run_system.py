@@ -16,19 +16,26 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", 8000)))
         parser.add_argument("--flower-port", type=int, default=int(os.environ.get("FLOWER_PORT", 5555)))
+        parser.add_argument(
+            "--worker-metrics-port", type=int, default=int(os.environ.get("WORKER_METRICS_PORT", 9191)),
+            help="the worker's Prometheus metrics port",
+        )
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, port: int, flower_port: int, **options) -> None:
+    def handle(self, *args, port: int, flower_port: int, worker_metrics_port: int, **options) -> None:
         started = time.monotonic()
-        for name, value in (("--port", port), ("--flower-port", flower_port)):
+        ports = (("--port", port), ("--flower-port", flower_port), ("--worker-metrics-port", worker_metrics_port))
+        for name, value in ports:
             if not port_is_free(value):
                 raise CommandError(f"Port {value} ({name}) is taken; pick another, e.g. {name}={value + 1}")
         data_dir = settings.DATA_DIR
         self.say(f"Data directory: {data_dir}")
-        system = EmbeddedSystem(port=port, flower_port=flower_port, say=self.say, data_dir=data_dir)
+        system = EmbeddedSystem(
+            port=port, flower_port=flower_port, say=self.say, data_dir=data_dir, worker_metrics_port=worker_metrics_port
+        )
         # From here on, Ctrl-C or SIGTERM stops whatever has started, in order.
         install_stop_signals()
         status = 1
@@ -50,7 +57,7 @@ class Command(BaseCommand):
             self.say("[4/4] Starting processes ...")
             system.start(credentials, broker_url)
             system.wait_ready(credentials)
-            self.print_summary(port, flower_port, credentials, time.monotonic() - started)
+            self.print_summary(port, flower_port, worker_metrics_port, credentials, time.monotonic() - started)
             status = system.supervise()
         except StopRequested:
             self.say("Stopping ...")
@@ -74,7 +81,9 @@ class Command(BaseCommand):
         credentials.save(path)
         return credentials
 
-    def print_summary(self, port: int, flower_port: int, credentials: Credentials, seconds: float) -> None:
+    def print_summary(
+        self, port: int, flower_port: int, worker_metrics_port: int, credentials: Credentials, seconds: float
+    ) -> None:
         web = f"http://127.0.0.1:{port}"
         self.say(
             f"""
@@ -85,6 +94,9 @@ Support portal is running ({seconds:.0f}s to start).
   Admin (routes, ledger, teams)   {web}/admin/          admin / {credentials.admin_password}
   API docs (OpenAPI)              {web}/api/docs/       schema: {web}/api/schema/
   Flower (queues, workers)        http://127.0.0.1:{flower_port}/   admin / {credentials.admin_password}
+  Operations (latency, queues)    {web}/admin/operations/
+  Health                          {web}/healthz   {web}/readyz   python manage.py status
+  Prometheus metrics              {web}/metrics   {web}/metrics/fleet   http://127.0.0.1:{worker_metrics_port}/metrics
   Customer API key                {credentials.api_key}
   Agent API token                 {credentials.agent_token}
   Credentials file                {settings.DATA_DIR / 'credentials.json'}

@@ -1,0 +1,111 @@
+"""A worker's own metrics, served on its own port (``--metrics-port``, or the placement plan's
+``metrics_port``): the job series of ``translation.metrics`` as this worker counted them, plus
+what only the worker knows — its models and their memory, jobs in flight, its last batch and
+its loop's last turn, and the GPU's utilisation and memory where NVML is available.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+logger = logging.getLogger(__name__)
+
+WORKER = ("worker",)
+
+worker_info = Gauge("translation_worker_info", "Always 1; the worker's device and queues as labels.", ("worker", "device", "queues"))
+worker_ready = Gauge("translation_worker_ready", "1 once the models are loaded and the canary translated.", WORKER)
+model_memory_bytes = Gauge(
+    "translation_worker_model_memory_bytes", "Memory of each loaded model's weights and buffers.",
+    ("worker", "model", "precision", "device"),
+)
+jobs_in_flight = Gauge("translation_worker_jobs_in_flight", "Jobs taken from the broker and not yet answered.", WORKER)
+last_batch_timestamp = Gauge(
+    "translation_worker_last_batch_timestamp_seconds", "When the worker's last batch ended (Unix time).", WORKER
+)
+loop_timestamp = Gauge(
+    "translation_worker_loop_timestamp_seconds",
+    "When the device loop last went round (Unix time); a hung loop stops moving it.", WORKER,
+)
+
+
+class GpuCollector(Collector):
+    """Utilisation and memory of the GPUs this process sees, read through NVML at scrape time."""
+
+    def __init__(self, worker: str, pynvml) -> None:
+        self.worker, self.nvml = worker, pynvml
+
+    def collect(self):
+        utilization = GaugeMetricFamily(
+            "translation_worker_gpu_utilization_ratio", "GPU busy fraction over the last sample period (NVML).",
+            labels=["worker", "gpu"],
+        )
+        used = GaugeMetricFamily("translation_worker_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["worker", "gpu"])
+        total = GaugeMetricFamily("translation_worker_gpu_memory_total_bytes", "GPU memory (NVML).", labels=["worker", "gpu"])
+        try:
+            for index in range(self.nvml.nvmlDeviceGetCount()):
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+                rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+                labels = [self.worker, str(index)]
+                utilization.add_metric(labels, rates.gpu / 100)
+                used.add_metric(labels, memory.used)
+                total.add_metric(labels, memory.total)
+        except Exception:  # a driver error must not break the scrape of everything else
+            logger.warning("NVML read failed", exc_info=True)
+        yield from (utilization, used, total)
+
+
+def gpu_collector(worker: str, device: str) -> GpuCollector | None:
+    """The NVML collector for a GPU worker, or None (CPU worker, or no NVML library)."""
+    if device == "cpu":
+        return None
+    try:
+        import pynvml  # nvidia-ml-py, in requirements/gpu.txt
+
+        pynvml.nvmlInit()
+    except Exception as exc:
+        logger.info("No GPU metrics: NVML is not available (%s)", exc)
+        return None
+    return GpuCollector(worker, pynvml)
+
+
+class WorkerMetrics:
+    """The worker's gauges, bound to its name."""
+
+    def __init__(self, worker: str, *, device: str, queues: list[str]) -> None:
+        self.worker = worker
+        worker_info.labels(worker=worker, device=device, queues=",".join(queues)).set(1)
+        worker_ready.labels(worker=worker).set(0)
+        self._device = device
+
+    def serve(self, port: int, address: str = "") -> None:
+        """Serve /metrics on ``port`` (a daemon thread); GPU gauges join where NVML answers."""
+        collector = gpu_collector(self.worker, self._device)
+        if collector is not None:
+            REGISTRY.register(collector)
+        start_http_server(port, addr=address or "0.0.0.0")
+        logger.info("Metrics on port %d", port)
+
+    def model_loaded(self, model: str, precision: str, device: str, memory: int) -> None:
+        model_memory_bytes.labels(worker=self.worker, model=model, precision=precision, device=device).set(memory)
+
+    def ready(self) -> None:
+        worker_ready.labels(worker=self.worker).set(1)
+
+    def not_ready(self) -> None:
+        worker_ready.labels(worker=self.worker).set(0)
+
+    def in_flight(self, count_jobs) -> None:
+        """Read jobs in flight from ``count_jobs()`` at every scrape."""
+        jobs_in_flight.labels(worker=self.worker).set_function(count_jobs)
+
+    def loop_turned(self) -> None:
+        loop_timestamp.labels(worker=self.worker).set(time.time())
+
+    def batch_ended(self) -> None:
+        last_batch_timestamp.labels(worker=self.worker).set(time.time())
