@@ -192,6 +192,12 @@ TRANSLATION_JOB_TIMEOUT_S = env.float("TRANSLATION_JOB_TIMEOUT_S", default=300.0
 # /readyz and `manage.py status`; the loop beats about every second.
 WORKER_HEARTBEAT_STALE_S = env.float("WORKER_HEARTBEAT_STALE_S", default=5.0)
 
+# Alert thresholds. /metrics/fleet exports them (translation_alert_*), and the shipped
+# Prometheus rules (docker/prometheus/alerts.yml) compare against the exported value, so a
+# change here moves the alert without editing the rules.
+ALERT_LATENCY_P95_S = env.float("ALERT_LATENCY_P95_S", default=0.5)  # end to end, per target language
+ALERT_FAILURE_RATIO = env.float("ALERT_FAILURE_RATIO", default=0.05)  # failed / finished over 5 minutes
+
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 # The ledger (Translation rows) holds every result; Celery's result store is not used.

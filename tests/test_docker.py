@@ -14,7 +14,10 @@ from workers.main import parse_args
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 SETTINGS = (DOCKER.parent / "cs_portal" / "settings.py").read_text()
 # Read by programs other than the portal's settings.
-EXTERNAL_VARIABLES = {"HF_HOME", "HF_HUB_OFFLINE", "FLOWER_BASIC_AUTH", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"}
+EXTERNAL_VARIABLES = {
+    "HF_HOME", "HF_HUB_OFFLINE", "FLOWER_BASIC_AUTH", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
+    "PROMETHEUS_MULTIPROC_DIR",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ class ComposeTests:
 
     def test_every_variable_given_to_the_portal_is_read_by_its_settings(self, compose):
         read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', SETTINGS))
-        for name, service in compose["services"].items():
+        ours = {name: service for name, service in compose["services"].items() if "build" in service}
+        for name, service in ours.items():
             for variable in service.get("environment", {}):
                 assert variable in read | EXTERNAL_VARIABLES, f"{name} sets {variable}, which nothing reads"
 
@@ -46,6 +50,39 @@ class ComposeTests:
         assert environment["ALLOW_INSECURE_SECRET_KEY"] == "false"
         assert ":?" in environment["SECRET_KEY"]
         assert ":?" in compose["services"]["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+
+
+class MonitoringTests:
+    def test_prometheus_scrapes_every_worker_service_on_its_metrics_port(self, compose):
+        config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+        jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+        assert {"web", "fleet", "translation-workers", "flower"} <= set(jobs)
+        targets = {t for group in jobs["translation-workers"]["static_configs"] for t in group["targets"]}
+        workers = {name: s for name, s in compose["services"].items() if name.startswith("worker-")}
+        assert targets == {f"{name}:{parse_args(s['command'][3:]).metrics_port}" for name, s in workers.items()}
+        assert jobs["fleet"]["metrics_path"] == "/metrics/fleet"
+
+    def test_prometheus_reaches_flower_with_the_password_compose_gives_flower(self, compose):
+        config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+        [flower_job] = [job for job in config["scrape_configs"] if job["job_name"] == "flower"]
+        username = flower_job["basic_auth"]["username"]
+        assert compose["services"]["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith(f"{username}:${{FLOWER_PASSWORD")
+        assert flower_job["basic_auth"]["password_file"] == "/run/secrets/flower_password"
+        assert "flower_password" in compose["services"]["prometheus"]["secrets"]
+        assert compose["secrets"]["flower_password"] == {"environment": "FLOWER_PASSWORD"}
+
+    def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_datasource(self, compose):
+        grafana = compose["services"]["grafana"]
+        mounts = {volume.split(":")[0]: volume.split(":")[1] for volume in grafana["volumes"] if volume.startswith("./")}
+        for source in mounts:
+            assert (DOCKER / source).is_dir(), source
+        [provider] = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/translation.yml").read_text())["providers"]
+        assert provider["options"]["path"] == mounts["./grafana/dashboards"]  # the provider reads the mounted folder
+        dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "translation.json").read_text())
+        [datasource] = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+        uids = {t["datasource"]["uid"] for panel in dashboard["panels"] for t in panel.get("targets", [])}
+        assert uids == {datasource["uid"]}
+        assert ":?" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 
 
 class DockerfileTests:

@@ -6,6 +6,7 @@ so each series exists once however many processes run.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -81,3 +82,12 @@ class FleetCollector(Collector):
             alive.add_metric([beat.name], 1 if beat.is_alive(now) else 0)
         yield age
         yield alive
+
+        yield GaugeMetricFamily(
+            "translation_alert_latency_p95_seconds", "The p95 end-to-end latency the latency alert fires above (a setting).",
+            value=settings.ALERT_LATENCY_P95_S,
+        )
+        yield GaugeMetricFamily(
+            "translation_alert_failure_ratio", "The share of failed jobs the failure alert fires above (a setting).",
+            value=settings.ALERT_FAILURE_RATIO,
+        )

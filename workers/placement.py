@@ -3,12 +3,13 @@
 A plan is a JSON file (``PLACEMENT_FILE``, by default ``docker/placement.json``):
 
     {"workers": [
-        {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en", "translate.es"]},
-        {"name": "gpu1", "device": "cuda:1", "queues": ["translate.en", "translate.zh"]}
+        {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en", "translate.es"], "metrics_port": 9200},
+        {"name": "gpu1", "device": "cuda:1", "queues": ["translate.en", "translate.zh"], "metrics_port": 9201}
     ]}
 
 A GPU may serve several languages; a language may be served by several GPUs (they all consume
 its queue). On a machine without a GPU the plan becomes one CPU worker for all its queues.
+Each worker serves Prometheus metrics on its ``metrics_port`` (default: 9200 + its position).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 QUEUE_PATTERN = re.compile(r"^translate\.[a-z]{2}(\.[a-z0-9_-]+)?$")
 
 
+DEFAULT_METRICS_PORT = 9200
+
+
 class PlacementError(ValueError):
     """The plan is invalid; the message names the entry and the problem."""
 
@@ -32,17 +36,18 @@ class Placement:
     name: str
     device: str  # "cpu" or "cuda:N" (an index or a GPU UUID)
     queues: tuple[str, ...]
+    metrics_port: int = 9200
 
 
 def parse_placement(data: object, *, source: str = "the placement plan") -> list[Placement]:
     if not isinstance(data, dict) or not isinstance(data.get("workers"), list) or not data["workers"]:
         raise PlacementError(f'{source}: expected {{"workers": [...]}} with at least one worker')
-    placements, names, devices = [], set(), set()
+    placements, names, devices, ports = [], set(), set(), set()
     for index, entry in enumerate(data["workers"]):
         where = f"{source}, worker {index + 1}"
         if not isinstance(entry, dict):
             raise PlacementError(f"{where}: expected an object")
-        unknown = set(entry) - {"name", "device", "queues"}
+        unknown = set(entry) - {"name", "device", "queues", "metrics_port"}
         if unknown:
             raise PlacementError(f"{where}: unknown keys {sorted(unknown)}")
         name, device, queues = entry.get("name", ""), entry.get("device", ""), entry.get("queues")
@@ -60,9 +65,17 @@ def parse_placement(data: object, *, source: str = "the placement plan") -> list
         for queue in queues:
             if not isinstance(queue, str) or not QUEUE_PATTERN.match(queue):
                 raise PlacementError(f"{where}: queue {queue!r} must look like 'translate.<lang>[.<name>]'")
+        port = entry.get("metrics_port", DEFAULT_METRICS_PORT + index)
+        if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
+            raise PlacementError(f"{where}: metrics_port {port!r} must be a port number from 1024 to 65535")
+        if port in ports:
+            raise PlacementError(f"{where}: metrics_port {port} is already another worker's")
         names.add(name)
         devices.add(device)
-        placements.append(Placement(name=name, device=device, queues=tuple(dict.fromkeys(queues))))
+        ports.add(port)
+        placements.append(
+            Placement(name=name, device=device, queues=tuple(dict.fromkeys(queues)), metrics_port=port)
+        )
     return placements
 
 
@@ -81,7 +94,7 @@ def for_this_machine(plan: list[Placement], gpu_count: int) -> list[Placement]:
     GPU at all, one CPU worker consumes every queue of the plan."""
     if gpu_count == 0:
         queues = tuple(dict.fromkeys(queue for placement in plan for queue in placement.queues))
-        return [Placement(name="cpu", device="cpu", queues=queues)]
+        return [Placement(name="cpu", device="cpu", queues=queues, metrics_port=plan[0].metrics_port)]
     for placement in plan:
         index = placement.device.removeprefix("cuda:")
         if index.isdigit() and int(index) >= gpu_count:

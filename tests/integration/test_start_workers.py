@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 import redis
 
-from tests.conftest import ROOT, broker_url, database_url, wait_for
+from tests.conftest import ROOT, broker_url, database_url, free_port, wait_for
 from tests.integration.test_run_command import alive, processes_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 class StartWorkersTests:
     def test_one_cpu_worker_serves_the_plan_and_comes_back_after_a_kill(self, tmp_path, tiny_models):
-        plan = tmp_path / "plan.json"
+        plan, metrics_port = tmp_path / "plan.json", free_port()
         plan.write_text(json.dumps({"workers": [
-            {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en"]},
+            {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en"], "metrics_port": metrics_port},
             {"name": "gpu1", "device": "cuda:1", "queues": ["translate.es", "translate.en"]},
         ]}))
         broker = broker_url(13)
@@ -41,7 +42,9 @@ class StartWorkersTests:
                      timeout=180, interval=0.2, what="the workers to be ready")
             output = "".join(lines)
             assert "Ready: 1 worker(s)." in output, output
-            assert re.search(r"cpu@\S+: cpu, queues translate.en, translate.es", output)
+            assert re.search(rf"cpu@\S+: cpu, queues translate.en, translate.es, metrics :{metrics_port}", output)
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+                assert b"translation_worker_ready{" in response.read()
             assert re.search(r"cpu@\S+ serves \S+/m2m100 \[fp32, cpu\]: [\d.]+ MiB", output), output
             [pid] = [int(p) for p in re.findall(r"\(pid (\d+),", output)]
 

@@ -34,12 +34,23 @@ class ParsePlacementTests:
                 [{"name": "a", "device": "cuda:0", "queues": ["translate.en"]}, {"name": "a", "device": "cuda:1", "queues": ["translate.es"]}],
                 "a second worker named 'a'",
             ),
+            ([{"name": "g", "device": "cuda:0", "queues": ["translate.en"], "metrics_port": 80}], "metrics_port 80 must be"),
+            (
+                [{"name": "a", "device": "cuda:0", "queues": ["translate.en"], "metrics_port": 9300},
+                 {"name": "b", "device": "cuda:1", "queues": ["translate.es"], "metrics_port": 9300}],
+                "metrics_port 9300 is already another worker's",
+            ),
         ],
     )
     def test_bad_plans_are_refused_with_the_entry_and_the_reason(self, workers, message):
         with pytest.raises(PlacementError) as raised:
             parse_placement({"workers": workers})
         assert message in str(raised.value)
+
+    def test_each_worker_gets_a_metrics_port_of_its_own(self):
+        assert [p.metrics_port for p in parse_placement(PLAN)] == [9200, 9201]
+        [placement] = parse_placement({"workers": [{"name": "a", "device": "cpu", "queues": ["translate.en"], "metrics_port": 9400}]})
+        assert placement.metrics_port == 9400
 
     def test_gpu_uuids_are_accepted(self):
         [placement] = parse_placement({"workers": [{"name": "a", "device": "cuda:GPU-8f6e2a1c-1d2e", "queues": ["translate.en"]}]})

@@ -42,6 +42,7 @@ class Command(BaseCommand):
                 command=[
                     sys.executable, "-m", "workers.main", "--device", placement.device,
                     "--queues", ",".join(placement.queues), "--name", f"{placement.name}@{host}",
+                    f"--metrics-port={placement.metrics_port}",
                 ],
                 log=settings.DATA_DIR / "logs" / f"worker-{placement.name}.log",
                 stop_timeout_s=WORKER_STOP_TIMEOUT_S,
@@ -53,7 +54,10 @@ class Command(BaseCommand):
             for placement in placements:
                 child = workers[placement.name]
                 child.start(_environment())
-                self.say(f"  {child.name}: {placement.device}, queues {', '.join(placement.queues)} (pid {child.process.pid}, log {child.log})")
+                self.say(
+                    f"  {child.name}: {placement.device}, queues {', '.join(placement.queues)}, "
+                    f"metrics :{placement.metrics_port} (pid {child.process.pid}, log {child.log})"
+                )
             self.wait_ready(workers.values())
             self.report_models([child.name for child in workers.values()])
             self.say(f"Ready: {len(workers)} worker(s). Ctrl-C stops them.")
