@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from cs_portal.portal.workspace.views import customer_chat
+from workers.views import operations
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -46,6 +47,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="workspace:inbox", permanent=False)),
     path("workspace/", include("cs_portal.portal.workspace.urls")),
     path("chat/", customer_chat, name="customer-chat"),
+    path("admin/operations/", admin.site.admin_view(operations), name="admin-operations"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("cs_portal.portal.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

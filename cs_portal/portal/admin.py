@@ -7,6 +7,8 @@ from translation.models import Translation
 admin.site.site_header = "Support portal administration"
 admin.site.site_url = settings.FLOWER_URL  # "View site" opens Flower: the queues and workers
 admin.site.site_title = "Support portal"
+# The index links the operations page, Flower and readiness above the models.
+admin.site.index_template = "admin/portal_index.html"
 
 
 @admin.register(Team)
