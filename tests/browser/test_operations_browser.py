@@ -37,7 +37,7 @@ def test_the_page_shows_new_jobs_without_a_reload(worker, browser, live_server, 
     page.wait_for_url(f"{live_server.url}/admin/operations/")
     jobs = page.locator(f'tr[data-route="{route.pk}"] td.jobs')
     assert jobs.inner_text() == "3"
-    assert page.locator(f'tr[data-worker] td.state').first.inner_text() == "ready"
+    assert page.locator('tr[data-worker] td.state').first.inner_text() == "ready"
 
     translate(api_client, ["Mi factura tiene un error.", "Quiero cambiar la dirección."])
     page.wait_for_function(
