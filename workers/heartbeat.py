@@ -24,11 +24,28 @@ FORGET_AFTER = timedelta(days=1)
 
 
 class Heartbeat:
-    def __init__(self, name: str, *, device: str, queues: list[str]) -> None:
+    def __init__(self, name: str, *, device: str, queues: list[str], consumer_clock=None) -> None:
         self.name, self.device, self.queues = name, device, queues
         self._last_write = 0.0
         self._busy_since = None  # as last written
         self._ready, self._models = False, []
+        self._consumer_clock = consumer_clock
+        self._consumer_wedged = False
+
+    def _consumer_turns(self) -> bool:
+        """False while the Celery consumer's loop has stood still for longer than a worker may
+        stay silent: then no beat is written, and the worker goes stale (the truth: no job can
+        reach it). Said once as its last error; beats resume when the consumer turns again."""
+        if self._consumer_clock is None:
+            return True
+        from django.conf import settings
+
+        wedged = self._consumer_clock.stalled_for() > settings.WORKER_HEARTBEAT_STALE_S / 2
+        if wedged and not self._consumer_wedged:
+            logger.error("The Celery consumer of %s stopped turning; heartbeats stop until it turns", self.name)
+            self.error("The Celery consumer stopped turning (wedged): no job can reach this worker.")
+        self._consumer_wedged = wedged
+        return not wedged
 
     def _write(self, **fields) -> None:
         try:
@@ -60,6 +77,8 @@ class Heartbeat:
 
     def idle(self) -> None:
         """The loop waited for jobs: beat (about every second), no longer busy."""
+        if not self._consumer_turns():
+            return
         if self._busy_since is not None or time.monotonic() - self._last_write >= BEAT_EVERY_S:
             self._busy_since = None
             self._write(beat_at=timezone.now(), busy_since=None)
@@ -72,6 +91,8 @@ class Heartbeat:
             self._write(beat_at=self._busy_since, busy_since=self._busy_since)
 
     def batch_ended(self) -> None:
+        if not self._consumer_turns():
+            return
         if time.monotonic() - self._last_write >= BEAT_EVERY_S:
             self._busy_since = None
             self._write(beat_at=timezone.now(), busy_since=None)

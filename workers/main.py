@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
 
     name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
     name = name.replace("%h", socket.gethostname())
-    heartbeat = Heartbeat(name, device=args.device, queues=queues)
+    from workers.consumer_clock import CONSUMER_CLOCK, ConsumerTick
+
+    app.steps["consumer"].add(ConsumerTick)
+    heartbeat = Heartbeat(name, device=args.device, queues=queues, consumer_clock=CONSUMER_CLOCK)
     heartbeat.register()
     from workers.metrics import WorkerMetrics
 

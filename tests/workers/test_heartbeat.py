@@ -146,3 +146,125 @@ class BrokerReadinessTests:
         finally:
             server.terminate()
             server.wait(10)
+
+
+class ConsumerClockTests:
+    def test_the_clock_measures_the_time_the_consumer_stood_still(self):
+        from workers.consumer_clock import TICK_S, ConsumerClock
+
+        now = [100.0]
+        clock = ConsumerClock(clock=lambda: now[0])
+        assert clock.stalled_for() == 0  # not started: nothing to judge
+        clock.tick()
+        now[0] += TICK_S
+        assert clock.stalled_for() == 0  # a tick is due only now
+        now[0] += 4
+        assert clock.stalled_for() == 4
+        clock.stopped()
+        assert clock.stalled_for() == 0
+
+
+@pytest.mark.django_db
+class WedgedConsumerTests:
+    def test_a_stalled_consumer_stops_the_beats_and_says_why_then_they_resume(self, settings):
+        from workers.consumer_clock import ConsumerClock
+        from workers.heartbeat import Heartbeat
+
+        settings.WORKER_HEARTBEAT_STALE_S = 5
+        now = [0.0]
+        clock = ConsumerClock(clock=lambda: now[0])
+        heartbeat = Heartbeat("w@h", device="cpu", queues=["translate.en"], consumer_clock=clock)
+        heartbeat.register()
+        clock.tick()
+        old = timezone.now() - timedelta(seconds=30)
+        WorkerHeartbeat.objects.filter(name="w@h").update(beat_at=old)
+
+        now[0] = 10.0  # the consumer has not turned for 10 s
+        heartbeat._last_write = 0.0
+        heartbeat.idle()
+        row = WorkerHeartbeat.objects.get(name="w@h")
+        assert row.beat_at == old and not row.is_alive(timezone.now())
+        assert "consumer stopped turning" in row.last_error
+
+        clock.tick()  # it turns again
+        heartbeat._last_write = 0.0
+        heartbeat.idle()
+        assert WorkerHeartbeat.objects.get(name="w@h").is_alive(timezone.now())
+
+
+def child_pids(parent: int) -> list[tuple[int, str]]:
+    """(pid, command line) of ``parent``'s children, from /proc."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+@pytest.mark.django_db(transaction=True)
+class StuckWorkerTests:
+    """The session's real worker, frozen with SIGSTOP and thawed with SIGCONT."""
+
+    @pytest.fixture(autouse=True)
+    def quick_staleness(self, worker, settings):
+        settings.WORKER_HEARTBEAT_STALE_S = 2  # as this process judges the worker's rows
+        wait_for(lambda: WorkerHeartbeat.objects.filter(name=WORKER_NAME, ready=True).exists(), timeout=10,
+                 what="the worker's heartbeat")
+
+    def test_a_frozen_worker_makes_readiness_false_and_it_comes_back(self, worker, http):
+        import os
+        import signal
+
+        assert http.call("GET", "/readyz")[0] == 200
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: http.call("GET", "/readyz")[0] == 503, timeout=10, what="readiness to go false")
+            status, body = http.call("GET", "/readyz")
+            assert "translate.en" in body["checks"]["unserved_queues"]
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        wait_for(lambda: http.call("GET", "/readyz")[0] == 200, timeout=10, what="readiness to come back")
+
+    def test_a_long_but_healthy_batch_keeps_the_worker_live(self, worker, http, api_client_key):
+        import os
+        import signal
+        import time
+
+        from cs_portal.portal.services import agent_create
+        from translation.models import Translation, TranslationStatus
+
+        [engine] = [pid for pid, command in child_pids(worker.pid) if "spawn_main" in command]
+        agent_create(username="sam", password="secret-pass", working_language="en")
+        _, key = api_client_key
+        _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Lucía"}}, key=key)
+        os.kill(engine, signal.SIGSTOP)  # the model call now takes as long as the engine is frozen
+        try:
+            _, message = http.call(
+                "POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": "Hola, mi pedido no llegó"}, key=key
+            )
+            translation_id = message["translations"][0]["id"]
+            wait_for(lambda: Translation.objects.get(pk=translation_id).status == TranslationStatus.RUNNING,
+                     what="the job to be in a batch")
+            deadline = time.monotonic() + 3 * settings_stale()
+            while time.monotonic() < deadline:  # well past the staleness limit: no flapping
+                assert http.call("GET", "/readyz")[0] == 200
+                assert WorkerHeartbeat.objects.get(name=WORKER_NAME).busy_since is not None
+                time.sleep(0.5)
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        wait_for(lambda: Translation.objects.get(pk=translation_id).status == TranslationStatus.DONE, what="the job")
+
+
+def settings_stale() -> float:
+    from django.conf import settings
+
+    return settings.WORKER_HEARTBEAT_STALE_S
