@@ -1,7 +1,8 @@
 """Whether the worker's Celery consumer still turns: a bootstep ticks a clock from the
 consumer's own event loop every second. The device loop's heartbeat stops while the clock
-stands still, so a wedged consumer (no job can arrive) makes the worker stale, as a hung
-model call does, instead of a heartbeat that says all is well."""
+stands still, so a wedged consumer, or one that lost the broker and is reconnecting (no job
+can arrive either way), makes the worker stale, as a hung model call does, instead of a
+heartbeat that says all is well."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ class ConsumerClock:
         with self._lock:
             self._last = self._clock()
 
-    def stopped(self) -> None:
-        """The consumer stopped on purpose (shutdown, reconnect): nothing to judge until it starts."""
+    @property
+    def started(self) -> bool:
+        """The consumer has turned at least once: it connected to the broker and consumes."""
         with self._lock:
-            self._last = None
+            return self._last is not None
 
     def stalled_for(self) -> float:
         """Seconds since the last tick beyond what the tick period explains (0 when turning, or not started)."""
@@ -53,9 +55,10 @@ class ConsumerTick(bootsteps.StartStopStep):
         self.timer_ref = c.timer.call_repeatedly(TICK_S, CONSUMER_CLOCK.tick)
 
     def stop(self, c) -> None:
+        # The clock keeps its last tick: a consumer restarting after a lost broker connection
+        # is not turning until it is back (at shutdown, the heartbeat says "stopped" anyway).
         if self.timer_ref is not None:
             self.timer_ref.cancel()
             self.timer_ref = None
-        CONSUMER_CLOCK.stopped()
 
     shutdown = stop

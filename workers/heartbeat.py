@@ -28,7 +28,7 @@ class Heartbeat:
         self.name, self.device, self.queues = name, device, queues
         self._last_write = 0.0
         self._busy_since = None  # as last written
-        self._ready, self._models = False, []
+        self._ready, self._models_ready, self._models = False, False, []
         self._consumer_clock = consumer_clock
         self._consumer_wedged = False
 
@@ -71,14 +71,23 @@ class Heartbeat:
         )
 
     def ready(self, models: list[dict]) -> None:
-        """The models are loaded and each has translated its warm-up sentence (the canary)."""
-        self._ready, self._models = True, list(models)
-        self._write(ready=True, loaded_models=self._models, beat_at=timezone.now())
+        """The models are loaded and each has translated its warm-up sentence (the canary).
+        The worker is ready once its consumer also turns (it connected to the broker)."""
+        self._models_ready, self._models = True, list(models)
+        self._write(loaded_models=self._models, beat_at=timezone.now())
+        self._ready_when_consuming()
+
+    def _ready_when_consuming(self) -> None:
+        consuming = self._consumer_clock is None or self._consumer_clock.started
+        if self._models_ready and consuming and not self._ready:
+            self._ready = True
+            self._write(ready=True, beat_at=timezone.now())
 
     def idle(self) -> None:
         """The loop waited for jobs: beat (about every second), no longer busy."""
         if not self._consumer_turns():
             return
+        self._ready_when_consuming()
         if self._busy_since is not None or time.monotonic() - self._last_write >= BEAT_EVERY_S:
             self._busy_since = None
             self._write(beat_at=timezone.now(), busy_since=None)

@@ -111,16 +111,24 @@ class ProbeTests:
         assert "no heartbeat yet" in capsys.readouterr().err
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 class BrokerReadinessTests:
-    def test_readiness_follows_a_broker_that_stops_and_comes_back(self, tmp_path, monkeypatch):
-        """A redis-server of the test's own, on its own port, as the broker: ok, stopped, back."""
+    def test_a_broker_that_stops_makes_readiness_and_its_worker_false_and_both_come_back(
+        self, tmp_path, monkeypatch, settings
+    ):
+        """A redis-server of the test's own, on its own port: the broker of a worker started for
+        this test, and of the readiness check. Running, stopped, started again (empty)."""
+        import os
         import shutil
         import subprocess
+        import sys
 
         from cs_portal.celery import app
+        from tests.conftest import ROOT, database_url
         from workers.health import readiness
+        from workers.lifecycle import stop_process
 
+        settings.WORKER_HEARTBEAT_STALE_S = 2
         port = free_port()
 
         def start() -> subprocess.Popen:
@@ -133,17 +141,44 @@ class BrokerReadinessTests:
                      timeout=10, what="the test's redis-server")
             return server
 
-        monkeypatch.setattr(app.conf, "broker_write_url", f"redis://127.0.0.1:{port}/0")  # what connection_for_write reads
+        def own_worker() -> WorkerHeartbeat | None:
+            return WorkerHeartbeat.objects.filter(name="own-broker@localhost").first()
+
+        def own_worker_alive() -> bool:
+            row = own_worker()
+            return bool(row and row.is_ready(timezone.now()))
+
+        broker = f"redis://127.0.0.1:{port}/0"
+        monkeypatch.setattr(app.conf, "broker_write_url", broker)  # what connection_for_write reads
         server = start()
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(),
+                   CELERY_BROKER_URL=broker, WORKER_HEARTBEAT_STALE_S="2", PYTHONUNBUFFERED="1")
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workers.main", "--queues", "translate.en", "--name", "own-broker@localhost",
+                 "--concurrency", "4"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
         try:
+            wait_for(own_worker_alive, timeout=120, interval=0.3, what="the test's worker to be ready")
             assert readiness().checks["broker"] == "ok"
+
             server.terminate()
             server.wait(10)
             result = readiness()
             assert not result.ready and result.checks["broker"].startswith("unreachable")
+            # The worker cannot receive jobs: its consumer is reconnecting, so its loop stops beating.
+            wait_for(lambda: not own_worker_alive(), timeout=20, interval=0.3, what="the worker to go stale")
+            assert "consumer stopped turning" in own_worker().last_error
+
             server = start()
             assert readiness().checks["broker"] == "ok"
+            wait_for(own_worker_alive, timeout=60, interval=0.3, what="the worker to come back")
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\nthe worker's log:\n{log.read_text()[-3000:]}") from None
         finally:
+            stop_process(process, timeout=30)
             server.terminate()
             server.wait(10)
 
@@ -160,7 +195,7 @@ class ConsumerClockTests:
         assert clock.stalled_for() == 0  # a tick is due only now
         now[0] += 4
         assert clock.stalled_for() == 4
-        clock.stopped()
+        clock.tick()
         assert clock.stalled_for() == 0
 
 
