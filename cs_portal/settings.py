@@ -24,6 +24,15 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-embedded-default-do-not-use-in-production"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Behind a proxy or ingress that terminates TLS: trust its X-Forwarded-Proto, and send the
+# session and CSRF cookies over HTTPS only.
+if env.bool("BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# Several web processes keep their metrics' counters in this folder (prometheus_client's
+# multiprocess mode); any process of the image may count, so it exists before the first count.
+if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
+    Path(env.str("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -23,6 +23,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
                         status=200 if result.ready else 503)
 
 
+def readyz_web(request: HttpRequest) -> JsonResponse:
+    """This web process can serve: its database answers. For a load balancer's readiness probe:
+    the portal keeps taking messages while a queue has no worker or the broker is down (the
+    jobs wait in the ledger), so those must not take the web out of service."""
+    from workers.health import database_readiness
+
+    result = database_readiness()
+    return JsonResponse({"status": "ready" if result.ready else "not ready", "checks": result.checks},
+                        status=200 if result.ready else 503)
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     """This web server's series: requests by view (django-prometheus) and the jobs it sent,
     added up over every web process (``PROMETHEUS_MULTIPROC_DIR``)."""
@@ -54,6 +65,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("readyz/web", readyz_web, name="readyz-web"),
     path("metrics", metrics, name="metrics"),
     path("metrics/fleet", fleet_metrics, name="fleet-metrics"),
 ]

@@ -30,7 +30,7 @@ class ComposeTests:
         assert {"postgres", "redis", "web", "flower", "worker-gpu0"} <= set(compose["services"])
 
     def test_every_variable_given_to_the_portal_is_read_by_its_settings(self, compose):
-        read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', SETTINGS))
+        read = set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]*)"', SETTINGS))
         ours = {name: service for name, service in compose["services"].items() if "build" in service}
         for name, service in ours.items():
             for variable in service.get("environment", {}):

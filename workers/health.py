@@ -20,11 +20,8 @@ class Readiness:
         self.checks[name] = reason
 
 
-def readiness() -> Readiness:
-    from cs_portal.celery import app
-    from translation.routing import routes
-    from workers.models import WorkerHeartbeat
-
+def database_readiness() -> Readiness:
+    """The database answers (the web process's own readiness)."""
     result = Readiness()
     try:
         with connection.cursor() as cursor:
@@ -32,6 +29,16 @@ def readiness() -> Readiness:
         result.checks["database"] = "ok"
     except Exception as exc:
         result.fail("database", f"unreachable: {type(exc).__name__}: {exc}")
+    return result
+
+
+def readiness() -> Readiness:
+    from cs_portal.celery import app
+    from translation.routing import routes
+    from workers.models import WorkerHeartbeat
+
+    result = database_readiness()
+    if not result.ready:
         return result  # nothing else can be read
     try:
         with app.connection_for_write() as broker:

@@ -303,3 +303,13 @@ def settings_stale() -> float:
     from django.conf import settings
 
     return settings.WORKER_HEARTBEAT_STALE_S
+
+
+@pytest.mark.django_db
+class WebReadinessTests:
+    def test_the_webs_own_readiness_needs_only_its_database(self, client):
+        # No worker serves any queue: the system is not ready, yet the web can take messages.
+        WorkerHeartbeat.objects.all().delete()  # in this test's transaction only
+        assert client.get("/readyz").status_code == 503
+        response = client.get("/readyz/web")
+        assert response.status_code == 200 and response.json()["checks"] == {"database": "ok"}
