@@ -250,7 +250,7 @@ class SecretTests:
     def test_every_secret_reference_is_documented(self):
         documented = documented_secrets()
         used: dict[str, set[str]] = {}
-        for workload, spec, container in all_containers():
+        for workload, _spec, container in all_containers():
             for variable in container.get("env", []):
                 reference = variable.get("valueFrom", {}).get("secretKeyRef")
                 if reference:
