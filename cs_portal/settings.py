@@ -197,9 +197,16 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # under the visibility timeout, so Redis never redelivers a job that is still waiting.
 TRANSLATION_JOB_TIMEOUT_S = env.float("TRANSLATION_JOB_TIMEOUT_S", default=300.0)
 
-# A worker whose device loop has not beaten for this long (outside a batch) is taken as dead by
-# /readyz and `manage.py status`; the loop beats about every second.
-WORKER_HEARTBEAT_STALE_S = env.float("WORKER_HEARTBEAT_STALE_S", default=5.0)
+# A worker that has not beaten for this long is taken as dead: /readyz and `manage.py status`
+# say so, and its claimed jobs are handed to another worker (the heartbeat is the lease on its
+# claims). It beats every quarter of this, while its loop and its consumer are healthy.
+WORKER_HEARTBEAT_STALE_S = env.float("WORKER_HEARTBEAT_STALE_S", default=1.0)
+# How often each worker's reconciler looks for dead workers' claims (cheap: one query).
+TRANSLATION_RECOVERY_EVERY_S = env.float("TRANSLATION_RECOVERY_EVERY_S", default=0.25)
+# A queued job that no queue holds after this long is sent again (never sent, or the broker
+# restarted empty); after TRANSLATION_MAX_RESENDS such resends it fails visibly.
+TRANSLATION_LOST_AFTER_S = env.float("TRANSLATION_LOST_AFTER_S", default=10.0)
+TRANSLATION_MAX_RESENDS = env.int("TRANSLATION_MAX_RESENDS", default=5)
 
 # Alert thresholds. /metrics/fleet exports them (translation_alert_*), and the shipped
 # Prometheus rules (docker/prometheus/alerts.yml) compare against the exported value, so a

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from translation import metrics
 from translation.batching import run_isolated
+from translation.recovery import live_workers
 from translation.engines import EngineError, EngineSpec, TokenUsage, TranslationEngine, engine_for
 from translation.models import Translation, TranslationStatus
 from translation.selectors import glossary_for
@@ -96,7 +97,13 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
             .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
             .order_by("pk")  # one lock order for every worker: no deadlocks between batches
         )
+        rows = list(rows)
+        # A running row is another worker's claim while that worker beats: left to it (a
+        # duplicate delivery). Its claim is taken over only once that worker is dead.
+        holders = live_workers(row.worker for row in rows if row.status == TranslationStatus.RUNNING)
         for row in rows:
+            if row.status == TranslationStatus.RUNNING and row.worker in holders:
+                continue
             labels = metrics.job_labels(
                 route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
             )

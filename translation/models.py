@@ -267,6 +267,9 @@ class Translation(models.Model):
     precision = models.CharField(max_length=10, blank=True, default="")
     worker = models.CharField(max_length=200, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
+    resends = models.PositiveIntegerField(
+        default=0, help_text="Times the job was sent again: handed over from a dead worker, or lost by the broker."
+    )
     batch_size = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs in the forward pass that made it.")
 
     # Latency splits into queue wait (started - enqueued) and compute (finished - started).

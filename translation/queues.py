@@ -4,7 +4,9 @@ worker costs up to ``INSPECT_TIMEOUT_S``."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 import time
 
@@ -64,3 +66,44 @@ def queue_depths(names: list[str]) -> dict[str, int | None]:
     except Exception:
         logger.warning("Could not read queue depths from the broker", exc_info=True)
     return depths
+
+
+ARGS_ID = re.compile(r"^\W*(\d+)")
+
+
+def _translation_id(raw) -> int | None:
+    """The Translation id a Celery message carries, from its headers' ``argsrepr`` ("[123]")."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # an entry of the unacked hash: [message, exchange, routing key]
+            message = message[0]
+        match = ARGS_ID.match(message.get("headers", {}).get("argsrepr") or "")
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return None
+    return int(match.group(1)) if match else None
+
+
+def translation_ids_in_broker(queues: list[str]) -> set[int] | None:
+    """Ids of the translations whose message the broker holds: waiting in one of ``queues``, or
+    delivered to a worker and not yet acknowledged. None where the broker cannot be searched
+    (a transport other than Redis, or unreachable): then nothing can be called lost."""
+    from cs_portal.celery import app
+
+    try:
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            if connection.transport.driver_type != "redis":
+                return None
+            channel = connection.default_channel
+            client = channel.client  # applies the installation's key prefix
+            found: set[int] = set()
+            for queue in queues:
+                for raw in client.lrange(queue, 0, -1):
+                    found.add(_translation_id(raw))
+            for raw in client.hvals(channel.unacked_key):
+                found.add(_translation_id(raw))
+            found.discard(None)
+            return found
+    except Exception:
+        logger.warning("Could not read the broker's queues", exc_info=True)
+        return None

@@ -1,7 +1,15 @@
 """The worker's heartbeat in the database (``WorkerHeartbeat``): registered at start, ready once
-the models are warm, beaten by the device loop, marked stopped at the end.
+the models are warm and the consumer turns, beaten by a thread of its own while the worker is
+healthy, marked stopped at the end.
 
-Writes are best effort: a database that is down must not stop the loop (it then goes stale,
+The beat is the worker's lease on the jobs it claimed: a claim lives as long as its worker's
+heartbeat is fresh (``WORKER_HEARTBEAT_STALE_S``). The thread beats every quarter of that, and
+only while the device loop is healthy (it turned recently, or its batch has not outlasted the
+engine's call timeout) and the Celery consumer turns: a hung model call, a wedged loop, a
+consumer that lost the broker, a frozen or dead process all stop the beats, and the worker's
+claims are handed over (``translation.recovery``).
+
+Writes are best effort: a database that is down must not stop the worker (it then goes stale,
 which is the truth: this worker cannot store results)."""
 
 from __future__ import annotations
@@ -9,9 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
@@ -19,18 +29,28 @@ from workers.models import WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
-BEAT_EVERY_S = 1.0
 FORGET_AFTER = timedelta(days=1)
+# The idle device loop turns at least this often (its wait for a batch times out).
+LOOP_TURN_S = 0.5
+
+
+def beat_every_s() -> float:
+    return settings.WORKER_HEARTBEAT_STALE_S / 4
 
 
 class Heartbeat:
-    def __init__(self, name: str, *, device: str, queues: list[str], consumer_clock=None) -> None:
+    def __init__(self, name: str, *, device: str, queues: list[str], consumer_clock=None, clock=time.monotonic) -> None:
         self.name, self.device, self.queues = name, device, queues
-        self._last_write = 0.0
-        self._busy_since = None  # as last written
+        self._clock = clock
         self._ready, self._models_ready, self._models = False, False, []
         self._consumer_clock = consumer_clock
-        self._consumer_wedged = False
+        self._consumer_wedged = self._loop_hung = False
+        # What the device loop reports, in memory (the loop itself never waits on the database).
+        self._loop_turned = clock()
+        self._batch_started: float | None = None  # monotonic, while a batch runs
+        self._busy_since = None  # wall clock, for the row
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _consumer_turns(self) -> bool:
         """False while the Celery consumer's loop has stood still for longer than a worker may
@@ -38,8 +58,6 @@ class Heartbeat:
         reach it). Said once as its last error; beats resume when the consumer turns again."""
         if self._consumer_clock is None:
             return True
-        from django.conf import settings
-
         wedged = self._consumer_clock.stalled_for() > settings.WORKER_HEARTBEAT_STALE_S / 2
         if wedged and not self._consumer_wedged:
             logger.error("The Celery consumer of %s stopped turning; heartbeats stop until it turns", self.name)
@@ -52,12 +70,15 @@ class Heartbeat:
             if not WorkerHeartbeat.objects.filter(name=self.name).update(**fields):
                 self.register()  # the row was removed (a cleanup, a restored database): write it again
                 WorkerHeartbeat.objects.filter(name=self.name).update(**fields)
-            self._last_write = time.monotonic()
         except Exception:
             logger.warning("Could not write the heartbeat of %s", self.name, exc_info=True)
             close_old_connections()
 
     def register(self) -> None:
+        """Write the row, and hand over what an earlier process of this name held: this one
+        holds nothing yet (a restart after a crash, or the same name on a new host)."""
+        from translation.recovery import claims_release
+
         now = timezone.now()
         # Housekeeping: workers gone for a day (stopped, or killed and silent) leave the list.
         WorkerHeartbeat.objects.filter(beat_at__lt=now - FORGET_AFTER).exclude(name=self.name).delete()
@@ -69,6 +90,7 @@ class Heartbeat:
                 "ready": self._ready, "stopped_at": None,
             },
         )
+        claims_release(worker=self.name, reason=f"{self.name} restarted before finishing this job.")
 
     def ready(self, models: list[dict]) -> None:
         """The models are loaded and each has translated its warm-up sentence (the canary).
@@ -83,32 +105,69 @@ class Heartbeat:
             self._ready = True
             self._write(ready=True, beat_at=timezone.now())
 
+    # --- reported by the device loop (memory only) ---
+
     def idle(self) -> None:
-        """The loop waited for jobs: beat (about every second), no longer busy."""
-        if not self._consumer_turns():
-            return
-        self._ready_when_consuming()
-        if self._busy_since is not None or time.monotonic() - self._last_write >= BEAT_EVERY_S:
-            self._busy_since = None
-            self._write(beat_at=timezone.now(), busy_since=None)
+        """The loop turned without a batch."""
+        self._loop_turned = self._clock()
+        self._batch_started = None
 
     def batch_started(self) -> None:
-        """A batch starts: alive for as long as the engine call may take. Written once per busy
-        stretch, not per batch: under load the row changes about once a second."""
+        self._loop_turned = self._batch_started = self._clock()
         if self._busy_since is None:
             self._busy_since = timezone.now()
-            self._write(beat_at=self._busy_since, busy_since=self._busy_since)
 
     def batch_ended(self) -> None:
-        if not self._consumer_turns():
-            return
-        if time.monotonic() - self._last_write >= BEAT_EVERY_S:
+        self._loop_turned = self._clock()
+        self._batch_started = None
+
+    # --- the beat ---
+
+    def _loop_healthy(self) -> bool:
+        """The loop turned within the staleness limit (plus its own wait), or its batch has not
+        outlasted the engine's call timeout: a long but healthy batch keeps the beat."""
+        from workers.engine_process import CALL_TIMEOUT_S
+
+        now = self._clock()
+        if self._batch_started is not None:
+            healthy = now - self._batch_started <= CALL_TIMEOUT_S
+        else:
+            healthy = now - self._loop_turned <= LOOP_TURN_S + settings.WORKER_HEARTBEAT_STALE_S
+        if not healthy and not self._loop_hung:
+            logger.error("The device loop of %s stopped turning; heartbeats stop", self.name)
+            self.error("The device loop stopped turning (a hung model call or a wedged loop).")
+        self._loop_hung = not healthy
+        return healthy
+
+    def beat(self) -> bool:
+        """One beat, if the worker is healthy; returns whether it was written."""
+        if not (self._loop_healthy() and self._consumer_turns()):
+            return False
+        self._ready_when_consuming()
+        if self._batch_started is None:
             self._busy_since = None
-            self._write(beat_at=timezone.now(), busy_since=None)
+        self._write(beat_at=timezone.now(), busy_since=self._busy_since)
+        return True
+
+    def start(self) -> None:
+        """Beat from a thread of its own, every quarter of the staleness limit (once the device
+        loop runs: while the models load, the worker is not alive yet)."""
+        self._loop_turned = self._clock()
+
+        def run() -> None:
+            while not self._stop.wait(beat_every_s()):
+                self.beat()
+            close_old_connections()
+
+        self._thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+        self._thread.start()
 
     def error(self, text: str) -> None:
         self._write(last_error=text[:2000], last_error_at=timezone.now())
 
     def stopped(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
         self._ready = False
         self._write(stopped_at=timezone.now(), ready=False, busy_since=None)

@@ -179,6 +179,11 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics
         metrics.ready()
         metrics.in_flight(loop.in_flight)
     loop.start()
+    if heartbeat is not None:
+        heartbeat.start()  # beats while the loop and the consumer are healthy: the lease on its claims
+    from workers.reconciler import Reconciler
+
+    Reconciler(heartbeat.name if heartbeat is not None else "").start()
     use_batcher(batcher)
     print(
         f"Batching: up to {policy.max_batch_size} jobs or {policy.max_batch_tokens} tokens, "

@@ -9,9 +9,9 @@ from django.db import models
 
 
 class WorkerHeartbeat(models.Model):
-    """One row per worker name. The device loop writes ``beat_at`` about every second, and
-    ``busy_since`` when a batch starts (cleared when it ends): a long but healthy batch is not a
-    dead worker, and a hung one is seen once it outlasts the engine call timeout."""
+    """One row per worker name. The worker's heartbeat thread writes ``beat_at`` every quarter of
+    ``WORKER_HEARTBEAT_STALE_S`` while the worker is healthy (workers/heartbeat.py), and
+    ``busy_since`` while a batch runs. A fresh beat is the worker's lease on its claimed jobs."""
 
     name = models.CharField(max_length=200, unique=True)
     hostname = models.CharField(max_length=200)
@@ -34,15 +34,10 @@ class WorkerHeartbeat(models.Model):
         return self.name
 
     def is_alive(self, now: datetime) -> bool:
-        """Beating, or in a batch that has not yet outlasted the engine's call timeout."""
-        from workers.engine_process import CALL_TIMEOUT_S
-
+        """Beating: a long but healthy batch keeps the beat, a hung one stops it."""
         if self.stopped_at is not None:
             return False
-        stale = timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S)
-        if self.busy_since is not None:
-            return now - self.busy_since <= timedelta(seconds=CALL_TIMEOUT_S) + stale
-        return now - self.beat_at <= stale
+        return now - self.beat_at <= timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S)
 
     def is_ready(self, now: datetime) -> bool:
         return self.ready and self.is_alive(now)

@@ -89,12 +89,17 @@ def load_placement(path: Path) -> list[Placement]:
     return parse_placement(data, source=str(path))
 
 
-def for_this_machine(plan: list[Placement], gpu_count: int) -> list[Placement]:
+def for_this_machine(plan: list[Placement], gpu_count: int, *, cpu_workers: int = 1) -> list[Placement]:
     """The plan as this machine can run it: GPU entries beyond its GPUs are an error; with no
-    GPU at all, one CPU worker consumes every queue of the plan."""
+    GPU at all, ``cpu_workers`` CPU workers (one by default) each consume every queue of the
+    plan, hot standbys of each other."""
     if gpu_count == 0:
         queues = tuple(dict.fromkeys(queue for placement in plan for queue in placement.queues))
-        return [Placement(name="cpu", device="cpu", queues=queues, metrics_port=plan[0].metrics_port)]
+        return [
+            Placement(name="cpu" if index == 0 else f"cpu{index + 1}", device="cpu", queues=queues,
+                      metrics_port=plan[0].metrics_port + index)
+            for index in range(cpu_workers)
+        ]
     for placement in plan:
         index = placement.device.removeprefix("cuda:")
         if index.isdigit() and int(index) >= gpu_count:

@@ -28,13 +28,45 @@ class LivenessRuleTests:
         assert beat(beat_at=NOW - timedelta(seconds=4)).is_alive(NOW)
         assert not beat(beat_at=NOW - timedelta(seconds=6)).is_alive(NOW)
 
-    def test_a_long_but_healthy_batch_does_not_make_it_stale(self):
-        long_batch = beat(beat_at=NOW - timedelta(seconds=60), busy_since=NOW - timedelta(seconds=60))
-        assert long_batch.is_alive(NOW)
+    def test_a_stopped_worker_is_not_alive_however_recent_its_beat(self):
+        assert not beat(stopped_at=NOW).is_alive(NOW)
 
-    def test_a_batch_that_outlasts_the_engine_call_timeout_does(self):
-        hung = NOW - timedelta(seconds=CALL_TIMEOUT_S + 6)
-        assert not beat(beat_at=hung, busy_since=hung).is_alive(NOW)
+
+class BeatRuleTests:
+    """When the heartbeat thread beats: the device loop's health as it reports it in memory."""
+
+    @pytest.fixture
+    def clocked(self, settings):
+        from workers.heartbeat import Heartbeat
+
+        settings.WORKER_HEARTBEAT_STALE_S = 1
+        now = [0.0]
+        heartbeat = Heartbeat("w@h", device="cpu", queues=["translate.en"], clock=lambda: now[0])
+        heartbeat.error = lambda text: None  # the row is not under test here
+        return heartbeat, now
+
+    def test_an_idle_loop_that_keeps_turning_keeps_the_beat(self, clocked):
+        heartbeat, now = clocked
+        now[0] = 10.0
+        heartbeat.idle()
+        now[0] = 11.4
+        assert heartbeat._loop_healthy()
+
+    def test_a_loop_that_stopped_turning_stops_it(self, clocked):
+        heartbeat, now = clocked
+        heartbeat.idle()
+        now[0] = 1.6  # its wait (0.5 s) plus the staleness limit
+        assert not heartbeat._loop_healthy()
+
+    def test_a_long_but_healthy_batch_keeps_the_beat_and_a_hung_one_stops_it(self, clocked):
+        heartbeat, now = clocked
+        heartbeat.batch_started()
+        now[0] = 60.0
+        assert heartbeat._loop_healthy()
+        now[0] = CALL_TIMEOUT_S + 1
+        assert not heartbeat._loop_healthy()
+        heartbeat.batch_ended()
+        assert heartbeat._loop_healthy()
 
     def test_ready_needs_the_canary_and_life(self):
         assert not beat(ready=False).is_ready(NOW)
@@ -215,15 +247,14 @@ class WedgedConsumerTests:
         WorkerHeartbeat.objects.filter(name="w@h").update(beat_at=old)
 
         now[0] = 10.0  # the consumer has not turned for 10 s
-        heartbeat._last_write = 0.0
-        heartbeat.idle()
+        heartbeat.idle()  # while the device loop turns
+        assert heartbeat.beat() is False
         row = WorkerHeartbeat.objects.get(name="w@h")
         assert row.beat_at == old and not row.is_alive(timezone.now())
         assert "consumer stopped turning" in row.last_error
 
         clock.tick()  # it turns again
-        heartbeat._last_write = 0.0
-        heartbeat.idle()
+        assert heartbeat.beat() is True
         assert WorkerHeartbeat.objects.get(name="w@h").is_alive(timezone.now())
 
 

@@ -14,6 +14,8 @@ MAX_RESTART_DELAY_S = 30
 # A warm shutdown lets the jobs a worker holds (up to two batches) finish; killed earlier, they
 # would wait for the broker's visibility timeout.
 WORKER_STOP_TIMEOUT_S = 120
+# How often the supervisor looks at its workers: a dead worker's jobs are handed over within this.
+SUPERVISE_EVERY_S = 0.02
 
 
 class Command(BaseCommand):
@@ -24,15 +26,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--plan", default=str(settings.PLACEMENT_FILE), help="placement plan (JSON)")
-        parser.add_argument("--cpu", action="store_true", help="ignore GPUs: one CPU worker for every queue of the plan")
+        parser.add_argument("--cpu", action="store_true", help="ignore GPUs: CPU workers for every queue of the plan")
+        parser.add_argument(
+            "--cpu-workers", type=int, default=1, metavar="N",
+            help="on a machine without GPU (or with --cpu): N CPU workers on every queue, hot standbys of each other",
+        )
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, plan: str, cpu: bool, **options) -> None:
+    def handle(self, *args, plan: str, cpu: bool, cpu_workers: int, **options) -> None:
+        if not 1 <= cpu_workers <= 16:
+            raise CommandError("--cpu-workers must be from 1 to 16")
         try:
-            placements = for_this_machine(load_placement(Path(plan)), 0 if cpu else gpu_count())
+            placements = for_this_machine(load_placement(Path(plan)), 0 if cpu else gpu_count(), cpu_workers=cpu_workers)
         except PlacementError as exc:
             raise CommandError(str(exc)) from exc
         host = socket.gethostname()
@@ -97,18 +105,29 @@ class Command(BaseCommand):
                     self.say(f"  {name} serves {model['model']} [{model['precision']}, {model['device']}]: {model['memory_mib']} MiB")
 
     def supervise(self, children) -> None:
-        """Restart a worker that died, with a growing delay so a crash loop does not spin."""
+        """Hand a dead worker's claimed jobs to the others at once, then restart it, with a
+        growing delay so a crash loop does not spin."""
+        from translation.recovery import claims_release
+
         delays = {child.name: 1.0 for child in children}
+        restart_at: dict[str, float] = {}
         while True:
             raise_if_stop_requested()
+            now = time.monotonic()
             for child in children:
-                if not child.alive():
-                    self.say(f"{child.name} exited with status {child.process.returncode}; restarting in {delays[child.name]:.0f}s")
-                    time.sleep(delays[child.name])
-                    raise_if_stop_requested()
+                if child.name in restart_at:
+                    if now >= restart_at[child.name]:
+                        del restart_at[child.name]
+                        child.start(_environment())
+                elif not child.alive():
+                    released = claims_release(worker=child.name, reason=f"its process exited with status {child.process.returncode}")
+                    self.say(
+                        f"{child.name} exited with status {child.process.returncode}; {len(released)} job(s) handed "
+                        f"over; restarting in {delays[child.name]:.0f}s"
+                    )
+                    restart_at[child.name] = now + delays[child.name]
                     delays[child.name] = min(delays[child.name] * 2, MAX_RESTART_DELAY_S)
-                    child.start(_environment())
-            time.sleep(0.5)
+            time.sleep(SUPERVISE_EVERY_S)
 
 
 def _environment() -> dict[str, str]:

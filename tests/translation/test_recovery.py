@@ -1,0 +1,137 @@
+"""The ledger as the source of truth: claims handed over, lost jobs sent again, on PostgreSQL and
+the real Redis broker."""
+
+from datetime import timedelta
+
+import pytest
+import redis
+from django.utils import timezone
+
+from tests.conftest import broker_url
+from translation.execution import Delivery, RunOutcome, translation_run_batch, translations_claim
+from translation.models import Translation, TranslationStatus
+from translation.recovery import HANDED_OVER, LOST, claims_release, dead_claims_release, lost_jobs_resend
+from workers.models import WorkerHeartbeat
+
+pytestmark = pytest.mark.django_db
+
+
+def heartbeat(name: str, *, seconds_ago: float) -> WorkerHeartbeat:
+    at = timezone.now() - timedelta(seconds=seconds_ago)
+    return WorkerHeartbeat.objects.create(name=name, hostname="h", pid=1, device="cpu", queues=["translate.en"],
+                                          started_at=at, beat_at=at, ready=True)
+
+
+def claimed_by(rows, worker: str) -> None:
+    translations_claim([Delivery(row.pk, worker, "translate.en") for row in rows])
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The ids sent to the broker (the send itself is the real one)."""
+    import translation.services as services
+
+    ids = []
+    real = services.translation_enqueue
+
+    def recording(*, translation):
+        ids.append(translation.pk)
+        return real(translation=translation)
+
+    monkeypatch.setattr(services, "translation_enqueue", recording)
+    return ids
+
+
+class ClaimsReleaseTests:
+    def test_a_dead_workers_jobs_go_back_to_the_queue_and_are_sent_again(
+        self, many_translations, sent, django_capture_on_commit_callbacks
+    ):
+        claimed_by(many_translations[:3], "gpu0@h")
+        claimed_by(many_translations[3:4], "gpu1@h")
+        with django_capture_on_commit_callbacks(execute=True):
+            released = claims_release(worker="gpu0@h", reason="its process exited with status -9")
+        assert sorted(released) == sorted(row.pk for row in many_translations[:3])
+        assert sorted(sent) == sorted(released)
+        for row in Translation.objects.filter(pk__in=released):
+            assert row.status == TranslationStatus.QUEUED and row.resends == 1 and row.attempts == 1
+            assert row.failure_reason == HANDED_OVER.format(worker="gpu0@h", why="its process exited with status -9")
+        assert Translation.objects.get(pk=many_translations[3].pk).status == TranslationStatus.RUNNING
+
+    def test_only_workers_whose_heartbeat_went_stale_lose_their_claims(self, many_translations, settings):
+        settings.WORKER_HEARTBEAT_STALE_S = 1
+        heartbeat("alive@h", seconds_ago=0.2)
+        heartbeat("dead@h", seconds_ago=3)
+        claimed_by(many_translations[:2], "alive@h")
+        claimed_by(many_translations[2:4], "dead@h")
+        claimed_by(many_translations[4:5], "never-beat@h")
+        released = dead_claims_release()
+        assert set(released) == {"dead@h", "never-beat@h"}
+        assert Translation.objects.filter(status=TranslationStatus.RUNNING, worker="alive@h").count() == 2
+
+    def test_a_worker_never_hands_over_its_own_claims(self, many_translations):
+        claimed_by(many_translations[:2], "me@h")  # no heartbeat row: as dead as can be
+        assert dead_claims_release(exclude="me@h") == {}
+
+
+class ClaimRuleTests:
+    def test_a_job_a_live_worker_holds_is_left_to_it_and_a_dead_ones_is_taken_over(self, many_translations, settings):
+        settings.WORKER_HEARTBEAT_STALE_S = 1
+        heartbeat("busy@h", seconds_ago=0.1)
+        first, second = many_translations[:2]
+        claimed_by([first], "busy@h")
+        claimed_by([second], "gone@h")  # never beat: its claim has no lease
+        jobs = translations_claim([Delivery(first.pk, "standby@h", "translate.en"), Delivery(second.pk, "standby@h", "translate.en")])
+        assert set(jobs) == {second.pk}
+        assert Translation.objects.get(pk=first.pk).worker == "busy@h"
+        assert Translation.objects.get(pk=second.pk).attempts == 2
+
+    def test_the_slow_first_worker_stores_nothing_once_its_claim_was_taken_over(self, many_translations):
+        """A claim expired while its worker was only slow: one done result, the later claim's."""
+        row = many_translations[0]
+        [slow] = translations_claim([Delivery(row.pk, "slow@h", "translate.en")]).values()
+        assert translation_run_batch([Delivery(row.pk, "standby@h", "translate.en")]) == [RunOutcome.DONE]
+        from translation.execution import translations_complete
+
+        assert translations_complete([(slow, "late output")]) == set()
+        stored = Translation.objects.get(pk=row.pk)
+        assert stored.worker == "standby@h" and stored.text != "late output"
+
+
+class LostJobsTests:
+    @pytest.fixture(autouse=True)
+    def empty_broker(self):
+        redis.Redis.from_url(broker_url(15)).flushdb()
+
+    def age(self, rows, seconds: float) -> None:
+        past = timezone.now() - timedelta(seconds=seconds)
+        Translation.objects.filter(pk__in=[row.pk for row in rows]).update(created_at=past, enqueued_at=past)
+
+    def test_a_queued_job_no_queue_holds_is_sent_again_and_one_the_broker_holds_is_not(
+        self, many_translations, sent, django_capture_on_commit_callbacks
+    ):
+        from translation.services import translation_enqueue
+
+        held, lost = many_translations[0], many_translations[1]
+        translation_enqueue(translation=held)  # a real message in the real queue
+        self.age([held, lost], 60)
+        Translation.objects.exclude(pk__in=[held.pk, lost.pk]).update(status=TranslationStatus.DONE)
+        sent.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            result = lost_jobs_resend(older_than_s=10)
+        assert result.sent == [lost.pk] and sent == [lost.pk]
+        assert Translation.objects.get(pk=lost.pk).resends == 1
+
+    def test_a_job_never_sent_is_sent_and_one_lost_too_often_fails_visibly(self, many_translations, settings):
+        settings.TRANSLATION_MAX_RESENDS = 2
+        never_sent, hopeless = many_translations[0], many_translations[1]
+        self.age([never_sent, hopeless], 60)
+        Translation.objects.filter(pk=never_sent.pk).update(enqueued_at=None)
+        Translation.objects.filter(pk=hopeless.pk).update(resends=2)
+        Translation.objects.exclude(pk__in=[never_sent.pk, hopeless.pk]).update(status=TranslationStatus.DONE)
+        result = lost_jobs_resend(older_than_s=10)
+        assert result.sent == [never_sent.pk] and result.failed == [hopeless.pk]
+        failed = Translation.objects.get(pk=hopeless.pk)
+        assert failed.status == TranslationStatus.FAILED and failed.failure_reason == LOST.format(times=3)
+
+    def test_recent_jobs_are_left_alone(self, many_translations):
+        assert lost_jobs_resend(older_than_s=10).sent == []

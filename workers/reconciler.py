@@ -1,0 +1,41 @@
+"""The reconciler every worker runs in a thread: hands over the claims of workers whose
+heartbeat went stale (a lost host) a few times a second, and sends again the queued jobs no
+queue holds every few seconds (``translation.recovery``). Several workers running it at once
+is safe: each row is taken by one of them (``SELECT ... FOR UPDATE SKIP LOCKED``), and a job
+sent twice is done once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from translation.recovery import dead_claims_release, lost_jobs_resend
+
+logger = logging.getLogger(__name__)
+
+
+class Reconciler(threading.Thread):
+    def __init__(self, worker: str = "") -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.worker = worker
+        self._stop = threading.Event()
+        self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
+
+    def run(self) -> None:
+        while not self._stop.wait(settings.TRANSLATION_RECOVERY_EVERY_S):
+            try:
+                dead_claims_release(exclude=self.worker)
+                if time.monotonic() >= self._next_resend:
+                    self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
+                    lost_jobs_resend(older_than_s=settings.TRANSLATION_LOST_AFTER_S)
+            except Exception:  # the database is down: try again at the next turn
+                logger.warning("Reconciler turn failed", exc_info=True)
+                close_old_connections()
+        close_old_connections()
+
+    def stop(self) -> None:
+        self._stop.set()
