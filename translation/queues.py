@@ -83,10 +83,20 @@ def _translation_id(raw) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def translation_ids_waiting(queues: list[str]) -> set[int] | None:
+    """Ids of the translations waiting in ``queues`` (not yet taken by a worker); None where the
+    broker cannot be searched."""
+    return _translation_ids(queues, unacked=False)
+
+
 def translation_ids_in_broker(queues: list[str]) -> set[int] | None:
     """Ids of the translations whose message the broker holds: waiting in one of ``queues``, or
     delivered to a worker and not yet acknowledged. None where the broker cannot be searched
     (a transport other than Redis, or unreachable): then nothing can be called lost."""
+    return _translation_ids(queues, unacked=True)
+
+
+def _translation_ids(queues: list[str], *, unacked: bool) -> set[int] | None:
     from cs_portal.celery import app
 
     try:
@@ -100,8 +110,9 @@ def translation_ids_in_broker(queues: list[str]) -> set[int] | None:
             for queue in queues:
                 for raw in client.lrange(queue, 0, -1):
                     found.add(_translation_id(raw))
-            for raw in client.hvals(channel.unacked_key):
-                found.add(_translation_id(raw))
+            if unacked:
+                for raw in client.hvals(channel.unacked_key):
+                    found.add(_translation_id(raw))
             found.discard(None)
             return found
     except Exception:

@@ -4,10 +4,14 @@ A job is claimed in the ledger (``worker``, ``attempts``) before it is computed,
 lives as long as its worker's heartbeat is fresh (``WORKER_HEARTBEAT_STALE_S``): the heartbeat
 is the lease. Two ways a claim comes back to the queue:
 
-- ``claims_release``: at once, when a worker's supervisor sees the process end, or when a
-  worker of that name starts again;
-- ``dead_claims_release``: running rows whose worker stopped beating (a lost host, a frozen
-  process), found by the reconciler that every worker runs.
+- ``worker_lost``: at once, when a worker's supervisor sees the process end (``claims_release``
+  alone when a worker of that name starts again);
+- ``dead_workers_handle``: workers that stopped beating (a lost host, a frozen process), found
+  by the reconciler that every worker runs.
+
+A lost worker also held jobs it had taken from the broker but not claimed yet (waiting for
+their batch); on Redis those come back only after the visibility timeout, so they are sent
+again at once (``in_flight_resend``).
 
 ``lost_jobs_resend`` sends again the queued rows that no queue holds (never sent, or the broker
 restarted empty), counting each resend and failing the row visibly after
@@ -73,14 +77,65 @@ def live_workers(names) -> set[str]:
     return {beat.name for beat in WorkerHeartbeat.objects.filter(name__in=set(names)) if beat.is_alive(now)}
 
 
-def dead_claims_release(*, exclude: str = "") -> dict[str, list[int]]:
-    """Hand over the running jobs of every worker whose heartbeat went stale (but ``exclude``'s:
-    a worker knows it is alive, even when its own beat is late)."""
+def in_flight_resend(*, queues: list[str], reason: str) -> list[int]:
+    """Send again the queued jobs of ``queues`` that a worker took from the broker but had not
+    claimed yet (waiting for their batch). On Redis, what a dead worker took comes back only
+    after the visibility timeout; the ledger cannot tell whose they were, so every such job of
+    these queues is sent again: a live worker's copy is then delivered twice, and done once."""
+    from translation.queues import translation_ids_waiting
+
+    waiting = translation_ids_waiting(queues)
+    if waiting is None:  # not Redis (RabbitMQ gives a dead consumer's messages back at once), or unreachable
+        return []
+    with transaction.atomic():
+        rows = list(
+            Translation.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=TranslationStatus.QUEUED, queue__in=queues, enqueued_at__isnull=False)
+            .exclude(pk__in=waiting)
+            .only("pk")
+        )
+        return _requeue(rows, reason)
+
+
+def worker_lost(*, worker: str, reason: str) -> tuple[list[int], list[int]]:
+    """``worker`` is gone: hand over its claimed jobs, send again the jobs it had taken and not
+    claimed, and mark it stopped. Returns (handed over, sent again)."""
+    from workers.models import WorkerHeartbeat
+
+    beat = WorkerHeartbeat.objects.filter(name=worker).first()
+    queues = beat.queues if beat else []
+    if beat is not None and beat.stopped_at is None:
+        now = timezone.now()
+        WorkerHeartbeat.objects.filter(pk=beat.pk).update(
+            stopped_at=now, ready=False, last_error=f"Presumed dead: {reason}"[:2000], last_error_at=now
+        )
+    released = claims_release(worker=worker, reason=reason)
+    resent = in_flight_resend(queues=queues, reason=HANDED_OVER.format(worker=worker, why=reason)) if queues else []
+    return released, resent
+
+
+def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list[int]]]:
+    """Every worker whose heartbeat went stale (a lost host, a frozen process) is handled once as
+    lost (``exclude``, the caller, knows it is alive even when its own beat is late). Running
+    jobs claimed by a worker that never beat are handed over too."""
+    from workers.models import WorkerHeartbeat
+
+    cutoff = timezone.now() - timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S)
+    handled = {}
+    with transaction.atomic():
+        stale = list(
+            WorkerHeartbeat.objects.select_for_update(skip_locked=True)
+            .filter(stopped_at__isnull=True, beat_at__lt=cutoff, ready=True)
+            .exclude(name=exclude)
+        )
+        for beat in stale:
+            handled[beat.name] = worker_lost(worker=beat.name, reason="its heartbeat went stale")
     holders = set(
         Translation.objects.filter(status=TranslationStatus.RUNNING).exclude(worker="").values_list("worker", flat=True)
-    ) - {exclude}
-    dead = holders - live_workers(holders)
-    return {worker: claims_release(worker=worker, reason="its heartbeat went stale") for worker in sorted(dead)}
+    ) - {exclude} - set(handled)
+    for worker in sorted(holders - live_workers(holders)):
+        handled[worker] = (claims_release(worker=worker, reason="its heartbeat went stale"), [])
+    return handled
 
 
 @dataclass

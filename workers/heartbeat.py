@@ -146,7 +146,9 @@ class Heartbeat:
         self._ready_when_consuming()
         if self._batch_started is None:
             self._busy_since = None
-        self._write(beat_at=timezone.now(), busy_since=self._busy_since)
+        # stopped_at cleared and ready restated: a worker presumed dead while it was only slow
+        # (its jobs were handed over) comes back as itself.
+        self._write(beat_at=timezone.now(), busy_since=self._busy_since, stopped_at=None, ready=self._ready)
         return True
 
     def start(self) -> None:

@@ -13,7 +13,7 @@ import time
 from django.conf import settings
 from django.db import close_old_connections
 
-from translation.recovery import dead_claims_release, lost_jobs_resend
+from translation.recovery import dead_workers_handle, lost_jobs_resend
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Reconciler(threading.Thread):
     def run(self) -> None:
         while not self._stop.wait(settings.TRANSLATION_RECOVERY_EVERY_S):
             try:
-                dead_claims_release(exclude=self.worker)
+                dead_workers_handle(exclude=self.worker)
                 if time.monotonic() >= self._next_resend:
                     self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
                     lost_jobs_resend(older_than_s=settings.TRANSLATION_LOST_AFTER_S)

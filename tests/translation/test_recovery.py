@@ -10,7 +10,7 @@ from django.utils import timezone
 from tests.conftest import broker_url
 from translation.execution import Delivery, RunOutcome, translation_run_batch, translations_claim
 from translation.models import Translation, TranslationStatus
-from translation.recovery import HANDED_OVER, LOST, claims_release, dead_claims_release, lost_jobs_resend
+from translation.recovery import HANDED_OVER, LOST, claims_release, dead_workers_handle, lost_jobs_resend
 from workers.models import WorkerHeartbeat
 
 pytestmark = pytest.mark.django_db
@@ -64,13 +64,38 @@ class ClaimsReleaseTests:
         claimed_by(many_translations[:2], "alive@h")
         claimed_by(many_translations[2:4], "dead@h")
         claimed_by(many_translations[4:5], "never-beat@h")
-        released = dead_claims_release()
-        assert set(released) == {"dead@h", "never-beat@h"}
+        handled = dead_workers_handle()
+        assert set(handled) == {"dead@h", "never-beat@h"}
+        assert sorted(handled["dead@h"][0]) == sorted(row.pk for row in many_translations[2:4])
         assert Translation.objects.filter(status=TranslationStatus.RUNNING, worker="alive@h").count() == 2
+        dead = WorkerHeartbeat.objects.get(name="dead@h")
+        assert dead.stopped_at is not None and dead.last_error.startswith("Presumed dead")
+        assert dead_workers_handle() == {}  # handled once, not at every turn
 
     def test_a_worker_never_hands_over_its_own_claims(self, many_translations):
         claimed_by(many_translations[:2], "me@h")  # no heartbeat row: as dead as can be
-        assert dead_claims_release(exclude="me@h") == {}
+        assert dead_workers_handle(exclude="me@h") == {}
+
+
+class InFlightTests:
+    @pytest.fixture(autouse=True)
+    def empty_broker(self):
+        redis.Redis.from_url(broker_url(15)).flushdb()
+
+    def test_jobs_taken_but_unclaimed_are_sent_again_and_waiting_ones_are_not(self, many_translations, sent,
+                                                                              django_capture_on_commit_callbacks):
+        from translation.recovery import in_flight_resend
+        from translation.services import translation_enqueue
+
+        spanish = [row for row in many_translations if row.source_language == "es"]
+        waiting, taken = spanish[0], spanish[1]
+        translation_enqueue(translation=waiting)  # still in the queue
+        Translation.objects.exclude(pk__in=[waiting.pk, taken.pk]).update(status=TranslationStatus.DONE)
+        sent.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            resent = in_flight_resend(queues=["translate.en"], reason="its process exited")
+        # The job no queue holds was taken by a worker (and not claimed): sent again.
+        assert resent == [taken.pk] and sent == [taken.pk]
 
 
 class ClaimRuleTests:

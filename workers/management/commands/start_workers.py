@@ -107,7 +107,7 @@ class Command(BaseCommand):
     def supervise(self, children) -> None:
         """Hand a dead worker's claimed jobs to the others at once, then restart it, with a
         growing delay so a crash loop does not spin."""
-        from translation.recovery import claims_release
+        from translation.recovery import worker_lost
 
         delays = {child.name: 1.0 for child in children}
         restart_at: dict[str, float] = {}
@@ -120,10 +120,12 @@ class Command(BaseCommand):
                         del restart_at[child.name]
                         child.start(_environment())
                 elif not child.alive():
-                    released = claims_release(worker=child.name, reason=f"its process exited with status {child.process.returncode}")
+                    released, resent = worker_lost(
+                        worker=child.name, reason=f"its process exited with status {child.process.returncode}"
+                    )
                     self.say(
                         f"{child.name} exited with status {child.process.returncode}; {len(released)} job(s) handed "
-                        f"over; restarting in {delays[child.name]:.0f}s"
+                        f"over, {len(resent)} taken but unclaimed sent again; restarting in {delays[child.name]:.0f}s"
                     )
                     restart_at[child.name] = now + delays[child.name]
                     delays[child.name] = min(delays[child.name] * 2, MAX_RESTART_DELAY_S)
