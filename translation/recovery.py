@@ -106,8 +106,9 @@ def worker_lost(*, worker: str, reason: str) -> tuple[list[int], list[int]]:
     queues = beat.queues if beat else []
     if beat is not None and beat.stopped_at is None:
         now = timezone.now()
+        said = f"Presumed dead: {reason}." + (f" Its last error: {beat.last_error}" if beat.last_error else "")
         WorkerHeartbeat.objects.filter(pk=beat.pk).update(
-            stopped_at=now, ready=False, last_error=f"Presumed dead: {reason}"[:2000], last_error_at=now
+            stopped_at=now, ready=False, last_error=said[:2000], last_error_at=now
         )
     released = claims_release(worker=worker, reason=reason)
     resent = in_flight_resend(queues=queues, reason=HANDED_OVER.format(worker=worker, why=reason)) if queues else []
