@@ -156,7 +156,7 @@ class EmbeddedSystem:
                 "worker",
                 [
                     python, "-m", "workers.main", "--queues", "all", "--device", "cpu", "--name", self.worker_name,
-                    f"--metrics-port={self.worker_metrics_port}",
+                    f"--metrics-port={self.worker_metrics_port}", "--metrics-address=127.0.0.1",
                 ],
                 logs / "worker.log",
                 stop_timeout_s=60,

@@ -289,6 +289,7 @@ class Translation(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["route", "created_at"], name="translation_route_recent"),  # per-route figures
+            models.Index(fields=["finished_at"], name="translation_finished"),  # the operations page's hour
         ]
         ordering = ["id"]
 

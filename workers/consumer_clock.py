@@ -24,6 +24,10 @@ class ConsumerClock:
         with self._lock:
             self._last = self._clock()
 
+    def retire(self) -> None:
+        with self._lock:
+            self._last = None
+
     @property
     def started(self) -> bool:
         """The consumer has turned at least once: it connected to the broker and consumes."""
@@ -54,11 +58,14 @@ class ConsumerTick(bootsteps.StartStopStep):
         CONSUMER_CLOCK.tick()
         self.timer_ref = c.timer.call_repeatedly(TICK_S, CONSUMER_CLOCK.tick)
 
+    def shutdown(self, c) -> None:
+        """The worker shuts down (a warm shutdown drains its jobs): nothing to judge any more."""
+        self.stop(c)
+        CONSUMER_CLOCK.retire()
+
     def stop(self, c) -> None:
         # The clock keeps its last tick: a consumer restarting after a lost broker connection
         # is not turning until it is back (at shutdown, the heartbeat says "stopped" anyway).
         if self.timer_ref is not None:
             self.timer_ref.cancel()
             self.timer_ref = None
-
-    shutdown = stop

@@ -77,7 +77,11 @@ class FleetCollector(Collector):
             "translation_worker_alive",
             "1 while the worker beats, or its batch has not outlasted the engine's call timeout.", labels=["worker"],
         )
+        # Workers still loading their models are not reported yet (they beat once they serve);
+        # a worker presumed dead or stopped leaves the list (``stopped_at``).
         for beat in beats:
+            if not beat.ready:
+                continue
             age.add_metric([beat.name], (now - beat.beat_at).total_seconds())
             alive.add_metric([beat.name], 1 if beat.is_alive(now) else 0)
         yield age

@@ -141,14 +141,20 @@ class Heartbeat:
 
     def beat(self) -> bool:
         """One beat, if the worker is healthy; returns whether it was written."""
-        if not (self._loop_healthy() and self._consumer_turns()):
+        if not self._loop_healthy():
+            return False
+        now = timezone.now()
+        if not self._consumer_turns():
+            # The process is fine, the broker is not: alive for a liveness probe (a restart would
+            # not help), but no lease and not ready.
+            self._write(loop_at=now)
             return False
         self._ready_when_consuming()
         if self._batch_started is None:
             self._busy_since = None
         # stopped_at cleared and ready restated: a worker presumed dead while it was only slow
         # (its jobs were handed over) comes back as itself.
-        self._write(beat_at=timezone.now(), busy_since=self._busy_since, stopped_at=None, ready=self._ready)
+        self._write(beat_at=now, loop_at=now, busy_since=self._busy_since, stopped_at=None, ready=self._ready)
         return True
 
     def start(self) -> None:

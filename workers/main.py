@@ -35,6 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--metrics-port", type=int, default=int(os.environ.get("WORKER_METRICS_PORT") or 0),
         help="serve Prometheus metrics on this port (0: none; default $WORKER_METRICS_PORT)",
     )
+    parser.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics port listens on")
     parser.add_argument("--loglevel", default="INFO")
     return parser.parse_args(argv)
 
@@ -47,6 +48,7 @@ def pin_device(device: str) -> str:
     if not device.startswith("cuda:"):
         raise SystemExit(f"--device must be 'cpu' or 'cuda:N', not '{device}'")
     os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indexes then match nvidia-smi's and NVML's
     return "cuda"
 
 
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = WorkerMetrics(name, device=args.device, queues=queues)
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
-        print(f"Metrics on http://0.0.0.0:{args.metrics_port}/metrics", flush=True)
+        metrics.serve(args.metrics_port, args.metrics_address)
+        print(f"Metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     started = time.monotonic()
     # Until Celery installs its own handlers, SIGTERM ends the start-up cleanly (the engine
     # process is told to stop) instead of killing this process mid-load.

@@ -36,8 +36,19 @@ loop_timestamp = Gauge(
 class GpuCollector(Collector):
     """Utilisation and memory of the GPUs this process sees, read through NVML at scrape time."""
 
-    def __init__(self, worker: str, pynvml) -> None:
-        self.worker, self.nvml = worker, pynvml
+    def __init__(self, worker: str, pynvml, visible: str = "") -> None:
+        self.worker, self.nvml, self.visible = worker, pynvml, visible
+
+    def _handles(self):
+        """This worker's own GPU (NVML sees every GPU of the host, whatever CUDA_VISIBLE_DEVICES
+        says): by UUID, or by index (the worker sets CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML's order)."""
+        if self.visible.startswith("GPU-"):
+            yield self.visible, self.nvml.nvmlDeviceGetHandleByUUID(self.visible)
+        elif self.visible.isdigit():
+            yield self.visible, self.nvml.nvmlDeviceGetHandleByIndex(int(self.visible))
+        else:
+            for index in range(self.nvml.nvmlDeviceGetCount()):
+                yield str(index), self.nvml.nvmlDeviceGetHandleByIndex(index)
 
     def collect(self):
         utilization = GaugeMetricFamily(
@@ -47,11 +58,10 @@ class GpuCollector(Collector):
         used = GaugeMetricFamily("translation_worker_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["worker", "gpu"])
         total = GaugeMetricFamily("translation_worker_gpu_memory_total_bytes", "GPU memory (NVML).", labels=["worker", "gpu"])
         try:
-            for index in range(self.nvml.nvmlDeviceGetCount()):
-                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+            for gpu, handle in self._handles():
                 rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
                 memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-                labels = [self.worker, str(index)]
+                labels = [self.worker, gpu]
                 utilization.add_metric(labels, rates.gpu / 100)
                 used.add_metric(labels, memory.used)
                 total.add_metric(labels, memory.total)
@@ -71,7 +81,9 @@ def gpu_collector(worker: str, device: str) -> GpuCollector | None:
     except Exception as exc:
         logger.info("No GPU metrics: NVML is not available (%s)", exc)
         return None
-    return GpuCollector(worker, pynvml)
+    import os
+
+    return GpuCollector(worker, pynvml, os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
 
 class WorkerMetrics:

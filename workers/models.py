@@ -20,7 +20,10 @@ class WorkerHeartbeat(models.Model):
     queues = models.JSONField(default=list)
     loaded_models = models.JSONField(default=list, help_text="model, precision, device, memory_mib of each.")
     started_at = models.DateTimeField()
-    beat_at = models.DateTimeField()
+    beat_at = models.DateTimeField(help_text="The lease: written while the device loop and the consumer are healthy.")
+    loop_at = models.DateTimeField(
+        null=True, blank=True, help_text="Written while the device loop is healthy, even when the consumer is not (liveness)."
+    )
     busy_since = models.DateTimeField(null=True, blank=True)
     ready = models.BooleanField(default=False, help_text="Models loaded and a canary translation done.")
     last_error = models.TextField(blank=True, default="")
@@ -38,6 +41,13 @@ class WorkerHeartbeat(models.Model):
         if self.stopped_at is not None:
             return False
         return now - self.beat_at <= timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S)
+
+    def is_running(self, now: datetime) -> bool:
+        """The process and its device loop are healthy (the liveness a restart would fix):
+        unlike ``is_alive``, true while the consumer waits for a broker that is down."""
+        if self.stopped_at is not None or self.loop_at is None:
+            return False
+        return now - self.loop_at <= timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S)
 
     def is_ready(self, now: datetime) -> bool:
         return self.ready and self.is_alive(now)

@@ -119,6 +119,9 @@ class MetricNameTests:
         families = {family.name: family for family in GpuCollector("gpu0@h", Nvml()).collect()}
         assert set(families) == GPU_ONLY
         assert families["translation_worker_gpu_utilization_ratio"].samples[0].value == 0.4
+        # A worker pinned to one GPU reports that one only (NVML sees the whole host).
+        pinned = {family.name: family for family in GpuCollector("gpu1@h", Nvml(), "1").collect()}
+        assert [s.labels["gpu"] for s in pinned["translation_worker_gpu_memory_used_bytes"].samples] == ["1"]
 
 
 @pytest.fixture

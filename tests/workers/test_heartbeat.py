@@ -130,17 +130,28 @@ class HousekeepingTests:
 class ProbeTests:
     def test_the_probe_passes_a_live_ready_worker_and_fails_a_silent_one(self, capsys):
         WorkerHeartbeat.objects.create(name="ok@h", hostname="h", pid=1, device="cpu", started_at=NOW,
-                                       beat_at=timezone.now(), ready=True)
+                                       beat_at=timezone.now(), loop_at=timezone.now(), ready=True)
         call_command("worker_probe", "--name", "ok@h", "--ready")
         assert "ok@h: ready" in capsys.readouterr().out
         old = timezone.now() - timedelta(seconds=60)
-        WorkerHeartbeat.objects.create(name="silent@h", hostname="h", pid=2, device="cpu", started_at=old, beat_at=old)
+        WorkerHeartbeat.objects.create(name="silent@h", hostname="h", pid=2, device="cpu", started_at=old, beat_at=old,
+                                       loop_at=old)
         with pytest.raises(SystemExit) as exited:
             call_command("worker_probe", "--name", "silent@h")
         assert exited.value.code == 1 and "not alive (silent for 60s)" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             call_command("worker_probe", "--name", "never@h")
         assert "no heartbeat yet" in capsys.readouterr().err
+
+    def test_a_worker_whose_broker_is_down_stays_live_but_is_not_ready(self, capsys):
+        """A restart would not bring the broker back: liveness holds, readiness does not."""
+        old = timezone.now() - timedelta(seconds=60)
+        WorkerHeartbeat.objects.create(name="waiting@h", hostname="h", pid=3, device="cpu", started_at=old, beat_at=old,
+                                       loop_at=timezone.now(), ready=True)
+        call_command("worker_probe", "--name", "waiting@h")
+        with pytest.raises(SystemExit):
+            call_command("worker_probe", "--name", "waiting@h", "--ready")
+        assert "consumer not turning" in capsys.readouterr().err
 
 
 @pytest.mark.django_db(transaction=True)
@@ -253,6 +264,7 @@ class WedgedConsumerTests:
         assert row.beat_at == old and not row.is_alive(timezone.now())
         assert "consumer stopped turning" in row.last_error
 
+        assert row.loop_at is not None and row.is_running(timezone.now())  # the process itself is fine
         clock.tick()  # it turns again
         assert heartbeat.beat() is True
         assert WorkerHeartbeat.objects.get(name="w@h").is_alive(timezone.now())

@@ -22,11 +22,13 @@ class Command(BaseCommand):
         now = timezone.now()
         if beat is None:
             self._fail(f"{name}: no heartbeat yet (starting, or never started)")
-        elif not beat.is_alive(now):
-            state = "stopped" if beat.stopped_at else f"silent for {(now - beat.beat_at).total_seconds():.0f}s"
+        elif not beat.is_running(now):
+            last = beat.loop_at or beat.beat_at
+            state = "stopped" if beat.stopped_at else f"silent for {(now - last).total_seconds():.0f}s"
             self._fail(f"{name}: not alive ({state})")
         elif ready and not beat.is_ready(now):
-            self._fail(f"{name}: alive, not ready (models loading)")
+            why = "consumer not turning: broker unreachable?" if beat.ready else "models loading or consumer not connected"
+            self._fail(f"{name}: alive, not ready ({why})")
         else:
             self.stdout.write(f"{name}: {'ready' if beat.is_ready(now) else 'alive'}")
 
