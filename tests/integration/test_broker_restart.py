@@ -1,0 +1,87 @@
+"""The broker restarts empty (the machine's Redis keeps nothing on disk): the jobs it held are
+found missing by the reconciler and sent again; every one ends done."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from celery import current_app
+
+from cs_portal.portal.services import agent_create, api_client_create, conversation_create, message_create_from_customer
+from tests.conftest import ROOT, database_url, free_port, route_update, wait_for
+from translation.execution import EMPTY_OUTPUT
+from translation.models import Translation, TranslationStatus
+from translation.tasks import translate
+from workers.lifecycle import stop_process
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUEUE = "translate.en.restart"  # a queue of this test's own
+
+
+def redis_server(port: int, directory) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG",
+             timeout=10, what="the test's redis-server")
+    return server
+
+
+def test_jobs_queued_before_an_empty_restart_still_end_done(tmp_path, tiny_models, django_capture_on_commit_callbacks):
+    route_update("es", "en", queue=QUEUE)
+    agent_create(username="sam", password="secret-pass", working_language="en")
+    client, _ = api_client_create(name="restart")
+    port = free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    server = redis_server(port, tmp_path)
+    worker = None
+    try:
+        conversation = conversation_create(api_client=client, customer_name="Lucía")
+        with django_capture_on_commit_callbacks(execute=False):  # sent below, to this test's broker
+            rows = [
+                message_create_from_customer(conversation=conversation, text=f"¿Dónde está mi pedido {n}?",
+                                             language="es").translations.get()
+                for n in range(20)
+            ]
+        with current_app.connection_for_write(broker) as connection:
+            for row in rows:
+                translate.apply_async(args=[row.pk], queue=QUEUE, connection=connection)
+        held = subprocess.run(["redis-cli", "-p", str(port), "llen", QUEUE], capture_output=True, text=True).stdout
+        assert int(held) == 20
+
+        server.terminate()  # restarts empty: the machine's Redis keeps nothing on disk
+        server.wait(10)
+        server = redis_server(port, tmp_path)
+        assert subprocess.run(["redis-cli", "-p", str(port), "llen", QUEUE], capture_output=True, text=True).stdout.strip() == "0"
+
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(),
+                   CELERY_BROKER_URL=broker, TRANSLATION_LOST_AFTER_S="1", PYTHONUNBUFFERED="1")
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "workers.main", "--queues", QUEUE, "--name", "restart@localhost", "--concurrency", "8"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        ids = [row.pk for row in rows]
+
+        def finished() -> bool:
+            return not Translation.objects.filter(pk__in=ids, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists()
+
+        try:
+            wait_for(finished, timeout=120, interval=0.3, what="every job to finish")
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\nthe worker's log:\n{log.read_text()[-3000:]}") from None
+        for row in Translation.objects.filter(pk__in=ids):
+            # Done, or failed visibly where the random weights answered nothing.
+            assert row.status == TranslationStatus.DONE or row.failure_reason == EMPTY_OUTPUT, row.failure_reason
+            assert row.resends >= 1 and row.attempts == 1  # sent again once found missing, then done once
+    finally:
+        if worker is not None:
+            stop_process(worker, timeout=30)
+        server.terminate()
+        server.wait(10)
