@@ -78,6 +78,9 @@ def language_routes(request):
         initial_routes()
     yield
     routes_changed()
+    from translation.backpressure import forget
+
+    forget()
 
 
 @pytest.fixture(scope="session")

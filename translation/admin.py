@@ -201,7 +201,7 @@ class LanguageRouteAdmin(SimpleHistoryAdmin):
         (None, {"fields": ["source_language", "target_language", "enabled", "fallback", "note"]}),
         ("A/B test", {"fields": ["variant", "traffic_share"]}),
         ("Serving", {"fields": ["queue", "engine", "model_name", "adapter", "precision"]}),
-        ("Batching and limits", {"fields": ["max_batch_size", "max_wait_ms", "max_input_chars"]}),
+        ("Batching and limits", {"fields": ["max_batch_size", "max_wait_ms", "max_input_chars", "max_queued"]}),
         ("Changes", {"fields": ["created_at", "updated_at"]}),
     ]
     actions = ["translate_sample"]

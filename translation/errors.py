@@ -30,6 +30,17 @@ class NoRoute(ApplicationError):
     code = "no_route"
 
 
+class Overloaded(ApplicationError):
+    """A route holds as many waiting jobs as it may: try again after ``retry_after`` seconds."""
+
+    code = "overloaded"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, extra={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
 TEXT_EMPTY = "Message text is empty."
 TEXT_TOO_LONG = "Message text has {length} characters; the limit is {limit}."
 LANGUAGE_UNKNOWN = "Unknown language code '{code}': use an ISO 639-1 code such as 'es'."
@@ -38,3 +49,7 @@ LANGUAGE_UNDETECTED = "Could not detect the language of the text; send 'language
 CONVERSATION_NOT_FOUND = "Conversation {id} does not exist."
 CONVERSATION_CLOSED = "Conversation {id} is closed; open a new one."
 NO_ROUTE = "No enabled route translates {source} into {target}."
+OVERLOADED = (
+    "Translation into {target} is at capacity: {queued} jobs wait on route {route} (its limit is {limit}). "
+    "Nothing was stored; send again in {retry_after} s."
+)

@@ -34,6 +34,10 @@ FAILED_GAVE_UP = "gave_up"
 jobs_requested = Counter(
     "translation_jobs_requested", "Translation jobs requested by the portal, the API or the admin.", JOB_LABELS
 )
+jobs_refused = Counter(
+    "translation_jobs_refused", "Requests refused (HTTP 429): the route and its fallbacks held their limit of waiting jobs.",
+    ("route", "target"),
+)
 jobs_enqueue_failed = Counter(
     "translation_jobs_enqueue_failed", "Jobs the broker did not take; they stay queued in the ledger.", ("queue",)
 )

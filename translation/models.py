@@ -16,6 +16,7 @@ QUEUE_PATTERN = re.compile(r"^translate\.[a-z]{2}(\.[a-z0-9_-]+)?$")
 MAX_BATCH_SIZE_LIMIT = 1024
 MAX_WAIT_MS_LIMIT = 1000
 MAX_INPUT_CHARS_LIMIT = 100_000
+MAX_QUEUED_LIMIT = 10_000_000
 
 
 class TranslationStatus(models.IntegerChoices):
@@ -108,6 +109,10 @@ class LanguageRoute(models.Model):
     max_input_chars = models.PositiveIntegerField(
         default=5000, validators=[MinValueValidator(1), MaxValueValidator(MAX_INPUT_CHARS_LIMIT)],
         help_text="Longer messages fail at once with the reason instead of reaching the model.",
+    )
+    max_queued = models.PositiveIntegerField(
+        default=10_000, validators=[MinValueValidator(1), MaxValueValidator(MAX_QUEUED_LIMIT)],
+        help_text="Jobs that may wait on this route; beyond it its fallback takes them, or the API answers 429.",
     )
     enabled = models.BooleanField(default=True)
     fallback = models.ForeignKey(
@@ -290,6 +295,8 @@ class Translation(models.Model):
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["route", "created_at"], name="translation_route_recent"),  # per-route figures
             models.Index(fields=["finished_at"], name="translation_finished"),  # the operations page's hour
+            # Backpressure counts a route's waiting jobs: only those rows are in this index.
+            models.Index(fields=["route"], condition=models.Q(status=1), name="translation_queued_by_route"),
         ]
         ordering = ["id"]
 

@@ -60,6 +60,7 @@ class Route:
     max_input_chars: int = 5000
     enabled: bool = True
     fallback_id: int | None = None
+    max_queued: int = 10_000
 
     @classmethod
     def of(cls, row: LanguageRoute) -> Route:
@@ -68,7 +69,7 @@ class Route:
             engine=row.engine, model=row.model_name, precision=row.precision, id=row.pk, variant=row.variant,
             traffic_share=row.traffic_share, adapter=row.adapter, max_batch_size=row.max_batch_size,
             max_wait_ms=row.max_wait_ms, max_input_chars=row.max_input_chars, enabled=row.enabled,
-            fallback_id=row.fallback_id,
+            fallback_id=row.fallback_id, max_queued=row.max_queued,
         )
 
     def __str__(self) -> str:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from translation import errors, metrics
+from translation import backpressure, errors, metrics
 from translation.models import ANY_LANGUAGE, LanguageRoute, Translation, TranslationStatus
 from translation.routing import Route, route_by_id, route_for
 
@@ -72,6 +72,10 @@ def translation_request(*, message, target_language: str, back_translate: bool =
         back_translate=back_translate,
     )
     route, reason = _route_or_reason(translation, message.text, message.conversation_id)
+    if route is not None and not reason:
+        # Past the route's limit of waiting jobs, its fallback takes the job, or Overloaded
+        # (429) rolls the caller's transaction back: the message is not stored either.
+        route = backpressure.route_with_room(route)
     if route is not None:
         _stamp_route(translation, route)
     if reason:
@@ -211,7 +215,7 @@ ROUTE_KEYS = {
     "source": "source_language", "target": "target_language", "queue": "queue", "engine": "engine",
     "model": "model_name", "precision": "precision", "variant": "variant", "traffic_share": "traffic_share",
     "adapter": "adapter", "max_batch_size": "max_batch_size", "max_wait_ms": "max_wait_ms",
-    "max_input_chars": "max_input_chars", "enabled": "enabled", "note": "note",
+    "max_input_chars": "max_input_chars", "max_queued": "max_queued", "enabled": "enabled", "note": "note",
 }
 
 

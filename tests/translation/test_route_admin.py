@@ -22,7 +22,7 @@ def form_data(route: LanguageRoute, **changes) -> dict:
         "variant": route.variant, "traffic_share": route.traffic_share, "queue": route.queue,
         "engine": route.engine, "model_name": route.model_name, "adapter": route.adapter,
         "precision": route.precision, "max_batch_size": route.max_batch_size, "max_wait_ms": route.max_wait_ms,
-        "max_input_chars": route.max_input_chars, "enabled": "on" if route.enabled else "",
+        "max_input_chars": route.max_input_chars, "max_queued": route.max_queued, "enabled": "on" if route.enabled else "",
         "fallback": route.fallback_id or "", "note": route.note,
     }
     data.update(changes)

@@ -24,7 +24,10 @@ def _first_message(detail, path: str = "") -> str:
 
 def api_exception_handler(exc, context):
     if isinstance(exc, ApplicationError):
-        return Response({"error": {"code": exc.code, "message": exc.message, **exc.extra}}, status=exc.status)
+        response = Response({"error": {"code": exc.code, "message": exc.message, **exc.extra}}, status=exc.status)
+        if "retry_after" in exc.extra:
+            response["Retry-After"] = str(exc.extra["retry_after"])
+        return response
     response = exception_handler(exc, context)
     if response is None:
         return None
