@@ -207,6 +207,9 @@ TRANSLATION_RECOVERY_EVERY_S = env.float("TRANSLATION_RECOVERY_EVERY_S", default
 # restarted empty); after TRANSLATION_MAX_RESENDS such resends it fails visibly.
 TRANSLATION_LOST_AFTER_S = env.float("TRANSLATION_LOST_AFTER_S", default=10.0)
 TRANSLATION_MAX_RESENDS = env.int("TRANSLATION_MAX_RESENDS", default=5)
+# A worker whose database is unreachable when a batch's results are ready keeps them and tries
+# to store them again, with backoff up to 5 s, for this long (under TRANSLATION_JOB_TIMEOUT_S).
+TRANSLATION_STORE_RETRY_S = env.float("TRANSLATION_STORE_RETRY_S", default=240.0)
 
 # Alert thresholds. /metrics/fleet exports them (translation_alert_*), and the shipped
 # Prometheus rules (docker/prometheus/alerts.yml) compare against the exported value, so a

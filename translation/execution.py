@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from enum import Enum
 
 from django.conf import settings
@@ -230,6 +231,29 @@ def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure 
     return None
 
 
+def _while_database_returns(store: Callable[[], set[int]]) -> set[int]:
+    """Store computed results, retrying with backoff while the database is unreachable: the jobs
+    stay unacknowledged meanwhile, and their results are kept, not computed again. Gives up
+    after ``TRANSLATION_STORE_RETRY_S`` (the jobs are then sent again, as after any failure)."""
+    import time
+
+    from django.db import InterfaceError, OperationalError, close_old_connections, connection
+
+    deadline = time.monotonic() + settings.TRANSLATION_STORE_RETRY_S
+    delay = 0.25
+    while True:
+        try:
+            return store()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("The database is unreachable; storing the batch's results again in %.2f s", delay)
+            connection.close()
+            time.sleep(delay)
+            close_old_connections()
+            delay = min(delay * 2, 5.0)
+
+
 def translation_run_batch(
     deliveries: list[Delivery], *, engines: Callable[[EngineSpec], TranslationEngine] = engine_for
 ) -> list[RunOutcome | TransientFailure]:
@@ -270,7 +294,7 @@ def translation_run_batch(
                 to_store.append((job, result))
             else:
                 outcomes[job.id] = settled
-        stored = translations_complete(to_store, batch_size=len(group))
+        stored = _while_database_returns(partial(translations_complete, to_store, batch_size=len(group)))
         outcomes.update({job.id: RunOutcome.DONE if job.id in stored else RunOutcome.SKIPPED for job, _ in to_store})
     answered: set[int] = set()
     ordered = []

@@ -332,6 +332,8 @@ class StuckWorkerTests:
             translation_id = message["translations"][0]["id"]
             wait_for(lambda: Translation.objects.get(pk=translation_id).status == TranslationStatus.RUNNING,
                      what="the job to be in a batch")
+            wait_for(lambda: WorkerHeartbeat.objects.get(name=WORKER_NAME).busy_since is not None,
+                     what="the heartbeat to say the worker is in a batch")
             deadline = time.monotonic() + 3 * settings_stale()
             while time.monotonic() < deadline:  # well past the staleness limit: no flapping
                 assert http.call("GET", "/readyz")[0] == 200

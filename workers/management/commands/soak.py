@@ -1,0 +1,84 @@
+import time
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.soak import Soak
+
+
+class Command(BaseCommand):
+    help = (
+        "Drive real traffic through the HTTP API into two real workers, inject faults (worker kills, "
+        "a broker restart), wait until the ledger is quiet and count what became of every message. "
+        "The last line is machine-readable: sent= done= failed_visible= lost= duplicates= p95_ms= failover_ms_max="
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--rate", type=float, default=20.0, help="messages per second (default 20)")
+        parser.add_argument("--seconds", type=float, default=60.0, help="how long the traffic lasts (default 60)")
+        parser.add_argument("--kill-worker-every", type=float, default=0.0, metavar="K",
+                            help="SIGKILL one of the two workers every K seconds (its supervisor restarts it)")
+        parser.add_argument("--restart-broker-at", type=float, default=-1.0, metavar="T",
+                            help="restart the soak's redis-server, empty, T seconds in")
+        parser.add_argument("--stop-db-at", type=float, default=-1.0, metavar="T",
+                            help="not available: the soak runs on the configured database (see docs/reliability.md)")
+        parser.add_argument("--drain-timeout", type=float, default=180.0, help="longest wait for the ledger to be quiet")
+
+    def say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
+
+    def handle(self, *args, rate, seconds, kill_worker_every, restart_broker_at, stop_db_at, drain_timeout, **options):
+        if not 0.1 <= rate <= 500:
+            raise CommandError("--rate must be from 0.1 to 500 messages per second")
+        if not 1 <= seconds <= 3600:
+            raise CommandError("--seconds must be from 1 to 3600")
+        if kill_worker_every < 0 or (0 < kill_worker_every < 2):
+            raise CommandError("--kill-worker-every must be 0 (never) or at least 2 seconds")
+        if restart_broker_at >= seconds:
+            raise CommandError("--restart-broker-at must fall inside the traffic (less than --seconds)")
+        if stop_db_at >= 0:
+            raise CommandError(
+                "--stop-db-at needs a database the soak can stop; this soak uses the configured one. "
+                "The database outage is covered by tests/integration/test_database_outage.py."
+            )
+        if not 1 <= drain_timeout <= 3600:
+            raise CommandError("--drain-timeout must be from 1 to 3600 seconds")
+        started = time.monotonic()
+        self.say(f"Soak: {rate:g} messages/s for {seconds:g} s"
+                 + (f", a worker killed every {kill_worker_every:g} s" if kill_worker_every else "")
+                 + (f", the broker restarted at {restart_broker_at:g} s" if restart_broker_at >= 0 else ""))
+        self.say("[1/4] Database and models ...")
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("prepare_models", verbosity=0, stdout=self.stdout)
+        call_command("import_routes", "--if-empty", verbosity=0, stdout=self.stdout)
+        soak = Soak(rate=rate, seconds=seconds, kill_every=kill_worker_every, restart_broker_at=restart_broker_at,
+                    drain_timeout=drain_timeout, say=self.say)
+        try:
+            self.say("[2/4] Broker, workers and web (all on 127.0.0.1) ...")
+            try:
+                base, key = soak.start()
+            except RuntimeError as exc:
+                raise CommandError(str(exc)) from exc
+            self.say("[3/4] Traffic ...")
+            soak.traffic(base, key)
+            self.say("[4/4] Waiting for the ledger to be quiet ...")
+            soak.drain()
+            soak.count()
+        finally:
+            soak.stop()
+        report = soak.report
+        self.say(
+            f"\nSoak finished in {time.monotonic() - started:.0f} s: {report.sent} messages accepted "
+            f"({report.refused} refused or unanswered), {len(soak.translation_ids)} translations: {report.done} done, "
+            f"{report.failed_visible} failed visibly, {report.lost} lost, {report.duplicates} stored twice."
+        )
+        for fault in report.faults:
+            self.say(f"  t={fault.at:5.1f}s {fault.detail}")
+        if report.failover_ms:
+            self.say("  failover per kill (kill to the standby's first claim): "
+                     + ", ".join(f"{ms:.0f} ms" for ms in report.failover_ms))
+        self.say(f"  logs: {soak.directory}")
+        self.say(report.last_line())
+        if report.lost or report.duplicates:
+            raise SystemExit(1)
