@@ -60,7 +60,7 @@ class Report:
     lost: int = 0
     duplicates: int = 0
     p95_ms: float = 0.0
-    failover_ms: list[float] = field(default_factory=list)
+    failover_ms: list[float] = field(default_factory=list)  # per kill or lost host, in order
     faults: list[Fault] = field(default_factory=list)
 
     def last_line(self) -> str:
@@ -104,8 +104,8 @@ class Broker:
 
 class Soak:
     def __init__(self, *, rate: float, seconds: float, kill_every: float, restart_broker_at: float,
-                 drain_timeout: float, say) -> None:
-        self.rate, self.seconds, self.kill_every = rate, seconds, kill_every
+                 drain_timeout: float, say, lose_host_at: float = -1.0) -> None:
+        self.rate, self.seconds, self.kill_every, self.lose_host_at = rate, seconds, kill_every, lose_host_at
         self.restart_broker_at, self.drain_timeout, self.say = restart_broker_at, drain_timeout, say
         from django.conf import settings
 
@@ -221,8 +221,23 @@ class Soak:
         """The faults, at their times (a bounded loop: it ends with the traffic)."""
         next_kill = self.kill_every if self.kill_every > 0 else math.inf
         broker_at = self.restart_broker_at if self.restart_broker_at >= 0 else math.inf
+        lose_at = self.lose_host_at if self.lose_host_at >= 0 else math.inf
+        frozen: tuple[int, float] | None = None
         while not self._stop.wait(0.05):
             now = time.monotonic() - started
+            if now >= lose_at:
+                lose_at = math.inf
+                pids = self.worker_pids()
+                if len(pids) >= 2:
+                    # A lost host: the process stops answering and its supervisor sees no exit;
+                    # only its stale heartbeat tells the standby (ended for good 10 s later).
+                    victim = random.choice(pids)
+                    os.kill(victim, signal.SIGSTOP)
+                    frozen = (victim, now + 10)
+                    self.fault(Fault(at=now, kind="host", detail=f"SIGSTOP worker pid {victim} (a lost host)", wall=time.time()))
+            if frozen is not None and now >= frozen[1]:
+                os.kill(frozen[0], signal.SIGKILL)
+                frozen = None
             if now >= next_kill:
                 next_kill += self.kill_every
                 pids = self.worker_pids()
@@ -261,6 +276,12 @@ class Soak:
                     self.say(f"  t={elapsed:5.1f}s sent {self.report.sent}, refused {self.report.refused}, {self.progress()}")
         self._stop.set()
         injector.join(5)
+        for pid in self.worker_pids():  # a worker still frozen by the lost-host fault
+            try:
+                if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def progress(self) -> str:
         from translation.models import Translation, TranslationStatus
@@ -311,7 +332,7 @@ class Soak:
             report.p95_ms = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)]
         # Failover: from each kill to the first claim of a handed-over job after it (the
         # standby's pick-up; its compute time is not counted).
-        kills = [fault.wall for fault in report.faults if fault.kind == "kill"]
+        kills = [fault.wall for fault in report.faults if fault.kind in ("kill", "host")]
         others = sorted(fault.wall for fault in report.faults)
         for kill in kills:
             later = [wall for wall in others if wall > kill]

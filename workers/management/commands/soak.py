@@ -20,6 +20,8 @@ class Command(BaseCommand):
                             help="SIGKILL one of the two workers every K seconds (its supervisor restarts it)")
         parser.add_argument("--restart-broker-at", type=float, default=-1.0, metavar="T",
                             help="restart the soak's redis-server, empty, T seconds in")
+        parser.add_argument("--lose-host-at", type=float, default=-1.0, metavar="T",
+                            help="freeze one worker T seconds in (SIGSTOP: no exit for its supervisor to see), as a lost host")
         parser.add_argument("--stop-db-at", type=float, default=-1.0, metavar="T",
                             help="not available: the soak runs on the configured database (see docs/reliability.md)")
         parser.add_argument("--drain-timeout", type=float, default=180.0, help="longest wait for the ledger to be quiet")
@@ -28,15 +30,16 @@ class Command(BaseCommand):
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, rate, seconds, kill_worker_every, restart_broker_at, stop_db_at, drain_timeout, **options):
+    def handle(self, *args, rate, seconds, kill_worker_every, restart_broker_at, lose_host_at, stop_db_at, drain_timeout,
+               **options):
         if not 0.1 <= rate <= 500:
             raise CommandError("--rate must be from 0.1 to 500 messages per second")
         if not 1 <= seconds <= 3600:
             raise CommandError("--seconds must be from 1 to 3600")
         if kill_worker_every < 0 or (0 < kill_worker_every < 2):
             raise CommandError("--kill-worker-every must be 0 (never) or at least 2 seconds")
-        if restart_broker_at >= seconds:
-            raise CommandError("--restart-broker-at must fall inside the traffic (less than --seconds)")
+        if restart_broker_at >= seconds or lose_host_at >= seconds:
+            raise CommandError("--restart-broker-at and --lose-host-at must fall inside the traffic (less than --seconds)")
         if stop_db_at >= 0:
             raise CommandError(
                 "--stop-db-at needs a database the soak can stop; this soak uses the configured one. "
@@ -53,7 +56,7 @@ class Command(BaseCommand):
         call_command("prepare_models", verbosity=0, stdout=self.stdout)
         call_command("import_routes", "--if-empty", verbosity=0, stdout=self.stdout)
         soak = Soak(rate=rate, seconds=seconds, kill_every=kill_worker_every, restart_broker_at=restart_broker_at,
-                    drain_timeout=drain_timeout, say=self.say)
+                    drain_timeout=drain_timeout, say=self.say, lose_host_at=lose_host_at)
         try:
             self.say("[2/4] Broker, workers and web (all on 127.0.0.1) ...")
             try:
@@ -76,7 +79,7 @@ class Command(BaseCommand):
         for fault in report.faults:
             self.say(f"  t={fault.at:5.1f}s {fault.detail}")
         if report.failover_ms:
-            self.say("  failover per kill (kill to the standby's first claim): "
+            self.say("  failover per kill or lost host (the fault to the standby's first claim of a handed-over job): "
                      + ", ".join(f"{ms:.0f} ms" for ms in report.failover_ms))
         self.say(f"  logs: {soak.directory}")
         self.say(report.last_line())
