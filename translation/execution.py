@@ -36,6 +36,7 @@ EMPTY_OUTPUT = "The model produced an empty translation."
 GAVE_UP = "Gave up after {attempts} attempts. {reason}"
 RETRYING = "Attempt {attempt} failed, retrying. {reason}"
 UNFINISHED = "The job was delivered that many times without finishing (did it stop its worker?)."
+LOCKED = "Its ledger row is locked by another worker's transaction; sent again later."
 
 
 class RunOutcome(Enum):
@@ -85,15 +86,17 @@ def device() -> str:
 def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
     """Claim the deliveries' rows as new attempts, in one transaction; returns the claimed jobs.
 
-    Rows finished or gone are left out (duplicate deliveries). A row that has used up its
-    attempts (a job that kept killing workers) is failed with that reason instead.
+    Rows finished or gone are left out (duplicate deliveries), and so are rows another
+    transaction holds locked (``LOCKED``): a worker never waits on another's claim, which a
+    frozen or lost worker could hold for long. A row that has used up its attempts (a job that
+    kept killing workers) is failed with that reason instead.
     """
     by_id = {delivery.translation_id: delivery for delivery in deliveries}
     now = timezone.now()
     claimed: list[Translation] = []
     with transaction.atomic():
         rows = (
-            Translation.objects.select_for_update(of=("self",))  # not the messages' rows
+            Translation.objects.select_for_update(of=("self",), skip_locked=True)  # not the messages' rows
             .select_related("message")
             .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
             .order_by("pk")  # one lock order for every worker: no deadlocks between batches
@@ -268,6 +271,10 @@ def translation_run_batch(
     for job in dict.fromkeys(jobs[d.translation_id] for d in deliveries if d.translation_id in jobs):
         groups[(job.spec, job.source, job.target)].append(job)  # in the batcher's order: by length
     outcomes: dict[int, RunOutcome | TransientFailure] = {}
+    unclaimed = [d.translation_id for d in deliveries if d.translation_id not in jobs]
+    if unclaimed:  # unfinished yet not claimed: locked by another transaction; sent again later
+        for pk in Translation.objects.filter(pk__in=unclaimed, status=TranslationStatus.QUEUED).values_list("pk", flat=True):
+            outcomes[pk] = TransientFailure(LOCKED)
     for (spec, source, target), group in groups.items():
         try:
             engine = engines(spec)
