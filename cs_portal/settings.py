@@ -247,7 +247,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # job can legitimately wait in prefetch plus run (a CPU batch takes seconds, not minutes), or
 # a slow job is delivered twice; the shortest value among all processes wins, so every
 # process reads this one setting.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900),
+    # One Redis list per step; a worker takes from step 0 first. Jobs go at 6, and handed-over
+    # or resent ones at 0, ahead of the waiting (translation.services).
+    "priority_steps": [0, 3, 6, 9],
+}
 # A prefix on every broker key lets several installations share one Redis database without
 # taking each other's jobs (a job carries only a row id of its own ledger).
 if env.str("BROKER_KEY_PREFIX", default=""):

@@ -68,6 +68,8 @@ class PendingJob:
     future: Future = field(default_factory=Future)
     # The route's own batch size and wait, when it has them (the batcher's policy otherwise).
     policy: BatchPolicy | None = None
+    # Handed over from a lost worker: it goes to the front of its group, into the next batch.
+    urgent: bool = False
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -91,7 +93,12 @@ class Batcher:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             job.arrived = self._clock()
-            self._groups.setdefault(job.key, []).append(job)
+            jobs = self._groups.setdefault(job.key, [])
+            if job.urgent:  # first in line, keeping the group's deadline (its oldest job's)
+                job.arrived = min(job.arrived, jobs[0].arrived) if jobs else job.arrived
+                jobs.insert(0, job)
+            else:
+                jobs.append(job)
             self._policies[job.key] = job.policy.within(self.policy) if job.policy else self.policy
             self._ready.notify()
         return job.future

@@ -108,8 +108,9 @@ def _translation_ids(queues: list[str], *, unacked: bool) -> set[int] | None:
             client = channel.client  # applies the installation's key prefix
             found: set[int] = set()
             for queue in queues:
-                for raw in client.lrange(queue, 0, -1):
-                    found.add(_translation_id(raw))
+                for priority in channel.priority_steps:  # one list per priority step
+                    for raw in client.lrange(channel._q_for_pri(queue, priority), 0, -1):
+                        found.add(_translation_id(raw))
             if unacked:
                 for raw in client.hvals(channel.unacked_key):
                     found.add(_translation_id(raw))

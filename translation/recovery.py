@@ -51,7 +51,7 @@ def _requeue(rows, reason: str) -> list[int]:
         resends=F("resends") + 1,
     )
     fresh = list(Translation.objects.filter(pk__in=ids).select_related("message"))
-    transaction.on_commit(lambda: [translation_enqueue(translation=row) for row in fresh])
+    transaction.on_commit(lambda: [translation_enqueue(translation=row, urgent=True) for row in fresh])
     return ids
 
 

@@ -126,7 +126,13 @@ def back_translations_request(translation_ids) -> int:
     return count
 
 
-def translation_enqueue(*, translation: Translation) -> bool:
+# Broker priorities (Redis: 0 is served first). A job handed over from a lost worker, or sent
+# again after the broker lost it, goes ahead of the queue's waiting jobs.
+PRIORITY_NORMAL = 6
+PRIORITY_URGENT = 0
+
+
+def translation_enqueue(*, translation: Translation, urgent: bool = False) -> bool:
     """Send the job to its queue. A broker failure leaves the row queued (and logged).
 
     The payload is the row's id; the worker reads everything else from the ledger. Hints ride
@@ -141,8 +147,13 @@ def translation_enqueue(*, translation: Translation) -> bool:
     route = route_by_id(translation.route_id)
     if route is not None:
         hints.update(max_batch=route.max_batch_size, max_wait_ms=route.max_wait_ms)
+    if urgent:
+        hints["urgent"] = True
     try:
-        translate.apply_async(args=[translation.pk], kwargs=hints, queue=translation.queue)
+        translate.apply_async(
+            args=[translation.pk], kwargs=hints, queue=translation.queue,
+            priority=PRIORITY_URGENT if urgent else PRIORITY_NORMAL,
+        )
     except Exception:  # the broker is down or refused: the ledger row keeps the job
         logger.exception("Could not send translation %s to %s; it stays queued", translation.pk, translation.queue)
         metrics.jobs_enqueue_failed.labels(queue=translation.queue).inc()

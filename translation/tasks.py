@@ -38,7 +38,7 @@ def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0)
 @shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
 def translate(
     self, translation_id: int, batch_key: str = "", chars: int = 0, max_batch: int = 0, max_wait_ms: float = 0,
-    **newer_hints,
+    urgent: bool = False, **newer_hints,
 ) -> str:
     # Hints a newer portal sends that this worker does not know yet are ignored, not fatal: during
     # a rolling deploy the job is still done (the ledger row holds everything it needs).
@@ -59,7 +59,8 @@ def translate(
             # thread waits, so Celery acknowledges the message only after the result is stored.
             policy = _route_policy(max_batch, max_wait_ms) if max_batch else None
             job = PendingJob(
-                key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4), policy=policy
+                key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4), policy=policy,
+                urgent=urgent is True,
             )
             outcome = batcher.submit(job).result(timeout=settings.TRANSLATION_JOB_TIMEOUT_S)
     except Exception as exc:

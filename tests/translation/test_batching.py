@@ -45,6 +45,18 @@ class FlushTests:
         clock.now += 0.002
         assert [j.payload for j in b.next_batch(timeout=0)] == ["first", "second"]
 
+    def test_a_handed_over_job_goes_into_the_next_batch_without_delaying_it(self, clock):
+        b = batcher(clock)
+        for i in range(6):
+            b.submit(job(payload=i))
+        clock.now += 0.003
+        b.submit(PendingJob(key="es-en", payload="handed over", text="hola", urgent=True))
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["handed over", 0, 1, 2]
+        b.submit(PendingJob(key="es-en", payload="late", text="hola", urgent=True))
+        # The group keeps its oldest job's deadline: 2 ms later its rest leaves, the late one first.
+        clock.now += 0.002
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["late", 3, 4, 5]
+
     def test_the_token_budget_releases_a_batch_before_it_is_full(self, clock):
         b = batcher(clock, max_batch_tokens=100)
         b.submit(job(payload="a", tokens=60))

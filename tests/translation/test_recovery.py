@@ -31,12 +31,17 @@ def sent(monkeypatch):
     """The ids sent to the broker (the send itself is the real one)."""
     import translation.services as services
 
-    ids = []
+    class Sent(list):
+        urgent: list[bool]
+
+    ids = Sent()
+    ids.urgent = []
     real = services.translation_enqueue
 
-    def recording(*, translation):
+    def recording(*, translation, urgent=False):
         ids.append(translation.pk)
-        return real(translation=translation)
+        ids.urgent.append(urgent)
+        return real(translation=translation, urgent=urgent)
 
     monkeypatch.setattr(services, "translation_enqueue", recording)
     return ids
@@ -51,7 +56,7 @@ class ClaimsReleaseTests:
         with django_capture_on_commit_callbacks(execute=True):
             released = claims_release(worker="gpu0@h", reason="its process exited with status -9")
         assert sorted(released) == sorted(row.pk for row in many_translations[:3])
-        assert sorted(sent) == sorted(released)
+        assert sorted(sent) == sorted(released) and all(sent.urgent)  # ahead of the waiting jobs
         for row in Translation.objects.filter(pk__in=released):
             assert row.status == TranslationStatus.QUEUED and row.resends == 1 and row.attempts == 1
             assert row.failure_reason == HANDED_OVER.format(worker="gpu0@h", why="its process exited with status -9")
@@ -94,8 +99,11 @@ class InFlightTests:
         sent.clear()
         with django_capture_on_commit_callbacks(execute=True):
             resent = in_flight_resend(queues=["translate.en"], reason="its process exited")
-        # The job no queue holds was taken by a worker (and not claimed): sent again.
+        # The job no queue holds was taken by a worker (and not claimed): sent again, at the
+        # priority a worker takes first (Redis: the queue's own list; others wait in "<queue>\x06\x166").
         assert resent == [taken.pk] and sent == [taken.pk]
+        broker = redis.Redis.from_url(broker_url(15))
+        assert broker.llen("translate.en") == 1 and broker.llen("translate.en\x06\x166") == 1
 
 
 class ClaimRuleTests:
