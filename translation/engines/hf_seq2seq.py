@@ -192,10 +192,16 @@ class HFSeq2SeqEngine(TranslationEngine):
                 limits = [self._fixed_output_tokens] * len(lengths)
                 generate_args["min_new_tokens"] = self._fixed_output_tokens
             encoded = encoded.to(self.spec.device)
-            with torch.inference_mode():
-                output = self._model.generate(
-                    **encoded, max_new_tokens=max(limits), num_beams=1, do_sample=False, **generate_args
-                )
+            try:
+                with torch.inference_mode():
+                    output = self._model.generate(
+                        **encoded, max_new_tokens=max(limits), num_beams=1, do_sample=False, **generate_args
+                    )
+            except torch.cuda.OutOfMemoryError:
+                # Give the failed batch's memory back before the caller retries it in halves.
+                del encoded
+                torch.cuda.empty_cache()
+                raise
             # Row layout: the decoder start token, then the generated tokens.
             rows = [
                 [token for token in row[: 1 + limit] if token not in self._dropped_ids]
