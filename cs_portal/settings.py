@@ -223,7 +223,10 @@ TRANSLATION_STORE_RETRY_S = env.float("TRANSLATION_STORE_RETRY_S", default=240.0
 # Prometheus rules (docker/prometheus/alerts.yml) compare against the exported value, so a
 # change here moves the alert without editing the rules.
 ALERT_LATENCY_P95_S = env.float("ALERT_LATENCY_P95_S", default=0.5)  # end to end, per target language
-ALERT_FAILURE_RATIO = env.float("ALERT_FAILURE_RATIO", default=0.05)  # failed / finished over 5 minutes
+ALERT_FAILURE_RATIO = env.float("ALERT_FAILURE_RATIO", default=0.05)
+# When set, the web's /metrics and /metrics/fleet answer only "Authorization: Bearer <token>"
+# (Prometheus: authorization.credentials_file). Empty: open, for a web reachable only inside.
+METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")  # failed / finished over 5 minutes
 
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")

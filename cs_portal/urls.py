@@ -34,6 +34,28 @@ def readyz_web(request: HttpRequest) -> JsonResponse:
                         status=200 if result.ready else 503)
 
 
+def metrics_token_required(view):
+    """With METRICS_BEARER_TOKEN set, the view answers only requests that carry it."""
+    import hmac
+    from functools import wraps
+
+    from django.conf import settings
+
+    @wraps(view)
+    def guarded(request: HttpRequest) -> HttpResponse:
+        token = settings.METRICS_BEARER_TOKEN
+        given = request.headers.get("Authorization", "")
+        if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            response = HttpResponse("Metrics need the bearer token (METRICS_BEARER_TOKEN).\n", status=401,
+                                    content_type="text/plain")
+            response["WWW-Authenticate"] = "Bearer"
+            return response
+        return view(request)
+
+    return guarded
+
+
+@metrics_token_required
 def metrics(request: HttpRequest) -> HttpResponse:
     """This web server's series: requests by view (django-prometheus) and the jobs it sent,
     added up over every web process (``PROMETHEUS_MULTIPROC_DIR``)."""
@@ -42,6 +64,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     return ExportToDjangoView(request)
 
 
+@metrics_token_required
 def fleet_metrics(request: HttpRequest) -> HttpResponse:
     """Queue depths, ledger backlog and worker heartbeats: one collector for the whole fleet
     (scrape it through one address, not every web replica)."""

@@ -61,6 +61,11 @@ class MonitoringTests:
         workers = {name: s for name, s in compose["services"].items() if name.startswith("worker-")}
         assert targets == {f"{name}:{parse_args(s['command'][3:]).metrics_port}" for name, s in workers.items()}
         assert jobs["fleet"]["metrics_path"] == "/metrics/fleet"
+        # The web's metrics need the token Compose gives the web; Prometheus reads the same secret.
+        for job in ("web", "fleet"):
+            assert jobs[job]["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
+        assert ":?" in compose["services"]["web"]["environment"]["METRICS_BEARER_TOKEN"]
+        assert compose["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
 
     def test_prometheus_reaches_flower_with_the_password_compose_gives_flower(self, compose):
         config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
@@ -68,7 +73,7 @@ class MonitoringTests:
         username = flower_job["basic_auth"]["username"]
         assert compose["services"]["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith(f"{username}:${{FLOWER_PASSWORD")
         assert flower_job["basic_auth"]["password_file"] == "/run/secrets/flower_password"
-        assert "flower_password" in compose["services"]["prometheus"]["secrets"]
+        assert {"flower_password", "metrics_token"} <= set(compose["services"]["prometheus"]["secrets"])
         assert compose["secrets"]["flower_password"] == {"environment": "FLOWER_PASSWORD"}
 
     def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_datasource(self, compose):

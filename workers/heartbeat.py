@@ -39,11 +39,14 @@ def beat_every_s() -> float:
 
 
 class Heartbeat:
-    def __init__(self, name: str, *, device: str, queues: list[str], consumer_clock=None, clock=time.monotonic) -> None:
+    def __init__(
+        self, name: str, *, device: str, queues: list[str], consumer_clock=None, clock=time.monotonic, on_ready=None,
+    ) -> None:
         self.name, self.device, self.queues = name, device, queues
         self._clock = clock
         self._ready, self._models_ready, self._models = False, False, []
         self._consumer_clock = consumer_clock
+        self._on_ready = on_ready  # told once the worker is ready (its metrics' gauge)
         self._consumer_wedged = self._loop_hung = False
         # What the device loop reports, in memory (the loop itself never waits on the database).
         self._loop_turned = clock()
@@ -104,6 +107,8 @@ class Heartbeat:
         if self._models_ready and consuming and not self._ready:
             self._ready = True
             self._write(ready=True, beat_at=timezone.now())
+            if self._on_ready is not None:
+                self._on_ready()
 
     # --- reported by the device loop (memory only) ---
 

@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     from workers.consumer_clock import CONSUMER_CLOCK, ConsumerTick
 
     app.steps["consumer"].add(ConsumerTick)
-    heartbeat = Heartbeat(name, device=args.device, queues=queues, consumer_clock=CONSUMER_CLOCK)
-    heartbeat.register()
     from workers.metrics import WorkerMetrics
 
     metrics = WorkerMetrics(name, device=args.device, queues=queues)
+    heartbeat = Heartbeat(name, device=args.device, queues=queues, consumer_clock=CONSUMER_CLOCK, on_ready=metrics.ready)
+    heartbeat.register()
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
         print(f"Metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
@@ -178,8 +178,9 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics
         heartbeat.ready(LOADED_MODELS)  # every model translated its warm-up sentence: the canary
     loop = DeviceLoop(batcher, engines, heartbeat, metrics)
     if metrics is not None:
-        metrics.ready()
         metrics.in_flight(loop.in_flight)
+        if heartbeat is None:
+            metrics.ready()
     loop.start()
     if heartbeat is not None:
         heartbeat.start()  # beats while the loop and the consumer are healthy: the lease on its claims

@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 WORKER = ("worker",)
 
 worker_info = Gauge("translation_worker_info", "Always 1; the worker's device and queues as labels.", ("worker", "device", "queues"))
-worker_ready = Gauge("translation_worker_ready", "1 once the models are loaded and the canary translated.", WORKER)
+worker_ready = Gauge(
+    "translation_worker_ready", "1 once the models are loaded, the canary translated and the consumer connected.", WORKER
+)
 model_memory_bytes = Gauge(
     "translation_worker_model_memory_bytes", "Memory of each loaded model's weights and buffers.",
     ("worker", "model", "precision", "device"),

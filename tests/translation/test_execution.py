@@ -175,6 +175,28 @@ class TranslationRunBatchTests:
         poisoned.refresh_from_db()
         assert "the model accepts at most 512" in poisoned.failure_reason
 
+    def test_a_poisoned_input_in_a_batch_of_64_fails_alone_with_its_reason(self, api_client_key, tiny_models,
+                                                                           django_capture_on_commit_callbacks):
+        from cs_portal.portal.services import agent_create, conversation_create, message_create_from_customer
+
+        agent_create(username="sam", password="secret-pass", working_language="en")
+        conversation = conversation_create(api_client=api_client_key[0], customer_name="Ana")
+        with django_capture_on_commit_callbacks(execute=False):
+            rows = [
+                message_create_from_customer(
+                    conversation=conversation, language="es",
+                    text="palabra " * 600 if n == 41 else f"Mi pedido {n} no ha llegado.",
+                ).translations.get()
+                for n in range(64)
+            ]
+        outcomes = translation_run_batch(deliveries(rows))
+        assert outcomes[41] is RunOutcome.FAILED
+        assert [o for n, o in enumerate(outcomes) if n != 41] == [RunOutcome.DONE] * 63
+        stored = {row.pk: row for row in Translation.objects.filter(pk__in=[r.pk for r in rows])}
+        assert "the model accepts at most 512" in stored[rows[41].pk].failure_reason
+        assert all(stored[r.pk].status == TranslationStatus.DONE and stored[r.pk].batch_size == 64
+                   for n, r in enumerate(rows) if n != 41)
+
     def test_a_job_twice_in_one_batch_runs_once(self, many_translations):
         first = many_translations[0]
         outcomes = translation_run_batch(deliveries([first, first]))

@@ -125,3 +125,14 @@ class ExecutionMetricsTests:
         message = message_create_from_customer(conversation=conversation, text="Hola", language="es")
         assert message.translations.get().status == TranslationStatus.FAILED
         assert REGISTRY.get_sample_value("translation_jobs_failed_total", labels) == before + 1
+
+
+@pytest.mark.django_db
+class MetricsTokenTests:
+    def test_with_a_token_set_the_webs_metrics_answer_only_that_bearer(self, client, settings):
+        settings.METRICS_BEARER_TOKEN = "s3cret"
+        for path in ("/metrics", "/metrics/fleet"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+            response = client.get(path, HTTP_AUTHORIZATION="Bearer s3cret")
+            assert response.status_code == 200 and b"# TYPE" in response.content
