@@ -197,6 +197,24 @@ class TranslationRunBatchTests:
         assert all(stored[r.pk].status == TranslationStatus.DONE and stored[r.pk].batch_size == 64
                    for n, r in enumerate(rows) if n != 41)
 
+    def test_a_batch_too_large_for_the_device_is_split_until_it_fits(self, many_translations):
+        """An out-of-memory error (as CUDA raises it) fails the forward pass, not the jobs: the
+        group is run again in halves, and every job is done."""
+        calls = []
+
+        class SmallDevice(StandInEngine):
+            def translate(self, texts, source, target, glossary=None):
+                calls.append(len(texts))
+                if len(texts) > 2:
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                return [f"[{target}] {text}" for text in texts]
+
+        spanish = [row for row in many_translations if row.source_language == "es"]
+        outcomes = translation_run_batch(deliveries(spanish), engines=lambda spec: SmallDevice())
+        assert outcomes == [RunOutcome.DONE] * 5
+        assert calls[0] == 5 and max(calls[1:]) <= 2
+        assert all(row.status == TranslationStatus.DONE for row in Translation.objects.filter(pk__in=[r.pk for r in spanish]))
+
     def test_a_job_twice_in_one_batch_runs_once(self, many_translations):
         first = many_translations[0]
         outcomes = translation_run_batch(deliveries([first, first]))
