@@ -103,10 +103,12 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
         )
         rows = list(rows)
         # A running row is another worker's claim while that worker beats: left to it (a
-        # duplicate delivery). Its claim is taken over only once that worker is dead.
+        # duplicate delivery). Its claim is taken over only once that worker is dead. A worker's
+        # own running row is claimed again: its one device loop is not computing it now (the
+        # batch that claimed it failed, and the job came back for a retry).
         holders = live_workers(row.worker for row in rows if row.status == TranslationStatus.RUNNING)
         for row in rows:
-            if row.status == TranslationStatus.RUNNING and row.worker in holders:
+            if row.status == TranslationStatus.RUNNING and row.worker in holders and row.worker != by_id[row.pk].worker:
                 continue
             labels = metrics.job_labels(
                 route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name

@@ -105,14 +105,18 @@ def _translation_ids(queues: list[str], *, unacked: bool) -> set[int] | None:
             if connection.transport.driver_type != "redis":
                 return None
             channel = connection.default_channel
-            client = channel.client  # applies the installation's key prefix
+            client = channel.client
+            # kombu's client prefixes only the commands it uses itself; LRANGE and HVALS are
+            # not among them, so the installation's key prefix is added here.
+            prefix = getattr(client, "global_keyprefix", "") or ""
             found: set[int] = set()
             for queue in queues:
                 for priority in channel.priority_steps:  # one list per priority step
-                    for raw in client.lrange(channel._q_for_pri(queue, priority), 0, -1):
+                    key = prefix + channel._q_for_pri(queue, priority)
+                    for raw in client.execute_command("LRANGE", key, 0, -1):
                         found.add(_translation_id(raw))
             if unacked:
-                for raw in client.hvals(channel.unacked_key):
+                for raw in client.execute_command("HVALS", prefix + channel.unacked_key):
                     found.add(_translation_id(raw))
             found.discard(None)
             return found

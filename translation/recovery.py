@@ -166,6 +166,7 @@ def lost_jobs_resend(*, older_than_s: float) -> Resent:
         rows = list(
             Translation.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk__in=lost, status=TranslationStatus.QUEUED)
+            .exclude(enqueued_at__gte=cutoff)  # another reconciler resent it meanwhile
             .only("pk", "resends")
         )
         give_up = [row for row in rows if row.resends >= settings.TRANSLATION_MAX_RESENDS]

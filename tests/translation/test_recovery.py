@@ -118,6 +118,16 @@ class ClaimRuleTests:
         assert Translation.objects.get(pk=first.pk).worker == "busy@h"
         assert Translation.objects.get(pk=second.pk).attempts == 2
 
+    def test_a_workers_own_running_row_comes_back_to_it_after_a_failed_batch(self, many_translations, settings):
+        """The batch that claimed it failed (a database blip) and the job was sent again: the
+        same live worker claims it again instead of skipping it for ever."""
+        settings.WORKER_HEARTBEAT_STALE_S = 1
+        heartbeat("busy@h", seconds_ago=0.1)
+        row = many_translations[0]
+        claimed_by([row], "busy@h")
+        assert set(translations_claim([Delivery(row.pk, "busy@h", "translate.en")])) == {row.pk}
+        assert Translation.objects.get(pk=row.pk).attempts == 2
+
     def test_the_slow_first_worker_stores_nothing_once_its_claim_was_taken_over(self, many_translations):
         """A claim expired while its worker was only slow: one done result, the later claim's."""
         row = many_translations[0]
@@ -165,6 +175,28 @@ class LostJobsTests:
         assert result.sent == [never_sent.pk] and result.failed == [hopeless.pk]
         failed = Translation.objects.get(pk=hopeless.pk)
         assert failed.status == TranslationStatus.FAILED and failed.failure_reason == LOST.format(times=3)
+
+    def test_the_installations_key_prefix_is_searched(self, many_translations, monkeypatch):
+        """With a key prefix (bin/run sets one per data directory), the waiting and taken
+        messages live under prefixed keys."""
+        import json
+
+        from cs_portal.celery import app
+        from translation.queues import translation_ids_in_broker, translation_ids_waiting
+
+        waiting, taken = many_translations[0], many_translations[1]
+        options = {**(app.conf.get("broker_transport_options") or {}), "global_keyprefix": "install-a:"}
+        monkeypatch.setitem(app.conf, "broker_transport_options", options)
+        client = redis.Redis.from_url(broker_url(15))
+
+        def message(pk):
+            return json.dumps({"body": "", "headers": {"argsrepr": f"[{pk}]"}, "properties": {}})
+
+        client.lpush("install-a:translate.en\x06\x166", message(waiting.pk))
+        client.hset("install-a:unacked", "tag-1", json.dumps([json.loads(message(taken.pk)), "", "translate.en"]))
+        client.lpush("translate.en", message(999_999))  # another installation's, unprefixed
+        assert translation_ids_waiting(["translate.en"]) == {waiting.pk}
+        assert translation_ids_in_broker(["translate.en"]) == {waiting.pk, taken.pk}
 
     def test_recent_jobs_are_left_alone(self, many_translations):
         assert lost_jobs_resend(older_than_s=10).sent == []

@@ -107,6 +107,8 @@ class Command(BaseCommand):
     def supervise(self, children) -> None:
         """Hand a dead worker's claimed jobs to the others at once, then restart it, with a
         growing delay so a crash loop does not spin."""
+        from django.db import close_old_connections
+
         from translation.recovery import worker_lost
 
         delays = {child.name: 1.0 for child in children}
@@ -120,13 +122,14 @@ class Command(BaseCommand):
                         del restart_at[child.name]
                         child.start(_environment())
                 elif not child.alive():
-                    released, resent = worker_lost(
-                        worker=child.name, reason=f"its process exited with status {child.process.returncode}"
-                    )
-                    self.say(
-                        f"{child.name} exited with status {child.process.returncode}; {len(released)} job(s) handed "
-                        f"over, {len(resent)} taken but unclaimed sent again; restarting in {delays[child.name]:.0f}s"
-                    )
+                    status = child.process.returncode
+                    try:
+                        close_old_connections()  # the database may have restarted since the last look
+                        released, resent = worker_lost(worker=child.name, reason=f"its process exited with status {status}")
+                        handed = f"{len(released)} job(s) handed over, {len(resent)} taken but unclaimed sent again"
+                    except Exception as exc:  # the database is down: the reconcilers hand over later
+                        handed = f"its jobs not handed over ({type(exc).__name__}: {exc}); the reconcilers will"
+                    self.say(f"{child.name} exited with status {status}; {handed}; restarting in {delays[child.name]:.0f}s")
                     restart_at[child.name] = now + delays[child.name]
                     delays[child.name] = min(delays[child.name] * 2, MAX_RESTART_DELAY_S)
             time.sleep(SUPERVISE_EVERY_S)
