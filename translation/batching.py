@@ -103,6 +103,11 @@ class Batcher:
             self._ready.notify()
         return job.future
 
+    def payloads(self) -> list:
+        """The payloads of the jobs waiting for a batch."""
+        with self._ready:
+            return [job.payload for jobs in self._groups.values() for job in jobs]
+
     def pending(self) -> int:
         with self._ready:
             return sum(len(jobs) for jobs in self._groups.values())

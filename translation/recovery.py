@@ -27,7 +27,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from translation.models import Translation, TranslationStatus
@@ -73,24 +74,34 @@ def live_workers(names) -> set[str]:
     """Those of ``names`` whose heartbeat is fresh: their claims hold."""
     from workers.models import WorkerHeartbeat
 
-    now = timezone.now()
-    return {beat.name for beat in WorkerHeartbeat.objects.filter(name__in=set(names)) if beat.is_alive(now)}
+    return set(
+        WorkerHeartbeat.objects.filter(name__in=set(names), stopped_at__isnull=True, beat_at__gte=stale_before())
+        .values_list("name", flat=True)
+    )
 
 
-def in_flight_resend(*, queues: list[str], reason: str) -> list[int]:
-    """Send again the queued jobs of ``queues`` that a worker took from the broker but had not
-    claimed yet (waiting for their batch). On Redis, what a dead worker took comes back only
-    after the visibility timeout; the ledger cannot tell whose they were, so every such job of
-    these queues is sent again: a live worker's copy is then delivered twice, and done once."""
+def stale_before():
+    """The database's clock minus the staleness limit: beats are written and judged on the
+    database's clock, so the hosts' clocks need not agree."""
+    return ExpressionWrapper(Now() - timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S), output_field=DateTimeField())
+
+
+def in_flight_resend(*, holding: list[int], queues: list[str], since, reason: str) -> list[int]:
+    """Send again the queued jobs a lost worker had taken from the broker but not claimed yet
+    (waiting for their batch): on Redis they come back only after the visibility timeout. They
+    are the ones its last beat listed (``holding``), and those of its queues sent after that
+    beat (``since``) that no queue holds: it may have taken them meanwhile. A copy another
+    worker holds is then delivered twice, and done once."""
     from translation.queues import translation_ids_waiting
 
-    waiting = translation_ids_waiting(queues)
+    waiting = translation_ids_waiting(queues) if queues else set()
     if waiting is None:  # not Redis (RabbitMQ gives a dead consumer's messages back at once), or unreachable
         return []
+    taken_since = Q(queue__in=queues, enqueued_at__gte=since) if since is not None else Q(pk__in=[])
     with transaction.atomic():
         rows = list(
             Translation.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=TranslationStatus.QUEUED, queue__in=queues, enqueued_at__isnull=False)
+            .filter(Q(pk__in=holding) | taken_since, status=TranslationStatus.QUEUED, enqueued_at__isnull=False)
             .exclude(pk__in=waiting)
             .only("pk")
         )
@@ -103,7 +114,8 @@ def worker_lost(*, worker: str, reason: str) -> tuple[list[int], list[int]]:
     from workers.models import WorkerHeartbeat
 
     beat = WorkerHeartbeat.objects.filter(name=worker).first()
-    queues = beat.queues if beat else []
+    queues, holding = (beat.queues, beat.holding) if beat else ([], [])
+    since = beat.beat_at - timedelta(seconds=0.5) if beat else None
     if beat is not None and beat.stopped_at is None:
         now = timezone.now()
         said = f"Presumed dead: {reason}." + (f" Its last error: {beat.last_error}" if beat.last_error else "")
@@ -111,7 +123,7 @@ def worker_lost(*, worker: str, reason: str) -> tuple[list[int], list[int]]:
             stopped_at=now, ready=False, last_error=said[:2000], last_error_at=now
         )
     released = claims_release(worker=worker, reason=reason)
-    resent = in_flight_resend(queues=queues, reason=HANDED_OVER.format(worker=worker, why=reason)) if queues else []
+    resent = in_flight_resend(holding=holding, queues=queues, since=since, reason=HANDED_OVER.format(worker=worker, why=reason))
     return released, resent
 
 
@@ -121,12 +133,11 @@ def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list
     jobs claimed by a worker that never beat are handed over too."""
     from workers.models import WorkerHeartbeat
 
-    cutoff = timezone.now() - timedelta(seconds=settings.WORKER_HEARTBEAT_STALE_S)
     handled = {}
     with transaction.atomic():
         stale = list(
             WorkerHeartbeat.objects.select_for_update(skip_locked=True)
-            .filter(stopped_at__isnull=True, beat_at__lt=cutoff, ready=True)
+            .filter(stopped_at__isnull=True, beat_at__lt=stale_before(), ready=True)
             .exclude(name=exclude)
         )
         for beat in stale:

@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from workers.models import WorkerHeartbeat
@@ -41,12 +42,14 @@ def beat_every_s() -> float:
 class Heartbeat:
     def __init__(
         self, name: str, *, device: str, queues: list[str], consumer_clock=None, clock=time.monotonic, on_ready=None,
+        holding=None,
     ) -> None:
         self.name, self.device, self.queues = name, device, queues
         self._clock = clock
         self._ready, self._models_ready, self._models = False, False, []
         self._consumer_clock = consumer_clock
         self._on_ready = on_ready  # told once the worker is ready (its metrics' gauge)
+        self._holding = holding  # () -> ids taken from the broker, not claimed yet
         self._consumer_wedged = self._loop_hung = False
         # What the device loop reports, in memory (the loop itself never waits on the database).
         self._loop_turned = clock()
@@ -148,7 +151,7 @@ class Heartbeat:
         """One beat, if the worker is healthy; returns whether it was written."""
         if not self._loop_healthy():
             return False
-        now = timezone.now()
+        now = Now()  # the database's clock: every host judges beats on the same one
         if not self._consumer_turns():
             # The process is fine, the broker is not: alive for a liveness probe (a restart would
             # not help), but no lease and not ready.
@@ -159,13 +162,18 @@ class Heartbeat:
             self._busy_since = None
         # stopped_at cleared and ready restated: a worker presumed dead while it was only slow
         # (its jobs were handed over) comes back as itself.
-        self._write(beat_at=now, loop_at=now, busy_since=self._busy_since, stopped_at=None, ready=self._ready)
+        holding = sorted(self._holding()) if self._holding is not None else []
+        self._write(beat_at=now, loop_at=now, busy_since=self._busy_since, stopped_at=None, ready=self._ready,
+                    holding=holding)
         return True
 
-    def start(self) -> None:
+    def start(self, holding=None) -> None:
         """Beat from a thread of its own, every quarter of the staleness limit (once the device
-        loop runs: while the models load, the worker is not alive yet)."""
+        loop runs: while the models load, the worker is not alive yet). ``holding()`` gives the
+        jobs taken from the broker and not claimed yet, listed with each beat."""
         self._loop_turned = self._clock()
+        if holding is not None:
+            self._holding = holding
 
         def run() -> None:
             while not self._stop.wait(beat_every_s()):

@@ -183,7 +183,9 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics
             metrics.ready()
     loop.start()
     if heartbeat is not None:
-        heartbeat.start()  # beats while the loop and the consumer are healthy: the lease on its claims
+        # Beats while the loop and the consumer are healthy (the lease on its claims), listing the
+        # jobs waiting in the batcher: a supervisor or reconciler resends exactly those if it dies.
+        heartbeat.start(holding=lambda: [payload.translation_id for payload in batcher.payloads()])
     from workers.reconciler import Reconciler
 
     Reconciler(heartbeat.name if heartbeat is not None else "").start()

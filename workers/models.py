@@ -25,6 +25,9 @@ class WorkerHeartbeat(models.Model):
         null=True, blank=True, help_text="Written while the device loop is healthy, even when the consumer is not (liveness)."
     )
     busy_since = models.DateTimeField(null=True, blank=True)
+    holding = models.JSONField(
+        default=list, blank=True, help_text="Translations taken from the broker and not claimed yet, as of the last beat."
+    )
     ready = models.BooleanField(default=False, help_text="Models loaded and a canary translation done.")
     last_error = models.TextField(blank=True, default="")
     last_error_at = models.DateTimeField(null=True, blank=True)

@@ -11,7 +11,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from translation.recovery import dead_workers_handle, lost_jobs_resend
 
@@ -24,17 +24,26 @@ class Reconciler(threading.Thread):
         self.worker = worker
         self._stop = threading.Event()
         self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
+        self._ok_since: float | None = None  # since when this reconciler reaches the database
 
     def run(self) -> None:
         while not self._stop.wait(settings.TRANSLATION_RECOVERY_EVERY_S):
             try:
-                dead_workers_handle(exclude=self.worker)
+                connection.ensure_connection()
+                now = time.monotonic()
+                if self._ok_since is None:
+                    self._ok_since = now
+                # Back from a database outage, every other worker's beat is old too: wait for
+                # them to beat again before presuming anyone dead.
+                if now - self._ok_since >= 2 * settings.WORKER_HEARTBEAT_STALE_S:
+                    dead_workers_handle(exclude=self.worker)
                 if time.monotonic() >= self._next_resend:
                     self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
                     lost_jobs_resend(older_than_s=settings.TRANSLATION_LOST_AFTER_S)
             except Exception:  # the database is down: try again at the next turn
                 logger.warning("Reconciler turn failed", exc_info=True)
-                close_old_connections()
+                self._ok_since = None
+                connection.close()
         close_old_connections()
 
     def stop(self) -> None:

@@ -93,17 +93,23 @@ class InFlightTests:
         from translation.services import translation_enqueue
 
         spanish = [row for row in many_translations if row.source_language == "es"]
-        waiting, taken = spanish[0], spanish[1]
+        waiting, taken, elsewhere, late = spanish[0], spanish[1], spanish[2], spanish[3]
         translation_enqueue(translation=waiting)  # still in the queue
-        Translation.objects.exclude(pk__in=[waiting.pk, taken.pk]).update(status=TranslationStatus.DONE)
+        Translation.objects.exclude(pk__in=[waiting.pk, taken.pk, elsewhere.pk, late.pk]).update(status=TranslationStatus.DONE)
+        last_beat = timezone.now()
+        Translation.objects.filter(pk__in=[taken.pk, elsewhere.pk]).update(enqueued_at=last_beat - timedelta(seconds=5))
+        Translation.objects.filter(pk=late.pk).update(enqueued_at=last_beat + timedelta(seconds=0.1))
         sent.clear()
         with django_capture_on_commit_callbacks(execute=True):
-            resent = in_flight_resend(queues=["translate.en"], reason="its process exited")
-        # The job no queue holds was taken by a worker (and not claimed): sent again, at the
-        # priority a worker takes first (Redis: the queue's own list; others wait in "<queue>\x06\x166").
-        assert resent == [taken.pk] and sent == [taken.pk]
+            # The lost worker's last beat listed `taken` (and `waiting`, still in the queue);
+            # `elsewhere` is held by another worker; `late` was sent after that beat.
+            resent = in_flight_resend(holding=[taken.pk, waiting.pk], queues=["translate.en"], since=last_beat,
+                                      reason="its process exited")
+        # What it held, and what it may have taken after its last beat, sent again at the priority
+        # a worker takes first (Redis: the queue's own list; the others wait in "<queue>\x06\x166").
+        assert sorted(resent) == sorted([taken.pk, late.pk]) and sorted(sent) == sorted(resent)
         broker = redis.Redis.from_url(broker_url(15))
-        assert broker.llen("translate.en") == 1 and broker.llen("translate.en\x06\x166") == 1
+        assert broker.llen("translate.en") == 2 and broker.llen("translate.en\x06\x166") == 1
 
 
 class ClaimRuleTests:
