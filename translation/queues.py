@@ -89,14 +89,16 @@ def translation_ids_waiting(queues: list[str]) -> set[int] | None:
     return _translation_ids(queues, unacked=False)
 
 
-def translation_ids_in_broker(queues: list[str]) -> set[int] | None:
+def translation_ids_in_broker(queues: list[str], *, delivered_within_s: float | None = None) -> set[int] | None:
     """Ids of the translations whose message the broker holds: waiting in one of ``queues``, or
-    delivered to a worker and not yet acknowledged. None where the broker cannot be searched
-    (a transport other than Redis, or unreachable): then nothing can be called lost."""
-    return _translation_ids(queues, unacked=True)
+    delivered to a worker and not yet acknowledged (with ``delivered_within_s``: only those
+    delivered that recently; a live worker claims what it took within a batch or two). None
+    where the broker cannot be searched (a transport other than Redis, or unreachable): then
+    nothing can be called lost."""
+    return _translation_ids(queues, unacked=True, delivered_within_s=delivered_within_s)
 
 
-def _translation_ids(queues: list[str], *, unacked: bool) -> set[int] | None:
+def _translation_ids(queues: list[str], *, unacked: bool, delivered_within_s: float | None = None) -> set[int] | None:
     from cs_portal.celery import app
 
     try:
@@ -115,9 +117,16 @@ def _translation_ids(queues: list[str], *, unacked: bool) -> set[int] | None:
                     key = prefix + channel._q_for_pri(queue, priority)
                     for raw in client.execute_command("LRANGE", key, 0, -1):
                         found.add(_translation_id(raw))
-            if unacked:
+            if unacked and delivered_within_s is None:
                 for raw in client.execute_command("HVALS", prefix + channel.unacked_key):
                     found.add(_translation_id(raw))
+            elif unacked:  # the unacked index scores each delivery with its time
+                since = time.time() - delivered_within_s
+                tags = client.execute_command("ZRANGEBYSCORE", prefix + channel.unacked_index_key, since, "+inf")
+                if tags:
+                    for raw in client.execute_command("HMGET", prefix + channel.unacked_key, *tags):
+                        if raw is not None:
+                            found.add(_translation_id(raw))
             found.discard(None)
             return found
     except Exception:

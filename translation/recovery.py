@@ -35,6 +35,10 @@ from translation.models import Translation, TranslationStatus
 
 logger = logging.getLogger(__name__)
 
+# A job a worker took from the broker and has not claimed after this long is taken as lost: a
+# live worker claims what it took within a batch or two (it prefetches two batches' worth).
+UNCLAIMED_AFTER_S = 60.0
+
 HANDED_OVER = "Its worker {worker} stopped before finishing ({why}); handed over to another worker."
 LOST = "Sent {times} times without reaching a worker (lost by the broker each time)."
 
@@ -158,8 +162,10 @@ class Resent:
 
 def lost_jobs_resend(*, older_than_s: float) -> Resent:
     """Send again the queued rows older than ``older_than_s`` that no queue holds: never sent
-    (the broker was down at commit), or lost (the broker restarted empty). Where the broker
-    cannot be searched for a job (not Redis), only never-sent rows are resent."""
+    (the broker was down at commit), lost (the broker restarted empty), or taken by a worker
+    longer ago than that and still not claimed (a worker lost with its claim transaction open,
+    whose rows no hand-over could touch). Where the broker cannot be searched for a job (not
+    Redis), only never-sent rows are resent."""
     from translation.queues import translation_ids_in_broker
 
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
@@ -170,7 +176,9 @@ def lost_jobs_resend(*, older_than_s: float) -> Resent:
     )
     if not candidates:
         return Resent()
-    held = translation_ids_in_broker(sorted({queue for _, queue, _ in candidates if queue}))
+    held = translation_ids_in_broker(
+        sorted({queue for _, queue, _ in candidates if queue}), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S)
+    )
     lost = [pk for pk, _, enqueued_at in candidates if enqueued_at is None or (held is not None and pk not in held)]
     result = Resent()
     with transaction.atomic():

@@ -204,5 +204,23 @@ class LostJobsTests:
         assert translation_ids_waiting(["translate.en"]) == {waiting.pk}
         assert translation_ids_in_broker(["translate.en"]) == {waiting.pk, taken.pk}
 
+    def test_a_job_taken_long_ago_and_never_claimed_is_sent_again(self, many_translations):
+        """Taken by a worker that was lost with its claim transaction open: the message sits
+        unacknowledged until Redis's visibility timeout (15 minutes); the ledger does not wait."""
+        import json
+        import time as clock
+
+        from translation.recovery import UNCLAIMED_AFTER_S
+
+        stuck, fresh = many_translations[0], many_translations[1]
+        self.age([stuck, fresh], 120)
+        Translation.objects.exclude(pk__in=[stuck.pk, fresh.pk]).update(status=TranslationStatus.DONE)
+        client = redis.Redis.from_url(broker_url(15))
+        for tag, row, delivered in (("old", stuck, clock.time() - UNCLAIMED_AFTER_S - 5), ("new", fresh, clock.time() - 1)):
+            message = {"body": "", "headers": {"argsrepr": f"[{row.pk}]"}, "properties": {}}
+            client.hset("unacked", tag, json.dumps([message, "", "translate.en"]))
+            client.zadd("unacked_index", {tag: delivered})
+        assert lost_jobs_resend(older_than_s=10).sent == [stuck.pk]
+
     def test_recent_jobs_are_left_alone(self, many_translations):
         assert lost_jobs_resend(older_than_s=10).sent == []
