@@ -54,7 +54,8 @@ class Fault:
 @dataclass
 class Report:
     sent: int = 0
-    refused: int = 0  # 429 (backpressure) or an error answer: nothing stored, not counted as sent
+    refused: int = 0  # 429 (backpressure): nothing stored, not counted as sent
+    errors: int = 0  # any other answer, or none (a timeout): not counted as sent
     done: int = 0
     failed_visible: int = 0
     lost: int = 0
@@ -119,6 +120,7 @@ class Soak:
         self.report = Report()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._seen_done: dict[int, object] = {}
 
     # --- set-up ---
 
@@ -198,9 +200,16 @@ class Soak:
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 message = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            with self._lock:
+                if error.code == 429:
+                    self.report.refused += 1
+                else:
+                    self.report.errors += 1
+            return
         except (urllib.error.URLError, OSError, ValueError):
             with self._lock:
-                self.report.refused += 1
+                self.report.errors += 1
             return
         with self._lock:
             self.report.sent += 1
@@ -273,7 +282,9 @@ class Soak:
                 elapsed = time.monotonic() - started
                 if elapsed >= next_report:
                     next_report += 5.0
-                    self.say(f"  t={elapsed:5.1f}s sent {self.report.sent}, refused {self.report.refused}, {self.progress()}")
+                    self.say(f"  t={elapsed:5.1f}s sent {self.report.sent}, refused {self.report.refused}, "
+                             f"errors {self.report.errors}, {self.progress()}")
+                    self.look_for_second_stores()
         self._stop.set()
         injector.join(5)
         for pid in self.worker_pids():  # a worker still frozen by the lost-host fault
@@ -295,18 +306,27 @@ class Soak:
 
     # --- the count ---
 
-    def drain(self) -> None:
+    def look_for_second_stores(self) -> list:
+        """Every done row's finish time, compared with the last look: a done row finished again
+        is a second store. Looked at every 5 s of traffic and every turn of the drain."""
         from translation.models import Translation, TranslationStatus
 
+        with self._lock:
+            ids = list(self.translation_ids)
+        rows = list(Translation.objects.filter(pk__in=ids).values_list("pk", "status", "finished_at"))
+        for pk, status, finished_at in rows:
+            if status == TranslationStatus.DONE:
+                if pk in self._seen_done and self._seen_done[pk] != finished_at:
+                    self.report.duplicates += 1
+                self._seen_done[pk] = finished_at
+        return rows
+
+    def drain(self) -> None:
+        from translation.models import TranslationStatus
+
         deadline = time.monotonic() + self.drain_timeout
-        seen_done: dict[int, object] = {}
         while True:
-            rows = list(Translation.objects.filter(pk__in=self.translation_ids).values_list("pk", "status", "finished_at"))
-            for pk, status, finished_at in rows:  # a done row finished again would be a duplicate store
-                if status == TranslationStatus.DONE:
-                    if pk in seen_done and seen_done[pk] != finished_at:
-                        self.report.duplicates += 1
-                    seen_done[pk] = finished_at
+            rows = self.look_for_second_stores()
             unfinished = sum(1 for _, status, _ in rows if status in (TranslationStatus.QUEUED, TranslationStatus.RUNNING))
             if not unfinished or time.monotonic() > deadline:
                 break

@@ -73,7 +73,8 @@ class Command(BaseCommand):
         report = soak.report
         self.say(
             f"\nSoak finished in {time.monotonic() - started:.0f} s: {report.sent} messages accepted "
-            f"({report.refused} refused or unanswered), {len(soak.translation_ids)} translations: {report.done} done, "
+            f"({report.refused} refused with 429, {report.errors} errors or unanswered), "
+            f"{len(soak.translation_ids)} translations: {report.done} done, "
             f"{report.failed_visible} failed visibly, {report.lost} lost, {report.duplicates} stored twice."
         )
         for fault in report.faults:
