@@ -4,7 +4,9 @@ and, the caller's transaction rolling back, nothing of it is stored.
 
 Counting a route's waiting jobs costs one indexed COUNT (a partial index of queued rows). Far
 from the limit each process reuses its count for ``CACHE_S``, adding the jobs it sent since;
-near the limit it counts every time, so the limit holds exactly where it matters.
+near the limit it counts every time. Requests in flight at the same moment do not see each
+other's uncommitted jobs, so a burst may pass the limit by a few: it is a bound on the backlog,
+not an exact quota.
 """
 
 from __future__ import annotations

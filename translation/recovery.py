@@ -138,14 +138,11 @@ def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list
     from workers.models import WorkerHeartbeat
 
     handled = {}
-    with transaction.atomic():
-        stale = list(
-            WorkerHeartbeat.objects.select_for_update(skip_locked=True)
-            .filter(stopped_at__isnull=True, beat_at__lt=stale_before(), ready=True)
-            .exclude(name=exclude)
-        )
-        for beat in stale:
-            handled[beat.name] = worker_lost(worker=beat.name, reason="its heartbeat went stale")
+    stale = WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__lt=stale_before(), ready=True).exclude(name=exclude)
+    if stale.exists():  # a plain read first: most turns find nobody, and take no lock (SQLite's is global)
+        with transaction.atomic():
+            for beat in stale.select_for_update(skip_locked=True):
+                handled[beat.name] = worker_lost(worker=beat.name, reason="its heartbeat went stale")
     holders = set(
         Translation.objects.filter(status=TranslationStatus.RUNNING).exclude(worker="").values_list("worker", flat=True)
     ) - {exclude} - set(handled)
