@@ -80,9 +80,11 @@ class Heartbeat:
             logger.warning("Could not write the heartbeat of %s", self.name, exc_info=True)
             close_old_connections()
 
-    def register(self) -> None:
-        """Write the row, and hand over what an earlier process of this name held: this one
-        holds nothing yet (a restart after a crash, or the same name on a new host)."""
+    def register(self, *, starting: bool = False) -> None:
+        """Write the row. ``starting``: this process holds nothing yet, so what an earlier
+        process of this name held (a restart after a crash, the same name on a new host) is
+        handed over. Not when the row is written again later (it was removed meanwhile): the
+        jobs this process holds are its own."""
         from translation.recovery import claims_release
 
         now = timezone.now()
@@ -96,7 +98,8 @@ class Heartbeat:
                 "ready": self._ready, "stopped_at": None,
             },
         )
-        claims_release(worker=self.name, reason=f"{self.name} restarted before finishing this job.")
+        if starting:
+            claims_release(worker=self.name, reason=f"{self.name} restarted before finishing this job.")
 
     def ready(self, models: list[dict]) -> None:
         """The models are loaded and each has translated its warm-up sentence (the canary).

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = WorkerMetrics(name, device=args.device, queues=queues)
     heartbeat = Heartbeat(name, device=args.device, queues=queues, consumer_clock=CONSUMER_CLOCK, on_ready=metrics.ready)
-    heartbeat.register()
+    heartbeat.register(starting=True)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
         print(f"Metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)

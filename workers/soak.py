@@ -105,8 +105,9 @@ class Broker:
 
 class Soak:
     def __init__(self, *, rate: float, seconds: float, kill_every: float, restart_broker_at: float,
-                 drain_timeout: float, say, lose_host_at: float = -1.0) -> None:
+                 drain_timeout: float, say, lose_host_at: float = -1.0, stop_db_at: float = -1.0, database=None) -> None:
         self.rate, self.seconds, self.kill_every, self.lose_host_at = rate, seconds, kill_every, lose_host_at
+        self.stop_db_at, self.database = stop_db_at, database  # database: a workers.pg_cluster.Cluster
         self.restart_broker_at, self.drain_timeout, self.say = restart_broker_at, drain_timeout, say
         from django.conf import settings
 
@@ -231,6 +232,7 @@ class Soak:
         next_kill = self.kill_every if self.kill_every > 0 else math.inf
         broker_at = self.restart_broker_at if self.restart_broker_at >= 0 else math.inf
         lose_at = self.lose_host_at if self.lose_host_at >= 0 else math.inf
+        db_at = self.stop_db_at if self.stop_db_at >= 0 and self.database is not None else math.inf
         frozen: tuple[int, float] | None = None
         while not self._stop.wait(0.05):
             now = time.monotonic() - started
@@ -244,6 +246,13 @@ class Soak:
                     os.kill(victim, signal.SIGSTOP)
                     frozen = (victim, now + 10)
                     self.fault(Fault(at=now, kind="host", detail=f"SIGSTOP worker pid {victim} (a lost host)", wall=time.time()))
+            if now >= db_at:
+                db_at = math.inf
+                wall = time.time()
+                self.database.stop()
+                self.fault(Fault(at=now, kind="database", detail="PostgreSQL stopped for 3 s", wall=wall))
+                time.sleep(3)
+                self.database.start()
             if frozen is not None and now >= frozen[1]:
                 os.kill(frozen[0], signal.SIGKILL)
                 frozen = None
@@ -282,9 +291,16 @@ class Soak:
                 elapsed = time.monotonic() - started
                 if elapsed >= next_report:
                     next_report += 5.0
-                    self.say(f"  t={elapsed:5.1f}s sent {self.report.sent}, refused {self.report.refused}, "
-                             f"errors {self.report.errors}, {self.progress()}")
-                    self.look_for_second_stores()
+                    try:
+                        self.say(f"  t={elapsed:5.1f}s sent {self.report.sent}, refused {self.report.refused}, "
+                                 f"errors {self.report.errors}, {self.progress()}")
+                        self.look_for_second_stores()
+                    except Exception as exc:  # the database is down (--stop-db-at): look again later
+                        self.say(f"  t={elapsed:5.1f}s sent {self.report.sent}, errors {self.report.errors}, "
+                                 f"the ledger cannot be read ({type(exc).__name__})")
+                        from django.db import connection
+
+                        connection.close()
         self._stop.set()
         injector.join(5)
         for pid in self.worker_pids():  # a worker still frozen by the lost-host fault

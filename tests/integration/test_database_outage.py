@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT, broker_url, free_port, wait_for
+from tests.conftest import ROOT, broker_url, wait_for
 from workers.lifecycle import stop_process
+from workers.pg_cluster import PG_BIN, Cluster
 
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 MESSAGES = 300
 
 SEND = """
@@ -36,55 +32,14 @@ print(json.dumps(ids))
 """
 
 
-class Cluster:
-    """A PostgreSQL cluster of the test's own. initdb refuses to run as root: as root, the
-    cluster belongs to the postgres user."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory / "pg", free_port()
-        self.url = f"postgres://postgres@127.0.0.1:{self.port}/portal"
-
-    def run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=60)
-
-    def create(self) -> None:
-        self.directory.mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres", "postgres")
-        self.run(str(PG_BIN / "initdb"), "-D", str(self.directory), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.start()
-        with psycopg.connect(f"postgres://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as connection:
-            connection.execute("CREATE DATABASE portal")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory} -c fsync=off"
-        self.run(str(PG_BIN / "pg_ctl"), "-D", str(self.directory), "-o", options, "-l", str(self.directory / "log"),
-                 "-w", "start")
-
-    def stop(self) -> None:
-        self.run(str(PG_BIN / "pg_ctl"), "-D", str(self.directory), "-m", "fast", "-w", "stop")
-
-    def query(self, sql: str):
-        with psycopg.connect(self.url) as connection:
-            return connection.execute(sql).fetchall()
-
-
 @pytest.fixture
 def cluster():
-    # Not under pytest's tmp_path, whose parents only root may enter: the postgres user must.
-    directory = Path(tempfile.mkdtemp(prefix="pg-outage-"))
-    directory.chmod(0o755)
-    cluster = Cluster(directory)
+    cluster = Cluster()
     try:
         cluster.create()
         yield cluster
     finally:
-        try:
-            cluster.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(directory, ignore_errors=True)
+        cluster.remove()
 
 
 def test_a_database_outage_while_the_worker_writes_loses_and_duplicates_nothing(cluster, tmp_path, tiny_models):

@@ -77,6 +77,16 @@ class ClaimsReleaseTests:
         assert dead.stopped_at is not None and dead.last_error.startswith("Presumed dead")
         assert dead_workers_handle() == {}  # handled once, not at every turn
 
+    def test_a_worker_writing_its_row_again_keeps_its_claims_and_a_restarted_one_gives_them_up(self, many_translations):
+        from workers.heartbeat import Heartbeat
+
+        claimed_by(many_translations[:2], "w@h")
+        heartbeat = Heartbeat("w@h", device="cpu", queues=["translate.en"])
+        heartbeat.register()  # the row had been removed (a cleanup): written again by the same process
+        assert Translation.objects.filter(status=TranslationStatus.RUNNING, worker="w@h").count() == 2
+        heartbeat.register(starting=True)  # a new process of that name holds nothing yet
+        assert not Translation.objects.filter(status=TranslationStatus.RUNNING, worker="w@h").exists()
+
     def test_a_worker_never_hands_over_its_own_claims(self, many_translations):
         claimed_by(many_translations[:2], "me@h")  # no heartbeat row: as dead as can be
         assert dead_workers_handle(exclude="me@h") == {}

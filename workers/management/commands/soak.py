@@ -1,3 +1,5 @@
+import os
+import subprocess
 import time
 
 from django.core.management import call_command
@@ -23,7 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--lose-host-at", type=float, default=-1.0, metavar="T",
                             help="freeze one worker T seconds in (SIGSTOP: no exit for its supervisor to see), as a lost host")
         parser.add_argument("--stop-db-at", type=float, default=-1.0, metavar="T",
-                            help="not available: the soak runs on the configured database (see docs/reliability.md)")
+                            help="stop the database for 3 s, T seconds in: the soak then runs on a PostgreSQL cluster "
+                                 "of its own (Debian's initdb and pg_ctl), not on the configured database")
         parser.add_argument("--drain-timeout", type=float, default=180.0, help="longest wait for the ledger to be quiet")
 
     def say(self, line: str) -> None:
@@ -40,23 +43,33 @@ class Command(BaseCommand):
             raise CommandError("--kill-worker-every must be 0 (never) or at least 2 seconds")
         if restart_broker_at >= seconds or lose_host_at >= seconds:
             raise CommandError("--restart-broker-at and --lose-host-at must fall inside the traffic (less than --seconds)")
-        if stop_db_at >= 0:
-            raise CommandError(
-                "--stop-db-at needs a database the soak can stop; this soak uses the configured one. "
-                "The database outage is covered by tests/integration/test_database_outage.py."
-            )
+        if stop_db_at >= seconds:
+            raise CommandError("--stop-db-at must fall inside the traffic (less than --seconds)")
         if not 1 <= drain_timeout <= 3600:
             raise CommandError("--drain-timeout must be from 1 to 3600 seconds")
         started = time.monotonic()
         self.say(f"Soak: {rate:g} messages/s for {seconds:g} s"
                  + (f", a worker killed every {kill_worker_every:g} s" if kill_worker_every else "")
                  + (f", the broker restarted at {restart_broker_at:g} s" if restart_broker_at >= 0 else ""))
+        cluster = None
+        if stop_db_at >= 0:
+            from workers.pg_cluster import Cluster
+
+            self.say("[0/4] A PostgreSQL cluster of the soak's own (it will be stopped and started) ...")
+            try:
+                cluster = Cluster()
+                cluster.create()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                raise CommandError(f"Could not create the soak's PostgreSQL cluster: {exc}") from exc
+            use_database(cluster.url)
+            self.say(f"  database: {cluster.url}")
         self.say("[1/4] Database and models ...")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("prepare_models", verbosity=0, stdout=self.stdout)
         call_command("import_routes", "--if-empty", verbosity=0, stdout=self.stdout)
         soak = Soak(rate=rate, seconds=seconds, kill_every=kill_worker_every, restart_broker_at=restart_broker_at,
-                    drain_timeout=drain_timeout, say=self.say, lose_host_at=lose_host_at)
+                    drain_timeout=drain_timeout, say=self.say, lose_host_at=lose_host_at, stop_db_at=stop_db_at,
+                    database=cluster)
         try:
             self.say("[2/4] Broker, workers and web (all on 127.0.0.1) ...")
             try:
@@ -70,6 +83,11 @@ class Command(BaseCommand):
             soak.count()
         finally:
             soak.stop()
+            if cluster is not None:
+                from django.db import connection
+
+                connection.close()
+                cluster.remove()
         report = soak.report
         self.say(
             f"\nSoak finished in {time.monotonic() - started:.0f} s: {report.sent} messages accepted "
@@ -86,3 +104,17 @@ class Command(BaseCommand):
         self.say(report.last_line())
         if report.lost or report.duplicates:
             raise SystemExit(1)
+
+
+def use_database(url: str) -> None:
+    """Point this process, and the processes it starts, at ``url``."""
+    import environ
+    from django.conf import settings
+    from django.db import connections
+
+    config = environ.Env.db_url_config(url)
+    connections["default"].close()
+    for target in (settings.DATABASES["default"], connections["default"].settings_dict):
+        target.update({key: value for key, value in config.items() if key in ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT")})
+    os.environ["DATABASE_URL"] = url
+
