@@ -1,5 +1,5 @@
 """Backpressure: past a route's limit of waiting jobs its fallback takes them, else the API
-answers 429 with Retry-After and stores nothing."""
+answers 429 with Retry-After and stores nothing; a database outage answers 503 likewise."""
 
 import pytest
 
@@ -50,3 +50,19 @@ def test_past_the_limit_the_fallback_takes_the_job(client, conversation):
     assert post(client, conversation, key, "Hola otra vez").status_code == 201
     routes = list(Translation.objects.order_by("pk").values_list("route__source_language", flat=True))
     assert routes == ["es", "*"]
+
+
+def test_a_database_outage_answers_503_with_retry_after(client, conversation, monkeypatch):
+    from django.db import OperationalError
+
+    import cs_portal.portal.services as services
+
+    conversation, key = conversation
+
+    def unreachable(**kwargs):  # what the ORM raises while PostgreSQL is stopped
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "message_create_from_customer", unreachable)
+    response = post(client, conversation, key, "Hola")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "unavailable"

@@ -22,7 +22,16 @@ def _first_message(detail, path: str = "") -> str:
     return f"{path}: {detail}" if path and path != "non_field_errors" else str(detail)
 
 
+DATABASE_UNREACHABLE = "The portal's database is unreachable; nothing was stored. Send again in a few seconds."
+
+
 def api_exception_handler(exc, context):
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):  # an outage, not the request's fault
+        response = Response({"error": {"code": "unavailable", "message": DATABASE_UNREACHABLE}}, status=503)
+        response["Retry-After"] = "5"
+        return response
     if isinstance(exc, ApplicationError):
         response = Response({"error": {"code": exc.code, "message": exc.message, **exc.extra}}, status=exc.status)
         if "retry_after" in exc.extra:
