@@ -28,16 +28,30 @@ def _route_or_reason(translation: Translation, text: str, sticky_key) -> tuple[R
     try:
         route = route_for(source, target, sticky_key=sticky_key)
     except errors.NoRoute as exc:
-        labels = metrics.job_labels(route_id=None, source=source, target=target, model="")
-        metrics.jobs_requested.labels(**labels).inc()
-        metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_NO_ROUTE).inc()
         return None, exc.message
-    labels = metrics.job_labels(route_id=route.id, source=source, target=target, model=route.model)
-    metrics.jobs_requested.labels(**labels).inc()
     if len(text) > route.max_input_chars:
-        metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_INPUT_TOO_LONG).inc()
         return route, INPUT_TOO_LONG.format(length=len(text), route=route, limit=route.max_input_chars)
     return route, ""
+
+
+def _on_commit(translation: Translation, *, send: bool) -> None:
+    """Once the transaction commits: count the request (and its failure when it failed at once;
+    a request rolled back, a 429 say, is not counted), and send the job when ``send``."""
+    labels = metrics.job_labels(
+        route_id=translation.route_id, source=translation.source_language, target=translation.target_language,
+        model=translation.model_name,
+    )
+    failed = translation.status == TranslationStatus.FAILED
+    kind = metrics.FAILED_NO_ROUTE if translation.route_id is None else metrics.FAILED_INPUT_TOO_LONG
+
+    def committed() -> None:
+        metrics.jobs_requested.labels(**labels).inc()
+        if failed:
+            metrics.jobs_failed.labels(**labels, reason=kind).inc()
+        if send:
+            translation_enqueue(translation=translation)
+
+    transaction.on_commit(committed)
 
 
 def _sticky_key(translation: Translation):
@@ -81,13 +95,14 @@ def translation_request(*, message, target_language: str, back_translate: bool =
     if reason:
         _fail_at_once(translation, reason)
         translation.save()
+        _on_commit(translation, send=False)
         logger.warning("Translation %s failed at once: %s", translation.pk, reason)
         return translation
     # Stamped now, sent at commit: one statement per job less on the hot path; a failed send
     # clears it again (translation_enqueue), so "queued, never sent" stays visible.
     translation.enqueued_at = timezone.now()
     translation.save()
-    transaction.on_commit(lambda: translation_enqueue(translation=translation))
+    _on_commit(translation, send=True)
     return translation
 
 
@@ -105,10 +120,11 @@ def back_translation_request(*, of: Translation, text: str) -> Translation:
     if reason:
         _fail_at_once(translation, reason)
         translation.save()
+        _on_commit(translation, send=False)
         return translation
     translation.enqueued_at = timezone.now()
     translation.save()
-    transaction.on_commit(lambda: translation_enqueue(translation=translation))
+    _on_commit(translation, send=True)
     return translation
 
 
@@ -218,7 +234,7 @@ def translation_retry(*, translation: Translation) -> Translation:
     _stamp_route(translation, route)
     translation.enqueued_at = translation.started_at = translation.finished_at = None
     translation.save()
-    transaction.on_commit(lambda: translation_enqueue(translation=translation))
+    _on_commit(translation, send=True)
     return translation
 
 

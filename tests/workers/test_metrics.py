@@ -111,7 +111,7 @@ class ExecutionMetricsTests:
         translation_run_batch([Delivery(queued_translation.pk, "w1", "translate.en")])
         assert REGISTRY.get_sample_value("translation_jobs_retried_total", labels) == before + 1
 
-    def test_a_pair_without_a_route_counts_on_the_sending_side(self, api_client_key, db):
+    def test_a_pair_without_a_route_counts_on_the_sending_side(self, api_client_key, db, django_capture_on_commit_callbacks):
         from cs_portal.portal.services import conversation_create, message_create_from_customer
 
         from translation.routing import routes_changed
@@ -122,7 +122,8 @@ class ExecutionMetricsTests:
         before = REGISTRY.get_sample_value("translation_jobs_failed_total", labels) or 0
         agent_create(username="sam", password="secret-pass", working_language="en")
         conversation = conversation_create(api_client=api_client_key[0], customer_name="Ana")
-        message = message_create_from_customer(conversation=conversation, text="Hola", language="es")
+        with django_capture_on_commit_callbacks(execute=True):  # counted once the request commits
+            message = message_create_from_customer(conversation=conversation, text="Hola", language="es")
         assert message.translations.get().status == TranslationStatus.FAILED
         assert REGISTRY.get_sample_value("translation_jobs_failed_total", labels) == before + 1
 
