@@ -90,6 +90,12 @@ def translation_request(*, message, target_language: str, back_translate: bool =
         # Past the route's limit of waiting jobs, its fallback takes the job, or Overloaded
         # (429) rolls the caller's transaction back: the message is not stored either.
         route = backpressure.route_with_room(route)
+    return _record(translation, route, reason)
+
+
+def _record(translation: Translation, route: Route | None, reason: str) -> Translation:
+    """Stamp the route and save the row: failed at once with ``reason``, or queued and sent
+    when the transaction commits."""
     if route is not None:
         _stamp_route(translation, route)
     if reason:
@@ -115,17 +121,7 @@ def back_translation_request(*, of: Translation, text: str) -> Translation:
     )
     conversation_id = of.message.conversation_id if of.message_id else None
     route, reason = _route_or_reason(translation, text, conversation_id)
-    if route is not None:
-        _stamp_route(translation, route)
-    if reason:
-        _fail_at_once(translation, reason)
-        translation.save()
-        _on_commit(translation, send=False)
-        return translation
-    translation.enqueued_at = timezone.now()
-    translation.save()
-    _on_commit(translation, send=True)
-    return translation
+    return _record(translation, route, reason)
 
 
 def back_translations_request(translation_ids) -> int:
