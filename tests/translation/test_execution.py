@@ -77,6 +77,21 @@ class TranslationCompleteTests:
         translation.refresh_from_db()
         assert (translation.text, translation.worker, translation.status) == ("from w2", "w2", TranslationStatus.DONE)
 
+    def test_a_batch_stores_the_rows_whose_claims_hold_and_says_which(self, many_translations):
+        from translation.execution import translations_claim, translations_complete
+
+        jobs = translations_claim(deliveries(many_translations))
+        superseded = many_translations[2].pk
+        claim(many_translations[2], "w2")  # redelivered to another worker meanwhile
+        texts = {pk: f"it's 100% {pk}; \"quoted\" -- $1 %s" for pk in jobs}  # nothing in a text is SQL
+        stored = translations_complete([(job, texts[pk]) for pk, job in jobs.items()], batch_size=6)
+        assert stored == set(jobs) - {superseded}
+        for row in Translation.objects.filter(pk__in=jobs):
+            if row.pk == superseded:
+                assert (row.status, row.text, row.worker) == (TranslationStatus.RUNNING, "", "w2")
+            else:
+                assert (row.status, row.text, row.batch_size) == (TranslationStatus.DONE, texts[row.pk], 6)
+
     def test_failure_after_done_is_ignored(self, translation):
         job = claim(translation)
         translation_complete(job=job, text="first")
