@@ -155,14 +155,22 @@ def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list
 class Resent:
     sent: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    missing: set[int] = field(default_factory=set)  # no queue held them at this look
 
 
-def lost_jobs_resend(*, older_than_s: float) -> Resent:
+def lost_jobs_resend(*, older_than_s: float, seen_missing: set[int] | None = None) -> Resent:
     """Send again the queued rows older than ``older_than_s`` that no queue holds: never sent
     (the broker was down at commit), lost (the broker restarted empty), or taken by a worker
     longer ago than that and still not claimed (a worker lost with its claim transaction open,
     whose rows no hand-over could touch). Where the broker cannot be searched for a job (not
-    Redis), only never-sent rows are resent."""
+    Redis), only never-sent rows are resent.
+
+    A row is stamped as sent when it is saved, and its message is sent once its transaction
+    commits: a long transaction (a thousand messages saved at once) commits rows whose stamp is
+    already old, and their sends take seconds. ``seen_missing``, the ``missing`` of the caller's
+    previous look, makes that safe: then a row is resent only when no queue held it at that
+    look either (the reconciler looks every ``older_than_s / 2``). None: resend what is missing
+    now (a single look, as from a command or a test)."""
     from translation.queues import translation_ids_in_broker
 
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
@@ -176,8 +184,10 @@ def lost_jobs_resend(*, older_than_s: float) -> Resent:
     held = translation_ids_in_broker(
         sorted({queue for _, queue, _ in candidates if queue}), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S)
     )
-    lost = [pk for pk, _, enqueued_at in candidates if enqueued_at is None or (held is not None and pk not in held)]
-    result = Resent()
+    missing = {pk for pk, _, enqueued_at in candidates if enqueued_at is not None and held is not None and pk not in held}
+    confirmed = missing if seen_missing is None else missing & seen_missing
+    lost = [pk for pk, _, enqueued_at in candidates if enqueued_at is None or pk in confirmed]
+    result = Resent(missing=missing - confirmed)
     with transaction.atomic():
         rows = list(
             Translation.objects.select_for_update(skip_locked=True, of=("self",))

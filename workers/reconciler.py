@@ -25,6 +25,7 @@ class Reconciler(threading.Thread):
         self._stop = threading.Event()
         self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
         self._ok_since: float | None = None  # since when this reconciler reaches the database
+        self._missing: set[int] = set()  # queued jobs no queue held at the last look
 
     def run(self) -> None:
         while not self._stop.wait(settings.TRANSLATION_RECOVERY_EVERY_S):
@@ -39,7 +40,9 @@ class Reconciler(threading.Thread):
                     dead_workers_handle(exclude=self.worker)
                 if time.monotonic() >= self._next_resend:
                     self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
-                    lost_jobs_resend(older_than_s=settings.TRANSLATION_LOST_AFTER_S)
+                    self._missing = lost_jobs_resend(
+                        older_than_s=settings.TRANSLATION_LOST_AFTER_S, seen_missing=self._missing
+                    ).missing
             except Exception:  # the database is down: try again at the next turn
                 logger.warning("Reconciler turn failed", exc_info=True)
                 self._ok_since = None

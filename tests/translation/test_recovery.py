@@ -180,6 +180,23 @@ class LostJobsTests:
         assert result.sent == [lost.pk] and sent == [lost.pk]
         assert Translation.objects.get(pk=lost.pk).resends == 1
 
+    def test_a_job_missing_at_one_look_only_is_not_resent(self, many_translations, sent):
+        """A long transaction commits rows whose sent stamp is already old, and their sends take
+        a while: a job missing once may be on its way. The reconciler resends a job only when
+        it was missing at its previous look too."""
+        from translation.services import translation_enqueue
+
+        on_its_way, lost = many_translations[0], many_translations[1]
+        self.age([on_its_way, lost], 60)
+        Translation.objects.exclude(pk__in=[on_its_way.pk, lost.pk]).update(status=TranslationStatus.DONE)
+        sent.clear()
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        assert (first.sent, first.missing) == ([], {on_its_way.pk, lost.pk})
+        translation_enqueue(translation=on_its_way)  # its transaction's send arrives
+        second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
+        assert second.sent == [lost.pk] and second.missing == set()
+        assert Translation.objects.get(pk=on_its_way.pk).resends == 0
+
     def test_a_job_never_sent_is_sent_and_one_lost_too_often_fails_visibly(self, many_translations, settings):
         settings.TRANSLATION_MAX_RESENDS = 2
         never_sent, hopeless = many_translations[0], many_translations[1]
