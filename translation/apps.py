@@ -7,6 +7,7 @@ class TranslationConfig(AppConfig):
     verbose_name = "Translation"
 
     def ready(self) -> None:
+        from translation import checks  # noqa: F401  (registers the database checks)
         from translation.models import LanguageRoute
         from translation.routing import route_saved
 

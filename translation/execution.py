@@ -167,9 +167,11 @@ def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: in
     only while its claim is the latest (same attempt, still running), and the statement says
     which it stored. One statement of plain SQL: Django's ``Case``/``When`` and an OR of 128
     conditions cost several milliseconds of CPU per batch to build. PostgreSQL and SQLite (3.35
-    and later) both take it; both name a VALUES list's columns column1, column2, ..."""
+    and later: checked at start-up, ``translation.checks``) both take it; both name a VALUES
+    list's columns column1, column2, ..."""
     from django.db import connection
 
+    results = list(dict((job.id, (job, text)) for job, text in reversed(results)).values())  # one text per row: the first
     quote = connection.ops.quote_name
     table = quote(Translation._meta.db_table)
     column = {name: quote(Translation._meta.get_field(name).column) for name in
@@ -182,13 +184,13 @@ def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: in
         f"FROM (VALUES {rows}) AS v "
         f"WHERE {table}.{column['id']} = v.column1 AND {table}.{column['attempts']} = v.column2 "
         f"AND {table}.{column['status']} = %s "
-        f"RETURNING {table}.{column['id']}"
+        f"RETURNING {column['id']}"  # unqualified: SQLite 3.35 refuses a table name here
     )
     params: list = [TranslationStatus.DONE, stamp, stamp, batch_size]
     for job, text in results:
         params += [job.id, job.attempt, text]
     params.append(TranslationStatus.RUNNING)
-    with connection.cursor() as cursor:
+    with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {pk for (pk,) in cursor.fetchall()}
 

@@ -155,10 +155,12 @@ def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list
 class Resent:
     sent: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
-    missing: set[int] = field(default_factory=set)  # no queue held them at this look
+    # (id, attempts) of the jobs no queue held at this look; attempts tell a job claimed and
+    # queued again in between from one that stayed where it was.
+    missing: set[tuple[int, int]] = field(default_factory=set)
 
 
-def lost_jobs_resend(*, older_than_s: float, seen_missing: set[int] | None = None) -> Resent:
+def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] | None = None) -> Resent:
     """Send again the queued rows older than ``older_than_s`` that no queue holds: never sent
     (the broker was down at commit), lost (the broker restarted empty), or taken by a worker
     longer ago than that and still not claimed (a worker lost with its claim transaction open,
@@ -177,17 +179,23 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[int] | None = Non
     candidates = list(
         Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff)
         .exclude(enqueued_at__gte=cutoff)
-        .values_list("pk", "queue", "enqueued_at")
+        .values_list("pk", "queue", "enqueued_at", "attempts")
     )
     if not candidates:
         return Resent()
     held = translation_ids_in_broker(
-        sorted({queue for _, queue, _ in candidates if queue}), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S)
+        sorted({queue for _, queue, _, _ in candidates if queue}), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S)
     )
-    missing = {pk for pk, _, enqueued_at in candidates if enqueued_at is not None and held is not None and pk not in held}
-    confirmed = missing if seen_missing is None else missing & seen_missing
-    lost = [pk for pk, _, enqueued_at in candidates if enqueued_at is None or pk in confirmed]
-    result = Resent(missing=missing - confirmed)
+    sent_ones = {(pk, attempts) for pk, _, enqueued_at, attempts in candidates if enqueued_at is not None}
+    if held is None:  # the broker cannot be searched now: nothing is called lost, nothing forgotten
+        missing = seen_missing & sent_ones if seen_missing is not None else set()
+        confirmed: set[tuple[int, int]] = set()
+    else:
+        missing = {(pk, attempts) for pk, attempts in sent_ones if pk not in held}
+        confirmed = missing if seen_missing is None else missing & seen_missing
+    confirmed_ids = {pk for pk, _ in confirmed}
+    lost = [pk for pk, _, enqueued_at, _ in candidates if enqueued_at is None or pk in confirmed_ids]
+    result = Resent()
     with transaction.atomic():
         rows = list(
             Translation.objects.select_for_update(skip_locked=True, of=("self",))
@@ -205,6 +213,8 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[int] | None = Non
                 )
             result.failed = [row.pk for row in give_up]
         result.sent = _requeue([row for row in rows if row not in give_up], "Sent again: no queue held it.")
+    handled = set(result.sent) | set(result.failed)
+    result.missing = {(pk, attempts) for pk, attempts in missing if pk not in handled}  # locked ones stay suspects
     if result.sent or result.failed:
         logger.warning("Resent %d lost job(s); failed %d after %d resends", len(result.sent), len(result.failed),
                        settings.TRANSLATION_MAX_RESENDS)

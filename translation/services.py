@@ -228,7 +228,8 @@ def translation_retry(*, translation: Translation) -> Translation:
     translation.status, translation.failure_reason, translation.text = TranslationStatus.QUEUED, "", ""
     translation.attempts = 0  # a person decided to try again: a full set of attempts
     _stamp_route(translation, route)
-    translation.enqueued_at = translation.started_at = translation.finished_at = None
+    translation.started_at = translation.finished_at = None
+    translation.enqueued_at = timezone.now()  # sent at commit; a failed send clears it (as for a new request)
     translation.save()
     _on_commit(translation, send=True)
     return translation

@@ -169,6 +169,8 @@ class Benchmark:
         with transaction.atomic():
             transaction.on_commit(lambda: stamps.setdefault("committed", timezone.now()))  # runs before the sends
             self.send(conversation, count)
+        if "committed" not in stamps:
+            raise RuntimeError("the benchmark's burst must run outside a transaction: its clock starts at the commit")
         committed = stamps["committed"]
         sending = (timezone.now() - committed).total_seconds()  # the on-commit sends, after the stamp
         rows = self.wait_done(conversation, count, timeout=60 + count * 2)
@@ -187,6 +189,7 @@ class Benchmark:
             gaps.append(((started - free_since).total_seconds(), (started - committed).total_seconds()))
             free_since = max(free_since, finished)
         idle, longest = sum(max(0.0, gap) for gap, _ in gaps), max(gaps)
+        longest = (max(0.0, longest[0]), longest[1])
         self.say(f"  where the time goes: {elapsed:.2f}s in all; sending {sending:.2f}s; "
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {longest[0]:.2f}s, until {longest[1]:.1f}s); "

@@ -256,7 +256,7 @@ class Soak:
             if frozen is not None and now >= frozen[1]:
                 os.kill(frozen[0], signal.SIGKILL)
                 frozen = None
-            if now >= next_kill:
+            if now >= next_kill and next_kill < self.seconds:  # within the traffic's time, however long it runs
                 next_kill += self.kill_every
                 pids = self.worker_pids()
                 if len(pids) >= 2:  # a standby must be there to take over

@@ -191,11 +191,33 @@ class LostJobsTests:
         Translation.objects.exclude(pk__in=[on_its_way.pk, lost.pk]).update(status=TranslationStatus.DONE)
         sent.clear()
         first = lost_jobs_resend(older_than_s=10, seen_missing=set())
-        assert (first.sent, first.missing) == ([], {on_its_way.pk, lost.pk})
+        assert (first.sent, first.missing) == ([], {(on_its_way.pk, 0), (lost.pk, 0)})
         translation_enqueue(translation=on_its_way)  # its transaction's send arrives
         second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
         assert second.sent == [lost.pk] and second.missing == set()
         assert Translation.objects.get(pk=on_its_way.pk).resends == 0
+
+    def test_a_look_that_cannot_search_the_broker_forgets_nothing(self, many_translations, monkeypatch):
+        import translation.queues as queues
+
+        lost = many_translations[1]
+        self.age([lost], 60)
+        Translation.objects.exclude(pk=lost.pk).update(status=TranslationStatus.DONE)
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        monkeypatch.setattr(queues, "translation_ids_in_broker", lambda *args, **kwargs: None)  # Redis unreachable
+        blind = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
+        assert (blind.sent, blind.missing) == ([], first.missing)
+        monkeypatch.undo()
+        assert lost_jobs_resend(older_than_s=10, seen_missing=blind.missing).sent == [lost.pk]
+
+    def test_a_job_claimed_and_queued_again_between_two_looks_starts_over(self, many_translations):
+        lost = many_translations[1]
+        self.age([lost], 60)
+        Translation.objects.exclude(pk=lost.pk).update(status=TranslationStatus.DONE)
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        Translation.objects.filter(pk=lost.pk).update(attempts=1)  # claimed, failed, queued again, its retry on its way
+        second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
+        assert (second.sent, second.missing) == ([], {(lost.pk, 1)})
 
     def test_a_job_never_sent_is_sent_and_one_lost_too_often_fails_visibly(self, many_translations, settings):
         settings.TRANSLATION_MAX_RESENDS = 2
