@@ -188,11 +188,10 @@ class Benchmark:
         for started, finished in spans:
             gaps.append(((started - free_since).total_seconds(), (started - committed).total_seconds()))
             free_since = max(free_since, finished)
-        idle, longest = sum(max(0.0, gap) for gap, _ in gaps), max(gaps)
-        longest = (max(0.0, longest[0]), longest[1])
+        idle, (longest, longest_until) = sum(max(0.0, gap) for gap, _ in gaps), max(gaps)
         self.say(f"  where the time goes: {elapsed:.2f}s in all; sending {sending:.2f}s; "
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
-                 f"no batch running for {idle:.2f}s (longest {longest[0]:.2f}s, until {longest[1]:.1f}s); "
+                 f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
                  f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
         return count / elapsed, rows
 

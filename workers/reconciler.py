@@ -25,7 +25,7 @@ class Reconciler(threading.Thread):
         self._stop = threading.Event()
         self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
         self._ok_since: float | None = None  # since when this reconciler reaches the database
-        self._missing: set[int] = set()  # queued jobs no queue held at the last look
+        self._missing: set[tuple[int, int]] = set()  # (id, attempts) of the queued jobs no queue held at the last look
 
     def run(self) -> None:
         while not self._stop.wait(settings.TRANSLATION_RECOVERY_EVERY_S):

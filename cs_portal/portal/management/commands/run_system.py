@@ -43,7 +43,8 @@ class Command(BaseCommand):
             broker_url = system.choose_broker()
             raise_if_stop_requested()
             self.say("[1/4] Database migrations ...")
-            call_command("migrate", interactive=False, verbosity=0)
+            # With the system checks, the database ones included (an SQLite too old for the ledger).
+            call_command("migrate", interactive=False, verbosity=0, skip_checks=False)
             call_command("collectstatic", interactive=False, verbosity=0)
             raise_if_stop_requested()
             self.say("[2/4] Tiny models (random weights: output is not a real translation) ...")
