@@ -230,6 +230,10 @@ METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")  # failed / f
 
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# Redis: kombu's transport reusing one client per channel rather than building one per command
+# (cs_portal/broker.py says why). Other brokers keep the transport their URL names.
+if CELERY_BROKER_URL.partition("://")[0] in ("redis", "rediss"):
+    CELERY_BROKER_TRANSPORT = "cs_portal.broker:Transport"
 # The ledger (Translation rows) holds every result; Celery's result store is not used.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None

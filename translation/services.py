@@ -165,6 +165,9 @@ def translation_enqueue(*, translation: Translation, urgent: bool = False) -> bo
         translate.apply_async(
             args=[translation.pk], kwargs=hints, queue=translation.queue,
             priority=PRIORITY_URGENT if urgent else PRIORITY_NORMAL,
+            # What Flower shows of the arguments: plain repr of small ints and strings, which
+            # Celery's default (saferepr, built for arbitrary objects) spends a quarter of a send on.
+            argsrepr=f"[{translation.pk}]", kwargsrepr=repr(hints),
         )
     except Exception:  # the broker is down or refused: the ledger row keeps the job
         logger.exception("Could not send translation %s to %s; it stays queued", translation.pk, translation.queue)

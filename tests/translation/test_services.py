@@ -72,3 +72,25 @@ class TranslationRetryTests:
         with pytest.raises(errors.ApplicationError) as raised:
             translation_retry(translation=translation)
         assert raised.value.message == NOT_RETRYABLE.format(id=translation.pk, status="queued")
+
+
+class TranslationEnqueueTests:
+    def test_the_message_on_the_queue_names_the_row_and_its_hints_as_flower_shows_them(self, translation, broker):
+        import json
+
+        from translation.services import PRIORITY_NORMAL, translation_enqueue
+
+        for key in broker.keys(translation.queue + "*"):
+            broker.delete(key)
+        assert translation_enqueue(translation=translation)
+        # The normal step's list: kombu names it "<queue>\x06\x16<step>" (step 0 is the bare name).
+        [raw] = broker.lrange(f"{translation.queue}\x06\x16{PRIORITY_NORMAL}", 0, -1)
+        message = json.loads(raw)
+        headers = message["headers"]
+        assert headers["task"] == "translation.translate"
+        assert headers["argsrepr"] == f"[{translation.pk}]"
+        hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.source_text)}
+        assert headers["kwargsrepr"].startswith(repr(hints)[:-1])  # then the route's batch size and wait
+        assert "'max_batch': " in headers["kwargsrepr"] and "'max_wait_ms': " in headers["kwargsrepr"]
+        assert message["properties"]["priority"] == PRIORITY_NORMAL
+        broker.delete(f"{translation.queue}\x06\x16{PRIORITY_NORMAL}")
