@@ -9,13 +9,16 @@ A ``redis.Redis`` object holds no connection of its own (each command takes one 
 channel's pool and gives it back), and redis-py documents it as safe to share between threads,
 so one per channel and pool does the same work. Everything else is kombu's.
 
-Chosen in settings (``CELERY_BROKER_TRANSPORT``) for ``redis://`` and ``rediss://`` brokers only.
+``register()`` (called where the Celery app is made) names it as the transport of ``redis://``
+and ``rediss://`` URLs in kombu's table of aliases, so URLs keep their scheme everywhere they are
+shown or parsed (Flower reads the broker's kind from it). Other brokers are not touched.
 """
 
 from __future__ import annotations
 
 import threading
 
+from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 
 
@@ -38,3 +41,10 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def register() -> None:
+    """Make ``redis://`` and ``rediss://`` broker URLs resolve to this transport (before any
+    connection is made: kombu caches what a name resolved to)."""
+    for scheme in ("redis", "rediss"):
+        kombu_transports.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"

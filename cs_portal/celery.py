@@ -4,7 +4,10 @@ import os
 
 from celery import Celery
 
+from cs_portal import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cs_portal.settings")
+broker.register()  # Redis: one client per channel (cs_portal/broker.py)
 
 app = Celery("cs_portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")

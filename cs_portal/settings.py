@@ -230,10 +230,6 @@ METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")  # failed / f
 
 # --- Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
-# Redis: kombu's transport reusing one client per channel rather than building one per command
-# (cs_portal/broker.py says why). Other brokers keep the transport their URL names.
-if CELERY_BROKER_URL.partition("://")[0] in ("redis", "rediss"):
-    CELERY_BROKER_TRANSPORT = "cs_portal.broker:Transport"
 # The ledger (Translation rows) holds every result; Celery's result store is not used.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -269,8 +265,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # blocking a web request for the default ~minute of retries.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-# Task events let Flower show jobs per queue and worker; each costs a broker publish per job
-# and state change, so a throughput-bound deployment may turn them off (CELERY_TASK_EVENTS=false).
+# Task events let Flower show jobs per queue and worker. Three per job (received, started,
+# succeeded), buffered into about one publish per consumer loop turn; measured on 2 CPU cores
+# (docs/benchmarks.md) within noise beside the small model, 28 % of the throughput beside the
+# tiny one: a throughput-bound deployment may turn them off (CELERY_TASK_EVENTS=false).
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)
 # The portal does not publish a "sent" event per job: the ledger records the send, and Flower
 # still sees every job from the worker's received/started/succeeded events.

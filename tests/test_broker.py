@@ -13,6 +13,8 @@ def test_the_project_app_uses_the_shared_client_transport():
     with current_app.connection_for_write() as connection:
         assert isinstance(connection.default_channel, Channel)
         assert connection.transport.driver_type == "redis"  # what translation.queues checks
+        # The URL keeps its scheme: Flower picks its queue-length client by it.
+        assert connection.as_uri().startswith("redis://")
 
 
 def test_one_client_per_channel_until_its_pool_is_replaced():
