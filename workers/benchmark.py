@@ -26,6 +26,7 @@ from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
 from translation.routing import Route, pinned_route
 from translation.tiny_models import corpus_lines, write_benchmark_model
+from workers.cpu_usage import cpu_by_part, processes, unmatched_by_name
 from workers.lifecycle import stop_process, wait_until_consuming
 
 FIXED_OUTPUT_TOKENS = 20
@@ -155,7 +156,7 @@ class Benchmark:
     def latencies_ms(rows: list[Translation]) -> list[float]:
         return [(row.finished_at - row.created_at).total_seconds() * 1000 for row in rows if row.finished_at]
 
-    def burst(self, conversation, count: int) -> tuple[float, list[Translation]]:
+    def burst(self, conversation, count: int, worker: subprocess.Popen | None = None) -> tuple[float, list[Translation]]:
         """``count`` jobs sent at once (one commit); sentences/s from the commit to the last result.
 
         The clock starts once the messages are committed, as the first send begins: the sends are
@@ -166,14 +167,19 @@ class Benchmark:
         from django.utils import timezone
 
         stamps = {}
+
+        def committed() -> None:  # runs before the sends
+            stamps.update(committed=timezone.now(), cpu=processes(), cpu_at=time.monotonic())
+
         with transaction.atomic():
-            transaction.on_commit(lambda: stamps.setdefault("committed", timezone.now()))  # runs before the sends
+            transaction.on_commit(committed)
             self.send(conversation, count)
         if "committed" not in stamps:
             raise RuntimeError("the benchmark's burst must run outside a transaction: its clock starts at the commit")
         committed = stamps["committed"]
         sending = (timezone.now() - committed).total_seconds()  # the on-commit sends, after the stamp
         rows = self.wait_done(conversation, count, timeout=60 + count * 2)
+        cpu_after, cpu_span = processes(), time.monotonic() - stamps["cpu_at"]
         failed = [row for row in rows if row.status != TranslationStatus.DONE]
         if failed:
             raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g.: {failed[0].failure_reason}")
@@ -193,7 +199,29 @@ class Benchmark:
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
                  f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
+        if worker is not None and stamps["cpu"] is not None and cpu_after is not None:
+            self.report_cpu(stamps["cpu"], cpu_after, cpu_span, count, worker.pid)
         return count / elapsed, rows
+
+    def report_cpu(self, before, after, span: float, count: int, worker_pid: int) -> None:
+        """Which process took the cores while the burst ran, and the per-job CPU beside the model."""
+        model, this_process = "model (engine process)", "this process (the portal's sends, its polling)"
+        pipeline = {
+            model: lambda p: p.ppid == worker_pid,
+            "worker (consumer, batcher, claims, stores)": lambda p: p.pid == worker_pid,
+            this_process: lambda p: p.pid == os.getpid(),
+            "PostgreSQL": lambda p: p.name.startswith("postgres"),
+            "Redis": lambda p: p.name.startswith("redis-server"),
+        }
+        used = cpu_by_part(before, after, pipeline)
+        beside = sum(seconds for name, seconds in used.items() if name not in (model, "everything else"))
+        cores = os.cpu_count() or 1
+        self.say(f"  CPU over {span:.2f}s on {cores} cores ({cores * span:.1f} CPU-seconds): "
+                 + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in used.items())
+                 + f"; per job: model {used[model] / count * 1000:.2f} ms, beside it {beside / count * 1000:.2f} ms")
+        others = unmatched_by_name(before, after, pipeline).most_common(4)
+        if used["everything else"] >= 0.1 * cores * span:  # a neighbour took a tenth of the machine: name it
+            self.say("  everything else: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in others))
 
     def new_conversation(self, client):
         from cs_portal.portal.services import conversation_create
@@ -254,7 +282,7 @@ class Benchmark:
                     self.say(f"  light load ({1 / interval:.0f} jobs/s): p50 {figures.light[0]:.1f} ms, "
                              f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms")
                     saturated = self.new_conversation(client)
-                    figures.pipeline, rows = self.burst(saturated, self.jobs)
+                    figures.pipeline, rows = self.burst(saturated, self.jobs, worker)
                     figures.saturated = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
                     executions = sum(1 / row.batch_size for row in rows if row.batch_size)
                     figures.mean_batch = len(rows) / executions if executions else 0.0
@@ -266,7 +294,7 @@ class Benchmark:
                 worker = self.start_worker(batching=False)
                 try:
                     count = min(self.jobs, BATCH1_PIPELINE_JOBS)
-                    figures.batch1, _ = self.burst(self.new_conversation(client), count)
+                    figures.batch1, _ = self.burst(self.new_conversation(client), count, worker)
                     self.say(f"  batch-1 pipeline ({count} jobs at once): {figures.batch1:.1f} sent/s")
                 finally:
                     self.stop_worker(worker)
