@@ -209,7 +209,7 @@ TRANSLATION_JOB_TIMEOUT_S = env.float("TRANSLATION_JOB_TIMEOUT_S", default=300.0
 # say so, and its claimed jobs are handed to another worker (the heartbeat is the lease on its
 # claims). It beats every quarter of this, while its loop and its consumer are healthy.
 WORKER_HEARTBEAT_STALE_S = env.float("WORKER_HEARTBEAT_STALE_S", default=1.0)
-# How often each worker's reconciler looks for dead workers' claims (cheap: one query).
+# How often each worker's reconciler looks for dead workers' claims (two small queries).
 TRANSLATION_RECOVERY_EVERY_S = env.float("TRANSLATION_RECOVERY_EVERY_S", default=0.25)
 # A queued job that no queue holds after this long is sent again (never sent, or the broker
 # restarted empty); after TRANSLATION_MAX_RESENDS such resends it fails visibly.

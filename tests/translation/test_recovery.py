@@ -68,10 +68,11 @@ class ClaimsReleaseTests:
         heartbeat("dead@h", seconds_ago=3)
         claimed_by(many_translations[:2], "alive@h")
         claimed_by(many_translations[2:4], "dead@h")
-        claimed_by(many_translations[4:5], "never-beat@h")
+        claimed_by(many_translations[4:6], "never-beat@h")
         handled = dead_workers_handle()
         assert set(handled) == {"dead@h", "never-beat@h"}
         assert sorted(handled["dead@h"][0]) == sorted(row.pk for row in many_translations[2:4])
+        assert sorted(handled["never-beat@h"][0]) == sorted(row.pk for row in many_translations[4:6])
         assert Translation.objects.filter(status=TranslationStatus.RUNNING, worker="alive@h").count() == 2
         dead = WorkerHeartbeat.objects.get(name="dead@h")
         assert dead.stopped_at is not None and dead.last_error.startswith("Presumed dead")
