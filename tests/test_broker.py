@@ -64,3 +64,20 @@ def test_threads_publishing_through_one_channel_deliver_every_message(broker):
                 message.ack()
         assert sorted(received) == sorted(sent)
         queue(connection.default_channel).delete()
+
+
+def test_a_key_prefixed_channel_shares_its_client_and_prefixes_every_key(broker):
+    with current_app.connection_for_write(transport_options={"global_keyprefix": "test-prefix:"}) as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        assert channel._create_client() is channel._create_client()
+        queue = Queue("test.broker.prefixed", Exchange("test.broker.prefixed", type="direct"), routing_key="test.broker.prefixed")
+        queue(channel).declare()
+        connection.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key=queue.routing_key, serializer="json")
+        assert broker.llen("test-prefix:test.broker.prefixed") == 1
+        assert broker.llen("test.broker.prefixed") == 0
+        with connection.SimpleQueue(queue) as simple:
+            message = simple.get(timeout=5)
+            assert message.payload == {"n": 1}
+            message.ack()
+        queue(channel).delete()
