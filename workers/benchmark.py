@@ -168,7 +168,7 @@ class Benchmark:
 
         stamps = {}
 
-        def committed() -> None:  # runs before the sends
+        def at_commit() -> None:  # runs before the sends
             # The CPU reading first, so that reading /proc stays outside the measured time. The
             # second reading comes when the results are seen (the polling's last quarter second
             # is inside it).
@@ -176,7 +176,7 @@ class Benchmark:
             stamps["committed"] = timezone.now()
 
         with transaction.atomic():
-            transaction.on_commit(committed)
+            transaction.on_commit(at_commit)
             self.send(conversation, count)
         if "committed" not in stamps:
             raise RuntimeError("the benchmark's burst must run outside a transaction: its clock starts at the commit")
