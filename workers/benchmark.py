@@ -156,7 +156,7 @@ class Benchmark:
     def latencies_ms(rows: list[Translation]) -> list[float]:
         return [(row.finished_at - row.created_at).total_seconds() * 1000 for row in rows if row.finished_at]
 
-    def burst(self, conversation, count: int, worker: subprocess.Popen | None = None) -> tuple[float, list[Translation]]:
+    def burst(self, conversation, count: int, worker: subprocess.Popen) -> tuple[float, list[Translation]]:
         """``count`` jobs sent at once (one commit); sentences/s from the commit to the last result.
 
         The clock starts once the messages are committed, as the first send begins: the sends are
@@ -203,7 +203,7 @@ class Benchmark:
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
                  f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
-        if worker is not None and stamps["cpu"] is not None and cpu_after is not None:
+        if stamps["cpu"] is not None and cpu_after is not None:  # None: no /proc (not Linux)
             self.report_cpu(stamps["cpu"], cpu_after, cpu_span, count, worker.pid)
         return count / elapsed, rows
 
@@ -223,8 +223,8 @@ class Benchmark:
         self.say(f"  CPU over {span:.2f}s on {cores} cores ({cores * span:.1f} CPU-seconds): "
                  + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in used.items())
                  + f"; per job: model {used[model] / count * 1000:.2f} ms, beside it {beside / count * 1000:.2f} ms")
-        others = unmatched_by_name(before, after, pipeline).most_common(4)
         if used["everything else"] >= 0.1 * cores * span:  # a neighbour took a tenth of the machine: name it
+            others = unmatched_by_name(before, after, pipeline).most_common(4)
             self.say("  everything else: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in others))
 
     def new_conversation(self, client):
