@@ -33,6 +33,7 @@ def free_port() -> int:
 
 # The session worker's Prometheus port.
 WORKER_METRICS_PORT = free_port()
+WORKER_LANES = 2  # the session's worker computes in two lanes, whatever the machine's cores
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +139,7 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
         process = subprocess.Popen(
             [
                 sys.executable, "-m", "workers.main", "--queues", f"all,{SPARE_QUEUE}", "--name", WORKER_NAME,
-                f"--metrics-port={WORKER_METRICS_PORT}",
+                f"--metrics-port={WORKER_METRICS_PORT}", f"--lanes={WORKER_LANES}",
             ],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )

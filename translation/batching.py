@@ -6,7 +6,8 @@ own deadline, not a fixed timer. Jobs are grouped by what must share a forward p
 precision, language pair); a released batch is sorted by length so padding stays small.
 
 Plain Python: no Django, no Celery. Producers (the worker's task threads) ``submit`` and wait
-on the returned future; one consumer (the device loop) calls ``next_batch``.
+on the returned future; consumers (the device loops, one per lane) call ``next_batch``, and
+``batch_done`` once the batch is computed.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class Batcher:
         self._policies: dict[Hashable, BatchPolicy] = {}
         self._ready = threading.Condition()
         self._closed = False
+        # Consumers (threads) computing a batch they took: each until it asks for the next one
+        # or says ``batch_done``.
+        self._computing: set[int] = set()
 
     def submit(self, job: PendingJob) -> Future:
         """Queue ``job``; its future receives the result the device loop sets."""
@@ -129,10 +133,12 @@ class Batcher:
         """Block until a batch is due and return it (sorted by length), or [] on timeout/close."""
         give_up = None if timeout is None else self._clock() + timeout
         with self._ready:
+            self._finished(threading.get_ident())
             while not self._closed:
                 now = self._clock()
                 key, wait = self._due(now)
                 if key is not None:
+                    self._computing.add(threading.get_ident())
                     return self._take(key)
                 if give_up is not None:
                     if now >= give_up:
@@ -141,12 +147,26 @@ class Batcher:
                 self._ready.wait(wait)
             return []
 
+    def batch_done(self) -> None:
+        """The calling consumer finished computing the batch it took (asking for the next batch
+        says so too)."""
+        with self._ready:
+            self._finished(threading.get_ident())
+
+    def _finished(self, consumer: int) -> None:
+        if consumer in self._computing:
+            self._computing.discard(consumer)
+            self._ready.notify_all()  # a group held back for this batch may go now
+
     def _due(self, now: float) -> tuple[Hashable | None, float | None]:
-        """The group to release now, else how long until the earliest deadline (None: no jobs).
+        """The group to release now, else how long until the earliest deadline (None: none to
+        wait for).
 
         Among the groups that are due (full, over the token budget, or past their oldest job's
         deadline), the one whose oldest job arrived first goes first: a busy pair cannot starve
-        a quiet one.
+        a quiet one. Several consumers (a CPU worker's lanes) share the same cores: while one
+        computes, a group past its deadline but not full waits for more jobs or for that batch
+        to end, instead of splitting the cores into small batches, which cost more per job.
         """
         earliest, due, due_since = None, None, None
         for key, jobs in self._groups.items():
@@ -154,10 +174,11 @@ class Batcher:
             oldest = jobs[0].arrived
             deadline = oldest + policy.max_wait_s
             full = len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens
-            if full or deadline <= now:
+            # A job handed over from a lost worker has waited enough: its group goes to a free lane.
+            if full or (deadline <= now and (not self._computing or jobs[0].urgent)):
                 if due_since is None or oldest < due_since:
                     due, due_since = key, oldest
-            else:
+            elif deadline > now:
                 earliest = deadline if earliest is None else min(earliest, deadline)
         if due is not None:
             return due, None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,8 +84,25 @@ def device() -> str:
     return os.environ.get("TRANSLATION_DEVICE", "cpu")
 
 
-def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
+# The rows this process's device loops have claimed and not finished. A worker runs several
+# loops (CPU lanes): a duplicate delivery of a job one loop computes can reach another, which
+# must leave it (starting a second attempt would waste a forward pass, or give up on a job
+# that is running fine). Registered inside the claim's transaction, so no other loop can see
+# the row running before it is listed; removed once its outcome is settled.
+_computing: set[int] = set()
+_computing_lock = threading.Lock()
+
+
+def _computing_release(ids) -> None:
+    with _computing_lock:
+        _computing.difference_update(ids)
+
+
+def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -> dict[int, Job]:
     """Claim the deliveries' rows as new attempts, in one transaction; returns the claimed jobs.
+
+    ``computing``: the caller computes them now; they are listed as this process's until it
+    calls ``_computing_release`` (``translation_run_batch`` does).
 
     Rows finished or gone are left out (duplicate deliveries), and so are rows another
     transaction holds locked (``LOCKED``): a worker never waits on another's claim, which a
@@ -94,49 +112,61 @@ def translations_claim(deliveries: list[Delivery]) -> dict[int, Job]:
     by_id = {delivery.translation_id: delivery for delivery in deliveries}
     now = timezone.now()
     claimed: list[Translation] = []
-    with transaction.atomic():
-        rows = (
-            Translation.objects.select_for_update(of=("self",), skip_locked=True)  # not the messages' rows
-            .select_related("message")
-            .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
-            .order_by("pk")  # one lock order for every worker: no deadlocks between batches
-        )
-        rows = list(rows)
-        # A running row is another worker's claim while that worker beats: left to it (a
-        # duplicate delivery). Its claim is taken over only once that worker is dead. A worker's
-        # own running row is claimed again: its one device loop is not computing it now (the
-        # batch that claimed it failed, and the job came back for a retry).
-        holders = live_workers(row.worker for row in rows if row.status == TranslationStatus.RUNNING)
-        for row in rows:
-            if row.status == TranslationStatus.RUNNING and row.worker in holders and row.worker != by_id[row.pk].worker:
-                continue
-            labels = metrics.job_labels(
-                route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
+    try:
+        with transaction.atomic():
+            rows = (
+                Translation.objects.select_for_update(of=("self",), skip_locked=True)  # not the messages' rows
+                .select_related("message")
+                .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
+                .order_by("pk")  # one lock order for every worker: no deadlocks between batches
             )
-            if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
-                reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
-                _fail_rows(Translation.objects.filter(pk=row.pk), reason)
-                metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
-                continue
-            metrics.jobs_received.labels(**labels).inc()
-            if row.enqueued_at is not None:
-                metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
-            delivery = by_id[row.pk]
-            row.status, row.worker, row.consumed_from = TranslationStatus.RUNNING, delivery.worker, delivery.consumed_from
-            row.attempts += 1
-            row.started_at = row.updated_at = now
-            claimed.append(row)
-        # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost
-        # about 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
-        # transaction, so ``attempts + 1`` is the value each claimed row now holds.
-        same_claim: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for row in claimed:
-            same_claim[(row.worker, row.consumed_from)].append(row.pk)
-        for (worker, consumed_from), ids in same_claim.items():
-            Translation.objects.filter(pk__in=ids).update(
-                status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-                attempts=F("attempts") + 1, started_at=now, updated_at=now,
-            )
+            rows = list(rows)
+            # A running row is another worker's claim while that worker beats: left to it (a
+            # duplicate delivery). Its claim is taken over only once that worker is dead. A worker's
+            # own running row is claimed again unless one of its loops is computing it (then the
+            # batch that claimed it failed, and the job came back for a retry).
+            holders = live_workers(row.worker for row in rows if row.status == TranslationStatus.RUNNING)
+            with _computing_lock:
+                elsewhere = _computing & by_id.keys()  # computed by this process's other loops
+            for row in rows:
+                if row.status == TranslationStatus.RUNNING:
+                    own = row.worker == by_id[row.pk].worker
+                    if (own and row.pk in elsewhere) or (not own and row.worker in holders):
+                        continue
+                labels = metrics.job_labels(
+                    route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
+                )
+                if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
+                    reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
+                    _fail_rows(Translation.objects.filter(pk=row.pk), reason)
+                    metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
+                    continue
+                metrics.jobs_received.labels(**labels).inc()
+                if row.enqueued_at is not None:
+                    metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
+                delivery = by_id[row.pk]
+                row.status, row.worker, row.consumed_from = TranslationStatus.RUNNING, delivery.worker, delivery.consumed_from
+                row.attempts += 1
+                row.started_at = row.updated_at = now
+                claimed.append(row)
+            # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost
+            # about 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
+            # transaction, so ``attempts + 1`` is the value each claimed row now holds.
+            same_claim: dict[tuple[str, str], list[int]] = defaultdict(list)
+            for row in claimed:
+                same_claim[(row.worker, row.consumed_from)].append(row.pk)
+            for (worker, consumed_from), ids in same_claim.items():
+                Translation.objects.filter(pk__in=ids).update(
+                    status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
+                    attempts=F("attempts") + 1, started_at=now, updated_at=now,
+                )
+            if computing:
+                with _computing_lock:  # listed before the commit publishes the claims
+                    _computing.update(row.pk for row in claimed)
+    except BaseException:
+        if computing:
+            _computing_release(row.pk for row in claimed)  # the claims were not committed
+        raise
     return {
         row.pk: Job(
             id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
@@ -287,16 +317,10 @@ def _while_database_returns(store: Callable[[], set[int]]) -> set[int]:
             delay = min(delay * 2, 5.0)
 
 
-def translation_run_batch(
-    deliveries: list[Delivery], *, engines: Callable[[EngineSpec], TranslationEngine] = engine_for
-) -> list[RunOutcome | TransientFailure]:
-    """Run a batch of deliveries; one outcome per delivery, in order.
-
-    ``engines`` gives the engine of a spec: loaded in this process by default, or a worker's
-    engine process. A TransientFailure in the list means: the row is queued again, send the
-    job again later.
-    """
-    jobs = translations_claim(deliveries)
+def _run_claimed(
+    deliveries: list[Delivery], jobs: dict[int, Job], engines: Callable[[EngineSpec], TranslationEngine]
+) -> dict[int, RunOutcome | TransientFailure]:
+    """Translate the claimed ``jobs`` group by group and store each group's results."""
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in dict.fromkeys(jobs[d.translation_id] for d in deliveries if d.translation_id in jobs):
         groups[(job.spec, job.source, job.target)].append(job)  # in the batcher's order: by length
@@ -333,6 +357,23 @@ def translation_run_batch(
                 outcomes[job.id] = settled
         stored = _while_database_returns(partial(translations_complete, to_store, batch_size=len(group)))
         outcomes.update({job.id: RunOutcome.DONE if job.id in stored else RunOutcome.SKIPPED for job, _ in to_store})
+    return outcomes
+
+
+def translation_run_batch(
+    deliveries: list[Delivery], *, engines: Callable[[EngineSpec], TranslationEngine] = engine_for
+) -> list[RunOutcome | TransientFailure]:
+    """Run a batch of deliveries; one outcome per delivery, in order.
+
+    ``engines`` gives the engine of a spec: loaded in this process by default, or a worker's
+    engine process. A TransientFailure in the list means: the row is queued again, send the
+    job again later.
+    """
+    jobs = translations_claim(deliveries, computing=True)
+    try:
+        outcomes = _run_claimed(deliveries, jobs, engines)
+    finally:
+        _computing_release(jobs)
     answered: set[int] = set()
     ordered = []
     for delivery in deliveries:

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from celery.worker.control import inspect_command
 
-# Filled by workers.main once the engine process has loaded its models.
+# Filled by workers.main once the engine processes have loaded their models.
 LOADED_MODELS: list[dict] = []
+
+
+def in_lanes(model: dict) -> str:
+    """How many copies a loaded model's memory counts: a CPU worker's lanes each load it."""
+    return f" in {model['copies']} lanes" if model.get("copies", 1) > 1 else ""
 
 
 @inspect_command()
 def models(state) -> list[dict]:
-    """The models this worker serves: model, precision, device and weights in MiB."""
+    """The models this worker serves: model, precision, device, weights in MiB (all its lanes'
+    copies) and the number of copies."""
     return LOADED_MODELS

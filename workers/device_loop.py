@@ -1,8 +1,15 @@
-"""The device loop: the thread of a worker that turns batches into forward passes.
+"""The device loops: the threads of a worker that turn batches into forward passes.
 
-Celery's pool threads take jobs from the broker and hand them to the batcher; this loop takes
+Celery's pool threads take jobs from the broker and hand them to the batcher; each loop takes
 batches from the batcher, runs each through the execution layer (one claim, one forward pass
-per group in the engine process, one write) and answers every job's future.
+per group in its engine process, one write) and answers every job's future.
+
+A GPU worker runs one loop. A CPU worker runs one per lane (``TRANSLATION_CPU_LANES``): each
+lane is an engine process of its own with a share of the cores, so two batches compute side by
+side, the CTranslate2 way (``inter_threads`` × ``intra_threads``). On the 2-core benchmark
+machine two one-thread lanes computed 247 sentences/s at batch 128 where one two-thread
+process computed 165: a forward pass split over two threads waits for the slower of them at
+every step, and on shared cores one of them is often not running.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ logger = logging.getLogger(__name__)
 class DeviceLoop(threading.Thread):
     def __init__(
         self, batcher: Batcher, engines: EngineProcess, heartbeat: Heartbeat | None = None,
-        metrics: WorkerMetrics | None = None,
+        metrics: WorkerMetrics | None = None, *, lane: int = 0,
     ) -> None:
-        super().__init__(name="device-loop", daemon=True)
+        super().__init__(name=f"device-loop-{lane}", daemon=True)
         self.batcher, self.engines, self.heartbeat, self.metrics = batcher, engines, heartbeat, metrics
+        self.lane = lane
         self.running = 0  # jobs of the batch being computed
         self._stopping = threading.Event()
         self.batches = 0
@@ -44,16 +52,19 @@ class DeviceLoop(threading.Thread):
             batch = self.batcher.next_batch(timeout=0.5)
             if batch:
                 if self.heartbeat:
-                    self.heartbeat.batch_started()
+                    self.heartbeat.batch_started(self.lane)
                 self.running = len(batch)
-                self.process(batch)
-                self.running = 0
+                try:
+                    self.process(batch)
+                finally:
+                    self.running = 0
+                    self.batcher.batch_done()
                 if self.heartbeat:
-                    self.heartbeat.batch_ended()
+                    self.heartbeat.batch_ended(self.lane)
                 if self.metrics:
-                    self.metrics.batch_ended()
+                    self.metrics.batch_ended(self.lane)
             elif self.heartbeat:
-                self.heartbeat.idle()
+                self.heartbeat.idle(self.lane)
             if not self.engines.alive() and not self._stopping.is_set():
                 # Without its models the worker can only fail jobs: stop it (a warm shutdown
                 # gives its unfinished jobs back to the broker) and let its supervisor restart it.
@@ -83,9 +94,6 @@ class DeviceLoop(threading.Thread):
         self.jobs += len(batch)
         self.last_batch_at = time.time()
 
-    def in_flight(self) -> int:
-        """Jobs taken from the broker and not answered yet: waiting in the batcher or computing."""
-        return self.batcher.pending() + self.running
 
     def stop(self) -> None:
         self._stopping.set()

@@ -11,10 +11,13 @@ costs microseconds per batch.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from translation.engines import EngineSpec, TokenUsage
 
@@ -25,6 +28,38 @@ START_TIMEOUT_S = 600  # loading several large checkpoints from disk can take mi
 # the engine process is killed and the worker stops for its supervisor to restart it. A full
 # batch of a base-size model on a slow CPU takes seconds; this is two orders above.
 CALL_TIMEOUT_S = 300
+# Lanes a CPU worker runs when none are configured: one per core up to this many (each lane
+# holds a copy of the models; past four, a lane's own threads serve large models better).
+MAX_AUTO_LANES = 4
+
+
+def cpu_lanes(requested: int, cores: int) -> tuple[int, int]:
+    """How a CPU worker splits ``cores``: (engine processes, torch threads each).
+
+    ``requested`` lanes, or with 0 one per core up to ``MAX_AUTO_LANES``; each lane gets an
+    equal share of the cores (at least one thread). Every lane holds its own copy of the models.
+    """
+    if requested < 0:
+        raise ValueError(f"the number of CPU lanes must be 0 (one per core) or more, not {requested}")
+    cores = max(1, cores)
+    lanes = requested or min(cores, MAX_AUTO_LANES)
+    return lanes, max(1, cores // lanes)
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity (a container's cpuset), capped by its
+    cgroup's CPU quota where one is set (a container's CPU limit, cgroup v2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to honour
+    return cores
 
 
 class EngineProcessDied(RuntimeError):
@@ -58,25 +93,35 @@ class RemoteEngine:
 
 
 class EngineProcess:
-    def __init__(self, warmups: list[Warmup]) -> None:
+    def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine") -> None:
+        """``threads``: the CPU threads each forward pass may use (0: torch's default, one per core)."""
         # spawn, not fork: the child starts clean of the parent's threads, locks and (on GPU
         # hosts) CUDA state, which a fork would copy broken (pytorch#68861).
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_end, warmups), name="engine", daemon=True)
+        self._process = context.Process(target=_serve, args=(child_end, warmups, threads), name=name, daemon=True)
         self._lock = threading.Lock()
         self.memory: dict[EngineSpec, int] = {}
+        self.threads = 0  # the threads its forward passes use, once ready
 
     def start(self) -> dict[EngineSpec, int]:
         """Start the child, wait until every model is loaded and warm; returns their memory."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the child, which loads its models (several lanes load side by side)."""
         self._process.start()
+
+    def wait_ready(self) -> dict[EngineSpec, int]:
+        """Wait until every model of the launched child is loaded and warm; returns their memory."""
         if not self._connection.poll(START_TIMEOUT_S):
             raise EngineProcessDied(f"the engine process did not load its models within {START_TIMEOUT_S}s")
         kind, value = self._receive()
         if kind == "error":
             raise value
-        self.memory = value
-        return value
+        self.memory, self.threads = value
+        return self.memory
 
     def engine(self, spec: EngineSpec) -> RemoteEngine:
         return RemoteEngine(self, spec)
@@ -122,7 +167,7 @@ class EngineProcess:
             self._process.join()
 
 
-def _serve(connection, warmups: list[Warmup]) -> None:
+def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     import signal
 
@@ -135,6 +180,10 @@ def _serve(connection, warmups: list[Warmup]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         memory: dict[EngineSpec, int] = {}
         for warmup in warmups:
             engine = engine_for(warmup.spec)
@@ -143,7 +192,9 @@ def _serve(connection, warmups: list[Warmup]) -> None:
     except Exception as exc:
         connection.send(("error", RuntimeError(f"loading models failed: {type(exc).__name__}: {exc}")))
         return
-    connection.send(("ready", memory))
+    import torch
+
+    connection.send(("ready", (memory, torch.get_num_threads())))
     while True:
         try:
             request = connection.recv()

@@ -4,8 +4,8 @@ healthy, marked stopped at the end.
 
 The beat is the worker's lease on the jobs it claimed: a claim lives as long as its worker's
 heartbeat is fresh (``WORKER_HEARTBEAT_STALE_S``). The thread beats every quarter of that, and
-only while the device loop is healthy (it turned recently, or its batch has not outlasted the
-engine's call timeout) and the Celery consumer turns: a hung model call, a wedged loop, a
+only while every device loop is healthy (it turned recently, or its batch has not outlasted
+the engine's call timeout) and the Celery consumer turns: a hung model call, a wedged loop, a
 consumer that lost the broker, a frozen or dead process all stop the beats, and the worker's
 claims are handed over (``translation.recovery``).
 
@@ -51,9 +51,10 @@ class Heartbeat:
         self._on_ready = on_ready  # told once the worker is ready (its metrics' gauge)
         self._holding = holding  # () -> ids taken from the broker, not claimed yet
         self._consumer_wedged = self._loop_hung = False
-        # What the device loop reports, in memory (the loop itself never waits on the database).
-        self._loop_turned = clock()
-        self._batch_started: float | None = None  # monotonic, while a batch runs
+        # What each device loop (one per lane) reports, in memory (a loop never waits on the
+        # database): when it last turned, and since when its batch runs (monotonic; None: none).
+        self._lanes: dict[int, tuple[float, float | None]] = {0: (clock(), None)}
+        self._lanes_lock = threading.Lock()
         self._busy_since = None  # wall clock, for the row
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,34 +117,50 @@ class Heartbeat:
             if self._on_ready is not None:
                 self._on_ready()
 
-    # --- reported by the device loop (memory only) ---
+    # --- reported by the device loops (memory only) ---
 
-    def idle(self) -> None:
+    def lanes(self, count: int) -> None:
+        """The worker runs ``count`` device loops (lanes 0 .. count-1), each reporting here."""
+        now = self._clock()
+        with self._lanes_lock:
+            self._lanes = {lane: (now, None) for lane in range(count)}
+
+    def _report(self, lane: int, *, running: bool) -> None:
+        now = self._clock()
+        with self._lanes_lock:
+            self._lanes[lane] = (now, now if running else None)
+
+    def idle(self, lane: int = 0) -> None:
         """The loop turned without a batch."""
-        self._loop_turned = self._clock()
-        self._batch_started = None
+        self._report(lane, running=False)
 
-    def batch_started(self) -> None:
-        self._loop_turned = self._batch_started = self._clock()
+    def batch_started(self, lane: int = 0) -> None:
+        self._report(lane, running=True)
         if self._busy_since is None:
             self._busy_since = timezone.now()
 
-    def batch_ended(self) -> None:
-        self._loop_turned = self._clock()
-        self._batch_started = None
+    def batch_ended(self, lane: int = 0) -> None:
+        self._report(lane, running=False)
+
+    def _computing(self) -> bool:
+        with self._lanes_lock:
+            return any(started is not None for _, started in self._lanes.values())
 
     # --- the beat ---
 
     def _loop_healthy(self) -> bool:
-        """The loop turned within the staleness limit (plus its own wait), or its batch has not
+        """Every loop turned within the staleness limit (plus its own wait), or its batch has not
         outlasted the engine's call timeout: a long but healthy batch keeps the beat."""
         from workers.engine_process import CALL_TIMEOUT_S
 
         now = self._clock()
-        if self._batch_started is not None:
-            healthy = now - self._batch_started <= CALL_TIMEOUT_S
-        else:
-            healthy = now - self._loop_turned <= LOOP_TURN_S + settings.WORKER_HEARTBEAT_STALE_S
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        healthy = all(
+            now - started <= CALL_TIMEOUT_S if started is not None
+            else now - turned <= LOOP_TURN_S + settings.WORKER_HEARTBEAT_STALE_S
+            for turned, started in lanes
+        )
         if not healthy and not self._loop_hung:
             logger.error("The device loop of %s stopped turning; heartbeats stop", self.name)
             self.error("The device loop stopped turning (a hung model call or a wedged loop).")
@@ -161,7 +178,7 @@ class Heartbeat:
             self._write(loop_at=now)
             return False
         self._ready_when_consuming()
-        if self._batch_started is None:
+        if not self._computing():
             self._busy_since = None
         # stopped_at cleared and ready restated: a worker presumed dead while it was only slow
         # (its jobs were handed over) comes back as itself.
@@ -174,7 +191,7 @@ class Heartbeat:
         """Beat from a thread of its own, every quarter of the staleness limit (once the device
         loop runs: while the models load, the worker is not alive yet). ``holding()`` gives the
         jobs taken from the broker and not claimed yet, listed with each beat."""
-        self._loop_turned = self._clock()
+        self.lanes(len(self._lanes))
         if holding is not None:
             self._holding = holding
 

@@ -30,6 +30,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-batching", dest="batching", action="store_false",
         help="run each job on its own forward pass (the baseline the batcher is measured against)",
     )
+    parser.add_argument(
+        "--lanes", type=int, default=None,
+        help="CPU only: engine processes computing batches side by side, each with a share of the cores "
+             "(default $TRANSLATION_CPU_LANES; 0: one per core, at most 4)",
+    )
     parser.add_argument("--name", default="", help="worker name (default: translate-<device>@<host>)")
     parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("WORKER_METRICS_PORT") or 0),
@@ -54,6 +59,8 @@ def pin_device(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.lanes is not None and args.lanes < 0:
+        raise SystemExit(f"--lanes must be 0 (one per core) or more, not {args.lanes}")
     # One process, its own metrics port: the web's multiprocess files are not for it.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     os.environ["TRANSLATION_DEVICE"] = pin_device(args.device)
@@ -98,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     # process is told to stop) instead of killing this process mid-load.
     signal.signal(signal.SIGTERM, _exit_during_start_up)
     try:
-        start_device_loop(
+        lanes = start_device_loop(
             settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat,
-            metrics,
+            metrics, lanes=settings.TRANSLATION_CPU_LANES if args.lanes is None else args.lanes,
         )
     except BaseException as exc:
         if not isinstance(exc, (SystemExit, KeyboardInterrupt)):  # not a requested stop: say why
@@ -109,10 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         raise
     print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
 
-    # Each waiting job holds a pool thread. With only one batch's worth, the next batch could
-    # only hold what is left over while one runs, and batches alternate full and tiny (the
-    # in-flight cap Ray Serve users hit, ray#43288); two batches' worth keeps them full.
-    concurrency = args.concurrency or (2 * settings.TRANSLATION_MAX_BATCH_SIZE + 16 if args.batching else 2)
+    # Each waiting job holds a pool thread. With only one batch's worth per lane, the next batch
+    # could only hold what is left over while the lanes compute, and batches alternate full and
+    # tiny (the in-flight cap Ray Serve users hit, ray#43288); a batch's worth more than the
+    # lanes compute keeps them full.
+    batch = settings.TRANSLATION_MAX_BATCH_SIZE if args.batching else 1
+    concurrency = args.concurrency or ((lanes + 1) * batch + (16 if args.batching else 0))
     try:
         app.worker_main(
             [
@@ -142,26 +151,38 @@ def _exit_during_start_up(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics=None) -> None:
-    """Load the models in the engine process, start the batcher and the device loop, and route
-    this process's jobs through them. Without batching, every batch holds one job."""
+def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics=None, *, lanes: int = 1) -> int:
+    """Load the models in the engine processes (one per lane; a GPU worker has one), start the
+    batcher and a device loop per lane, and route this process's jobs through them. Without
+    batching, every batch holds one job. Returns the number of lanes."""
     from translation.batching import Batcher, BatchPolicy
     from translation.execution import use_batcher
     from workers.device_loop import DeviceLoop
-    from workers.engine_process import EngineProcess
+    from workers.engine_process import EngineProcess, cpu_lanes, usable_cores
 
-    engines = EngineProcess(warmups)
+    if os.environ.get("TRANSLATION_DEVICE", "cpu") == "cpu":
+        count, threads = cpu_lanes(lanes, usable_cores())
+    else:
+        count, threads = 1, 0  # one GPU computes one batch at a time
+    engines = [EngineProcess(warmups, threads=threads, name=f"engine-{lane}") for lane in range(count)]
     try:
-        memory = engines.start()
+        for engine in engines:
+            engine.launch()
+        memory = [engine.wait_ready() for engine in engines][0]
     except BaseException:
-        engines.stop()
+        for engine in engines:
+            engine.stop()
         raise
     from workers.control import LOADED_MODELS  # also registers the "models" inspect command
 
+    if threads:
+        print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s), each with its own copy of the models", flush=True)
     for spec, size in memory.items():
+        size *= count  # what the worker holds: a copy per lane
         print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB", flush=True)
         LOADED_MODELS.append(
-            {"model": spec.model, "precision": spec.precision, "device": spec.device, "memory_mib": round(size / 2**20, 1)}
+            {"model": spec.model, "precision": spec.precision, "device": spec.device,
+             "memory_mib": round(size / 2**20, 1), "copies": count}
         )
         if metrics is not None:
             metrics.model_loaded(spec.model, spec.precision, spec.device, size)
@@ -176,12 +197,16 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics
     batcher = Batcher(policy)
     if heartbeat is not None:
         heartbeat.ready(LOADED_MODELS)  # every model translated its warm-up sentence: the canary
-    loop = DeviceLoop(batcher, engines, heartbeat, metrics)
+    loops = [DeviceLoop(batcher, engine, heartbeat, metrics, lane=lane) for lane, engine in enumerate(engines)]
     if metrics is not None:
-        metrics.in_flight(loop.in_flight)
+        # Jobs taken from the broker and not answered yet: waiting in the batcher or computing.
+        metrics.in_flight(lambda: batcher.pending() + sum(loop.running for loop in loops))
         if heartbeat is None:
             metrics.ready()
-    loop.start()
+    if heartbeat is not None:
+        heartbeat.lanes(count)
+    for loop in loops:
+        loop.start()
     if heartbeat is not None:
         # Beats while the loop and the consumer are healthy (the lease on its claims), listing the
         # jobs waiting in the batcher: a supervisor or reconciler resends exactly those if it dies.
@@ -195,6 +220,7 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics
         f"waiting at most {policy.max_wait_s * 1000:g} ms",
         flush=True,
     )
+    return count
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -28,6 +28,10 @@ model_memory_bytes = Gauge(
 jobs_in_flight = Gauge("translation_worker_jobs_in_flight", "Jobs taken from the broker and not yet answered.", WORKER)
 last_batch_timestamp = Gauge(
     "translation_worker_last_batch_timestamp_seconds", "When the worker's last batch ended (Unix time).", WORKER
+)
+lane_batches = Counter(
+    "translation_worker_lane_batches", "Batches each lane (engine process) computed; a CPU worker runs several.",
+    ("worker", "lane"),
 )
 loop_timestamp = Gauge(
     "translation_worker_loop_timestamp_seconds",
@@ -121,5 +125,6 @@ class WorkerMetrics:
     def loop_turned(self) -> None:
         loop_timestamp.labels(worker=self.worker).set(time.time())
 
-    def batch_ended(self) -> None:
+    def batch_ended(self, lane: int = 0) -> None:
         last_batch_timestamp.labels(worker=self.worker).set(time.time())
+        lane_batches.labels(worker=self.worker, lane=str(lane)).inc()

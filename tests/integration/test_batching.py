@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 
 from cs_portal.portal.services import conversation_create, message_create_from_customer
-from tests.conftest import wait_for
+from tests.conftest import WORKER_LANES, WORKER_METRICS_PORT, WORKER_NAME, route_update, wait_for
 from translation.models import Translation, TranslationStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,3 +31,28 @@ class BatchingUnderLoadTests:
         sizes = [row.batch_size for row in rows]
         assert max(sizes) > 1, sizes
         assert max(sizes) <= 128
+
+    def test_full_batches_compute_side_by_side_in_every_lane(self, worker, api_client_key):
+        from tests.workers.test_metrics import scrape, value
+
+        def lane_batches() -> list[float]:
+            samples = scrape(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics")
+            return [value(samples, "translation_worker_lane_batches_total", worker=WORKER_NAME, lane=str(lane))
+                    for lane in range(WORKER_LANES)]
+
+        before = lane_batches()
+        route_update("es", "en", max_batch_size=4)  # 120 jobs: 30 full batches, none held back
+        client, _ = api_client_key
+        with transaction.atomic():
+            conversation = conversation_create(api_client=client, customer_name="Lanes")
+            for i in range(JOBS):
+                message_create_from_customer(conversation=conversation, text=f"Mi pedido {i} no ha llegado.", language="es")
+        wait_for(lambda: not Translation.objects.filter(
+            message__conversation=conversation, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists(),
+            timeout=120, interval=0.2, what=f"{JOBS} translations to finish")
+        rows = list(Translation.objects.filter(message__conversation=conversation))
+        assert {(row.status, row.attempts) for row in rows} == {(TranslationStatus.DONE, 1)}
+        assert max(row.batch_size for row in rows) <= 4
+        after = lane_batches()
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)  # every lane computed
+        assert sum(after) - sum(before) >= JOBS / 4

@@ -103,6 +103,68 @@ class FlushTests:
             b.submit(job())
 
 
+class LanesTests:
+    """Several consumers (a CPU worker's lanes) share the same cores."""
+
+    @staticmethod
+    def take(b: Batcher, timeout: float = 0) -> list:
+        """``next_batch`` from a thread of its own: another lane."""
+        taken = []
+        lane = threading.Thread(target=lambda: taken.extend(j.payload for j in b.next_batch(timeout=timeout)))
+        lane.start()
+        lane.join()
+        return taken
+
+    @staticmethod
+    def computing_one_and_holding_one(b: Batcher, clock=None) -> None:
+        """This thread (a lane) takes a full batch and computes it; one more job arrives and its
+        deadline passes (on the test clock, where one is given)."""
+        for i in range(4):
+            b.submit(job(payload=i))
+        assert [j.payload for j in b.next_batch(timeout=0)] == [0, 1, 2, 3]
+        b.submit(job(payload="a"))
+        if clock is not None:
+            clock.now += 0.010
+
+    def test_while_a_lane_computes_a_partial_batch_waits_for_more_jobs(self, clock):
+        b = batcher(clock)
+        self.computing_one_and_holding_one(b, clock)
+        assert self.take(b) == []  # another lane leaves it: the cores are busy
+        for payload in ("b", "c", "d"):
+            b.submit(job(payload=payload))
+        assert self.take(b) == ["a", "b", "c", "d"]  # full: it goes beside the running batch
+
+    def test_a_held_batch_leaves_once_the_running_one_ends(self, clock):
+        b = batcher(clock)
+        self.computing_one_and_holding_one(b, clock)
+        assert self.take(b) == []
+        b.batch_done()
+        assert self.take(b) == ["a"]
+
+    def test_a_waiting_lane_is_woken_when_the_running_batch_ends(self):
+        b = Batcher(BatchPolicy(max_batch_size=4, max_wait_s=0.001))
+        self.computing_one_and_holding_one(b)
+        taken = []
+        lane = threading.Thread(target=lambda: taken.extend(j.payload for j in b.next_batch(timeout=5)))
+        lane.start()
+        lane.join(0.2)
+        assert lane.is_alive() and taken == []  # held back while this thread computes
+        b.batch_done()
+        lane.join(5)
+        assert taken == ["a"]
+
+    def test_a_handed_over_job_goes_to_a_free_lane_at_once(self, clock):
+        b = batcher(clock)
+        self.computing_one_and_holding_one(b, clock)
+        b.submit(PendingJob(key="es-en", payload="handed over", text="hola", urgent=True))
+        assert self.take(b) == ["handed over", "a"]
+
+    def test_asking_for_the_next_batch_ends_the_last_one(self, clock):
+        b = batcher(clock)
+        self.computing_one_and_holding_one(b, clock)
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["a"]  # one lane alone: its deadline holds
+
+
 class GroupingTests:
     def test_jobs_of_different_pairs_never_share_a_batch(self, clock):
         b = batcher(clock)

@@ -237,6 +237,28 @@ class TranslationRunBatchTests:
         first.refresh_from_db()
         assert first.attempts == 1
 
+    def test_a_duplicate_reaching_another_lane_leaves_the_job_to_the_lane_computing_it(self, many_translations):
+        from translation import execution
+
+        first = many_translations[0]
+        beside = []
+
+        class Lane(StandInEngine):
+            """While this lane computes, the same job arrives at another lane of the same worker."""
+
+            def translate(self, texts, source, target, glossary=None):
+                beside.extend(translation_run_batch(deliveries([first]), engines=lambda spec: Lane()))
+                return [f"[{target}] {text}" for text in texts]
+
+        assert translation_run_batch(deliveries([first]), engines=lambda spec: Lane()) == [RunOutcome.DONE]
+        assert beside == [RunOutcome.SKIPPED]  # acknowledged: the computing lane owns the job
+        first.refresh_from_db()
+        assert (first.status, first.attempts) == (TranslationStatus.DONE, 1)  # no second attempt
+        assert first.pk not in execution._computing  # released with its outcome
+        # Once no lane computes it, the worker's own running row is claimed again (a retry).
+        Translation.objects.filter(pk=first.pk).update(status=TranslationStatus.RUNNING, worker="w1")
+        assert translation_run_batch(deliveries([first]), engines=lambda spec: Lane()) == [RunOutcome.DONE]
+
     def test_a_model_that_does_not_load_queues_the_whole_group_again(self, many_translations):
         Translation.objects.filter(pk__in=[r.pk for r in many_translations]).update(model_name="/nonexistent")
         outcomes = translation_run_batch(deliveries(many_translations))

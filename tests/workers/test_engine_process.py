@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
-from workers.engine_process import EngineProcess, EngineProcessDied, Warmup
+from workers.engine_process import MAX_AUTO_LANES, EngineProcess, EngineProcessDied, Warmup, cpu_lanes, usable_cores
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,42 @@ class EngineProcessDeathTests:
         with pytest.raises(EngineProcessDied):
             process.engine(spec).translate(["Hola"], "es", "en")
         process.stop()
+
+
+class CpuLanesTests:
+    @pytest.mark.parametrize(("requested", "cores", "layout"), [
+        (0, 1, (1, 1)),  # automatic: one lane per core
+        (0, 2, (2, 1)),
+        (0, 16, (MAX_AUTO_LANES, 16 // MAX_AUTO_LANES)),  # capped: each lane holds a copy of the models
+        (1, 8, (1, 8)),  # one lane: every core in one forward pass
+        (2, 6, (2, 3)),
+        (3, 2, (3, 1)),  # asked for: kept, at one thread each
+    ])
+    def test_lanes_share_the_cores(self, requested, cores, layout):
+        assert cpu_lanes(requested, cores) == layout
+
+    @pytest.mark.parametrize(("cpu_max", "cap"), [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1), ("", None)])
+    def test_a_containers_cpu_limit_caps_the_cores(self, tmp_path, cpu_max, cap):
+        import os
+
+        path = tmp_path / "cpu.max"
+        path.write_text(cpu_max)
+        affinity = len(os.sched_getaffinity(0))
+        assert usable_cores(path) == (affinity if cap is None else min(affinity, cap))
+        assert usable_cores(tmp_path / "absent") == affinity
+
+    def test_a_negative_count_is_refused(self):
+        with pytest.raises(ValueError, match="0 \\(one per core\\) or more"):
+            cpu_lanes(-1, 2)
+
+    def test_a_lane_runs_its_forward_passes_on_its_share_of_the_threads(self, tiny_models):
+        spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        lane = EngineProcess([Warmup(spec, "es", "en")], threads=1, name="engine-1")
+        lane.start()
+        try:
+            texts = ["Hola, mi pedido no ha llegado.", "Gracias. Adiós."]
+            assert lane.engine(spec).translate(texts, "es", "fr") == engine_for(spec).translate(texts, "es", "fr")
+            assert lane.threads == 1
+        finally:
+            lane.stop()
+

@@ -68,6 +68,27 @@ class BeatRuleTests:
         heartbeat.batch_ended()
         assert heartbeat._loop_healthy()
 
+    def test_every_lane_must_be_healthy(self, clocked):
+        heartbeat, now = clocked
+        heartbeat.lanes(2)
+        heartbeat.batch_started(lane=1)  # lane 1 computes a batch that never ends
+        for second in range(1, 20):
+            now[0] = float(second)
+            heartbeat.idle(lane=0)  # lane 0 keeps turning
+            assert heartbeat._loop_healthy()
+        now[0] = CALL_TIMEOUT_S + 1
+        heartbeat.idle(lane=0)
+        assert not heartbeat._loop_healthy()  # lane 1's call outlasted the engine's timeout
+        heartbeat.batch_ended(lane=1)
+        assert heartbeat._loop_healthy()
+
+    def test_a_lane_that_stopped_turning_stops_the_beat(self, clocked):
+        heartbeat, now = clocked
+        heartbeat.lanes(2)
+        now[0] = 1.6
+        heartbeat.idle(lane=0)
+        assert not heartbeat._loop_healthy()  # lane 1 said nothing for the wait plus the limit
+
     def test_ready_needs_the_canary_and_life(self):
         assert not beat(ready=False).is_ready(NOW)
         assert not beat(stopped_at=NOW).is_ready(NOW)
@@ -105,6 +126,10 @@ class RealWorkerTests:
         LanguageRoute.objects.create(source_language="es", target_language="ja", model_name="m", queue="translate.ja.stuck")
         status, body = http.call("GET", "/readyz")
         assert status == 503 and body["checks"]["unserved_queues"] == ["translate.ja.stuck"]
+        # The real worker's reconciler takes it as lost (and is done with its rows before the
+        # test's tables are emptied: a flush racing its row locks deadlocks).
+        wait_for(lambda: WorkerHeartbeat.objects.get(name="stuck@h").stopped_at is not None, timeout=10,
+                 what="the reconciler to mark the stale worker stopped")
 
     def test_status_prints_routes_queues_and_workers(self, worker, capsys):
         call_command("status")
@@ -320,11 +345,14 @@ class StuckWorkerTests:
         from cs_portal.portal.services import agent_create
         from translation.models import Translation, TranslationStatus
 
-        [engine] = [pid for pid, command in child_pids(worker.pid) if "spawn_main" in command]
+        # Every lane's engine process: the job may reach any of them.
+        engines = [pid for pid, command in child_pids(worker.pid) if "spawn_main" in command]
+        assert engines
         agent_create(username="sam", password="secret-pass", working_language="en")
         _, key = api_client_key
         _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Lucía"}}, key=key)
-        os.kill(engine, signal.SIGSTOP)  # the model call now takes as long as the engine is frozen
+        for engine in engines:  # the model call now takes as long as the engines are frozen
+            os.kill(engine, signal.SIGSTOP)
         try:
             _, message = http.call(
                 "POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": "Hola, mi pedido no llegó"}, key=key
@@ -340,7 +368,8 @@ class StuckWorkerTests:
                 assert WorkerHeartbeat.objects.get(name=WORKER_NAME).busy_since is not None
                 time.sleep(0.5)
         finally:
-            os.kill(engine, signal.SIGCONT)
+            for engine in engines:
+                os.kill(engine, signal.SIGCONT)
         wait_for(lambda: Translation.objects.get(pk=translation_id).status == TranslationStatus.DONE, what="the job")
 
 

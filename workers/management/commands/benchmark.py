@@ -15,14 +15,20 @@ class Command(BaseCommand):
         parser.add_argument("--jobs", type=int, default=512, help="jobs in the saturation burst (default 512)")
         parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (cuda: the first GPU)")
         parser.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
+        parser.add_argument(
+            "--lanes", type=int, default=None,
+            help="CPU lanes of the worker and of the raw model (default $TRANSLATION_CPU_LANES; 0: one per core)",
+        )
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, model: str, jobs: int, device: str, precision: str, **options) -> None:
+    def handle(self, *args, model: str, jobs: int, device: str, precision: str, lanes: int | None, **options) -> None:
         if not 1 <= jobs <= 100_000:
             raise CommandError("--jobs must be between 1 and 100000.")
+        if lanes is not None and not 0 <= lanes <= 64:
+            raise CommandError("--lanes must be between 0 (one per core) and 64.")
         if device == "cuda":
             import torch
 
@@ -30,18 +36,21 @@ class Command(BaseCommand):
                 raise CommandError("--device cuda: no CUDA device on this machine.")
         if (precision in ("fp16", "bf16")) != (device == "cuda") and precision != "fp32":
             raise CommandError(f"--precision {precision} does not run on {device} (fp16/bf16: cuda; int8: cpu).")
+        benchmark = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision, lanes=lanes)
+        layout = f", {benchmark.lanes} lane(s) of {benchmark.threads} thread(s)" if device == "cpu" else ""
         try:
-            figures = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision).run()
+            figures = benchmark.run()
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         self.say(
-            f"\nSummary ({model} model, {precision} on {device}, burst of {jobs} jobs):\n"
+            f"\nSummary ({model} model, {precision} on {device}{layout}, burst of {jobs} jobs):\n"
             f"  limit (raw batched model)   {figures.limit:8.1f} sent/s\n"
             f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
             f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"
             f"  mean batch size             {figures.mean_batch:8.1f}\n"
             f"  light load p50/p95/p99      {figures.light[0]:.1f} / {figures.light[1]:.1f} / {figures.light[2]:.1f} ms"
-            f"   (one forward pass alone: {figures.model_ms:.1f} ms)\n"
+            f"   (one forward pass alone at that pace: {figures.model_ms:.1f} ms; back to back: "
+            f"{figures.model_ms_back_to_back:.1f} ms)\n"
             f"  saturation p50/p95/p99      {figures.saturated[0]:.0f} / {figures.saturated[1]:.0f} / {figures.saturated[2]:.0f} ms"
         )
         self.say(figures.last_line())
