@@ -8,7 +8,7 @@ A GPU worker runs one loop. A CPU worker runs one per lane (``TRANSLATION_CPU_LA
 lane is an engine process of its own with a share of the cores, so two batches compute side by
 side, the CTranslate2 way (``inter_threads`` × ``intra_threads``). On the 2-core benchmark
 machine two one-thread lanes computed 247 sentences/s at batch 128 where one two-thread
-process computed 165: a forward pass split over two threads waits for the slower of them at
+process computed 160-173: a forward pass split over two threads waits for the slower of them at
 every step, and on shared cores one of them is often not running.
 """
 

@@ -24,7 +24,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (N: the GPU index or UUID)")
     parser.add_argument(
         "--concurrency", type=int, default=0,
-        help="pool threads taking jobs (default: twice the max batch size + 16, so a full batch waits while one runs)",
+        help="pool threads taking jobs (default: (lanes + 1) x max batch size + 16, so a full batch waits while every lane computes one)",
     )
     parser.add_argument(
         "--no-batching", dest="batching", action="store_false",
