@@ -191,7 +191,9 @@ class Heartbeat:
         """Beat from a thread of its own, every quarter of the staleness limit (once the device
         loop runs: while the models load, the worker is not alive yet). ``holding()`` gives the
         jobs taken from the broker and not claimed yet, listed with each beat."""
-        self.lanes(len(self._lanes))
+        now = self._clock()
+        with self._lanes_lock:  # the loops' wait so far does not count; a batch running stays so
+            self._lanes = {lane: (now, started) for lane, (_, started) in self._lanes.items()}
         if holding is not None:
             self._holding = holding
 

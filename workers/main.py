@@ -35,6 +35,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="CPU only: engine processes computing batches side by side, each with a share of the cores "
              "(default $TRANSLATION_CPU_LANES; 0: one per core, at most 4)",
     )
+    parser.add_argument(
+        "--cores", type=int, default=0,
+        help="CPU only: the cores this worker's lanes share (default 0: every core it may run on)",
+    )
     parser.add_argument("--name", default="", help="worker name (default: translate-<device>@<host>)")
     parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("WORKER_METRICS_PORT") or 0),
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.lanes is not None and args.lanes < 0:
         raise SystemExit(f"--lanes must be 0 (one per core) or more, not {args.lanes}")
+    if args.cores < 0:
+        raise SystemExit(f"--cores must be 0 (every core) or more, not {args.cores}")
     # One process, its own metrics port: the web's multiprocess files are not for it.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     os.environ["TRANSLATION_DEVICE"] = pin_device(args.device)
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         lanes = start_device_loop(
             settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat,
-            metrics, lanes=settings.TRANSLATION_CPU_LANES if args.lanes is None else args.lanes,
+            metrics, lanes=settings.TRANSLATION_CPU_LANES if args.lanes is None else args.lanes, cores=args.cores,
         )
     except BaseException as exc:
         if not isinstance(exc, (SystemExit, KeyboardInterrupt)):  # not a requested stop: say why
@@ -151,7 +157,9 @@ def _exit_during_start_up(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics=None, *, lanes: int = 1) -> int:
+def start_device_loop(
+    settings, warmups, batching: bool, heartbeat=None, metrics=None, *, lanes: int = 1, cores: int = 0
+) -> int:
     """Load the models in the engine processes (one per lane; a GPU worker has one), start the
     batcher and a device loop per lane, and route this process's jobs through them. Without
     batching, every batch holds one job. Returns the number of lanes."""
@@ -161,7 +169,7 @@ def start_device_loop(settings, warmups, batching: bool, heartbeat=None, metrics
     from workers.engine_process import EngineProcess, cpu_lanes, usable_cores
 
     if os.environ.get("TRANSLATION_DEVICE", "cpu") == "cpu":
-        count, threads = cpu_lanes(lanes, usable_cores())
+        count, threads = cpu_lanes(lanes, cores or usable_cores())
     else:
         count, threads = 1, 0  # one GPU computes one batch at a time
     engines = [EngineProcess(warmups, threads=threads, name=f"engine-{lane}") for lane in range(count)]

@@ -29,3 +29,9 @@ class ParseArgsTests:
         args = parse_args(["--queues", "translate.en"])
         assert (args.device, args.batching, args.concurrency) == ("cpu", True, 0)
         assert parse_args(["--queues", "all", "--no-batching"]).batching is False
+
+    def test_lanes_and_cores_default_to_the_settings_and_the_machine(self):
+        args = parse_args(["--queues", "translate.en"])
+        assert (args.lanes, args.cores) == (None, 0)
+        args = parse_args(["--queues", "translate.en", "--lanes", "2", "--cores", "4"])
+        assert (args.lanes, args.cores) == (2, 4)

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from workers.control import in_lanes
+from workers.engine_process import usable_cores
 from workers.lifecycle import Child, StopRequested, install_stop_signals, raise_if_stop_requested
 from workers.placement import PlacementError, for_this_machine, gpu_count, load_placement
 
@@ -45,13 +46,17 @@ class Command(BaseCommand):
         except PlacementError as exc:
             raise CommandError(str(exc)) from exc
         host = socket.gethostname()
+        # CPU workers on one machine share its cores (hot standbys of each other still compute
+        # side by side): each gets its share, split into its lanes.
+        on_cpu = [placement for placement in placements if placement.device == "cpu"]
+        cpu_share = [f"--cores={max(1, usable_cores() // len(on_cpu))}"] if len(on_cpu) > 1 else []
         workers = {
             placement.name: Child(
                 name=f"{placement.name}@{host}",
                 command=[
                     sys.executable, "-m", "workers.main", "--device", placement.device,
                     "--queues", ",".join(placement.queues), "--name", f"{placement.name}@{host}",
-                    f"--metrics-port={placement.metrics_port}",
+                    f"--metrics-port={placement.metrics_port}", *(cpu_share if placement.device == "cpu" else []),
                 ],
                 log=settings.DATA_DIR / "logs" / f"worker-{placement.name}.log",
                 stop_timeout_s=WORKER_STOP_TIMEOUT_S,
