@@ -26,8 +26,10 @@ from cs_portal.portal.services import agent_create, api_client_create, conversat
 agent_create(username="sam", password="secret-pass", working_language="en")
 client, _ = api_client_create(name="outage")
 conversation = conversation_create(api_client=client, customer_name="Lucía")
-ids = [message_create_from_customer(conversation=conversation, text=f"¿Dónde está mi pedido {n}?", language="es").translations.get().pk
-       for n in range(int(sys.argv[1]))]
+from django.db import transaction
+with transaction.atomic():  # sent together on commit: the worker is still busy with them when the database stops
+    ids = [message_create_from_customer(conversation=conversation, text=f"¿Dónde está mi pedido {n}?", language="es").translations.get().pk
+           for n in range(int(sys.argv[1]))]
 print(json.dumps(ids))
 """
 
