@@ -26,6 +26,10 @@ DEFAULT_MAX_WAIT_S = 0.005
 # Input tokens per batch: bounds activation memory when long messages arrive together
 # (TGI's max_batch_total_tokens). 128 jobs of ~64 tokens fit.
 DEFAULT_MAX_BATCH_TOKENS = 8192
+# Longest a group past its deadline is held back while another lane computes (see ``_due``):
+# long enough to gather a fuller batch at saturation, short enough that a quiet pair never waits
+# long behind a busy one.
+DEFAULT_MAX_HOLD_S = 0.2
 
 
 def estimate_tokens(text: str) -> int:
@@ -78,8 +82,12 @@ class PendingJob:
 
 
 class Batcher:
-    def __init__(self, policy: BatchPolicy | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, policy: BatchPolicy | None = None, *, clock: Callable[[], float] = time.monotonic,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
+    ) -> None:
         self.policy = policy or BatchPolicy()
+        self.max_hold_s = max_hold_s
         self._clock = clock
         self._groups: dict[Hashable, list[PendingJob]] = {}
         # Each group follows the policy of its latest job: a route's new knobs apply from the
@@ -147,6 +155,10 @@ class Batcher:
                 self._ready.wait(wait)
             return []
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def batch_done(self) -> None:
         """The calling consumer finished computing the batch it took (asking for the next batch
         says so too)."""
@@ -166,19 +178,21 @@ class Batcher:
         deadline), the one whose oldest job arrived first goes first: a busy pair cannot starve
         a quiet one. Several consumers (a CPU worker's lanes) share the same cores: while one
         computes, a group past its deadline but not full waits for more jobs or for that batch
-        to end, instead of splitting the cores into small batches, which cost more per job.
+        to end, instead of splitting the cores into small batches, which cost more per job — at
+        most ``max_hold_s`` longer. A job handed over from a lost worker has waited enough.
         """
         earliest, due, due_since = None, None, None
         for key, jobs in self._groups.items():
             policy = self._policies[key]
             oldest = jobs[0].arrived
             deadline = oldest + policy.max_wait_s
+            if self._computing and not jobs[0].urgent:
+                deadline += self.max_hold_s
             full = len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens
-            # A job handed over from a lost worker has waited enough: its group goes to a free lane.
-            if full or (deadline <= now and (not self._computing or jobs[0].urgent)):
+            if full or deadline <= now:
                 if due_since is None or oldest < due_since:
                     due, due_since = key, oldest
-            elif deadline > now:
+            else:
                 earliest = deadline if earliest is None else min(earliest, deadline)
         if due is not None:
             return due, None

@@ -84,18 +84,23 @@ def device() -> str:
     return os.environ.get("TRANSLATION_DEVICE", "cpu")
 
 
-# The rows this process's device loops have claimed and not finished. A worker runs several
-# loops (CPU lanes): a duplicate delivery of a job one loop computes can reach another, which
-# must leave it (starting a second attempt would waste a forward pass, or give up on a job
-# that is running fine). Registered inside the claim's transaction, so no other loop can see
-# the row running before it is listed; removed once its outcome is settled.
-_computing: set[int] = set()
+# The rows this process's device loops have claimed and not finished, each with the thread
+# (loop) that claimed it. A worker runs several loops (CPU lanes): a duplicate delivery of a job
+# one loop computes can reach another, which must leave it (starting a second attempt would
+# waste a forward pass, or give up on a job that is running fine). Listed inside the claim's
+# transaction, so no other loop can see the row running before it is listed; taken off by the
+# loop that listed it once its outcome is settled (a row queued again meanwhile may have been
+# claimed and listed by another loop: that listing stays).
+_computing: dict[int, int] = {}
 _computing_lock = threading.Lock()
 
 
 def _computing_release(ids) -> None:
+    me = threading.get_ident()
     with _computing_lock:
-        _computing.difference_update(ids)
+        for pk in ids:
+            if _computing.get(pk) == me:
+                del _computing[pk]
 
 
 def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -> dict[int, Job]:
@@ -127,7 +132,8 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
             # batch that claimed it failed, and the job came back for a retry).
             holders = live_workers(row.worker for row in rows if row.status == TranslationStatus.RUNNING)
             with _computing_lock:
-                elsewhere = _computing & by_id.keys()  # computed by this process's other loops
+                me = threading.get_ident()
+                elsewhere = {pk for pk in by_id if _computing.get(pk, me) != me}  # this process's other loops
             for row in rows:
                 if row.status == TranslationStatus.RUNNING:
                     own = row.worker == by_id[row.pk].worker
@@ -162,7 +168,7 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
                 )
             if computing:
                 with _computing_lock:  # listed before the commit publishes the claims
-                    _computing.update(row.pk for row in claimed)
+                    _computing.update((row.pk, threading.get_ident()) for row in claimed)
     except BaseException:
         if computing:
             _computing_release(row.pk for row in claimed)  # the claims were not committed

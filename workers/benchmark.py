@@ -110,10 +110,16 @@ class Benchmark:
                 engine.wait_ready()
             per_lane = max(2, self.jobs // self.batch_size // self.lanes)
 
+            failures: list[BaseException] = []
+
             def batches(engine: EngineProcess, lane: int) -> None:
-                for i in range(per_lane):
-                    start = (lane * per_lane + i) * self.batch_size
-                    engine.call(spec, [self.texts[(start + j) % len(self.texts)] for j in range(self.batch_size)], "es", self.target)
+                try:
+                    for i in range(per_lane):
+                        start = (lane * per_lane + i) * self.batch_size
+                        engine.call(spec, [self.texts[(start + j) % len(self.texts)] for j in range(self.batch_size)],
+                                    "es", self.target)
+                except BaseException as exc:  # the figure would count batches that never ran
+                    failures.append(exc)
 
             threads = [threading.Thread(target=batches, args=(engine, lane)) for lane, engine in enumerate(engines)]
             started = time.perf_counter()
@@ -121,6 +127,8 @@ class Benchmark:
                 thread.start()
             for thread in threads:
                 thread.join()
+            if failures:
+                raise RuntimeError(f"the raw model failed in a lane: {failures[0]}") from failures[0]
             figures.limit = self.lanes * per_lane * self.batch_size / (time.perf_counter() - started)
             singles = 20
             started = time.perf_counter()

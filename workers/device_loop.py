@@ -46,7 +46,7 @@ class DeviceLoop(threading.Thread):
         self.last_batch_at: float | None = None
 
     def run(self) -> None:
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self.batcher.closed:  # closed: the worker stops
             if self.metrics:
                 self.metrics.loop_turned()
             batch = self.batcher.next_batch(timeout=0.5)

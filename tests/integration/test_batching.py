@@ -32,7 +32,7 @@ class BatchingUnderLoadTests:
         assert max(sizes) > 1, sizes
         assert max(sizes) <= 128
 
-    def test_full_batches_compute_side_by_side_in_every_lane(self, worker, api_client_key):
+    def test_full_batches_go_to_every_lane(self, worker, api_client_key):
         from tests.workers.test_metrics import scrape, value
 
         def lane_batches() -> list[float]:

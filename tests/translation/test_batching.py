@@ -142,16 +142,23 @@ class LanesTests:
         assert self.take(b) == ["a"]
 
     def test_a_waiting_lane_is_woken_when_the_running_batch_ends(self):
-        b = Batcher(BatchPolicy(max_batch_size=4, max_wait_s=0.001))
+        b = Batcher(BatchPolicy(max_batch_size=4, max_wait_s=0.001), max_hold_s=60)
         self.computing_one_and_holding_one(b)
         taken = []
-        lane = threading.Thread(target=lambda: taken.extend(j.payload for j in b.next_batch(timeout=5)))
+        lane = threading.Thread(target=lambda: taken.extend(j.payload for j in b.next_batch(timeout=30)))
         lane.start()
         lane.join(0.2)
         assert lane.is_alive() and taken == []  # held back while this thread computes
         b.batch_done()
-        lane.join(5)
+        lane.join(2)  # woken by the end of the batch, not by its own timeout or the hold's limit
         assert taken == ["a"]
+
+    def test_a_group_is_held_back_no_longer_than_the_limit(self, clock):
+        b = Batcher(BatchPolicy(max_batch_size=4, max_wait_s=0.005), clock=clock, max_hold_s=0.2)
+        self.computing_one_and_holding_one(b, clock)  # 10 ms past its arrival
+        assert self.take(b) == []
+        clock.now += 0.2  # a quiet pair does not wait on a busy one's lanes for long
+        assert self.take(b) == ["a"]
 
     def test_a_handed_over_job_goes_to_a_free_lane_at_once(self, clock):
         b = batcher(clock)

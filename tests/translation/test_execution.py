@@ -1,5 +1,7 @@
 """The worker side of the ledger against the real PostgreSQL: claims, idempotent stores, failures."""
 
+from unittest import mock
+
 import pytest
 
 from translation.execution import (
@@ -244,10 +246,13 @@ class TranslationRunBatchTests:
         beside = []
 
         class Lane(StandInEngine):
-            """While this lane computes, the same job arrives at another lane of the same worker."""
+            """While this lane computes, the same job arrives at another lane of the same worker
+            (another device loop: another thread, which is what tells lanes apart; run here in
+            this test's thread and transaction, under another thread's identity)."""
 
             def translate(self, texts, source, target, glossary=None):
-                beside.extend(translation_run_batch(deliveries([first]), engines=lambda spec: Lane()))
+                with mock.patch.object(execution.threading, "get_ident", return_value=-1):
+                    beside.extend(translation_run_batch(deliveries([first]), engines=lambda spec: Lane()))
                 return [f"[{target}] {text}" for text in texts]
 
         assert translation_run_batch(deliveries([first]), engines=lambda spec: Lane()) == [RunOutcome.DONE]
@@ -255,6 +260,11 @@ class TranslationRunBatchTests:
         first.refresh_from_db()
         assert (first.status, first.attempts) == (TranslationStatus.DONE, 1)  # no second attempt
         assert first.pk not in execution._computing  # released with its outcome
+        # A lane releases only its own listings: a row another lane claimed again (after this
+        # lane queued it for a retry) stays listed for that lane.
+        execution._computing[first.pk] = -1
+        execution._computing_release([first.pk])
+        assert execution._computing.pop(first.pk) == -1
         # Once no lane computes it, the worker's own running row is claimed again (a retry).
         Translation.objects.filter(pk=first.pk).update(status=TranslationStatus.RUNNING, worker="w1")
         assert translation_run_batch(deliveries([first]), engines=lambda spec: Lane()) == [RunOutcome.DONE]

@@ -90,3 +90,20 @@ class DeviceLoopTests:
         for future in futures:
             with pytest.raises(EngineProcessDied):
                 future.result(timeout=0)
+
+    def test_the_other_lanes_end_when_one_lanes_engine_dies(self, spanish, monkeypatch):
+        import workers.device_loop as device_loop
+
+        class Dead(Echo):
+            def alive(self) -> bool:
+                return False
+
+        monkeypatch.setattr(device_loop.os, "kill", lambda pid, sig: None)
+        batcher = Batcher(BatchPolicy(max_batch_size=100, max_wait_s=5))
+        healthy = DeviceLoop(batcher, Echo(), lane=1)
+        healthy.start()
+        dying = DeviceLoop(batcher, Dead(), lane=0)
+        dying.start()
+        dying.join(5)
+        healthy.join(5)  # the closed batcher ends it, instead of leaving it turning without a wait
+        assert not dying.is_alive() and not healthy.is_alive()
