@@ -26,10 +26,12 @@ DEFAULT_MAX_WAIT_S = 0.005
 # Input tokens per batch: bounds activation memory when long messages arrive together
 # (TGI's max_batch_total_tokens). 128 jobs of ~64 tokens fit.
 DEFAULT_MAX_BATCH_TOKENS = 8192
-# Longest a group past its deadline is held back while another lane computes (see ``_due``):
-# long enough to gather a fuller batch at saturation, short enough that a quiet pair never waits
-# long behind a busy one.
-DEFAULT_MAX_HOLD_S = 0.2
+# How long a group past its deadline may be held back while another lane computes (see
+# ``_due``), until a batch has been timed: after that, as long as recent batches took (so a
+# quiet pair waits behind a busy pair's lanes no longer than behind one lane's batch), at most
+# MAX_HOLD_S.
+DEFAULT_HOLD_S = 0.2
+MAX_HOLD_S = 5.0
 
 
 def estimate_tokens(text: str) -> int:
@@ -84,10 +86,13 @@ class PendingJob:
 class Batcher:
     def __init__(
         self, policy: BatchPolicy | None = None, *, clock: Callable[[], float] = time.monotonic,
-        max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        max_hold_s: float | None = None,
     ) -> None:
+        """``max_hold_s``: a fixed limit on holding a group back (default: the recent batches'
+        duration, see ``hold_s``)."""
         self.policy = policy or BatchPolicy()
-        self.max_hold_s = max_hold_s
+        self._max_hold_s = max_hold_s
+        self._batch_s: float | None = None  # moving average of how long a taken batch took
         self._clock = clock
         self._groups: dict[Hashable, list[PendingJob]] = {}
         # Each group follows the policy of its latest job: a route's new knobs apply from the
@@ -97,7 +102,7 @@ class Batcher:
         self._closed = False
         # Consumers (threads) computing a batch they took: each until it asks for the next one
         # or says ``batch_done``.
-        self._computing: set[int] = set()
+        self._computing: dict[int, float] = {}  # consumer thread -> when it took its batch
 
     def submit(self, job: PendingJob) -> Future:
         """Queue ``job``; its future receives the result the device loop sets."""
@@ -146,7 +151,7 @@ class Batcher:
                 now = self._clock()
                 key, wait = self._due(now)
                 if key is not None:
-                    self._computing.add(threading.get_ident())
+                    self._computing[threading.get_ident()] = now
                     return self._take(key)
                 if give_up is not None:
                     if now >= give_up:
@@ -154,6 +159,12 @@ class Batcher:
                     wait = min(wait, give_up - now) if wait is not None else give_up - now
                 self._ready.wait(wait)
             return []
+
+    def hold_s(self) -> float:
+        """How long a group past its deadline may wait while another lane computes."""
+        if self._max_hold_s is not None:
+            return self._max_hold_s
+        return DEFAULT_HOLD_S if self._batch_s is None else min(self._batch_s, MAX_HOLD_S)
 
     @property
     def closed(self) -> bool:
@@ -167,7 +178,8 @@ class Batcher:
 
     def _finished(self, consumer: int) -> None:
         if consumer in self._computing:
-            self._computing.discard(consumer)
+            took = self._clock() - self._computing.pop(consumer)
+            self._batch_s = took if self._batch_s is None else 0.8 * self._batch_s + 0.2 * took
             self._ready.notify_all()  # a group held back for this batch may go now
 
     def _due(self, now: float) -> tuple[Hashable | None, float | None]:
@@ -179,7 +191,7 @@ class Batcher:
         a quiet one. Several consumers (a CPU worker's lanes) share the same cores: while one
         computes, a group past its deadline but not full waits for more jobs or for that batch
         to end, instead of splitting the cores into small batches, which cost more per job — at
-        most ``max_hold_s`` longer. A job handed over from a lost worker has waited enough.
+        most ``hold_s()`` longer. A job handed over from a lost worker has waited enough.
         """
         earliest, due, due_since = None, None, None
         for key, jobs in self._groups.items():
@@ -187,7 +199,7 @@ class Batcher:
             oldest = jobs[0].arrived
             deadline = oldest + policy.max_wait_s
             if self._computing and not jobs[0].urgent:
-                deadline += self.max_hold_s
+                deadline += self.hold_s()
             full = len(jobs) >= policy.max_batch_size or sum(j.tokens for j in jobs) >= policy.max_batch_tokens
             if full or deadline <= now:
                 if due_since is None or oldest < due_since:

@@ -153,6 +153,22 @@ class LanesTests:
         lane.join(2)  # woken by the end of the batch, not by its own timeout or the hold's limit
         assert taken == ["a"]
 
+    def test_a_group_is_held_back_no_longer_than_recent_batches_took(self, clock):
+        b = batcher(clock)
+        assert b.hold_s() == 0.2  # before any batch was timed
+        for took in (1.0, 1.0, 1.0):
+            for i in range(4):
+                b.submit(job(payload=i))
+            b.next_batch(timeout=0)
+            clock.now += took
+            b.batch_done()
+        assert b.hold_s() == pytest.approx(1.0)
+        self.computing_one_and_holding_one(b, clock)  # 10 ms past its arrival, 5 ms past its deadline
+        clock.now += 0.9
+        assert self.take(b) == []
+        clock.now += 0.1  # as long as a batch takes: no longer than behind one lane's batch
+        assert self.take(b) == ["a"]
+
     def test_a_group_is_held_back_no_longer_than_the_limit(self, clock):
         b = Batcher(BatchPolicy(max_batch_size=4, max_wait_s=0.005), clock=clock, max_hold_s=0.2)
         self.computing_one_and_holding_one(b, clock)  # 10 ms past its arrival
