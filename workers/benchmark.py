@@ -77,13 +77,13 @@ class Figures:
 class Benchmark:
     def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
                  precision: str = "fp32", lanes: int | None = None) -> None:
-        from workers.engine_process import cpu_lanes, usable_cores
+        from workers.engine_process import lane_layout
 
         self.model, self.jobs, self.say = model, jobs, say
         self.device, self.precision = device, precision  # device: "cpu" or "cuda" (the first GPU)
         # The worker's layout: CPU lanes (``TRANSLATION_CPU_LANES`` unless given), one on a GPU.
         requested = settings.TRANSLATION_CPU_LANES if lanes is None else lanes
-        self.lanes, self.threads = cpu_lanes(requested, usable_cores()) if device == "cpu" else (1, 0)
+        self.lanes, self.threads = lane_layout(device, requested)
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
         self.texts = spanish_texts()
         self.target = settings.DEFAULT_AGENT_LANGUAGE
@@ -98,16 +98,12 @@ class Benchmark:
         import threading
 
         from translation.engines import EngineSpec
-        from workers.engine_process import EngineProcess, Warmup
+        from workers.engine_process import EngineProcess, Warmup, start_lanes
 
         spec = EngineSpec("hf-seq2seq", str(self.model_dir), precision=self.precision, device=self.device)
-        engines = [EngineProcess([Warmup(spec, "es", self.target)], threads=self.threads, name=f"benchmark-engine-{lane}")
-                   for lane in range(self.lanes)]
+        engines = start_lanes([Warmup(spec, "es", self.target)], count=self.lanes, threads=self.threads,
+                              name="benchmark-engine")
         try:
-            for engine in engines:
-                engine.launch()
-            for engine in engines:
-                engine.wait_ready()
             per_lane = max(2, self.jobs // self.batch_size // self.lanes)
 
             failures: list[BaseException] = []

@@ -94,7 +94,6 @@ class DeviceLoop(threading.Thread):
         self.jobs += len(batch)
         self.last_batch_at = time.time()
 
-
     def stop(self) -> None:
         self._stopping.set()
         self.batcher.close()

@@ -62,6 +62,29 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return cores
 
 
+def lane_layout(device: str, requested: int, cores: int = 0) -> tuple[int, int]:
+    """(lanes, torch threads each) of a worker on ``device``: ``cpu_lanes`` over ``cores`` (0: the
+    usable ones) on a CPU; one lane with torch's default threads on a GPU, which computes one
+    batch at a time."""
+    return cpu_lanes(requested, cores or usable_cores()) if device == "cpu" else (1, 0)
+
+
+def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine") -> list[EngineProcess]:
+    """``count`` engine processes, their models loading side by side; returns once every one is
+    ready. If one fails, none is left running."""
+    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}") for lane in range(count)]
+    try:
+        for engine in engines:
+            engine.launch()
+        for engine in engines:
+            engine.wait_ready()
+    except BaseException:
+        for engine in engines:
+            engine.stop()
+        raise
+    return engines
+
+
 class EngineProcessDied(RuntimeError):
     """The child process ended (killed, out of memory, a crashed driver) or hung."""
 

@@ -166,21 +166,11 @@ def start_device_loop(
     from translation.batching import Batcher, BatchPolicy
     from translation.execution import use_batcher
     from workers.device_loop import DeviceLoop
-    from workers.engine_process import EngineProcess, cpu_lanes, usable_cores
+    from workers.engine_process import lane_layout, start_lanes
 
-    if os.environ.get("TRANSLATION_DEVICE", "cpu") == "cpu":
-        count, threads = cpu_lanes(lanes, cores or usable_cores())
-    else:
-        count, threads = 1, 0  # one GPU computes one batch at a time
-    engines = [EngineProcess(warmups, threads=threads, name=f"engine-{lane}") for lane in range(count)]
-    try:
-        for engine in engines:
-            engine.launch()
-        memory = [engine.wait_ready() for engine in engines][0]
-    except BaseException:
-        for engine in engines:
-            engine.stop()
-        raise
+    count, threads = lane_layout(os.environ.get("TRANSLATION_DEVICE", "cpu"), lanes, cores)
+    engines = start_lanes(warmups, count=count, threads=threads)
+    memory = engines[0].memory
     from workers.control import LOADED_MODELS  # also registers the "models" inspect command
 
     if threads:

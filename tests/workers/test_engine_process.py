@@ -6,7 +6,16 @@ import signal
 import pytest
 
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
-from workers.engine_process import MAX_AUTO_LANES, EngineProcess, EngineProcessDied, Warmup, cpu_lanes, usable_cores
+from workers.engine_process import (
+    MAX_AUTO_LANES,
+    EngineProcess,
+    EngineProcessDied,
+    Warmup,
+    cpu_lanes,
+    lane_layout,
+    start_lanes,
+    usable_cores,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +88,18 @@ class CpuLanesTests:
         with pytest.raises(ValueError, match="0 \\(one per core\\) or more"):
             cpu_lanes(-1, 2)
 
-    def test_a_lane_runs_its_forward_passes_on_its_share_of_the_threads(self, tiny_models):
+    def test_lanes_start_side_by_side_each_on_its_share_of_the_threads(self, tiny_models):
         spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
-        lane = EngineProcess([Warmup(spec, "es", "en")], threads=1, name="engine-1")
-        lane.start()
+        lanes = start_lanes([Warmup(spec, "es", "en")], count=2, threads=1)
         try:
             texts = ["Hola, mi pedido no ha llegado.", "Gracias. Adiós."]
-            assert lane.engine(spec).translate(texts, "es", "fr") == engine_for(spec).translate(texts, "es", "fr")
-            assert lane.threads == 1
+            expected = engine_for(spec).translate(texts, "es", "fr")
+            assert [lane.engine(spec).translate(texts, "es", "fr") for lane in lanes] == [expected, expected]
+            assert [lane.threads for lane in lanes] == [1, 1]
         finally:
-            lane.stop()
+            for lane in lanes:
+                lane.stop()
 
+    def test_a_gpu_worker_runs_one_lane_on_torchs_own_threads(self):
+        assert lane_layout("cuda", 4, cores=16) == (1, 0)
+        assert lane_layout("cpu", 0, cores=2) == (2, 1)
