@@ -12,12 +12,21 @@ LOADED_MODELS: list[dict] = []
 
 
 def in_lanes(model: dict) -> str:
-    """How many copies a loaded model's memory counts: a CPU worker's lanes each load it."""
-    return f" in {model['copies']} lanes" if model.get("copies", 1) > 1 else ""
+    """How a CPU worker's lanes hold a loaded model: the weights mapped from the checkpoint's
+    files once for all of them, the rest (converted or quantized weights) once per lane."""
+    lanes = model.get("copies", 1)
+    if lanes <= 1:
+        return ""
+    shared = model.get("shared_mib", 0)
+    if not shared:
+        return f" in {lanes} lanes, a copy each"
+    if shared >= model["memory_mib"]:
+        return f" in {lanes} lanes, mapped once from the checkpoint"
+    return f" in {lanes} lanes, {shared} MiB of it mapped once from the checkpoint"
 
 
 @inspect_command()
 def models(state) -> list[dict]:
-    """The models this worker serves: model, precision, device, weights in MiB (all its lanes'
-    copies) and the number of copies."""
+    """The models this worker serves: model, precision, device, weights in MiB (all its lanes
+    together), the number of lanes (``copies``) and the MiB of it they share (``shared_mib``)."""
     return LOADED_MODELS

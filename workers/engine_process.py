@@ -29,7 +29,8 @@ START_TIMEOUT_S = 600  # loading several large checkpoints from disk can take mi
 # batch of a base-size model on a slow CPU takes seconds; this is two orders above.
 CALL_TIMEOUT_S = 300
 # Lanes a CPU worker runs when none are configured: one per core up to this many (each lane
-# holds a copy of the models; past four, a lane's own threads serve large models better).
+# is a process with its own copy of whatever weights are not mapped from the checkpoint, and
+# its own runtime; past four, a lane's own threads serve large models better).
 MAX_AUTO_LANES = 4
 
 
@@ -90,6 +91,20 @@ class EngineProcessDied(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ModelMemory:
+    """A loaded model's weights in one engine process: ``total`` bytes, of which ``shared`` are
+    mapped from the checkpoint's files and shared with every other process that maps them."""
+
+    total: int
+    shared: int = 0
+
+    def in_lanes(self, count: int) -> int:
+        """What ``count`` engine processes holding the model take together: the shared pages
+        once, the rest once per process."""
+        return self.shared + count * (self.total - self.shared)
+
+
+@dataclass(frozen=True)
 class Warmup:
     """A model to load at start and the language pair to prove it with."""
 
@@ -124,10 +139,10 @@ class EngineProcess:
         self._connection, child_end = context.Pipe()
         self._process = context.Process(target=_serve, args=(child_end, warmups, threads), name=name, daemon=True)
         self._lock = threading.Lock()
-        self.memory: dict[EngineSpec, int] = {}
+        self.memory: dict[EngineSpec, ModelMemory] = {}
         self.threads = 0  # the threads its forward passes use, once ready
 
-    def start(self) -> dict[EngineSpec, int]:
+    def start(self) -> dict[EngineSpec, ModelMemory]:
         """Start the child, wait until every model is loaded and warm; returns their memory."""
         self.launch()
         return self.wait_ready()
@@ -136,7 +151,7 @@ class EngineProcess:
         """Start the child, which loads its models (several lanes load side by side)."""
         self._process.start()
 
-    def wait_ready(self) -> dict[EngineSpec, int]:
+    def wait_ready(self) -> dict[EngineSpec, ModelMemory]:
         """Wait until every model of the launched child is loaded and warm; returns their memory."""
         if not self._connection.poll(START_TIMEOUT_S):
             raise EngineProcessDied(f"the engine process did not load its models within {START_TIMEOUT_S}s")
@@ -207,11 +222,11 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        memory: dict[EngineSpec, int] = {}
+        memory: dict[EngineSpec, ModelMemory] = {}
         for warmup in warmups:
             engine = engine_for(warmup.spec)
             engine.translate(["Hello"], warmup.source, warmup.target)
-            memory[warmup.spec] = engine.memory_bytes
+            memory[warmup.spec] = ModelMemory(engine.memory_bytes, engine.shared_bytes)
     except Exception as exc:
         connection.send(("error", RuntimeError(f"loading models failed: {type(exc).__name__}: {exc}")))
         return

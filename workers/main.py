@@ -171,17 +171,16 @@ def start_device_loop(
     count, threads = lane_layout(os.environ.get("TRANSLATION_DEVICE", "cpu"), lanes, cores)
     engines = start_lanes(warmups, count=count, threads=threads)
     memory = engines[0].memory
-    from workers.control import LOADED_MODELS  # also registers the "models" inspect command
+    from workers.control import LOADED_MODELS, in_lanes  # also registers the "models" inspect command
 
     if threads:
-        print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s), each with its own copy of the models", flush=True)
-    for spec, size in memory.items():
-        size *= count  # what the worker holds: a copy per lane
-        print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB", flush=True)
-        LOADED_MODELS.append(
-            {"model": spec.model, "precision": spec.precision, "device": spec.device,
-             "memory_mib": round(size / 2**20, 1), "copies": count}
-        )
+        print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s)", flush=True)
+    for spec, held in memory.items():
+        size = held.in_lanes(count)  # what the worker holds, every lane's own part included
+        loaded = {"model": spec.model, "precision": spec.precision, "device": spec.device,
+                  "memory_mib": round(size / 2**20, 1), "copies": count, "shared_mib": round(held.shared / 2**20, 1)}
+        print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB{in_lanes(loaded)}", flush=True)
+        LOADED_MODELS.append(loaded)
         if metrics is not None:
             metrics.model_loaded(spec.model, spec.precision, spec.device, size)
     if batching:

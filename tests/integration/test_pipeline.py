@@ -4,7 +4,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from cs_portal.portal.services import agent_create
-from tests.conftest import WORKER_NAME, route_update, tasks_processed, wait_for
+from tests.conftest import WORKER_LANES, WORKER_NAME, route_update, tasks_processed, wait_for
 from translation.engines import EngineSpec, engine_for
 from translation.models import Translation, TranslationStatus
 from translation.tasks import translate
@@ -134,3 +134,12 @@ class WorkerReportTests:
         models = {entry["model"]: entry for entry in reply[WORKER_NAME]}
         assert set(models) == {str(tiny_models.marian_es_en), str(tiny_models.m2m100)}  # m2m100 once, for every pair
         assert all(entry["memory_mib"] > 0 and entry["device"] == "cpu" for entry in models.values())
+        # Its lanes map the fp32 checkpoints' weights once between them: they hold one lane's
+        # mapped weights and, each, what a lane computed for itself (sinusoidal positions).
+        for model, entry in models.items():
+            one_lane = engine_for(EngineSpec("hf-seq2seq", model))  # the same checkpoint, in this process
+            total, shared = one_lane.memory_bytes / 2**20, one_lane.shared_bytes / 2**20
+            assert shared > total / 2
+            assert entry["copies"] == WORKER_LANES
+            assert entry["shared_mib"] == pytest.approx(shared, abs=0.05)
+            assert entry["memory_mib"] == pytest.approx(shared + WORKER_LANES * (total - shared), abs=0.05)

@@ -4,7 +4,13 @@ import pytest
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
-from translation.engines.hf_seq2seq import OUTPUT_LENGTH_MARGIN, OUTPUT_LENGTH_RATIO, Family, HFSeq2SeqEngine
+from translation.engines.hf_seq2seq import (
+    OUTPUT_LENGTH_MARGIN,
+    OUTPUT_LENGTH_RATIO,
+    Family,
+    HFSeq2SeqEngine,
+    file_mappings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +83,43 @@ class HFSeq2SeqEngineTests:
         engine.load()
         [text] = engine.translate(["Hola"], "es", "en")
         assert text
+        assert engine.shared_bytes == 0  # quantized copies, none of it read from the file
+
+    def test_fp32_weights_are_read_in_place_from_the_checkpoint_file(self, m2m100, tiny_models):
+        # transformers maps the safetensors file; a second process mapping it shares the pages.
+        checkpoint = tiny_models.m2m100 / "model.safetensors"
+        assert checkpoint.exists()
+        assert 0.9 * checkpoint.stat().st_size < m2m100.shared_bytes <= m2m100.memory_bytes
+
+
+class FileMappingsTests:
+    SMAPS = """\
+55d1c0a00000-55d1c0b00000 rw-p 00000000 00:00 0                          [heap]
+Size:               1024 kB
+Anonymous:          1024 kB
+7f0000000000-7f0000100000 rw-p 00000000 fe:00 5521820                    /models/a/model.safetensors
+Size:               1024 kB
+Rss:                1024 kB
+Anonymous:             0 kB
+VmFlags: rd wr mr mw me ac sd
+7f0000200000-7f0000300000 rw-p 00000000 fe:00 5521821                    /models/b/model.safetensors
+Size:               1024 kB
+Anonymous:             8 kB
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0
+Anonymous:             0 kB
+7f0000600000-7f0000700000 r--p 00000000 fe:00 5521822                    /models/c/model.safetensors
+Anonymous:             0 kB
+"""
+
+    def test_only_unchanged_file_mappings_count(self, tmp_path):
+        smaps = tmp_path / "smaps"
+        smaps.write_text(self.SMAPS)
+        # the heap and an anonymous mapping are private; so is a file mapping with a page
+        # copied on write (b)
+        assert file_mappings(str(smaps)) == [(0x7F0000000000, 0x7F0000100000), (0x7F0000600000, 0x7F0000700000)]
+
+    def test_no_kernel_account_means_nothing_is_counted_as_shared(self, tmp_path):
+        assert file_mappings(str(tmp_path / "absent")) == []
 
     def test_half_precision_on_cpu_falls_back_to_fp32_and_says_so(self, tiny_models, caplog):
         engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="fp16"))

@@ -10,6 +10,7 @@ from workers.engine_process import (
     MAX_AUTO_LANES,
     EngineProcess,
     EngineProcessDied,
+    ModelMemory,
     Warmup,
     cpu_lanes,
     lane_layout,
@@ -23,7 +24,7 @@ def engines(tiny_models):
     spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
     process = EngineProcess([Warmup(spec, "es", "en")])
     memory = process.start()
-    assert memory[spec] > 0
+    assert memory[spec].total > 0
     yield process, spec
     process.stop()
 
@@ -100,6 +101,44 @@ class CpuLanesTests:
             for lane in lanes:
                 lane.stop()
 
+    def test_lanes_share_the_weights_mapped_from_the_checkpoint(self, tiny_models):
+        spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        checkpoint = str(tiny_models.m2m100 / "model.safetensors")
+        lanes = start_lanes([Warmup(spec, "es", "en")], count=2, threads=1)
+        try:
+            memory = lanes[0].memory[spec]
+            assert 0 < memory.shared <= memory.total
+            assert memory.in_lanes(2) < 2 * memory.total
+            # The kernel's account: both processes map the checkpoint, and its pages are
+            # counted as shared, each process charged half (Pss) of what it maps (Rss).
+            for lane in lanes:
+                rss, pss, shared = mapped(lane._process.pid, checkpoint)
+                assert rss > 0
+                assert shared == rss
+                assert pss <= rss // 2 + 4  # kB; the last page may be counted whole
+        finally:
+            for lane in lanes:
+                lane.stop()
+
+    def test_what_lanes_hold_together(self):
+        assert ModelMemory(total=100, shared=80).in_lanes(3) == 80 + 3 * 20
+        assert ModelMemory(total=100).in_lanes(2) == 200
+        assert ModelMemory(total=100, shared=100).in_lanes(4) == 100
+
     def test_a_gpu_worker_runs_one_lane_on_torchs_own_threads(self):
         assert lane_layout("cuda", 4, cores=16) == (1, 0)
         assert lane_layout("cpu", 0, cores=2) == (2, 1)
+
+
+def mapped(pid: int, path: str) -> tuple[int, int, int]:
+    """Rss, Pss and Shared_Clean (kB) of the process's mappings of ``path``."""
+    totals = {"Rss": 0, "Pss": 0, "Shared_Clean": 0}
+    inside = False
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and not fields[0].endswith(":"):
+                inside = fields[-1] == path
+            elif inside and fields[0][:-1] in totals:
+                totals[fields[0][:-1]] += int(fields[1])
+    return totals["Rss"], totals["Pss"], totals["Shared_Clean"]

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from workers.control import in_lanes
 from workers.main import parse_args, pin_device
 
 
@@ -35,3 +36,13 @@ class ParseArgsTests:
         assert (args.lanes, args.cores) == (None, 0)
         args = parse_args(["--queues", "translate.en", "--lanes", "2", "--cores", "4"])
         assert (args.lanes, args.cores) == (2, 4)
+
+
+class LanesReportTests:
+    def test_how_lanes_hold_a_model_is_said_beside_its_memory(self):
+        model = {"model": "m", "memory_mib": 24.0}
+        assert in_lanes(dict(model, copies=1, shared_mib=23.0)) == ""
+        assert in_lanes(dict(model, copies=2, shared_mib=24.0)) == " in 2 lanes, mapped once from the checkpoint"
+        assert in_lanes(dict(model, copies=2, shared_mib=23.0)) == " in 2 lanes, 23.0 MiB of it mapped once from the checkpoint"
+        assert in_lanes(dict(model, copies=3, shared_mib=0)) == " in 3 lanes, a copy each"
+        assert in_lanes(dict(model, copies=2)) == " in 2 lanes, a copy each"  # a beat from an older worker

@@ -87,3 +87,10 @@ class TranslationEngine(ABC):
     @abstractmethod
     def memory_bytes(self) -> int:
         """Bytes held by the model's parameters and buffers."""
+
+    @property
+    def shared_bytes(self) -> int:
+        """The part of ``memory_bytes`` read in place from the checkpoint's files (memory-mapped),
+        which every process loading the same checkpoint shares through the page cache: a CPU
+        worker's lanes hold it once. 0 where the weights were copied (converted, quantized)."""
+        return 0

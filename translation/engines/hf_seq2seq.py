@@ -212,11 +212,11 @@ class HFSeq2SeqEngine(TranslationEngine):
                 usage.add(TokenUsage(input_tokens=sum(lengths), output_tokens=sum(len(row) for row in rows)))
             return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
-    @property
-    def memory_bytes(self) -> int:
-        """Bytes of weights and buffers, int8-packed layers included (they are not parameters)."""
+    def _weights(self) -> list[tuple[int | None, int]]:
+        """Each storage of weights and buffers once (tied weights appear under several names):
+        its address (None for int8-packed layers, which are not plain tensors) and its bytes."""
         if self._model is None:
-            return 0
+            return []
 
         def size(value) -> int:
             if isinstance(value, tuple | list):
@@ -225,11 +225,52 @@ class HFSeq2SeqEngine(TranslationEngine):
                 return value.numel() * value.element_size()
             return 0
 
-        # Tied weights appear under several names; count each storage once.
-        seen, total = set(), 0
+        weights: dict[int, tuple[int | None, int]] = {}
         for value in self._model.state_dict().values():
-            key = value.data_ptr() if hasattr(value, "data_ptr") and not getattr(value, "is_quantized", False) else id(value)
-            if key not in seen:
-                seen.add(key)
-                total += size(value)
-        return total
+            if hasattr(value, "data_ptr") and not getattr(value, "is_quantized", False):
+                weights.setdefault(value.data_ptr(), (value.data_ptr(), size(value)))
+            else:
+                weights.setdefault(id(value), (None, size(value)))
+        return list(weights.values())
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of weights and buffers, int8-packed layers included (they are not parameters)."""
+        return sum(size for _, size in self._weights())
+
+    @property
+    def shared_bytes(self) -> int:
+        """transformers maps the checkpoint's weights file into memory and, on a CPU and where
+        the dtype served is the file's, computes on the mapped pages in place; serving never
+        writes them."""
+        if self.spec.device != "cpu":
+            return 0
+        mapped = file_mappings()
+        return sum(
+            size for address, size in self._weights()
+            if address is not None and any(start <= address and address + size <= end for start, end in mapped)
+        )
+
+
+def file_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int]]:
+    """The address ranges of this process's memory that are mapped from files and unchanged (no
+    page copied on write), so other processes mapping the same file share their pages. Empty
+    where the kernel does not say (not Linux)."""
+    try:
+        with open(smaps) as lines:
+            text = lines.read()
+    except OSError:
+        return []
+    ranges, current = [], None
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+            if current is not None:
+                ranges.append(current)
+            start, end = (int(address, 16) for address in fields[0].split("-"))
+            current = (start, end) if len(fields) >= 6 and fields[5].startswith("/") else None
+        elif current is not None and fields[:1] == ["Anonymous:"] and fields[1] != "0":
+            current = None  # pages copied on write are this process's own
+    if current is not None:
+        ranges.append(current)
+    return ranges
