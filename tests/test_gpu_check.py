@@ -1,15 +1,19 @@
-"""requirements/gpu-offline.txt, the wheels bin/gpu-check carries to a GPU host without network,
-agrees with what the project pins and runs (the check itself is rehearsed with
-``bin/gpu-check --device cpu``)."""
+"""bin/gpu-check, the GPU measurements in one run: rehearsed on the CPU, and the wheels it carries
+to a GPU host without network (requirements/gpu-offline.txt) agree with what the project pins
+and runs."""
 
+import os
 import re
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements"
+ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = ROOT / "requirements"
 
 
 def pins(name: str) -> dict[str, str]:
@@ -53,3 +57,29 @@ class OfflineWheelsTests:
                 if needed not in offline and needed not in on_host:
                     missing.setdefault(package, []).append(needed)
         assert missing == {}
+
+
+class RehearsalTests:
+    def test_every_step_runs_on_the_cpu_and_reports(self, tmp_path):
+        # Its own SQLite ledger and redis-server: nothing of the test database or broker.
+        env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+        env["PYTHON"] = sys.executable
+        done = subprocess.run(
+            [str(ROOT / "bin" / "gpu-check"), "--device", "cpu", "--jobs", "64", str(tmp_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        reports = sorted(path.name for path in tmp_path.iterdir())
+        assert reports == ["benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt"]
+        summary = (tmp_path / "summary.txt").read_text()
+        assert "0 step(s) failed" in summary
+        assert re.search(r"benchmark-tiny-fp32: limit=[\d.]+ pipeline=[\d.]+ batch1=[\d.]+ ", summary)
+        assert re.search(r"tests: \d+ passed", summary)
+        assert re.search(r"drift: int8 +[\d.]+%", summary)
+
+    def test_a_missing_gpu_is_said_plainly(self, tmp_path):
+        env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")  # no GPU, wherever it runs
+        done = subprocess.run([str(ROOT / "bin" / "gpu-check"), str(tmp_path)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        assert "No CUDA device is visible to this Python" in done.stdout + done.stderr
