@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
@@ -267,9 +267,10 @@ class Benchmark:
             model: lambda p: p.ppid == worker_pid,
             "worker (consumer, batcher, claims, stores)": lambda p: p.pid == worker_pid,
             this_process: lambda p: p.pid == os.getpid(),
-            "PostgreSQL": lambda p: p.name.startswith("postgres"),
-            "Redis": lambda p: p.name.startswith("redis-server"),
         }
+        if connection.vendor == "postgresql":  # SQLite works inside the worker and this process
+            pipeline["PostgreSQL"] = lambda p: p.name.startswith("postgres")
+        pipeline["Redis"] = lambda p: p.name.startswith("redis-server")
         used = cpu_by_part(before, after, pipeline)
         beside = sum(seconds for name, seconds in used.items() if name not in (model, "everything else"))
         cores = os.cpu_count() or 1
