@@ -4,6 +4,7 @@ and runs."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -38,12 +39,11 @@ class OfflineWheelsTests:
         assert {package: metadata.version(package) for package in offline} == offline
 
     def test_each_carried_package_finds_what_it_needs_carried_or_on_a_pytorch_host(self):
-        # What a PyTorch CUDA image holds (requirements/gpu-offline.txt's header names them).
-        on_host = {
-            "numpy", "pyyaml", "regex", "tqdm", "requests", "packaging", "huggingface-hub", "safetensors",
-            "sentencepiece", "sacrebleu", "prometheus-client", "pytest", "pytest-timeout", "psutil", "click",
-            "python-dateutil", "humanize", "typer", "six", "joblib", "attrs", "typing-extensions", "setuptools",
-        }
+        on_host = set(next(
+            line.split(":", 1)[1].split() for line in (REQUIREMENTS / "gpu-offline.txt").read_text().splitlines()
+            if line.startswith("# on-host:")
+        ))
+        assert {"numpy", "huggingface-hub", "safetensors", "packaging"} <= on_host
         offline = set(pins("gpu-offline.txt"))
         host = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
                 "platform_system": "Linux", "extra": ""}  # the GPU host bin/offline-wheels targets
@@ -59,27 +59,59 @@ class OfflineWheelsTests:
         assert missing == {}
 
 
+def gpu_check(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run bin/gpu-check as a person would: none of the test run's settings, its scratch files
+    under ``tmp_path / "tmp"``; killed with everything it started if it overruns."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    inherited = {key: value for key, value in os.environ.items() if key not in TEST_SETTINGS}
+    process = subprocess.Popen(
+        [str(ROOT / "bin" / "gpu-check"), *args], cwd=ROOT, text=True, start_new_session=True,
+        env={**inherited, "PYTHON": sys.executable, "TMPDIR": str(scratch), **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, "")
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    """What bin/gpu-check left in its scratch folder (torch keeps a cache of its own there)."""
+    return [path.name for path in (tmp_path / "tmp").iterdir() if path.name.startswith("gpu-check.")]
+
+
+# What pytest-django and tests/settings.py put in the environment: not the GPU host's.
+TEST_SETTINGS = {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "MODELS_DIR", "DATA_DIR",
+                 "DATABASE_CONN_MAX_AGE"}
+
+
 class RehearsalTests:
     def test_every_step_runs_on_the_cpu_and_reports(self, tmp_path):
-        # Its own SQLite ledger and redis-server: nothing of the test database or broker.
-        env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-        env["PYTHON"] = sys.executable
-        done = subprocess.run(
-            [str(ROOT / "bin" / "gpu-check"), "--device", "cpu", "--jobs", "64", str(tmp_path)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        reports = sorted(path.name for path in tmp_path.iterdir())
-        assert reports == ["benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt"]
-        summary = (tmp_path / "summary.txt").read_text()
+        reports = tmp_path / "reports"
+        reports.mkdir()
+        (reports / "benchmark-base-fp16.txt").write_text("an earlier run's report\n")
+        done = gpu_check("--device", "cpu", "--jobs", "64", str(reports), tmp_path=tmp_path)
+        assert done.returncode == 0, done.stdout
+        # Its own SQLite ledger and redis-server, in its scratch folder, gone at the end.
+        assert leftovers(tmp_path) == []
+        assert sorted(path.name for path in reports.iterdir()) == [
+            "benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt",
+        ]
+        summary = (reports / "summary.txt").read_text()
         assert "0 step(s) failed" in summary
         assert re.search(r"benchmark-tiny-fp32: limit=[\d.]+ pipeline=[\d.]+ batch1=[\d.]+ ", summary)
         assert re.search(r"tests: \d+ passed", summary)
         assert re.search(r"drift: int8 +[\d.]+%", summary)
 
-    def test_a_missing_gpu_is_said_plainly(self, tmp_path):
-        env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")  # no GPU, wherever it runs
-        done = subprocess.run([str(ROOT / "bin" / "gpu-check"), str(tmp_path)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+    def test_a_missing_gpu_is_said_plainly_and_nothing_is_left_behind(self, tmp_path):
+        done = gpu_check(str(tmp_path / "reports"), tmp_path=tmp_path, CUDA_VISIBLE_DEVICES="")  # no GPU, wherever it runs
         assert done.returncode == 1
-        assert "No CUDA device is visible to this Python" in done.stdout + done.stderr
+        assert "No CUDA device is visible to this Python" in done.stdout
+        assert leftovers(tmp_path) == []
+
+    def test_bad_arguments_are_refused_before_anything_runs(self, tmp_path):
+        assert "--jobs is a positive number, not 'many'" in gpu_check("--jobs", "many", tmp_path=tmp_path).stdout
+        assert "--device is cuda or cpu, not 'tpu'" in gpu_check("--device", "tpu", tmp_path=tmp_path).stdout

@@ -11,7 +11,7 @@ from celery.worker.control import inspect_command
 LOADED_MODELS: list[dict] = []
 
 
-def in_lanes(model: dict) -> str:
+def lanes_note(model: dict) -> str:
     """How a CPU worker's lanes hold a loaded model: the weights mapped from the checkpoint's
     files once for all of them, the rest (converted or quantized weights) once per lane."""
     lanes = model.get("copies", 1)

@@ -98,10 +98,11 @@ class ModelMemory:
     total: int
     shared: int = 0
 
-    def in_lanes(self, count: int) -> int:
-        """What ``count`` engine processes holding the model take together: the shared pages
-        once, the rest once per process."""
-        return self.shared + count * (self.total - self.shared)
+    @staticmethod
+    def held_together(lanes: list[ModelMemory]) -> int:
+        """What engine processes each holding the model take together: the pages they share
+        once, every process's own part once each."""
+        return max(lane.shared for lane in lanes) + sum(lane.total - lane.shared for lane in lanes)
 
 
 @dataclass(frozen=True)

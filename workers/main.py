@@ -166,20 +166,21 @@ def start_device_loop(
     from translation.batching import Batcher, BatchPolicy
     from translation.execution import use_batcher
     from workers.device_loop import DeviceLoop
-    from workers.engine_process import lane_layout, start_lanes
+    from workers.engine_process import ModelMemory, lane_layout, start_lanes
 
     count, threads = lane_layout(os.environ.get("TRANSLATION_DEVICE", "cpu"), lanes, cores)
     engines = start_lanes(warmups, count=count, threads=threads)
-    memory = engines[0].memory
-    from workers.control import LOADED_MODELS, in_lanes  # also registers the "models" inspect command
+    from workers.control import LOADED_MODELS, lanes_note  # also registers the "models" inspect command
 
     if threads:
         print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s)", flush=True)
-    for spec, held in memory.items():
-        size = held.in_lanes(count)  # what the worker holds, every lane's own part included
+    for spec in engines[0].memory:
+        lanes_memory = [engine.memory[spec] for engine in engines]
+        size = ModelMemory.held_together(lanes_memory)  # what the worker holds, every lane's own part included
+        shared = max(memory.shared for memory in lanes_memory)
         loaded = {"model": spec.model, "precision": spec.precision, "device": spec.device,
-                  "memory_mib": round(size / 2**20, 1), "copies": count, "shared_mib": round(held.shared / 2**20, 1)}
-        print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB{in_lanes(loaded)}", flush=True)
+                  "memory_mib": round(size / 2**20, 1), "copies": count, "shared_mib": round(shared / 2**20, 1)}
+        print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB{lanes_note(loaded)}", flush=True)
         LOADED_MODELS.append(loaded)
         if metrics is not None:
             metrics.model_loaded(spec.model, spec.precision, spec.device, size)

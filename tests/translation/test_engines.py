@@ -8,6 +8,7 @@ from translation.engines.hf_seq2seq import (
     OUTPUT_LENGTH_MARGIN,
     OUTPUT_LENGTH_RATIO,
     Family,
+    FileMapping,
     HFSeq2SeqEngine,
     file_mappings,
 )
@@ -102,71 +103,29 @@ Size:               1024 kB
 Rss:                1024 kB
 Anonymous:             0 kB
 VmFlags: rd wr mr mw me ac sd
-7f0000200000-7f0000300000 rw-p 00000000 fe:00 5521821                    /models/b/model.safetensors
+7f0000100000-7f0000180000 r--p 00100000 fe:00 5521820                    /models/a/model.safetensors
+Anonymous:             0 kB
+THPeligible:    0
+7f0000200000-7f0000300000 rw-p 00000000 fe:00 5521821                    /models/my models/b.safetensors
 Size:               1024 kB
 Anonymous:             8 kB
 7f0000400000-7f0000500000 rw-p 00000000 00:00 0
 Anonymous:             0 kB
-7f0000600000-7f0000700000 r--p 00000000 fe:00 5521822                    /models/c/model.safetensors
+7f0000500000-7f0000600000 rw-p 00300000 fe:00 5521820                    /models/a/model.safetensors
 Anonymous:             0 kB
 """
 
-    def test_only_unchanged_file_mappings_count(self, tmp_path):
+    def test_files_mapped_with_their_pieces_joined_and_their_copied_pages(self, tmp_path):
         smaps = tmp_path / "smaps"
         smaps.write_text(self.SMAPS)
-        # the heap and an anonymous mapping are private; so is a file mapping with a page
-        # copied on write (b)
-        assert file_mappings(str(smaps)) == [(0x7F0000000000, 0x7F0000100000), (0x7F0000600000, 0x7F0000700000)]
+        assert file_mappings(str(smaps)) == [
+            # a's first two pieces follow each other in memory and in the file: one mapping
+            FileMapping(0x7F0000000000, 0x7F0000180000),
+            # a path with a space; 8 kB of it written, so copied on write
+            FileMapping(0x7F0000200000, 0x7F0000300000, copied=8 * 1024),
+            # a's third piece is elsewhere in the file: a mapping of its own
+            FileMapping(0x7F0000500000, 0x7F0000600000),
+        ]  # the heap and the anonymous mapping are no file's
 
     def test_no_kernel_account_means_nothing_is_counted_as_shared(self, tmp_path):
         assert file_mappings(str(tmp_path / "absent")) == []
-
-    def test_half_precision_on_cpu_falls_back_to_fp32_and_says_so(self, tiny_models, caplog):
-        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="fp16"))
-        engine.load()
-        assert engine.precision == "fp32"
-        assert "fp16 does not run on cpu; loading it in fp32" in caplog.text
-        assert engine.translate(["Hola"], "es", "en") == engine_for(EngineSpec("hf-seq2seq", str(tiny_models.m2m100))).translate(["Hola"], "es", "en")
-
-
-class NllbCodeTests:
-    def test_nllb_family_speaks_flores_codes(self):
-        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", "unused"))
-        engine.family = Family.NLLB
-        assert engine._model_code("es") == "spa_Latn"
-        assert engine._model_code("zh") == "zho_Hans"
-        engine.family = Family.M2M100
-        assert engine._model_code("es") == "es"
-
-
-class MultiTargetPairModelTests:
-    @pytest.fixture
-    def engine(self, tiny_models):
-        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)))
-        engine.load()
-        # As an opus-mt en-ROMANCE tokenizer declares its targets (and no single pair).
-        engine._tokenizer.source_lang = engine._tokenizer.target_lang = None
-        engine._tokenizer.supported_language_codes = [">>fr<<", ">>es<<"]
-        return engine
-
-    def test_target_token_is_prefixed(self, engine):
-        assert engine._pair_inputs(["Hello"], "en", "fr") == [">>fr<< Hello"]
-
-    def test_target_the_model_lacks_is_refused(self, engine):
-        with pytest.raises(UnsupportedPair, match="cannot produce 'de'"):
-            engine.translate(["Hello"], "en", "de")
-
-
-class LongMessageTests:
-    def test_a_long_message_is_translated_sentence_by_sentence(self, m2m100):
-        sentences = ["Mi paquete no ha llegado todavía y necesito ayuda con el pedido número 4711."] * 40
-        text = " ".join(sentences) + "\n\nGracias."
-        [translated] = m2m100.translate([text], "es", "en")
-        [one] = m2m100.translate([sentences[0]], "es", "en")
-        [thanks] = m2m100.translate(["Gracias."], "es", "en")
-        assert translated == " ".join([one] * 40) + "\n\n" + thanks
-
-    def test_the_offending_text_is_named_when_one_sentence_is_too_long(self, m2m100):
-        with pytest.raises(InputTooLong) as raised:
-            m2m100.translate(["Hola. Adiós.", "Bien. " + "palabra " * 600], "es", "en")
-        assert raised.value.index == 1

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from workers.control import in_lanes
+from workers.control import lanes_note
 from workers.main import parse_args, pin_device
 
 
@@ -41,8 +41,8 @@ class ParseArgsTests:
 class LanesReportTests:
     def test_how_lanes_hold_a_model_is_said_beside_its_memory(self):
         model = {"model": "m", "memory_mib": 24.0}
-        assert in_lanes(dict(model, copies=1, shared_mib=23.0)) == ""
-        assert in_lanes(dict(model, copies=2, shared_mib=24.0)) == " in 2 lanes, mapped once from the checkpoint"
-        assert in_lanes(dict(model, copies=2, shared_mib=23.0)) == " in 2 lanes, 23.0 MiB of it mapped once from the checkpoint"
-        assert in_lanes(dict(model, copies=3, shared_mib=0)) == " in 3 lanes, a copy each"
-        assert in_lanes(dict(model, copies=2)) == " in 2 lanes, a copy each"  # a beat from an older worker
+        assert lanes_note(dict(model, copies=1, shared_mib=23.0)) == ""
+        assert lanes_note(dict(model, copies=2, shared_mib=24.0)) == " in 2 lanes, mapped once from the checkpoint"
+        assert lanes_note(dict(model, copies=2, shared_mib=23.0)) == " in 2 lanes, 23.0 MiB of it mapped once from the checkpoint"
+        assert lanes_note(dict(model, copies=3, shared_mib=0)) == " in 3 lanes, a copy each"
+        assert lanes_note(dict(model, copies=2)) == " in 2 lanes, a copy each"  # a beat from an older worker

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from enum import Enum
 
@@ -242,35 +243,55 @@ class HFSeq2SeqEngine(TranslationEngine):
     def shared_bytes(self) -> int:
         """transformers maps the checkpoint's weights file into memory and, on a CPU and where
         the dtype served is the file's, computes on the mapped pages in place; serving never
-        writes them."""
+        writes them. A page that was written anyway (copied on write) is this process's own:
+        each mapping's weights count less its copied pages."""
         if self.spec.device != "cpu":
             return 0
-        mapped = file_mappings()
-        return sum(
-            size for address, size in self._weights()
-            if address is not None and any(start <= address and address + size <= end for start, end in mapped)
-        )
+        shared = 0
+        weights = [(address, size) for address, size in self._weights() if address is not None]
+        for mapping in file_mappings():
+            inside = sum(size for address, size in weights if mapping.start <= address and address + size <= mapping.end)
+            shared += max(0, inside - mapping.copied)
+        return shared
 
 
-def file_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int]]:
-    """The address ranges of this process's memory that are mapped from files and unchanged (no
-    page copied on write), so other processes mapping the same file share their pages. Empty
-    where the kernel does not say (not Linux)."""
+@dataclass(frozen=True)
+class FileMapping:
+    """Addresses ``start`` to ``end`` of this process map one file; ``copied`` of their bytes
+    were written and copied on write (the process's own), the rest are the file's pages, which
+    every process mapping the file shares."""
+
+    start: int
+    end: int
+    copied: int = 0
+
+
+def file_mappings(smaps: str = "/proc/self/smaps") -> list[FileMapping]:
+    """This process's mappings of files, with the pieces the kernel lists separately (one file,
+    contiguous addresses and offsets) joined. Empty where the kernel does not say (not Linux)."""
     try:
         with open(smaps) as lines:
             text = lines.read()
     except OSError:
         return []
-    ranges, current = [], None
+    # (start, end, (device, inode), offset, copied) of each piece
+    pieces: list[list] = []
+    current = None
     for line in text.splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
-            if current is not None:
-                ranges.append(current)
+        fields = line.split(maxsplit=5)
+        if fields and not fields[0].endswith(":"):  # a mapping's header: range perms offset dev inode [path]
             start, end = (int(address, 16) for address in fields[0].split("-"))
-            current = (start, end) if len(fields) >= 6 and fields[5].startswith("/") else None
-        elif current is not None and fields[:1] == ["Anonymous:"] and fields[1] != "0":
-            current = None  # pages copied on write are this process's own
-    if current is not None:
-        ranges.append(current)
-    return ranges
+            is_file = len(fields) == 6 and fields[5].startswith("/") and fields[4] != "0"
+            current = [start, end, (fields[3], fields[4]), int(fields[2], 16), 0] if is_file else None
+            if current is not None:
+                pieces.append(current)
+        elif current is not None and fields[:1] == ["Anonymous:"]:
+            current[4] = int(fields[1]) * 1024  # kB
+    joined: list[list] = []
+    for start, end, file, offset, copied in pieces:
+        last = joined[-1] if joined else None
+        if last is not None and last[1] == start and last[2] == file and last[3] + (last[1] - last[0]) == offset:
+            last[1], last[4] = end, last[4] + copied
+        else:
+            joined.append([start, end, file, offset, copied])
+    return [FileMapping(start, end, copied) for start, end, _, _, copied in joined]

@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.control import in_lanes
+from workers.control import lanes_note
 from workers.engine_process import usable_cores
 from workers.lifecycle import Child, StopRequested, install_stop_signals, raise_if_stop_requested
 from workers.placement import PlacementError, for_this_machine, gpu_count, load_placement
@@ -108,7 +108,7 @@ class Command(BaseCommand):
         for reply in app.control.broadcast("models", destination=names, reply=True, timeout=2) or []:
             for name, models in reply.items():
                 for model in models:
-                    self.say(f"  {name} serves {model['model']} [{model['precision']}, {model['device']}]: {model['memory_mib']} MiB{in_lanes(model)}")
+                    self.say(f"  {name} serves {model['model']} [{model['precision']}, {model['device']}]: {model['memory_mib']} MiB{lanes_note(model)}")
 
     def supervise(self, children) -> None:
         """Hand a dead worker's claimed jobs to the others at once, then restart it, with a

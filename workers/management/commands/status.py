@@ -3,7 +3,7 @@ from django.utils import timezone
 
 from translation.queues import queue_depths
 from translation.routing import routes
-from workers.control import in_lanes
+from workers.control import lanes_note
 from workers.health import readiness
 from workers.models import WorkerHeartbeat
 
@@ -37,7 +37,7 @@ class Command(BaseCommand):
         for b in beats:
             state = "stopped" if b.stopped_at else ("ready" if b.is_ready(now) else ("alive" if b.is_alive(now) else "STALE"))
             busy = f", busy {(now - b.busy_since).total_seconds():.0f}s" if b.busy_since else ""
-            models = ", ".join(f"{m['model'].rstrip('/').rsplit('/', 1)[-1]} [{m['precision']}] {m['memory_mib']} MiB{in_lanes(m)}"
+            models = ", ".join(f"{m['model'].rstrip('/').rsplit('/', 1)[-1]} [{m['precision']}] {m['memory_mib']} MiB{lanes_note(m)}"
                                for m in b.loaded_models) or "-"
             rows.append([b.name, b.device, state, f"{(now - b.beat_at).total_seconds():.1f}s{busy}", models,
                          (b.last_error[:60] + f" ({b.last_error_at:%H:%M:%S})") if b.last_error else "-"])
