@@ -92,6 +92,13 @@ class HFSeq2SeqEngineTests:
         assert checkpoint.exists()
         assert 0.9 * checkpoint.stat().st_size < m2m100.shared_bytes <= m2m100.memory_bytes
 
+    def test_half_precision_on_cpu_falls_back_to_fp32_and_says_so(self, tiny_models, caplog):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="fp16"))
+        engine.load()
+        assert engine.precision == "fp32"
+        assert "fp16 does not run on cpu; loading it in fp32" in caplog.text
+        assert engine.translate(["Hola"], "es", "en") == engine_for(EngineSpec("hf-seq2seq", str(tiny_models.m2m100))).translate(["Hola"], "es", "en")
+
 
 class FileMappingsTests:
     SMAPS = """\
@@ -129,3 +136,46 @@ Anonymous:             0 kB
 
     def test_no_kernel_account_means_nothing_is_counted_as_shared(self, tmp_path):
         assert file_mappings(str(tmp_path / "absent")) == []
+
+
+class NllbCodeTests:
+    def test_nllb_family_speaks_flores_codes(self):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", "unused"))
+        engine.family = Family.NLLB
+        assert engine._model_code("es") == "spa_Latn"
+        assert engine._model_code("zh") == "zho_Hans"
+        engine.family = Family.M2M100
+        assert engine._model_code("es") == "es"
+
+
+class MultiTargetPairModelTests:
+    @pytest.fixture
+    def engine(self, tiny_models):
+        engine = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)))
+        engine.load()
+        # As an opus-mt en-ROMANCE tokenizer declares its targets (and no single pair).
+        engine._tokenizer.source_lang = engine._tokenizer.target_lang = None
+        engine._tokenizer.supported_language_codes = [">>fr<<", ">>es<<"]
+        return engine
+
+    def test_target_token_is_prefixed(self, engine):
+        assert engine._pair_inputs(["Hello"], "en", "fr") == [">>fr<< Hello"]
+
+    def test_target_the_model_lacks_is_refused(self, engine):
+        with pytest.raises(UnsupportedPair, match="cannot produce 'de'"):
+            engine.translate(["Hello"], "en", "de")
+
+
+class LongMessageTests:
+    def test_a_long_message_is_translated_sentence_by_sentence(self, m2m100):
+        sentences = ["Mi paquete no ha llegado todavía y necesito ayuda con el pedido número 4711."] * 40
+        text = " ".join(sentences) + "\n\nGracias."
+        [translated] = m2m100.translate([text], "es", "en")
+        [one] = m2m100.translate([sentences[0]], "es", "en")
+        [thanks] = m2m100.translate(["Gracias."], "es", "en")
+        assert translated == " ".join([one] * 40) + "\n\n" + thanks
+
+    def test_the_offending_text_is_named_when_one_sentence_is_too_long(self, m2m100):
+        with pytest.raises(InputTooLong) as raised:
+            m2m100.translate(["Hola. Adiós.", "Bien. " + "palabra " * 600], "es", "en")
+        assert raised.value.index == 1
