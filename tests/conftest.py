@@ -129,8 +129,13 @@ def wait_for(check, timeout: float = 30, interval: float = 0.1, what: str = "con
 def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     """A real worker process (``python -m workers.main``) on the test database and Redis."""
 
+    from translation.routing import routes
+
     with django_db_blocker.unblock():
         initial_routes()
+        # Named, not "all": a worker started with "all" would follow every queue a test routes
+        # to, such as the one test_failover's own workers consume.
+        queues = ",".join(sorted({route.queue for route in routes() if route.enabled} | {SPARE_QUEUE}))
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1",
                DATABASE_CONN_MAX_AGE="60")
     log = Path(settings.DATA_DIR) / "test-worker.log"
@@ -138,7 +143,7 @@ def worker(django_db_setup, django_db_blocker, tiny_models, broker):
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "workers.main", "--queues", f"all,{SPARE_QUEUE}", "--name", WORKER_NAME,
+                sys.executable, "-m", "workers.main", "--queues", queues, "--name", WORKER_NAME,
                 f"--metrics-port={WORKER_METRICS_PORT}", f"--lanes={WORKER_LANES}",
             ],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -102,6 +102,11 @@ class Heartbeat:
         if starting:
             claims_release(worker=self.name, reason=f"{self.name} restarted before finishing this job.")
 
+    def consuming(self, queues: list[str]) -> None:
+        """The worker consumes ``queues`` now (it follows the routes: one was added)."""
+        self.queues = list(queues)
+        self._write(queues=self.queues)
+
     def ready(self, models: list[dict]) -> None:
         """The models are loaded and each has translated its warm-up sentence (the canary).
         The worker is ready once its consumer also turns (it connected to the broker)."""
@@ -183,7 +188,7 @@ class Heartbeat:
         # stopped_at cleared and ready restated: a worker presumed dead while it was only slow
         # (its jobs were handed over) comes back as itself.
         holding = sorted(self._holding()) if self._holding is not None else []
-        self._write(beat_at=now, loop_at=now, busy_since=self._busy_since, stopped_at=None, ready=self._ready,
+        self._write(beat_at=now, loop_at=now, busy_since=self._busy_since, stopped_at=None, ready=self._ready, queues=self.queues,
                     holding=holding)
         return True
 

@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     from cs_portal.celery import app
     from translation.routing import routes
 
-    # "all": the queues of the enabled routes at start-up. A queue added later is consumed once
-    # a worker is started for it (the placement plan names queues for exactly that reason).
+    # "all": the queues of the enabled routes, at start-up and as routes change (follow_routes).
     named = [name.strip() for name in args.queues.split(",") if name.strip()]
     queues = set(named) - {"all"}
     if "all" in named:
@@ -102,6 +101,18 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = WorkerMetrics(name, device=args.device, queues=queues)
     heartbeat = Heartbeat(name, device=args.device, queues=queues, consumer_clock=CONSUMER_CLOCK, on_ready=metrics.ready)
+    follower = None
+    if "all" in named:
+        from workers import follow_routes
+
+        def consuming(now: list[str]) -> None:
+            heartbeat.consuming(now)
+            metrics.consuming(now)
+
+        follower = follow_routes.FOLLOWER = follow_routes.QueueFollower(
+            queues, on_added=consuming, every_s=max(1.0, settings.TRANSLATION_ROUTES_CHECK_S)
+        )
+        app.steps["consumer"].add(follow_routes.FollowRoutes)
     heartbeat.register(starting=True)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
@@ -120,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
             heartbeat.error(f"Start-up failed: {type(exc).__name__}: {exc}")
         heartbeat.stopped()
         raise
-    print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}", flush=True)
+    print(f"Models ready in {time.monotonic() - started:.1f}s; consuming {', '.join(queues)}"
+          + (" and the queue of every route enabled later" if follower else ""), flush=True)
+    if follower is not None:
+        follower.start()
 
     # Each waiting job holds a pool thread. With only one batch's worth per lane, the next batch
     # could only hold what is left over while the lanes compute, and batches alternate full and
@@ -149,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     finally:
+        if follower is not None:
+            follower.stop()
         metrics.not_ready()
         heartbeat.stopped()
 

@@ -97,9 +97,16 @@ class WorkerMetrics:
 
     def __init__(self, worker: str, *, device: str, queues: list[str]) -> None:
         self.worker = worker
-        worker_info.labels(worker=worker, device=device, queues=",".join(queues)).set(1)
+        self._queues = ",".join(queues)
+        worker_info.labels(worker=worker, device=device, queues=self._queues).set(1)
         worker_ready.labels(worker=worker).set(0)
         self._device = device
+
+    def consuming(self, queues: list[str]) -> None:
+        """The worker's queues changed (it follows the routes): one info series, with the new list."""
+        old, self._queues = self._queues, ",".join(queues)
+        worker_info.labels(worker=self.worker, device=self._device, queues=self._queues).set(1)
+        worker_info.remove(self.worker, self._device, old)
 
     def serve(self, port: int, address: str = "") -> None:
         """Serve /metrics on ``port`` (a daemon thread); GPU gauges join where NVML answers."""

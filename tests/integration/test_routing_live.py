@@ -31,6 +31,40 @@ def send_spanish(api_client, count: int = 1) -> list[int]:
     return ids
 
 
+class FollowingWorkerTests:
+    def test_a_worker_started_with_all_consumes_a_queue_routed_after_its_start(self, api_client_key, tmp_path, tiny_models, broker):
+        import os
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT, database_url, free_port
+        from workers.lifecycle import stop_process, wait_until_consuming
+        from workers.models import WorkerHeartbeat
+
+        name, queue = "follower@localhost", "translate.en.followed"
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1",
+                   DATABASE_CONN_MAX_AGE="60")
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workers.main", "--queues", "all", "--name", name, "--lanes", "1",
+                 f"--metrics-port={free_port()}"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        try:
+            assert wait_until_consuming(process, name, 120), log.read_text()[-3000:]
+            assert queue not in WorkerHeartbeat.objects.get(name=name).queues
+            route_update("es", "en", queue=queue)  # no worker named this queue at its start
+            wait_for(lambda: queue in WorkerHeartbeat.objects.get(name=name).queues, timeout=10,
+                     what="the worker to follow the new queue")
+            [translation] = finished(send_spanish(api_client_key[0]))
+            assert translation.status == TranslationStatus.DONE, translation.failure_reason
+            assert (translation.consumed_from, translation.worker) == (queue, name)
+            assert f"A route names queue {queue}: consuming it" in log.read_text()
+        finally:
+            stop_process(process, timeout=30)
+
+
 class AdminChangeTests:
     def test_moving_es_en_to_queue_b_in_the_admin_sends_the_next_message_there(self, worker, http, api_client_key, admin_client):
         route = es_en()
