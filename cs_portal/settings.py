@@ -202,9 +202,10 @@ TRANSLATION_MAX_BATCH_SIZE = env.int("TRANSLATION_MAX_BATCH_SIZE", default=128)
 TRANSLATION_MAX_WAIT_MS = env.float("TRANSLATION_MAX_WAIT_MS", default=5.0)
 TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8192)
 # A CPU worker's lanes: engine processes computing batches side by side, each with an equal
-# share of the cores and its own copy of the models (0: one per core, at most 4). Two one-thread
-# lanes computed half as much again as one two-thread process on the 2-core benchmark machine;
-# 1 keeps one copy of a large model. GPU workers always run one.
+# share of the cores (0: one per core, at most 4). They share the checkpoint's weights mapped
+# from its file; converted weights (int8) are a copy per lane, which 1 avoids for a large model.
+# Two one-thread lanes computed half as much again as one two-thread process on the slower
+# 2-core benchmark machine. GPU workers always run one.
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
 # How long a task thread waits for its batch before giving the job back for a retry; well
 # under the visibility timeout, so Redis never redelivers a job that is still waiting.

@@ -84,6 +84,8 @@ class Benchmark:
         # The worker's layout: CPU lanes (``TRANSLATION_CPU_LANES`` unless given), one on a GPU.
         requested = settings.TRANSLATION_CPU_LANES if lanes is None else lanes
         self.lanes, self.threads = lane_layout(device, requested)
+        # How the summary names the layout: ", 2 lane(s) of 1 thread(s)" on a CPU.
+        self.layout = f", {self.lanes} lane(s) of {self.threads} thread(s)" if device == "cpu" else ""
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
         self.texts = spanish_texts()
         self.target = settings.DEFAULT_AGENT_LANGUAGE
@@ -316,8 +318,7 @@ class Benchmark:
         figures = Figures()
         self.model_dir = write_benchmark_model(settings.MODELS_DIR, self.model, progress=self.say)
         os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(FIXED_OUTPUT_TOKENS)
-        layout = f", {self.lanes} lane(s) of {self.threads} thread(s)" if self.device == "cpu" else ""
-        self.say(f"[1/3] Raw model ({self.model}, {self.precision} on {self.device}{layout}, "
+        self.say(f"[1/3] Raw model ({self.model}, {self.precision} on {self.device}{self.layout}, "
                  f"{FIXED_OUTPUT_TOKENS} output tokens) ...")
         self.measure_model(figures)
 

@@ -38,7 +38,7 @@ def cpu_lanes(requested: int, cores: int) -> tuple[int, int]:
     """How a CPU worker splits ``cores``: (engine processes, torch threads each).
 
     ``requested`` lanes, or with 0 one per core up to ``MAX_AUTO_LANES``; each lane gets an
-    equal share of the cores (at least one thread). Every lane holds its own copy of the models.
+    equal share of the cores (at least one thread).
     """
     if requested < 0:
         raise ValueError(f"the number of CPU lanes must be 0 (one per core) or more, not {requested}")

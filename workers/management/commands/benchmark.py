@@ -37,13 +37,12 @@ class Command(BaseCommand):
         if (precision in ("fp16", "bf16")) != (device == "cuda") and precision != "fp32":
             raise CommandError(f"--precision {precision} does not run on {device} (fp16/bf16: cuda; int8: cpu).")
         benchmark = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision, lanes=lanes)
-        layout = f", {benchmark.lanes} lane(s) of {benchmark.threads} thread(s)" if device == "cpu" else ""
         try:
             figures = benchmark.run()
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         self.say(
-            f"\nSummary ({model} model, {precision} on {device}{layout}, burst of {jobs} jobs):\n"
+            f"\nSummary ({model} model, {precision} on {device}{benchmark.layout}, burst of {jobs} jobs):\n"
             f"  limit (raw batched model)   {figures.limit:8.1f} sent/s\n"
             f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
             f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"

@@ -46,4 +46,3 @@ class Command(BaseCommand):
         result = readiness()
         verdict = "READY" if result.ready else f"NOT READY: {', '.join(k for k, v in result.checks.items() if v != 'ok' and k != 'queues')}"
         self.stdout.write(f"\n{verdict}")
-
