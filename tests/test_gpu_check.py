@@ -67,7 +67,9 @@ def gpu_check(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedPro
     inherited = {key: value for key, value in os.environ.items() if key not in TEST_SETTINGS}
     process = subprocess.Popen(
         [str(ROOT / "bin" / "gpu-check"), *args], cwd=ROOT, text=True, start_new_session=True,
-        env={**inherited, "PYTHON": sys.executable, "TMPDIR": str(scratch), **env},
+        # No carried wheels unless a test gives some: the checkout's .whl/ may hold another Python's.
+        env={**inherited, "PYTHON": sys.executable, "TMPDIR": str(scratch),
+             "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels"), **env},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
@@ -98,11 +100,14 @@ class RehearsalTests:
         # Its own SQLite ledger and redis-server, in its scratch folder, gone at the end.
         assert leftovers(tmp_path) == []
         assert sorted(path.name for path in reports.iterdir()) == [
-            "benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt",
+            "benchmark-tiny-fp32-b256.txt", "benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt",
         ]
         summary = (reports / "summary.txt").read_text()
         assert "0 step(s) failed" in summary
         assert re.search(r"benchmark-tiny-fp32: limit=[\d.]+ pipeline=[\d.]+ batch1=[\d.]+ ", summary)
+        assert re.search(r"benchmark-tiny-fp32-b256: limit=[\d.]+ pipeline=[\d.]+ ", summary)
+        # The larger batch reached the worker and the raw model: they run at 256, not the default 128.
+        assert "sent/s at batch 256," in (reports / "benchmark-tiny-fp32-b256.txt").read_text()
         assert re.search(r"tests: \d+ passed", summary)
         assert re.search(r"drift: int8 +[\d.]+%", summary)
 
@@ -110,6 +115,18 @@ class RehearsalTests:
         done = gpu_check(str(tmp_path / "reports"), tmp_path=tmp_path, CUDA_VISIBLE_DEVICES="")  # no GPU, wherever it runs
         assert done.returncode == 1
         assert "No CUDA device is visible to this Python" in done.stdout
+        assert leftovers(tmp_path) == []
+
+    def test_wheels_for_another_python_are_named_before_pip_runs(self, tmp_path):
+        wheels = tmp_path / "wheels"
+        wheels.mkdir()
+        (wheels / "example-1.0-cp27-cp27m-manylinux1_x86_64.whl").write_bytes(b"")
+        done = gpu_check("--device", "cpu", str(tmp_path / "reports"), tmp_path=tmp_path, GPU_CHECK_WHEELS=str(wheels))
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        assert done.returncode == 1
+        assert f"1 wheel(s) in {wheels}/ do not install on this Python ({version})" in done.stdout
+        assert f"run bin/offline-wheels {version}" in done.stdout
+        assert "not a supported wheel" not in done.stdout
         assert leftovers(tmp_path) == []
 
     def test_bad_arguments_are_refused_before_anything_runs(self, tmp_path):
