@@ -22,3 +22,19 @@ class BenchmarkFiguresTests:
         texts = spanish_texts()
         assert len(texts) == 16
         assert {detect_language(text).language for text in texts} == {"es"}
+
+    def test_a_burst_job_waits_from_the_commit_not_from_its_save(self):
+        from datetime import datetime, timedelta, timezone
+
+        from translation.models import Translation
+        from workers.benchmark import Benchmark
+
+        committed = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+        saved_before = Translation(created_at=committed - timedelta(seconds=20), finished_at=committed + timedelta(seconds=2))
+        saved_after = Translation(created_at=committed + timedelta(seconds=1), finished_at=committed + timedelta(seconds=3))
+        unfinished = Translation(created_at=committed, finished_at=None)
+        rows = [saved_before, saved_after, unfinished]
+        # Saving the burst's other messages before the commit is the benchmark's setup: not counted.
+        assert Benchmark.latencies_ms(rows, committed) == [2000.0, 2000.0]
+        # A light-load job commits on its own: from its save.
+        assert Benchmark.latencies_ms(rows) == [22000.0, 2000.0]
