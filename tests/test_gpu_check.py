@@ -106,7 +106,7 @@ class RehearsalTests:
         assert "0 step(s) failed" in summary
         assert re.search(r"benchmark-tiny-fp32: limit=[\d.]+ pipeline=[\d.]+ batch1=[\d.]+ ", summary)
         assert re.search(r"benchmark-tiny-fp32-b256: limit=[\d.]+ pipeline=[\d.]+ ", summary)
-        # The larger batch reached the worker and the raw model: they run at 256, not the default 128.
+        # The larger batch reached the benchmark: its raw model runs at 256, not the default 128.
         assert "sent/s at batch 256," in (reports / "benchmark-tiny-fp32-b256.txt").read_text()
         assert re.search(r"tests: \d+ passed", summary)
         assert re.search(r"drift: int8 +[\d.]+%", summary)
