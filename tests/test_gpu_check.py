@@ -80,6 +80,31 @@ def gpu_check(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(process.args, process.returncode, out, "")
 
 
+def write_wheel(folder: Path, name: str, *, requires: str) -> Path:
+    """A pure-Python wheel of one module that needs ``requires``: what bin/offline-wheels carries."""
+    import base64
+    import hashlib
+    import zipfile
+
+    module, info = name.replace("-", "_"), f"{name.replace('-', '_')}-1.0.dist-info"
+    files = {
+        f"{module}.py": "VALUE = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\nRequires-Dist: {requires}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def digest(text: str) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{path},{digest(text)},{len(text.encode())}\n" for path, text in files.items())
+    wheel = folder / f"{module}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+        archive.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
+    return wheel
+
+
 def leftovers(tmp_path: Path) -> list[str]:
     """What bin/gpu-check left in its scratch folder (torch keeps a cache of its own there)."""
     return [path.name for path in (tmp_path / "tmp").iterdir() if path.name.startswith("gpu-check.")]
@@ -127,6 +152,16 @@ class RehearsalTests:
         assert f"1 wheel(s) in {wheels}/ do not install on this Python ({version})" in done.stdout
         assert f"run bin/offline-wheels {version}" in done.stdout
         assert "not a supported wheel" not in done.stdout
+        assert leftovers(tmp_path) == []
+
+    def test_a_carried_wheel_needing_more_than_the_host_has_stops_the_run_with_its_name(self, tmp_path):
+        wheels = tmp_path / "wheels"
+        wheels.mkdir()
+        write_wheel(wheels, "example-carried", requires="django>=99")
+        done = gpu_check("--device", "cpu", str(tmp_path / "reports"), tmp_path=tmp_path, GPU_CHECK_WHEELS=str(wheels))
+        assert done.returncode == 1
+        assert "Installing 1 wheels from" in done.stdout  # pip took it: the check read what it installed
+        assert f"example-carried needs django>=99, found {metadata.version('django')}" in done.stdout
         assert leftovers(tmp_path) == []
 
     def test_bad_arguments_are_refused_before_anything_runs(self, tmp_path):
