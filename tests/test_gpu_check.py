@@ -164,6 +164,29 @@ class RehearsalTests:
         assert f"example-carried needs django>=99, found {metadata.version('django')}" in done.stdout
         assert leftovers(tmp_path) == []
 
+    def test_only_the_steps_named_run(self, tmp_path):
+        reports = tmp_path / "reports"
+        done = gpu_check("--device", "cpu", "--only", "drift", str(reports), tmp_path=tmp_path)
+        assert done.returncode == 0, done.stdout
+        assert sorted(path.name for path in reports.iterdir()) == ["drift.txt", "gpu.txt", "summary.txt"]
+        summary = (reports / "summary.txt").read_text()
+        assert re.search(r"^drift: int8 +[\d.]+%", summary, re.MULTILINE)
+        assert "tests:" not in summary and "benchmark" not in summary
+        assert leftovers(tmp_path) == []
+
+    def test_the_step_names_it_accepts_are_the_steps_it_runs(self):
+        script = (ROOT / "bin" / "gpu-check").read_text()
+        lists = re.findall(r"^  known=\(([^)]*)\)$", script, re.MULTILINE)  # the cuda list, then the cpu one
+        accepted = {"cuda": lists[0].split(), "cpu": lists[1].split()}
+        steps = script.split("manage.py migrate", 1)[1]  # where the steps run
+        cuda, cpu = steps.split("\nelse\n", 1)
+        ran = {"cuda": re.findall(r"^  step ([\w-]+)", cuda, re.MULTILINE),
+               "cpu": re.findall(r"^  step ([\w-]+)", cpu.split("\nfi\n", 1)[0], re.MULTILINE)}
+        assert accepted == ran
+        assert len(ran["cuda"]) == 5 and len(ran["cpu"]) == 4
+
     def test_bad_arguments_are_refused_before_anything_runs(self, tmp_path):
         assert "--jobs is a positive number, not 'many'" in gpu_check("--jobs", "many", tmp_path=tmp_path).stdout
         assert "--device is cuda or cpu, not 'tpu'" in gpu_check("--device", "tpu", tmp_path=tmp_path).stdout
+        assert "no step 'bogus' on cpu; the steps: tests drift " in gpu_check(
+            "--device", "cpu", "--only", "drift,bogus", tmp_path=tmp_path).stdout
