@@ -207,6 +207,12 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # Two one-thread lanes computed half as much again as one two-thread process on the slower
 # 2-core benchmark machine. GPU workers always run one.
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
+# How jobs reach the workers (translation/dispatch.py): "jobs", one Celery message per job
+# (Flower shows each); "ledger", a wake-up per queue while jobs wait, the worker claiming them
+# from the database in batches (a message per batch instead of per job: the throughput mode).
+TRANSLATION_DISPATCH = env.str("TRANSLATION_DISPATCH", default="jobs")
+if TRANSLATION_DISPATCH not in ("jobs", "ledger"):
+    raise environ.ImproperlyConfigured(f"TRANSLATION_DISPATCH must be 'jobs' or 'ledger', not {TRANSLATION_DISPATCH!r}")
 # How long a task thread waits for its batch before giving the job back for a retry; well
 # under the visibility timeout, so Redis never redelivers a job that is still waiting.
 TRANSLATION_JOB_TIMEOUT_S = env.float("TRANSLATION_JOB_TIMEOUT_S", default=300.0)

@@ -106,13 +106,14 @@ def broker_url(database: int) -> str:
     return re.sub(r"/\d+$", f"/{database}", settings.CELERY_BROKER_URL)
 
 
-def tasks_processed(worker_name: str = WORKER_NAME) -> int:
-    """How many translate jobs the worker has taken so far (its own count, from remote control)."""
+def tasks_processed(worker_name: str = WORKER_NAME, task: str = "") -> int:
+    """How many translate jobs (or ``task``s) the worker has taken so far (its own count, from
+    remote control)."""
     from cs_portal.celery import app
     from translation.tasks import TRANSLATE_TASK
 
     stats = app.control.inspect([worker_name], timeout=2).stats() or {}
-    return stats.get(worker_name, {}).get("total", {}).get(TRANSLATE_TASK, 0)
+    return stats.get(worker_name, {}).get("total", {}).get(task or TRANSLATE_TASK, 0)
 
 
 def wait_for(check, timeout: float = 30, interval: float = 0.1, what: str = "condition"):

@@ -125,12 +125,15 @@ class RehearsalTests:
         # Its own SQLite ledger and redis-server, in its scratch folder, gone at the end.
         assert leftovers(tmp_path) == []
         assert sorted(path.name for path in reports.iterdir()) == [
-            "benchmark-tiny-fp32-b256.txt", "benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt",
+            "benchmark-tiny-fp32-b256-ledger.txt", "benchmark-tiny-fp32-b256.txt", "benchmark-tiny-fp32.txt", "drift.txt",
+            "gpu.txt", "summary.txt", "tests.txt",
         ]
         summary = (reports / "summary.txt").read_text()
         assert "0 step(s) failed" in summary
         assert re.search(r"benchmark-tiny-fp32: limit=[\d.]+ pipeline=[\d.]+ batch1=[\d.]+ ", summary)
         assert re.search(r"benchmark-tiny-fp32-b256: limit=[\d.]+ pipeline=[\d.]+ ", summary)
+        assert re.search(r"benchmark-tiny-fp32-b256-ledger: limit=[\d.]+ pipeline=[\d.]+ ", summary)
+        assert "ledger dispatch" in (reports / "benchmark-tiny-fp32-b256-ledger.txt").read_text()
         # The larger batch reached the benchmark: its raw model runs at 256, not the default 128.
         assert "sent/s at batch 256," in (reports / "benchmark-tiny-fp32-b256.txt").read_text()
         assert re.search(r"tests: \d+ passed", summary)
@@ -183,7 +186,7 @@ class RehearsalTests:
         ran = {"cuda": re.findall(r"^  step ([\w-]+)", cuda, re.MULTILINE),
                "cpu": re.findall(r"^  step ([\w-]+)", cpu.split("\nfi\n", 1)[0], re.MULTILINE)}
         assert accepted == ran
-        assert len(ran["cuda"]) == 5 and len(ran["cpu"]) == 4
+        assert len(ran["cuda"]) == 6 and len(ran["cpu"]) == 5
 
     def test_bad_arguments_are_refused_before_anything_runs(self, tmp_path):
         assert "--jobs is a positive number, not 'many'" in gpu_check("--jobs", "many", tmp_path=tmp_path).stdout

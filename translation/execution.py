@@ -75,6 +75,10 @@ class Job:
     claimed_at: datetime | None = None
 
     @property
+    def translation_id(self) -> int:  # what the heartbeat lists of a job waiting in the batcher
+        return self.id
+
+    @property
     def labels(self) -> dict[str, str]:
         return metrics.job_labels(route_id=self.route_id, source=self.source, target=self.target, model=self.spec.model)
 
@@ -114,6 +118,8 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
     frozen or lost worker could hold for long. A row that has used up its attempts (a job that
     kept killing workers) is failed with that reason instead.
     """
+    if not deliveries:
+        return {}
     by_id = {delivery.translation_id: delivery for delivery in deliveries}
     now = timezone.now()
     claimed: list[Translation] = []
@@ -134,38 +140,16 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
             with _computing_lock:
                 me = threading.get_ident()
                 elsewhere = {pk for pk in by_id if _computing.get(pk, me) != me}  # this process's other loops
+            taken = []
             for row in rows:
                 if row.status == TranslationStatus.RUNNING:
                     own = row.worker == by_id[row.pk].worker
                     if (own and row.pk in elsewhere) or (not own and row.worker in holders):
                         continue
-                labels = metrics.job_labels(
-                    route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
-                )
-                if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
-                    reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
-                    _fail_rows(Translation.objects.filter(pk=row.pk), reason)
-                    metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
-                    continue
-                metrics.jobs_received.labels(**labels).inc()
-                if row.enqueued_at is not None:
-                    metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
                 delivery = by_id[row.pk]
-                row.status, row.worker, row.consumed_from = TranslationStatus.RUNNING, delivery.worker, delivery.consumed_from
-                row.attempts += 1
-                row.started_at = row.updated_at = now
-                claimed.append(row)
-            # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost
-            # about 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
-            # transaction, so ``attempts + 1`` is the value each claimed row now holds.
-            same_claim: dict[tuple[str, str], list[int]] = defaultdict(list)
-            for row in claimed:
-                same_claim[(row.worker, row.consumed_from)].append(row.pk)
-            for (worker, consumed_from), ids in same_claim.items():
-                Translation.objects.filter(pk__in=ids).update(
-                    status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-                    attempts=F("attempts") + 1, started_at=now, updated_at=now,
-                )
+                row.worker, row.consumed_from = delivery.worker, delivery.consumed_from
+                taken.append(row)
+            claimed = _claim_rows(taken, now)
             if computing:
                 with _computing_lock:  # listed before the commit publishes the claims
                     _computing.update((row.pk, threading.get_ident()) for row in claimed)
@@ -173,16 +157,77 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
         if computing:
             _computing_release(row.pk for row in claimed)  # the claims were not committed
         raise
-    return {
-        row.pk: Job(
-            id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
-            target=row.target_language,
-            spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
-            back_translate=row.back_translate, route_id=row.route_id,
-            requested_at=row.message.created_at if row.message_id else row.created_at, claimed_at=now,
+    return {row.pk: _job_of(row, now) for row in claimed}
+
+
+def _claim_rows(rows: list[Translation], now) -> list[Translation]:
+    """Within the caller's transaction, holding the rows' locks: claim each row for the worker
+    and queue set on it as a new attempt, or fail it when it has used up its attempts (a job
+    that kept killing workers). Returns the rows claimed."""
+    claimed: list[Translation] = []
+    for row in rows:
+        labels = metrics.job_labels(
+            route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
         )
-        for row in claimed
-    }
+        if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
+            reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
+            _fail_rows(Translation.objects.filter(pk=row.pk), reason)
+            metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
+            continue
+        metrics.jobs_received.labels(**labels).inc()
+        if row.enqueued_at is not None:
+            metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
+        row.status = TranslationStatus.RUNNING
+        row.attempts += 1
+        row.started_at = row.updated_at = now
+        claimed.append(row)
+    # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost about
+    # 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
+    # transaction, so ``attempts + 1`` is the value each claimed row now holds.
+    same_claim: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for row in claimed:
+        same_claim[(row.worker, row.consumed_from)].append(row.pk)
+    for (worker, consumed_from), ids in same_claim.items():
+        Translation.objects.filter(pk__in=ids).update(
+            status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
+            attempts=F("attempts") + 1, started_at=now, updated_at=now, retry_at=None,
+        )
+    return claimed
+
+
+def _job_of(row: Translation, now) -> Job:
+    return Job(
+        id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
+        target=row.target_language,
+        spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
+        back_translate=row.back_translate, route_id=row.route_id,
+        requested_at=row.message.created_at if row.message_id else row.created_at, claimed_at=now,
+    )
+
+
+def translations_claim_queued(queue: str, *, worker: str, limit: int) -> list[Job]:
+    """Claim up to ``limit`` of ``queue``'s queued rows, oldest first, in one transaction (ledger
+    dispatch: the rows are the jobs, no message names them). Rows another transaction holds are
+    skipped, so workers looking at one queue at once take different rows. A row queued again
+    after a passing failure is left until its ``retry_at``."""
+    now = timezone.now()
+    waiting = Q(retry_at__isnull=True) | Q(retry_at__lte=now)
+    claimed: list[Translation] = []
+    with transaction.atomic():
+        while len(claimed) < limit:  # rows out of attempts are failed, not claimed: look further
+            wanted = limit - len(claimed)
+            rows = list(
+                Translation.objects.select_for_update(of=("self",), skip_locked=True)
+                .select_related("message")
+                .filter(waiting, queue=queue, status=TranslationStatus.QUEUED)
+                .order_by("pk")[:wanted]
+            )
+            for row in rows:
+                row.worker, row.consumed_from = worker, queue
+            claimed += _claim_rows(rows, now)
+            if len(rows) < wanted:
+                break
+    return [_job_of(row, now) for row in claimed]
 
 
 def translation_claim(*, translation_id: int, worker: str, consumed_from: str) -> Job | None:
@@ -271,10 +316,20 @@ def translation_fail(*, translation_id: int, reason: str, job: Job | None = None
     return bool(_fail_rows(rows, reason))
 
 
-def translation_requeue(*, job: Job, reason: str) -> bool:
-    """Put ``job``'s row back to queued before a retry, keeping the last error visible."""
+def translation_requeue(*, job: Job, reason: str, retry: bool = True) -> bool:
+    """Put ``job``'s row back to queued before a retry, keeping the last error visible. With
+    ``retry`` its next attempt waits ``retry_delay_s`` (a passing failure); without, any worker
+    may take it at once (its batch never ran)."""
+    from datetime import timedelta
+
+    from translation.dispatch import retry_delay_s
+
+    now = timezone.now()
+    retry_at = now + timedelta(seconds=retry_delay_s(job.attempt)) if retry else None
     return bool(
-        _latest_claims([job]).update(status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=timezone.now())
+        _latest_claims([job]).update(
+            status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=now, retry_at=retry_at
+        )
     )
 
 
@@ -367,17 +422,22 @@ def _run_claimed(
 
 
 def translation_run_batch(
-    deliveries: list[Delivery], *, engines: Callable[[EngineSpec], TranslationEngine] = engine_for
+    deliveries: list[Delivery | Job], *, engines: Callable[[EngineSpec], TranslationEngine] = engine_for
 ) -> list[RunOutcome | TransientFailure]:
     """Run a batch of deliveries; one outcome per delivery, in order.
 
-    ``engines`` gives the engine of a spec: loaded in this process by default, or a worker's
-    engine process. A TransientFailure in the list means: the row is queued again, send the
-    job again later.
+    A delivery is a broker's message naming a row, claimed here, or a ``Job`` claimed already
+    (ledger dispatch claims rows before they wait for their batch). ``engines`` gives the
+    engine of a spec: loaded in this process by default, or a worker's engine process. A
+    TransientFailure in the list means: the row is queued again, send the job again later.
     """
-    jobs = translations_claim(deliveries, computing=True)
+    claimed = {item.id: item for item in deliveries if isinstance(item, Job)}
+    deliveries = [
+        Delivery(item.id, "", "") if isinstance(item, Job) else item for item in deliveries
+    ]
+    jobs = translations_claim([d for d in deliveries if d.translation_id not in claimed], computing=True)
     try:
-        outcomes = _run_claimed(deliveries, jobs, engines)
+        outcomes = _run_claimed(deliveries, {**jobs, **claimed}, engines)
     finally:
         _computing_release(jobs)
     answered: set[int] = set()
@@ -409,3 +469,37 @@ def use_batcher(batcher) -> None:
 
 def current_batcher():
     return _batcher
+
+
+# Ledger dispatch: the thread of this process that claims a woken queue's jobs into the batcher
+# (workers/ledger_intake.py), when a worker runs one.
+_intake = None
+
+
+def use_intake(intake) -> None:
+    global _intake
+    _intake = intake
+
+
+def current_intake():
+    return _intake
+
+
+def translation_run_queued(*, queue: str, worker: str, batch: int,
+                           engines: Callable[[EngineSpec], TranslationEngine] = engine_for) -> tuple[int, float | None]:
+    """Ledger dispatch without a batcher: claim ``queue``'s queued jobs ``batch`` at a time and
+    run each batch here, until none is left. Returns the jobs run, and in how many seconds the
+    soonest job queued again for a retry may run (None: none was)."""
+    from translation.dispatch import bell_clear, retry_delay_s
+
+    ran, retry_in = 0, None
+    while True:
+        bell_clear(queue)
+        jobs = translations_claim_queued(queue, worker=worker, limit=batch)
+        if not jobs:
+            return ran, retry_in
+        outcomes = translation_run_batch(jobs, engines=engines)
+        ran += len(jobs)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, TransientFailure):
+                retry_in = min(retry_in or float("inf"), retry_delay_s(job.attempt))

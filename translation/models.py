@@ -281,6 +281,9 @@ class Translation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True, help_text="Handed to the broker; empty if the send failed.")
     started_at = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(
+        null=True, blank=True, help_text="Queued again after a passing failure: not claimed from the ledger before this.",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -297,6 +300,8 @@ class Translation(models.Model):
             models.Index(fields=["finished_at"], name="translation_finished"),  # the operations page's hour
             # Backpressure counts a route's waiting jobs: only those rows are in this index.
             models.Index(fields=["route"], condition=models.Q(status=1), name="translation_queued_by_route"),
+            # Ledger dispatch claims a queue's waiting jobs, oldest first (translations_claim_queued).
+            models.Index(fields=["queue", "id"], condition=models.Q(status=1), name="translation_queued_by_queue"),
         ]
         ordering = ["id"]
 

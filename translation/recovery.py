@@ -53,7 +53,7 @@ def _requeue(rows, reason: str) -> list[int]:
     now = timezone.now()
     Translation.objects.filter(pk__in=ids).update(
         status=TranslationStatus.QUEUED, failure_reason=reason[:2000], enqueued_at=now, updated_at=now,
-        resends=F("resends") + 1,
+        resends=F("resends") + 1, retry_at=None,
     )
     fresh = list(Translation.objects.filter(pk__in=ids).select_related("message"))
     transaction.on_commit(lambda: [translation_enqueue(translation=row, urgent=True) for row in fresh])
@@ -96,8 +96,11 @@ def in_flight_resend(*, holding: list[int], queues: list[str], since, reason: st
     are the ones its last beat listed (``holding``), and those of its queues sent after that
     beat (``since``) that no queue holds: it may have taken them meanwhile. A copy another
     worker holds is then delivered twice, and done once."""
+    from translation.dispatch import ledger_dispatch
     from translation.queues import translation_ids_waiting
 
+    if ledger_dispatch():  # a worker claims rows before it holds them: its claims are handed over
+        return []
     waiting = translation_ids_waiting(queues) if queues else set()
     if waiting is None:  # not Redis (RabbitMQ gives a dead consumer's messages back at once), or unreachable
         return []
@@ -181,6 +184,7 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
     previous look, makes that safe: then a row is resent only when no queue held it at that
     look either (the reconciler looks every ``older_than_s / 2``). None: resend what is missing
     now (a single look, as from a command or a test)."""
+    from translation.dispatch import ledger_dispatch
     from translation.queues import translation_ids_in_broker
 
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
@@ -191,6 +195,8 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
     )
     if not candidates:
         return Resent()
+    if ledger_dispatch():
+        return _queues_wake(candidates)
     held = translation_ids_in_broker(
         sorted({queue for _, queue, _, _ in candidates if queue}), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S)
     )
@@ -227,3 +233,17 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
         logger.warning("Resent %d lost job(s); failed %d after %d resends", len(result.sent), len(result.failed),
                        settings.TRANSLATION_MAX_RESENDS)
     return result
+
+
+def _queues_wake(candidates) -> Resent:
+    """Ledger dispatch: no message names a job, so none can be lost with the broker; a job waits
+    unseen only while its queue has no wake-up coming (one lost with a worker that took it, or
+    never sent). Wake the queues of the jobs that waited that long (a wake-up already on its way
+    is not doubled), and stamp those never handed over. Returns the latter as sent."""
+    from translation.dispatch import queue_wake
+
+    woken = {queue for queue in sorted({queue for _, queue, _, _ in candidates if queue}) if queue_wake(queue)}
+    unsent = [pk for pk, queue, enqueued_at, _ in candidates if enqueued_at is None and queue in woken]
+    if unsent:
+        Translation.objects.filter(pk__in=unsent, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    return Resent(sent=unsent)

@@ -152,9 +152,18 @@ def translation_enqueue(*, translation: Translation, urgent: bool = False) -> bo
     its token budget, and the route's current batch size and wait (so a worker follows an
     admin's change with its next job, without a restart).
     """
+    from translation.dispatch import ledger_dispatch, queue_wake
     from translation.tasks import translate
 
     sent_at = timezone.now()  # before the send: a fast worker may start before it returns
+    if ledger_dispatch():  # the row is the job: its queue is woken, once for many jobs
+        if not queue_wake(translation.queue):
+            metrics.jobs_enqueue_failed.labels(queue=translation.queue).inc()
+            Translation.objects.filter(pk=translation.pk, status=TranslationStatus.QUEUED).update(enqueued_at=None)
+            return False
+        if translation.enqueued_at is None:
+            Translation.objects.filter(pk=translation.pk).update(enqueued_at=sent_at)
+        return True
     hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.source_text)}
     route = route_by_id(translation.route_id)
     if route is not None:

@@ -7,10 +7,10 @@ from functools import lru_cache
 from celery import shared_task
 from django.conf import settings
 
+from translation.dispatch import retry_delay_s
+
 # The queue is chosen per job by translation.routing when the job is sent, never here.
 TRANSLATE_TASK = "translation.translate"
-# Backoff between retries: 2, 4, 8, ... seconds, at most this.
-MAX_BACKOFF_S = 60
 
 
 @lru_cache(maxsize=256)
@@ -67,6 +67,30 @@ def translate(
         # A passing failure (the row is queued again and counts its attempts), or the database
         # itself failing before the row could be claimed: send the job again, to the same
         # queue, later. The ledger caps attempts; this caps deliveries while the database is down.
-        countdown = min(2 ** (self.request.retries + 1), MAX_BACKOFF_S)
+        countdown = retry_delay_s(self.request.retries + 1)
         raise self.retry(exc=exc, countdown=countdown, max_retries=settings.TRANSLATION_TASK_MAX_RETRIES) from exc
     return outcome.value
+
+
+TAKE_QUEUED_TASK = "translation.take_queued"
+
+
+@shared_task(name=TAKE_QUEUED_TASK, bind=True, acks_late=True)
+def take_queued(self, queue: str) -> int:
+    """Ledger dispatch's wake-up (translation/dispatch.py): ``queue`` holds queued jobs. A
+    batching worker's intake claims them into its batcher (this returns at once); elsewhere
+    they are claimed and run here, a batch at a time. Returns the jobs run here."""
+    from translation.execution import current_intake, translation_run_queued
+
+    if not isinstance(queue, str) or not queue.strip():
+        raise ValueError(f"take_queued expects a queue name, got {queue!r}")
+    intake = current_intake()
+    if intake is not None:
+        intake.wake(queue)
+        return 0
+    ran, retry_in = translation_run_queued(
+        queue=queue, worker=self.request.hostname or "", batch=settings.TRANSLATION_MAX_BATCH_SIZE,
+    )
+    if retry_in is not None:  # a job failed for a passing reason and is queued again: look once it may run
+        take_queued.apply_async(args=[queue], queue=queue, countdown=retry_in)
+    return ran

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.test import override_settings
 
 from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
@@ -77,7 +78,7 @@ class Figures:
 
 class Benchmark:
     def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
-                 precision: str = "fp32", lanes: int | None = None) -> None:
+                 precision: str = "fp32", lanes: int | None = None, dispatch: str | None = None) -> None:
         from workers.engine_process import lane_layout
 
         self.model, self.jobs, self.say = model, jobs, say
@@ -92,6 +93,8 @@ class Benchmark:
         self.target = settings.DEFAULT_AGENT_LANGUAGE
         self.queue = f"translate.{self.target}.benchmark"
         self.prefix = f"bench-{os.getpid()}:"
+        # How jobs reach the worker (translation/dispatch.py): the settings' unless given.
+        self.dispatch = dispatch or settings.TRANSLATION_DISPATCH
 
     # --- (a) the raw model -----------------------------------------------------------------
     def measure_model(self, figures: Figures) -> None:
@@ -159,7 +162,7 @@ class Benchmark:
     def start_worker(self, *, batching: bool) -> subprocess.Popen:
 
         name = f"bench-{'batched' if batching else 'batch1'}-{os.getpid()}@localhost"
-        env = dict(os.environ, BROKER_KEY_PREFIX=self.prefix,
+        env = dict(os.environ, BROKER_KEY_PREFIX=self.prefix, TRANSLATION_DISPATCH=self.dispatch,
                    PYTHONUNBUFFERED="1", **{FIXED_OUTPUT_TOKENS_VARIABLE: str(FIXED_OUTPUT_TOKENS)})
         command = [sys.executable, "-m", "workers.main", "--queues", self.queue, "--name", name,
                    "--loglevel", "WARNING", "--device", "cuda:0" if self.device == "cuda" else "cpu"]
@@ -252,11 +255,13 @@ class Benchmark:
             raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g.: {failed[0].failure_reason}")
         elapsed = (max(row.finished_at for row in rows) - committed).total_seconds()
         batches = {}
-        for row in rows:  # one forward pass per (worker, started_at): its rows share the claim time
-            batches.setdefault(row.started_at, []).append(row)
-        compute = sum((max(r.finished_at for r in b) - started).total_seconds() for started, b in batches.items())
+        # One forward pass per (claim, store): its rows share the claim's time and the store's. A
+        # ledger claim can feed several (its rows then wait in the batcher from the claim on).
+        for row in rows:
+            batches.setdefault((row.started_at, row.finished_at), []).append(row)
+        compute = sum((finished - started).total_seconds() for started, finished in batches)
         # The worker's idle stretches: from the commit or a batch's end to the next batch's claim.
-        spans = sorted((started, max(r.finished_at for r in b)) for started, b in batches.items())
+        spans = sorted(batches)
         gaps, free_since = [], committed
         for started, finished in spans:
             gaps.append(((started - free_since).total_seconds(), (started - committed).total_seconds()))
@@ -334,7 +339,7 @@ class Benchmark:
         app.conf.broker_transport_options = {**saved_options, "global_keyprefix": self.prefix}
         client, _ = api_client_create(name=f"benchmark-{os.getpid()}-{time.time_ns()}")
         try:
-            with self.benchmark_route():
+            with self.benchmark_route(), override_settings(TRANSLATION_DISPATCH=self.dispatch):
                 self.say("[2/3] Pipeline with batching: light load, then saturation ...")
                 worker = self.start_worker(batching=True)
                 try:

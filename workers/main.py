@@ -166,6 +166,13 @@ def main(argv: list[str] | None = None) -> None:
         if follower is not None:
             follower.stop()
         metrics.not_ready()
+        from translation.execution import current_intake
+
+        intake = current_intake()
+        if intake is not None:  # the jobs it claimed finish before the worker says it stopped
+            left = intake.drain(timeout=settings.TRANSLATION_JOB_TIMEOUT_S / 10)
+            if left:
+                print(f"{left} claimed job(s) did not finish; the reconciler hands them over", flush=True)
         heartbeat.stopped()
 
 
@@ -180,7 +187,8 @@ def start_device_loop(
     batcher and a device loop per lane, and route this process's jobs through them. Without
     batching, every batch holds one job. Returns the number of lanes."""
     from translation.batching import Batcher, BatchPolicy
-    from translation.execution import use_batcher
+    from translation.execution import use_batcher, use_intake
+    from workers.ledger_intake import LedgerIntake
     from workers.device_loop import DeviceLoop
     from workers.engine_process import ModelMemory, lane_layout, start_lanes
 
@@ -228,7 +236,13 @@ def start_device_loop(
     from workers.reconciler import Reconciler
 
     Reconciler(heartbeat.name if heartbeat is not None else "").start()
+    # Ledger dispatch's wake-ups (translation/dispatch.py) are taken whatever this process's own
+    # setting says: during a switch of the fleet, the portal may already send them.
+    intake = LedgerIntake(batcher, heartbeat.name if heartbeat is not None else "", room=(count + 1) * policy.max_batch_size,
+                          batch=policy.max_batch_size, metrics=metrics)
+    intake.start()
     use_batcher(batcher)
+    use_intake(intake)
     print(
         f"Batching: up to {policy.max_batch_size} jobs or {policy.max_batch_tokens} tokens, "
         f"waiting at most {policy.max_wait_s * 1000:g} ms",

@@ -33,6 +33,13 @@ lane_batches = Counter(
     "translation_worker_lane_batches", "Batches each lane (engine process) computed; a CPU worker runs several.",
     ("worker", "lane"),
 )
+ledger_wakeups = Counter(
+    "translation_worker_ledger_wakeups", "Wake-ups for a queue the worker took (ledger dispatch).", ("worker", "queue")
+)
+ledger_claimed = Counter(
+    "translation_worker_ledger_claimed_jobs", "Jobs the worker claimed from a queue's ledger rows (ledger dispatch).",
+    ("worker", "queue"),
+)
 loop_timestamp = Gauge(
     "translation_worker_loop_timestamp_seconds",
     "When the device loop last went round (Unix time); a hung loop stops moving it.", WORKER,
@@ -135,3 +142,9 @@ class WorkerMetrics:
     def batch_ended(self, lane: int = 0) -> None:
         last_batch_timestamp.labels(worker=self.worker).set(time.time())
         lane_batches.labels(worker=self.worker, lane=str(lane)).inc()
+
+    def ledger_woken(self, queue: str) -> None:
+        ledger_wakeups.labels(worker=self.worker, queue=queue).inc()
+
+    def ledger_taken(self, queue: str, jobs: int) -> None:
+        ledger_claimed.labels(worker=self.worker, queue=queue).inc(jobs)

@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 
 from cs_portal.portal.services import conversation_create, message_create_from_customer
-from tests.conftest import WORKER_LANES, WORKER_METRICS_PORT, WORKER_NAME, route_update, wait_for
+from tests.conftest import WORKER_LANES, WORKER_METRICS_PORT, WORKER_NAME, route_update, tasks_processed, wait_for
 from translation.models import Translation, TranslationStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,3 +56,22 @@ class BatchingUnderLoadTests:
         after = lane_batches()
         assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)  # every lane computed
         assert sum(after) - sum(before) >= JOBS / 4
+
+    def test_ledger_dispatch_serves_a_burst_from_a_few_wake_ups(self, worker, api_client_key, settings):
+        from translation.tasks import TAKE_QUEUED_TASK
+
+        settings.TRANSLATION_DISPATCH = "ledger"  # this process, the portal, rings; the worker takes both kinds
+        jobs_before, wakes_before = tasks_processed(), tasks_processed(task=TAKE_QUEUED_TASK)
+        client, _ = api_client_key
+        with transaction.atomic():
+            conversation = conversation_create(api_client=client, customer_name="Ledger")
+            for i in range(JOBS):
+                message_create_from_customer(conversation=conversation, text=f"Mi pedido {i} no ha llegado.", language="es")
+        rows = Translation.objects.filter(message__conversation=conversation)
+        wait_for(lambda: not rows.filter(status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists(),
+                 timeout=120, interval=0.2, what=f"{JOBS} translations to finish")
+        assert {(row.status, row.attempts, row.worker) for row in rows} == {(TranslationStatus.DONE, 1, WORKER_NAME)}
+        assert max(row.batch_size for row in rows) > 1
+        wakes = tasks_processed(task=TAKE_QUEUED_TASK) - wakes_before
+        assert 1 <= wakes <= JOBS // 10, wakes  # a wake-up per look, not per job
+        assert tasks_processed() == jobs_before  # no message per job

@@ -136,6 +136,7 @@ class RealWorkerTests:
         out = capsys.readouterr().out
         assert "Routes" in out and "es→en" in out
         assert "translate.en" in out and WORKER_NAME in out and "ready" in out
+        assert "jobs queued" in out  # the ledger's count beside the broker's
         assert "READY" in out.splitlines()[-1]
 
 

@@ -20,11 +20,18 @@ class Command(BaseCommand):
             help="CPU lanes of the worker and of the raw model (default $TRANSLATION_CPU_LANES; 0: one per core)",
         )
 
+        parser.add_argument(
+            "--dispatch", choices=["jobs", "ledger"], default=None,
+            help="how jobs reach the worker: a message each, or claimed from the ledger in batches "
+                 "(default $TRANSLATION_DISPATCH)",
+        )
+
     def say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, model: str, jobs: int, device: str, precision: str, lanes: int | None, **options) -> None:
+    def handle(self, *args, model: str, jobs: int, device: str, precision: str, lanes: int | None, dispatch: str | None,
+               **options) -> None:
         if not 1 <= jobs <= 100_000:
             raise CommandError("--jobs must be between 1 and 100000.")
         if lanes is not None and not 0 <= lanes <= 64:
@@ -36,13 +43,15 @@ class Command(BaseCommand):
                 raise CommandError("--device cuda: no CUDA device on this machine.")
         if (precision in ("fp16", "bf16")) != (device == "cuda") and precision != "fp32":
             raise CommandError(f"--precision {precision} does not run on {device} (fp16/bf16: cuda; int8: cpu).")
-        benchmark = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision, lanes=lanes)
+        benchmark = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision, lanes=lanes,
+                              dispatch=dispatch)
         try:
             figures = benchmark.run()
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         self.say(
-            f"\nSummary ({model} model, {precision} on {device}{benchmark.layout}, burst of {jobs} jobs):\n"
+            f"\nSummary ({model} model, {precision} on {device}{benchmark.layout}, {benchmark.dispatch} dispatch, "
+            f"burst of {jobs} jobs):\n"
             f"  limit (raw batched model)   {figures.limit:8.1f} sent/s\n"
             f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
             f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"

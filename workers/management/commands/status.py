@@ -1,6 +1,10 @@
+from collections import Counter
+
 from django.core.management.base import BaseCommand
+from django.db.models import Count
 from django.utils import timezone
 
+from translation.models import Translation, TranslationStatus
 from translation.queues import queue_depths
 from translation.routing import routes
 from workers.control import lanes_note
@@ -27,11 +31,18 @@ class Command(BaseCommand):
         ))
         queues = sorted({r.queue for r in table_routes})
         depths = queue_depths(queues)
+        # The ledger's count: in ledger dispatch the broker holds wake-ups, not jobs.
+        unfinished = Counter(
+            {(row["queue"], row["status"]): row["jobs"] for row in
+             Translation.objects.filter(queue__in=queues, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
+             .values("queue", "status").annotate(jobs=Count("id")).order_by()}
+        )
         beats = list(WorkerHeartbeat.objects.all())
         self.stdout.write("\nQueues\n" + table(
-            [[q, "?" if depths[q] is None else str(depths[q]),
+            [[q, "?" if depths[q] is None else str(depths[q]), str(unfinished[(q, TranslationStatus.QUEUED)]),
+              str(unfinished[(q, TranslationStatus.RUNNING)]),
               ", ".join(b.name for b in beats if q in b.queues and b.is_alive(now)) or "NONE"] for q in queues],
-            ["queue", "waiting", "live workers"],
+            ["queue", "messages", "jobs queued", "jobs running", "live workers"],
         ))
         rows = []
         for b in beats:

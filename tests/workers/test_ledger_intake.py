@@ -1,0 +1,169 @@
+"""The ledger intake against PostgreSQL and the real batcher: a woken queue's jobs are claimed as
+room frees up, each run once; a batch that never ran gives its claims back."""
+
+import threading
+import time
+
+import pytest
+from django.db import close_old_connections
+from django.utils import timezone
+
+from tests.conftest import wait_for
+from translation.batching import Batcher, BatchPolicy
+from translation.execution import translation_run_batch, translations_claim_queued
+from translation.models import Translation, TranslationStatus
+from workers.ledger_intake import LedgerIntake
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the intake and the loop use their own connections
+
+QUEUE = "translate.intake-test"
+WORKER = "intake-test@h"
+
+
+@pytest.fixture
+def queued(tiny_models):
+    """Twelve queued es->en jobs on the test queue, rows of the ledger only (no message sent)."""
+    return [
+        Translation.objects.create(
+            input_text=f"Mi pedido número {i} no ha llegado.", source_language="es", target_language="en", queue=QUEUE,
+            engine="hf-seq2seq", model_name=str(tiny_models.marian_es_en), precision="fp32",
+        )
+        for i in range(12)
+    ]
+
+
+class Loop(threading.Thread):
+    """The device loop's part: batches from the batcher, run by the execution layer, answered.
+    ``fail`` answers every batch with that error instead, as a loop whose engine died does."""
+
+    def __init__(self, batcher: Batcher, fail: Exception | None = None) -> None:
+        super().__init__(daemon=True)
+        self.batcher, self.fail = batcher, fail
+        self.sizes: list[int] = []
+        self.stopping = False
+
+    def run(self) -> None:
+        while not self.stopping:
+            batch = self.batcher.next_batch(timeout=0.1)
+            if not batch:
+                continue
+            self.sizes.append(len(batch))
+            outcomes = [self.fail] * len(batch) if self.fail else translation_run_batch([job.payload for job in batch])
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+            self.batcher.batch_done()
+        close_old_connections()
+
+
+@pytest.fixture
+def beating():
+    """The test's worker beats, as a live worker does: another worker's reconciler (the test
+    session's) would otherwise take its claims for a dead worker's and hand them over."""
+    from django.db.models.functions import Now
+
+    from workers.models import WorkerHeartbeat
+
+    WorkerHeartbeat.objects.create(name=WORKER, hostname="h", pid=1, device="cpu", queues=[QUEUE], ready=True,
+                                   started_at=timezone.now(), beat_at=timezone.now())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.1):
+            WorkerHeartbeat.objects.filter(name=WORKER).update(beat_at=Now(), loop_at=Now())
+        close_old_connections()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(5)
+
+
+@pytest.fixture
+def running(beating):
+    """Start an intake (room 4, batches of 2) and a loop; stop both after the test."""
+    started = []
+
+    def start(fail: Exception | None = None) -> tuple[LedgerIntake, Loop]:
+        batcher = Batcher(BatchPolicy(max_batch_size=2, max_wait_s=0.005))
+        intake, loop = LedgerIntake(batcher, WORKER, room=4, batch=2), Loop(batcher, fail)
+        started.append((intake, loop))
+        loop.start()
+        intake.start()
+        return intake, loop
+
+    yield start
+    for intake, loop in started:
+        intake.stop()
+        loop.stopping = True
+        intake.join(5)
+        loop.join(5)
+
+
+def unfinished() -> int:
+    return Translation.objects.filter(queue=QUEUE, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).count()
+
+
+class LedgerIntakeTests:
+    def test_one_wake_up_takes_the_whole_queue_a_room_at_a_time(self, queued, running):
+        intake, loop = running()
+        in_flight_seen = []
+        intake.wake(QUEUE)
+        deadline = time.monotonic() + 60
+        while unfinished() and time.monotonic() < deadline:
+            in_flight_seen.append(intake.in_flight())
+            time.sleep(0.01)
+        rows = list(Translation.objects.filter(queue=QUEUE))
+        assert {(row.status, row.attempts, row.worker) for row in rows} == {(TranslationStatus.DONE, 1, WORKER)}
+        assert max(in_flight_seen) <= 4  # never more claimed than the room
+        assert intake.wakes == 1 and intake.looks >= 3  # 12 jobs through a room of 4
+        assert sum(loop.sizes) == 12 and max(loop.sizes) == 2
+
+    def test_a_queue_not_woken_is_not_looked_at(self, queued, running):
+        intake, loop = running()
+        intake.wake("translate.some-other-queue")
+        wait_for(lambda: intake.looks == 1, timeout=10, what="the other queue's look")
+        time.sleep(0.2)
+        assert unfinished() == 12 and loop.sizes == []
+
+    def test_jobs_whose_batch_never_ran_go_back_at_once_and_fail_visibly_after_their_attempts(
+        self, queued, running, settings
+    ):
+        intake, loop = running(fail=RuntimeError("the engine process died"))
+        intake.wake(QUEUE)
+        rows = Translation.objects.filter(queue=QUEUE)
+        # Each time given back to queued and claimed again (no backoff: the job did not fail,
+        # its batch never ran), until its attempts are spent: then failed with the reason.
+        wait_for(lambda: not rows.exclude(status=TranslationStatus.FAILED).exists(), timeout=60,
+                 what="every job to use up its attempts")
+        attempts = settings.TRANSLATION_MAX_ATTEMPTS
+        assert {row.attempts for row in rows} == {attempts}
+        assert all(row.failure_reason.startswith(f"Gave up after {attempts} attempts. Its batch did not run (RuntimeError")
+                   for row in rows), rows[0].failure_reason
+        assert sum(loop.sizes) == 12 * attempts
+
+    def test_two_workers_claiming_one_queue_at_once_take_different_jobs(self, queued):
+        # Two threads, two connections: SKIP LOCKED gives each row to one of them.
+        from django.db import connection
+
+        taken: dict[str, list[int]] = {}
+        start = threading.Barrier(2)
+
+        def claim(worker: str) -> None:
+            try:
+                start.wait()
+                taken[worker] = [job.id for job in translations_claim_queued(QUEUE, worker=worker, limit=12)]
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=claim, args=(f"w{i}@h",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(taken["w0@h"] + taken["w1@h"]) == sorted(row.pk for row in queued)
+        for worker, ids in taken.items():
+            assert set(Translation.objects.filter(pk__in=ids).values_list("worker", flat=True)) <= {worker}

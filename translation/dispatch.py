@@ -1,0 +1,115 @@
+"""How a queued job reaches a worker: its own message, or a wake-up for its queue.
+
+``TRANSLATION_DISPATCH`` chooses:
+
+- ``jobs`` (the default): one Celery message per job (``translation.translate``). Flower shows
+  every job as a task; a worker pays Celery's per-message cost for each (the delivery, the
+  unacknowledged index, the task events, the acknowledgement: about 2.5 ms of CPU per job).
+- ``ledger``: the ledger row is the job, and the queue gets a wake-up (``translation.take_queued``)
+  only when none is pending for it. The worker that takes the wake-up claims the queue's queued
+  rows from the database in batches (``translations_claim_queued``) until none is left. Under
+  load a wake-up covers a batch or more, so the per-message cost is paid per batch, not per job.
+  Flower shows the wake-ups, not each job; the admin, ``manage.py status`` and the Prometheus
+  metrics count every job as before.
+
+The bell: on a Redis broker, ``SET <queue's bell> NX`` decides who sends the wake-up; the worker
+clears the bell before each look at the ledger, so a job committed after the look rings again
+and none waits unseen. The bell expires after ``BELL_TTL_S`` in case a worker died holding it
+(its wake-up taken, the bell not cleared); the reconciler rings for jobs that waited longer than
+``TRANSLATION_LOST_AFTER_S`` (``translation.recovery``). Another broker has no bell here: every
+job sends a wake-up, which is correct, only not cheaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+JOBS = "jobs"
+LEDGER = "ledger"
+DISPATCH_MODES = (JOBS, LEDGER)
+BELL_KEY = "translation.bell:{queue}"
+# A job queued again after a passing failure waits 2, 4, 8 ... s (at most this) before its next
+# attempt, in either dispatch: a Celery countdown for a message, ``retry_at`` for a ledger row.
+MAX_BACKOFF_S = 60
+
+
+def retry_delay_s(attempt: int) -> float:
+    """How long a job waits after its ``attempt``-th attempt failed for a passing reason."""
+    return float(min(2 ** max(1, attempt), MAX_BACKOFF_S))
+
+
+def ledger_dispatch() -> bool:
+    return getattr(settings, "TRANSLATION_DISPATCH", JOBS) == LEDGER
+
+
+def bell_ttl_s() -> float:
+    return max(1.0, settings.TRANSLATION_LOST_AFTER_S)
+
+
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _bell_client():
+    """(Redis client, key prefix) of the broker, or None where the broker is not Redis."""
+    from cs_portal.celery import app
+
+    url = app.conf.broker_url or ""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            import redis
+
+            client = _clients[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    prefix = (app.conf.broker_transport_options or {}).get("global_keyprefix", "") or ""
+    return client, prefix
+
+
+def bell_ring(queue: str) -> bool:
+    """Set ``queue``'s bell; True when it was not set (the caller sends the wake-up). Where the
+    bell cannot be read (not Redis, or unreachable) the answer is True: a wake-up too many costs
+    a message, a wake-up missing leaves jobs waiting."""
+    found = _bell_client()
+    if found is None:
+        return True
+    client, prefix = found
+    try:
+        return bool(client.set(prefix + BELL_KEY.format(queue=queue), b"1", nx=True, px=int(bell_ttl_s() * 1000)))
+    except Exception:
+        logger.warning("Could not read the bell of %s; sending a wake-up", queue, exc_info=True)
+        return True
+
+
+def bell_clear(queue: str) -> None:
+    """Clear ``queue``'s bell, before a worker looks at its queued jobs."""
+    found = _bell_client()
+    if found is None:
+        return
+    client, prefix = found
+    try:
+        client.delete(prefix + BELL_KEY.format(queue=queue))
+    except Exception:  # the bell expires by itself
+        logger.warning("Could not clear the bell of %s", queue, exc_info=True)
+
+
+def queue_wake(queue: str, *, force: bool = False) -> bool:
+    """Send ``queue`` a wake-up unless one is pending (``force``: even then). Returns False when
+    the broker refused it: the jobs stay queued in the ledger for the reconciler's next ring."""
+    from translation.tasks import take_queued
+
+    if not force and not bell_ring(queue):
+        return True  # a wake-up is on its way, or a worker is looking at this queue now
+    try:
+        take_queued.apply_async(args=[queue], queue=queue, argsrepr=repr([queue]), kwargsrepr="{}")
+    except Exception:
+        logger.exception("Could not send a wake-up to %s; its jobs stay queued", queue)
+        bell_clear(queue)  # the next job rings again
+        return False
+    return True

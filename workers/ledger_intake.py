@@ -1,0 +1,197 @@
+"""Ledger dispatch in a batching worker: the thread that claims queued jobs into the batcher.
+
+With ``TRANSLATION_DISPATCH=ledger`` (translation/dispatch.py) a queue receives a wake-up
+(``translation.take_queued``) rather than a message per job. The wake-up's task only tells this
+thread which queue to look at. For that queue it clears the bell, claims as many queued rows as
+the batcher has room for (``translations_claim_queued``: one transaction, oldest first) and
+submits them; the device loops run them as they run any batch. While the queue may hold more
+(the claim filled the room), it looks again once a batch's worth of room is free, so a burst
+is taken a batch at a time as the lanes finish, without a message per job.
+
+The room is what the pool threads give a batching worker in jobs dispatch: a batch for every
+lane and one more gathering. A job that failed for a passing reason (queued again by the
+execution layer) is looked for again once its backoff ends; one whose batch never ran (the
+worker stopping, its engine process dead, the database failing before the results were stored)
+is put back to queued here, or, when even that fails, handed over by the reconciler once this
+worker is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+
+from django.db import close_old_connections
+
+from translation.batching import Batcher, PendingJob
+from translation.dispatch import retry_delay_s
+from translation.execution import Job, TransientFailure, translation_requeue, translations_claim_queued
+
+logger = logging.getLogger(__name__)
+
+# A look that failed (the database is down) is tried again after this long.
+LOOK_AGAIN_S = 1.0
+NOT_RUN = "Its batch did not run ({why}); queued again."
+
+
+def forward_pass_key(job: Job) -> str:
+    """What jobs must share to share a forward pass (``Translation.forward_pass_key``'s parts)."""
+    return f"{job.spec.engine}|{job.spec.model}|{job.spec.precision}|{job.source}|{job.target}"
+
+
+class LedgerIntake(threading.Thread):
+    def __init__(self, batcher: Batcher, worker: str, *, room: int, batch: int, metrics=None) -> None:
+        super().__init__(name="ledger-intake", daemon=True)
+        self.batcher, self.worker, self.metrics = batcher, worker, metrics
+        self.room = max(1, room)  # jobs claimed and not finished, at most
+        self.batch = max(1, min(batch, self.room))  # a look waits for this much room
+        self._due: dict[str, float] = {}  # queue -> when to look at it (monotonic)
+        self._in_flight = 0
+        self._not_run: list[tuple[Job, str, str]] = []  # (job, queue, why): to put back to queued
+        self._cond = threading.Condition()
+        self._stopping = False
+        # What the worker's status tells of it.
+        self.wakes = 0
+        self.looks = 0
+        self.claimed = 0
+
+    # --- the wake-up task's side -------------------------------------------------------------
+    def wake(self, queue: str) -> None:
+        """A wake-up for ``queue``: look at it now."""
+        with self._cond:
+            self.wakes += 1
+        if self.metrics is not None:
+            self.metrics.ledger_woken(queue)
+        self._look(queue)
+
+    def _look(self, queue: str, *, after_s: float = 0.0) -> None:
+        """Look at ``queue`` ``after_s`` from now (or sooner, if asked again)."""
+        at = time.monotonic() + after_s
+        with self._cond:
+            self._due[queue] = min(self._due.get(queue, at), at)
+            self._cond.notify_all()
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> int:
+        """Stop claiming and wait up to ``timeout`` for the claimed jobs to finish (the worker
+        stops); returns how many did not. Those stay claimed by this worker until the
+        reconciler of another (or this one, started again) hands them over."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._in_flight and time.monotonic() < deadline:
+                self._cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            left = self._in_flight
+        self.join(timeout=5)
+        return left
+
+    # --- the thread ----------------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            queue, room = self._next_look()
+            if queue is None:
+                self._put_back_not_run(again=False)
+                close_old_connections()
+                return
+            self._put_back_not_run()
+            if not queue:
+                continue
+            try:
+                close_old_connections()
+                full = self._take(queue, room)
+            except Exception:  # the database is down: the jobs wait in the ledger
+                logger.warning("Could not claim the queued jobs of %s; looking again in %.0f s", queue, LOOK_AGAIN_S,
+                               exc_info=True)
+                self._look(queue, after_s=LOOK_AGAIN_S)
+                continue
+            if full:  # the claim filled the room: more may wait
+                self._look(queue)
+
+    def _next_look(self) -> tuple[str | None, int]:
+        """Wait for a queue that is due and a batch's worth of room; ("", 0) when jobs wait to be
+        put back to queued; (None, 0) once stopping."""
+        with self._cond:
+            while not self._stopping:
+                if self._not_run:
+                    return "", 0
+                now = time.monotonic()
+                room = self.room - self._in_flight
+                due = [queue for queue, at in self._due.items() if at <= now]
+                if due and (room >= self.batch or self._in_flight == 0):
+                    queue = min(due, key=self._due.__getitem__)  # the longest due first
+                    del self._due[queue]
+                    return queue, room
+                # Woken by a wake-up, by a finished job (room), or when a delayed look comes due.
+                later = [at - now for at in self._due.values() if at > now]
+                self._cond.wait(min([LOOK_AGAIN_S, *later]))
+            return None, 0
+
+    def _take(self, queue: str, room: int) -> bool:
+        """Claim up to ``room`` of ``queue``'s jobs into the batcher; True when it took ``room``."""
+        from translation.dispatch import bell_clear
+        from translation.routing import route_by_id
+        from translation.tasks import _route_policy
+
+        bell_clear(queue)  # before the look: a job committed after it rings again
+        jobs = translations_claim_queued(queue, worker=self.worker, limit=room)
+        self.looks += 1
+        self.claimed += len(jobs)
+        if self.metrics is not None:
+            self.metrics.ledger_taken(queue, len(jobs))
+        for job in jobs:
+            route = route_by_id(job.route_id) if job.route_id is not None else None
+            policy = _route_policy(route.max_batch_size, route.max_wait_ms) if route is not None else None
+            pending = PendingJob(key=forward_pass_key(job), payload=job, text="", tokens=max(1, len(job.text) // 4),
+                                 policy=policy)
+            with self._cond:
+                self._in_flight += 1
+            try:
+                future = self.batcher.submit(pending)
+            except RuntimeError as exc:  # the batcher closed: the worker stops
+                future = Future()
+                future.set_exception(exc)
+            future.add_done_callback(lambda future, job=job: self._finished(job, queue, future))
+        return len(jobs) >= room
+
+    def _finished(self, job: Job, queue: str, future: Future) -> None:
+        """A job's batch ended (in a device loop's thread, or the closing batcher's)."""
+        error = future.exception()
+        with self._cond:
+            self._in_flight -= 1
+            if isinstance(error, TransientFailure):  # queued again by the execution layer, to retry then
+                again = time.monotonic() + retry_delay_s(job.attempt)
+                self._due[queue] = min(self._due.get(queue, again), again)
+            elif error is not None:  # the claim is still this worker's: give it back
+                self._not_run.append((job, queue, f"{type(error).__name__}: {error}"))
+            self._cond.notify_all()
+
+    def _put_back_not_run(self, *, again: bool = True) -> None:
+        with self._cond:
+            waiting, self._not_run = self._not_run, []
+        if not waiting:
+            return
+        from translation.dispatch import queue_wake
+
+        failed, queues = [], set()
+        for job, queue, why in waiting:
+            try:
+                translation_requeue(job=job, reason=NOT_RUN.format(why=why), retry=False)
+                queues.add(queue)
+            except Exception:
+                failed.append((job, queue, why))
+        for queue in queues:
+            queue_wake(queue, force=True)  # any worker of the queue may take them now
+        if failed and again:  # the database is down: again at the next turn (or the reconciler, if this worker ends)
+            logger.warning("Could not put %d unfinished job(s) back to queued; trying again", len(failed))
+            with self._cond:
+                self._not_run.extend(failed)
+            time.sleep(LOOK_AGAIN_S)
