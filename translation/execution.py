@@ -14,7 +14,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from enum import Enum
@@ -160,10 +160,11 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
     return {row.pk: _job_of(row, now) for row in claimed}
 
 
-def _claim_rows(rows: list[Translation], now) -> list[Translation]:
+def _claim_rows(rows: list[Translation], now, *, started: bool = True) -> list[Translation]:
     """Within the caller's transaction, holding the rows' locks: claim each row for the worker
     and queue set on it as a new attempt, or fail it when it has used up its attempts (a job
-    that kept killing workers). Returns the rows claimed."""
+    that kept killing workers). Returns the rows claimed. ``started``: the caller computes them
+    now (``started_at``); else they wait for their batch, and ``translations_start`` stamps them."""
     claimed: list[Translation] = []
     for row in rows:
         labels = metrics.job_labels(
@@ -179,7 +180,7 @@ def _claim_rows(rows: list[Translation], now) -> list[Translation]:
             metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
         row.status = TranslationStatus.RUNNING
         row.attempts += 1
-        row.started_at = row.updated_at = now
+        row.started_at, row.updated_at = (now if started else None), now
         claimed.append(row)
     # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost about
     # 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
@@ -190,7 +191,7 @@ def _claim_rows(rows: list[Translation], now) -> list[Translation]:
     for (worker, consumed_from), ids in same_claim.items():
         Translation.objects.filter(pk__in=ids).update(
             status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-            attempts=F("attempts") + 1, started_at=now, updated_at=now, retry_at=None,
+            attempts=F("attempts") + 1, started_at=now if started else None, updated_at=now, retry_at=None,
         )
     return claimed
 
@@ -224,7 +225,7 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int) -> list[Jo
             )
             for row in rows:
                 row.worker, row.consumed_from = worker, queue
-            claimed += _claim_rows(rows, now)
+            claimed += _claim_rows(rows, now, started=False)  # they wait for their batch first
             if len(rows) < wanted:
                 break
     return [_job_of(row, now) for row in claimed]
@@ -328,9 +329,31 @@ def translation_requeue(*, job: Job, reason: str, retry: bool = True) -> bool:
     retry_at = now + timedelta(seconds=retry_delay_s(job.attempt)) if retry else None
     return bool(
         _latest_claims([job]).update(
-            status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=now, retry_at=retry_at
+            status=TranslationStatus.QUEUED, failure_reason=reason[:2000], updated_at=now, retry_at=retry_at,
+            attempts=attempts_given_back(),
         )
     )
+
+
+def attempts_given_back():
+    """``attempts`` of a row going back to queued: a claim whose batch never started (it waited
+    in a batcher, ledger dispatch) gives its attempt back, so jobs waiting behind a batch that
+    kept killing its engine are not failed for it."""
+    from django.db.models import Case, PositiveIntegerField, When
+
+    return Case(When(status=TranslationStatus.RUNNING, started_at__isnull=True, then=F("attempts") - 1),
+                default=F("attempts"), output_field=PositiveIntegerField())
+
+
+def translations_start(jobs: list[Job]) -> list[Job]:
+    """Stamp ``started_at`` on rows claimed ahead of their batch, as the batch starts: compute
+    time starts there, and a claim that never started is told apart (``attempts_given_back``)."""
+    if not jobs:
+        return jobs
+    now = timezone.now()
+    Translation.objects.filter(pk__in=[job.id for job in jobs], status=TranslationStatus.RUNNING,
+                               started_at__isnull=True).update(started_at=now)
+    return [replace(job, claimed_at=now) for job in jobs]
 
 
 def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure | None:
@@ -431,7 +454,7 @@ def translation_run_batch(
     engine of a spec: loaded in this process by default, or a worker's engine process. A
     TransientFailure in the list means: the row is queued again, send the job again later.
     """
-    claimed = {item.id: item for item in deliveries if isinstance(item, Job)}
+    claimed = {job.id: job for job in translations_start([item for item in deliveries if isinstance(item, Job)])}
     deliveries = [
         Delivery(item.id, "", "") if isinstance(item, Job) else item for item in deliveries
     ]

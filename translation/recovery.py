@@ -45,6 +45,7 @@ LOST = "Sent {times} times without reaching a worker (lost by the broker each ti
 
 def _requeue(rows, reason: str) -> list[int]:
     """Put claimed or lost rows back to queued, and send each on commit."""
+    from translation.execution import attempts_given_back
     from translation.services import translation_enqueue
 
     ids = [row.pk for row in rows]
@@ -53,7 +54,7 @@ def _requeue(rows, reason: str) -> list[int]:
     now = timezone.now()
     Translation.objects.filter(pk__in=ids).update(
         status=TranslationStatus.QUEUED, failure_reason=reason[:2000], enqueued_at=now, updated_at=now,
-        resends=F("resends") + 1, retry_at=None,
+        resends=F("resends") + 1, retry_at=None, attempts=attempts_given_back(),
     )
     fresh = list(Translation.objects.filter(pk__in=ids).select_related("message"))
     transaction.on_commit(lambda: [translation_enqueue(translation=row, urgent=True) for row in fresh])

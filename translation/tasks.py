@@ -85,7 +85,7 @@ def take_queued(self, queue: str) -> int:
     if not isinstance(queue, str) or not queue.strip():
         raise ValueError(f"take_queued expects a queue name, got {queue!r}")
     intake = current_intake()
-    if intake is not None:
+    if intake is not None and intake.is_alive():
         intake.wake(queue)
         return 0
     ran, retry_in = translation_run_queued(

@@ -41,6 +41,33 @@ def forward_pass_key(job: Job) -> str:
     return f"{job.spec.engine}|{job.spec.model}|{job.spec.precision}|{job.source}|{job.target}"
 
 
+def _policy(job: Job):
+    """The batch size and wait of the job's route, as the route says now (the worker's own when
+    the route is gone or cannot be read)."""
+    from translation.routing import route_by_id
+    from translation.tasks import _route_policy
+
+    try:
+        route = route_by_id(job.route_id) if job.route_id is not None else None
+        return _route_policy(route.max_batch_size, route.max_wait_ms) if route is not None else None
+    except Exception:
+        logger.warning("Could not read the route of job %s; it takes the worker's batch policy", job.id, exc_info=True)
+        return None
+
+
+def queued_retry_in(queue: str) -> float | None:
+    """Seconds until the first of ``queue``'s jobs waiting out a backoff may be claimed (None: none waits)."""
+    from django.db.models import Min
+    from django.utils import timezone
+
+    from translation.models import Translation, TranslationStatus
+
+    now = timezone.now()
+    first = Translation.objects.filter(queue=queue, status=TranslationStatus.QUEUED, retry_at__gt=now).aggregate(
+        first=Min("retry_at"))["first"]
+    return None if first is None else max(0.0, (first - now).total_seconds())
+
+
 class LedgerIntake(threading.Thread):
     def __init__(self, batcher: Batcher, worker: str, *, room: int, batch: int, metrics=None) -> None:
         super().__init__(name="ledger-intake", daemon=True)
@@ -99,28 +126,40 @@ class LedgerIntake(threading.Thread):
         while True:
             queue, room = self._next_look()
             if queue is None:
-                self._put_back_not_run(again=False)
-                close_old_connections()
+                self._stopped()
                 return
-            self._put_back_not_run()
-            if not queue:
-                continue
             try:
-                close_old_connections()
-                full = self._take(queue, room)
-            except Exception:  # the database is down: the jobs wait in the ledger
-                logger.warning("Could not claim the queued jobs of %s; looking again in %.0f s", queue, LOOK_AGAIN_S,
-                               exc_info=True)
-                self._look(queue, after_s=LOOK_AGAIN_S)
-                continue
-            if full:  # the claim filled the room: more may wait
-                self._look(queue)
+                self._put_back_not_run()
+                if queue:
+                    close_old_connections()
+                    self._take(queue, room)
+            except Exception:  # the database or the broker is down: the jobs wait in the ledger
+                logger.warning("Could not claim the queued jobs of %s; looking again in %.0f s", queue or "a queue",
+                               LOOK_AGAIN_S, exc_info=True)
+                if queue:
+                    self._look(queue, after_s=LOOK_AGAIN_S)
+                time.sleep(LOOK_AGAIN_S / 10)  # not a hot loop while it lasts
+
+    def _stopped(self) -> None:
+        """Stopping: give back what never ran, and pass on the wake-ups not looked at yet (their
+        bells stay set: without a wake-up, their jobs would wait for the bells to expire)."""
+        from translation.dispatch import queue_wake
+
+        try:
+            self._put_back_not_run(again=False)
+            with self._cond:
+                pending, self._due = list(self._due), {}
+            for queue in pending:
+                queue_wake(queue, force=True)
+        except Exception:  # the reconciler wakes any queue whose jobs wait too long
+            logger.warning("Could not pass on the wake-ups of a stopping worker", exc_info=True)
+        close_old_connections()
 
     def _next_look(self) -> tuple[str | None, int]:
         """Wait for a queue that is due and a batch's worth of room; ("", 0) when jobs wait to be
         put back to queued; (None, 0) once stopping."""
         with self._cond:
-            while not self._stopping:
+            while not self._stopping and not self.batcher.closed:  # closed: its worker stops
                 if self._not_run:
                     return "", 0
                 now = time.monotonic()
@@ -135,32 +174,37 @@ class LedgerIntake(threading.Thread):
                 self._cond.wait(min([LOOK_AGAIN_S, *later]))
             return None, 0
 
-    def _take(self, queue: str, room: int) -> bool:
-        """Claim up to ``room`` of ``queue``'s jobs into the batcher; True when it took ``room``."""
-        from translation.dispatch import bell_clear
-        from translation.routing import route_by_id
-        from translation.tasks import _route_policy
+    def _take(self, queue: str, room: int) -> None:
+        """Claim up to ``room`` of ``queue``'s jobs into the batcher, and say when to look again."""
+        from translation.dispatch import bell_clear, queue_wake
 
+        if self.batcher.closed:  # the worker stops: the jobs stay queued for another
+            return
         bell_clear(queue)  # before the look: a job committed after it rings again
         jobs = translations_claim_queued(queue, worker=self.worker, limit=room)
         self.looks += 1
         self.claimed += len(jobs)
-        if self.metrics is not None:
-            self.metrics.ledger_taken(queue, len(jobs))
-        for job in jobs:
-            route = route_by_id(job.route_id) if job.route_id is not None else None
-            policy = _route_policy(route.max_batch_size, route.max_wait_ms) if route is not None else None
-            pending = PendingJob(key=forward_pass_key(job), payload=job, text="", tokens=max(1, len(job.text) // 4),
-                                 policy=policy)
+        for job in jobs:  # nothing here raises: a claimed job reaches the batcher or goes back
             with self._cond:
                 self._in_flight += 1
             try:
-                future = self.batcher.submit(pending)
-            except RuntimeError as exc:  # the batcher closed: the worker stops
+                future = self.batcher.submit(PendingJob(key=forward_pass_key(job), payload=job, text="",
+                                                        tokens=max(1, len(job.text) // 4), policy=_policy(job)))
+            except Exception as exc:  # the batcher closed: the worker stops
                 future = Future()
                 future.set_exception(exc)
             future.add_done_callback(lambda future, job=job: self._finished(job, queue, future))
-        return len(jobs) >= room
+        if self.metrics is not None:
+            self.metrics.ledger_taken(queue, len(jobs))
+        if len(jobs) >= room:
+            # More may wait: this worker looks again once a batch's worth of room is free, and a
+            # wake-up (one, the bell sees to it) lets another worker of the queue join in.
+            self._look(queue)
+            queue_wake(queue)
+            return
+        retry_in = queued_retry_in(queue)
+        if retry_in is not None:  # jobs waiting out a backoff: look when the first may run
+            self._look(queue, after_s=retry_in)
 
     def _finished(self, job: Job, queue: str, future: Future) -> None:
         """A job's batch ended (in a device loop's thread, or the closing batcher's)."""

@@ -125,10 +125,10 @@ class ClaimQueuedTests:
         assert translations_claim_queued("translate.elsewhere", worker="w1@h", limit=10) == []
 
     def test_a_job_queued_again_after_a_passing_failure_waits_for_its_backoff(self, waiting):
-        from translation.execution import translation_requeue
+        from translation.execution import translation_requeue, translations_start
 
-        [job] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
-        translation_requeue(job=job, reason="CUDA error")  # after attempt 1: 2 s
+        [job] = translations_start(translations_claim_queued(QUEUE, worker="w1@h", limit=1))
+        translation_requeue(job=job, reason="CUDA error")  # its batch failed after attempt 1: 2 s
         row = Translation.objects.get(pk=job.id)
         assert row.status == TranslationStatus.QUEUED
         assert 1.5 < (row.retry_at - timezone.now()).total_seconds() <= 2
@@ -163,6 +163,29 @@ class ClaimQueuedTests:
         assert Translation.objects.filter(pk__in=[waiting[0].pk, waiting[1].pk], status=TranslationStatus.FAILED).count() == 2
 
 
+    def test_a_claim_whose_batch_never_started_gives_its_attempt_back(self, waiting):
+        from translation.execution import translation_requeue, translations_start
+
+        waited, computed = translations_claim_queued(QUEUE, worker="w1@h", limit=2)
+        assert Translation.objects.get(pk=waited.id).started_at is None  # claimed ahead of its batch
+        [computed] = translations_start([computed])
+        assert Translation.objects.get(pk=computed.id).started_at == computed.claimed_at
+        for job in (waited, computed):
+            translation_requeue(job=job, reason="the worker stops", retry=False)
+        assert Translation.objects.get(pk=waited.id).attempts == 0
+        assert Translation.objects.get(pk=computed.id).attempts == 1
+
+    def test_a_dead_workers_claims_that_never_started_give_their_attempt_back(self, waiting):
+        from translation.execution import translations_start
+        from translation.recovery import claims_release
+
+        waited, computed = translations_claim_queued(QUEUE, worker="gone@h", limit=2)
+        translations_start([computed])
+        assert sorted(claims_release(worker="gone@h", reason="its heartbeat went stale")) == sorted([waited.id, computed.id])
+        assert Translation.objects.get(pk=waited.id).attempts == 0
+        assert Translation.objects.get(pk=computed.id).attempts == 1
+
+
 class RunClaimedTests:
     def test_claimed_jobs_run_without_a_second_claim(self, waiting):
         jobs = translations_claim_queued(QUEUE, worker="w1@h", limit=5)
@@ -170,6 +193,7 @@ class RunClaimedTests:
         assert outcomes == [RunOutcome.DONE] * 5
         rows = Translation.objects.filter(pk__in=[row.pk for row in waiting])
         assert {(row.status, row.attempts, row.batch_size) for row in rows} == {(TranslationStatus.DONE, 1, 5)}
+        assert all(row.started_at is not None and row.started_at <= row.finished_at for row in rows)
 
     def test_a_wake_up_without_a_batcher_runs_the_queue_a_batch_at_a_time(self, waiting):
         ran, retry_in = translation_run_queued(queue=QUEUE, worker="w1@h", batch=2)

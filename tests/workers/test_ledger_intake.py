@@ -5,12 +5,14 @@ import threading
 import time
 
 import pytest
+import redis
 from django.db import close_old_connections
 from django.utils import timezone
 
-from tests.conftest import wait_for
+from tests.conftest import broker_url, wait_for
+from translation.dispatch import BELL_KEY
 from translation.batching import Batcher, BatchPolicy
-from translation.execution import translation_run_batch, translations_claim_queued
+from translation.execution import translation_run_batch, translations_claim_queued, translations_start
 from translation.models import Translation, TranslationStatus
 from workers.ledger_intake import LedgerIntake
 
@@ -48,7 +50,11 @@ class Loop(threading.Thread):
             if not batch:
                 continue
             self.sizes.append(len(batch))
-            outcomes = [self.fail] * len(batch) if self.fail else translation_run_batch([job.payload for job in batch])
+            if self.fail:  # the batch started (its rows say so), then its engine died
+                translations_start([job.payload for job in batch])
+                outcomes = [self.fail] * len(batch)
+            else:
+                outcomes = translation_run_batch([job.payload for job in batch])
             for job, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     job.future.set_exception(outcome)
@@ -87,11 +93,12 @@ def running(beating):
     """Start an intake (room 4, batches of 2) and a loop; stop both after the test."""
     started = []
 
-    def start(fail: Exception | None = None) -> tuple[LedgerIntake, Loop]:
+    def start(fail: Exception | None = None, *, loop_runs: bool = True) -> tuple[LedgerIntake, Loop]:
         batcher = Batcher(BatchPolicy(max_batch_size=2, max_wait_s=0.005))
         intake, loop = LedgerIntake(batcher, WORKER, room=4, batch=2), Loop(batcher, fail)
         started.append((intake, loop))
-        loop.start()
+        if loop_runs:
+            loop.start()
         intake.start()
         return intake, loop
 
@@ -100,7 +107,9 @@ def running(beating):
         intake.stop()
         loop.stopping = True
         intake.join(5)
-        loop.join(5)
+        if loop.is_alive():
+            loop.join(5)
+    redis.Redis.from_url(broker_url(15)).delete(QUEUE, BELL_KEY.format(queue=QUEUE))
 
 
 def unfinished() -> int:
@@ -144,6 +153,38 @@ class LedgerIntakeTests:
         assert all(row.failure_reason.startswith(f"Gave up after {attempts} attempts. Its batch did not run (RuntimeError")
                    for row in rows), rows[0].failure_reason
         assert sum(loop.sizes) == 12 * attempts
+
+    def test_jobs_that_waited_for_a_batch_that_never_came_give_their_attempt_back(self, queued, running):
+        intake, loop = running(loop_runs=False)  # no device loop: the claimed jobs wait in the batcher
+        intake.wake(QUEUE)
+        wait_for(lambda: intake.in_flight() == 4, timeout=10, what="a room's worth claimed")
+        intake.batcher.close(RuntimeError("the worker stops"))
+        back = wait_for(lambda: [row for row in Translation.objects.filter(queue=QUEUE, failure_reason__startswith="Its batch did not run")
+                                 if row.status == TranslationStatus.QUEUED] or None,
+                        timeout=10, what="the claims given back")
+        intake.join(10)  # a closed batcher stops the intake: it claims nothing more
+        back = list(Translation.objects.filter(queue=QUEUE, failure_reason__startswith="Its batch did not run"))
+        assert len(back) == 4 and not intake.is_alive()
+        assert not Translation.objects.filter(queue=QUEUE, status=TranslationStatus.RUNNING).exists()
+        assert {(row.status, row.attempts, row.started_at) for row in back} == {(TranslationStatus.QUEUED, 0, None)}
+
+    def test_a_job_waiting_out_its_backoff_is_looked_at_when_it_ends(self, queued, running):
+        from datetime import timedelta
+
+        Translation.objects.filter(queue=QUEUE).exclude(pk=queued[0].pk).update(status=TranslationStatus.DONE)
+        Translation.objects.filter(pk=queued[0].pk).update(attempts=1, retry_at=timezone.now() + timedelta(seconds=1))
+        intake, loop = running()
+        intake.wake(QUEUE)  # too early: nothing may be claimed yet
+        wait_for(lambda: Translation.objects.get(pk=queued[0].pk).status == TranslationStatus.DONE, timeout=15,
+                 what="the job claimed once its backoff ended, with no other wake-up")
+        assert intake.wakes == 1 and intake.looks >= 2
+
+    def test_a_claim_that_fills_the_room_wakes_the_queue_for_another_worker(self, queued, running):
+        broker = redis.Redis.from_url(broker_url(15))
+        intake, loop = running(loop_runs=False)
+        intake.wake(QUEUE)
+        wait_for(lambda: broker.llen(QUEUE) == 1, timeout=10, what="a wake-up on the queue")
+        assert intake.in_flight() == 4 and broker.exists(BELL_KEY.format(queue=QUEUE))
 
     def test_two_workers_claiming_one_queue_at_once_take_different_jobs(self, queued):
         # Two threads, two connections: SKIP LOCKED gives each row to one of them.
