@@ -99,6 +99,30 @@ def bell_clear(queue: str) -> None:
         logger.warning("Could not clear the bell of %s", queue, exc_info=True)
 
 
+class CommitWake:
+    """The wake-up the jobs of one transaction share for their queue. They become visible to
+    workers together, at the commit, so the first ring after it covers them all: a look that
+    follows it sees every one. Each job's on-commit callback holds it; the first whose ring
+    succeeds marks it sent, and the others have nothing to do."""
+
+    __slots__ = ("queue", "sent")
+
+    def __init__(self, queue: str) -> None:
+        self.queue, self.sent = queue, False
+
+
+def commit_wake(queue: str) -> CommitWake:
+    """The wake-up of ``queue`` for the transaction open now (a new one once it has been sent).
+    A savepoint rolled back drops its jobs' callbacks, not the wake-up: the jobs left ring it."""
+    from django.db import transaction
+
+    pending = transaction.get_connection().__dict__.setdefault("translation_commit_wakes", {})
+    wake = pending.get(queue)
+    if wake is None or wake.sent:
+        wake = pending[queue] = CommitWake(queue)
+    return wake
+
+
 def queue_wake(queue: str, *, force: bool = False) -> bool:
     """Send ``queue`` a wake-up unless one is pending (``force``: even then). Returns False when
     the broker refused it: the jobs stay queued in the ledger for the reconciler's next ring."""

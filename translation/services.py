@@ -43,13 +43,16 @@ def _on_commit(translation: Translation, *, send: bool) -> None:
     )
     failed = translation.status == TranslationStatus.FAILED
     kind = metrics.FAILED_NO_ROUTE if translation.route_id is None else metrics.FAILED_INPUT_TOO_LONG
+    from translation.dispatch import commit_wake, ledger_dispatch
+
+    shared = commit_wake(translation.queue) if send and ledger_dispatch() else None
 
     def committed() -> None:
         metrics.jobs_requested.labels(**labels).inc()
         if failed:
             metrics.jobs_failed.labels(**labels, reason=kind).inc()
         if send:
-            translation_enqueue(translation=translation)
+            translation_enqueue(translation=translation, wake=shared)
 
     transaction.on_commit(committed)
 
@@ -144,23 +147,30 @@ PRIORITY_NORMAL = 6
 PRIORITY_URGENT = 0
 
 
-def translation_enqueue(*, translation: Translation, urgent: bool = False) -> bool:
+def translation_enqueue(*, translation: Translation, urgent: bool = False, wake=None) -> bool:
     """Send the job to its queue. A broker failure leaves the row queued (and logged).
 
     The payload is the row's id; the worker reads everything else from the ledger. Hints ride
     along for the worker's batcher: which jobs may share a forward pass, the text's length for
     its token budget, and the route's current batch size and wait (so a worker follows an
     admin's change with its next job, without a restart).
+
+    In ledger dispatch the job's queue is woken instead (``translation.dispatch``); ``wake`` is
+    the wake-up the jobs of its transaction share (``commit_wake``), sent once for them all.
     """
     from translation.dispatch import ledger_dispatch, queue_wake
     from translation.tasks import translate
 
     sent_at = timezone.now()  # before the send: a fast worker may start before it returns
     if ledger_dispatch():  # the row is the job: its queue is woken, once for many jobs
+        if wake is not None and wake.sent:  # a job of the same commit woke the queue
+            return True
         if not queue_wake(translation.queue):
             metrics.jobs_enqueue_failed.labels(queue=translation.queue).inc()
             Translation.objects.filter(pk=translation.pk, status=TranslationStatus.QUEUED).update(enqueued_at=None)
             return False
+        if wake is not None:
+            wake.sent = True
         if translation.enqueued_at is None:
             Translation.objects.filter(pk=translation.pk).update(enqueued_at=sent_at)
         return True

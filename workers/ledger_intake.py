@@ -2,11 +2,12 @@
 
 With ``TRANSLATION_DISPATCH=ledger`` (translation/dispatch.py) a queue receives a wake-up
 (``translation.take_queued``) rather than a message per job. The wake-up's task only tells this
-thread which queue to look at. For that queue it clears the bell, claims as many queued rows as
-the batcher has room for (``translations_claim_queued``: one transaction, oldest first) and
-submits them; the device loops run them as they run any batch. While the queue may hold more
-(the claim filled the room), it looks again once a batch's worth of room is free, so a burst
-is taken a batch at a time as the lanes finish, without a message per job.
+thread which queue to look at. For that queue it clears the bell, claims a batch's worth of
+queued rows (``translations_claim_queued``: one transaction, oldest first) and submits them;
+the device loops run them as they run any batch. While the queue may hold more (the claim was
+full), it claims again as long as the batcher has a batch's worth of room, so the first batch
+computes while the next is claimed, and a burst is taken a batch at a time as the lanes finish,
+without a message per job.
 
 The room is what the pool threads give a batching worker in jobs dispatch: a batch for every
 lane and one more gathering. A job that failed for a passing reason (queued again by the
@@ -181,7 +182,9 @@ class LedgerIntake(threading.Thread):
         if self.batcher.closed:  # the worker stops: the jobs stay queued for another
             return
         bell_clear(queue)  # before the look: a job committed after it rings again
-        jobs = translations_claim_queued(queue, worker=self.worker, limit=room)
+        # A batch's worth at a time: the first batch starts while the next is claimed.
+        limit = min(room, self.batch)
+        jobs = translations_claim_queued(queue, worker=self.worker, limit=limit)
         self.looks += 1
         self.claimed += len(jobs)
         for job in jobs:  # nothing here raises: a claimed job reaches the batcher or goes back
@@ -196,7 +199,7 @@ class LedgerIntake(threading.Thread):
             future.add_done_callback(lambda future, job=job: self._finished(job, queue, future))
         if self.metrics is not None:
             self.metrics.ledger_taken(queue, len(jobs))
-        if len(jobs) >= room:
+        if len(jobs) >= limit:
             # More may wait: this worker looks again once a batch's worth of room is free, and a
             # wake-up (one, the bell sees to it) lets another worker of the queue join in.
             self._look(queue)
@@ -234,6 +237,8 @@ class LedgerIntake(threading.Thread):
                 failed.append((job, queue, why))
         for queue in queues:
             queue_wake(queue, force=True)  # any worker of the queue may take them now
+            if again:  # this one too, while it runs
+                self._look(queue)
         if failed and again:  # the database is down: again at the next turn (or the reconciler, if this worker ends)
             logger.warning("Could not put %d unfinished job(s) back to queued; trying again", len(failed))
             with self._cond:

@@ -111,6 +111,53 @@ class LedgerEnqueueTests:
         assert (row.status, row.enqueued_at) == (TranslationStatus.QUEUED, None)
 
 
+class CommitWakeTests:
+    @pytest.fixture
+    def wakes(self, monkeypatch, ledger):
+        """The queues woken (the wake-up itself is not sent: these jobs' queue is a worker's)."""
+        import translation.dispatch as dispatch
+
+        woken = []
+        monkeypatch.setattr(dispatch, "queue_wake", lambda queue, force=False: woken.append(queue) or True)
+        return woken
+
+    def send(self, client, texts):
+        from cs_portal.portal.services import conversation_create, message_create_from_customer
+
+        conversation = conversation_create(api_client=client, customer_name="Ana")
+        return [message_create_from_customer(conversation=conversation, text=text, language="es") for text in texts]
+
+    def test_the_jobs_of_one_commit_ring_once(self, api_client_key, tiny_models, wakes,
+                                              django_capture_on_commit_callbacks):
+        from django.db import transaction
+
+        client, _ = api_client_key
+        with django_capture_on_commit_callbacks(execute=True):
+            with transaction.atomic():
+                self.send(client, [f"Mi pedido {i} no ha llegado." for i in range(5)])
+        assert wakes == ["translate.en"]
+        with django_capture_on_commit_callbacks(execute=True):  # the next commit rings again
+            with transaction.atomic():
+                self.send(client, ["Hola"])
+        assert wakes == ["translate.en", "translate.en"]
+
+    def test_a_savepoint_rolled_back_does_not_take_the_ring_with_it(self, api_client_key, tiny_models, wakes,
+                                                                     django_capture_on_commit_callbacks):
+        from django.db import transaction
+
+        client, _ = api_client_key
+        with django_capture_on_commit_callbacks(execute=True):
+            with transaction.atomic():
+                try:
+                    with transaction.atomic():
+                        self.send(client, ["Primero"])  # its callback (the first to ring) is dropped
+                        raise RuntimeError("rolled back")
+                except RuntimeError:
+                    pass
+                self.send(client, ["Segundo"])
+        assert wakes == ["translate.en"]
+
+
 class ClaimQueuedTests:
     def test_the_oldest_queued_jobs_of_the_queue_up_to_the_limit(self, waiting):
         jobs = translations_claim_queued(QUEUE, worker="w1@h", limit=3)
