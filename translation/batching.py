@@ -106,19 +106,27 @@ class Batcher:
 
     def submit(self, job: PendingJob) -> Future:
         """Queue ``job``; its future receives the result the device loop sets."""
+        self.submit_all([job])
+        return job.future
+
+    def submit_all(self, jobs: list[PendingJob]) -> None:
+        """Queue ``jobs`` at once (one lock, one wake-up of the consumers: a batch's worth
+        submitted one by one would wake an idle consumer for each)."""
         with self._ready:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            job.arrived = self._clock()
-            jobs = self._groups.setdefault(job.key, [])
-            if job.urgent:  # first in line, keeping the group's deadline (its oldest job's)
-                job.arrived = min(job.arrived, jobs[0].arrived) if jobs else job.arrived
-                jobs.insert(0, job)
-            else:
-                jobs.append(job)
-            self._policies[job.key] = job.policy.within(self.policy) if job.policy else self.policy
-            self._ready.notify()
-        return job.future
+            now = self._clock()
+            for job in jobs:
+                job.arrived = now
+                group = self._groups.setdefault(job.key, [])
+                if job.urgent:  # first in line, keeping the group's deadline (its oldest job's)
+                    job.arrived = min(job.arrived, group[0].arrived) if group else job.arrived
+                    group.insert(0, job)
+                else:
+                    group.append(job)
+                self._policies[job.key] = job.policy.within(self.policy) if job.policy else self.policy
+            if jobs:
+                self._ready.notify_all() if len(jobs) > 1 else self._ready.notify()
 
     def payloads(self) -> list:
         """The payloads of the jobs waiting for a batch."""

@@ -187,16 +187,18 @@ class LedgerIntake(threading.Thread):
         jobs = translations_claim_queued(queue, worker=self.worker, limit=limit)
         self.looks += 1
         self.claimed += len(jobs)
-        for job in jobs:  # nothing here raises: a claimed job reaches the batcher or goes back
-            with self._cond:
-                self._in_flight += 1
-            try:
-                future = self.batcher.submit(PendingJob(key=forward_pass_key(job), payload=job, text="",
-                                                        tokens=max(1, len(job.text) // 4), policy=_policy(job)))
-            except Exception as exc:  # the batcher closed: the worker stops
-                future = Future()
-                future.set_exception(exc)
-            future.add_done_callback(lambda future, job=job: self._finished(job, queue, future))
+        # Nothing here raises: a claimed job reaches the batcher or goes back.
+        pending = [PendingJob(key=forward_pass_key(job), payload=job, text="", tokens=max(1, len(job.text) // 4),
+                              policy=_policy(job)) for job in jobs]
+        with self._cond:
+            self._in_flight += len(pending)
+        for item in pending:
+            item.future.add_done_callback(lambda future, job=item.payload: self._finished(job, queue, future))
+        try:
+            self.batcher.submit_all(pending)
+        except Exception as exc:  # the batcher closed: the worker stops
+            for item in pending:
+                item.future.set_exception(exc)
         if self.metrics is not None:
             self.metrics.ledger_taken(queue, len(jobs))
         if len(jobs) >= limit:
@@ -219,7 +221,10 @@ class LedgerIntake(threading.Thread):
                 self._due[queue] = min(self._due.get(queue, again), again)
             elif error is not None:  # the claim is still this worker's: give it back
                 self._not_run.append((job, queue, f"{type(error).__name__}: {error}"))
-            self._cond.notify_all()
+            # The thread waits for a batch's worth of room (or none in flight): wake it when that
+            # comes, not at every job of a batch.
+            if error is not None or self._in_flight in (0, self.room - self.batch):
+                self._cond.notify_all()
 
     def _put_back_not_run(self, *, again: bool = True) -> None:
         with self._cond:

@@ -36,6 +36,20 @@ class FlushTests:
         assert [j.payload for j in b.next_batch(timeout=0)] == [0, 1, 2, 3]
         assert b.pending() == 1
 
+    def test_jobs_submitted_together_batch_as_if_one_by_one(self, clock):
+        b = batcher(clock)
+        b.submit_all([job(payload=i) for i in range(5)] + [job(key="fr-en", payload="fr")])
+        assert [j.payload for j in b.next_batch(timeout=0)] == [0, 1, 2, 3]
+        assert b.next_batch(timeout=0) == []  # the rest wait for their deadline, together
+        clock.now += 0.005
+        assert sorted(map(str, (j.payload for j in b.next_batch(timeout=0) + b.next_batch(timeout=0)))) == ["4", "fr"]
+
+    def test_a_closed_batcher_takes_nothing(self, clock):
+        b = batcher(clock)
+        b.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            b.submit_all([job()])
+
     def test_a_partial_batch_waits_for_its_oldest_jobs_deadline(self, clock):
         b = batcher(clock)
         b.submit(job(payload="first"))
