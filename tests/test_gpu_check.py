@@ -10,6 +10,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -116,6 +117,7 @@ TEST_SETTINGS = {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", 
 
 
 class RehearsalTests:
+    @pytest.mark.timeout(600)  # five benchmark steps: about four minutes on the 2-core machines
     def test_every_step_runs_on_the_cpu_and_reports(self, tmp_path):
         reports = tmp_path / "reports"
         reports.mkdir()
@@ -135,7 +137,7 @@ class RehearsalTests:
         assert re.search(r"benchmark-tiny-fp32-b256-ledger: limit=[\d.]+ pipeline=[\d.]+ ", summary)
         assert "ledger dispatch" in (reports / "benchmark-tiny-fp32-b256-ledger.txt").read_text()
         # The larger batch reached the benchmark: its raw model runs at 256, not the default 128.
-        assert "sent/s at batch 256," in (reports / "benchmark-tiny-fp32-b256.txt").read_text()
+        assert "sent/s at batch 256 (the better of two rounds)," in (reports / "benchmark-tiny-fp32-b256.txt").read_text()
         assert re.search(r"tests: \d+ passed", summary)
         assert re.search(r"drift: int8 +[\d.]+%", summary)
 
