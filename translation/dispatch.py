@@ -137,3 +137,70 @@ def queue_wake(queue: str, *, force: bool = False) -> bool:
         bell_clear(queue)  # the next job rings again
         return False
     return True
+
+
+# --- the worker's side ------------------------------------------------------------------
+
+def translations_claim_queued(queue: str, *, worker: str, limit: int) -> list:
+    """Claim up to ``limit`` of ``queue``'s queued rows, oldest first, in one transaction (ledger
+    dispatch: the rows are the jobs, no message names them). Rows another transaction holds are
+    skipped, so workers looking at one queue at once take different rows. A row queued again
+    after a passing failure is left until its ``retry_at``."""
+    from django.db import transaction
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from translation.execution import _claim_rows, _job_of
+    from translation.models import Translation, TranslationStatus
+
+    now = timezone.now()
+    waiting = Q(retry_at__isnull=True) | Q(retry_at__lte=now)
+    claimed: list[Translation] = []
+    with transaction.atomic():
+        while len(claimed) < limit:  # rows out of attempts are failed, not claimed: look further
+            wanted = limit - len(claimed)
+            rows = list(
+                Translation.objects.select_for_update(of=("self",), skip_locked=True)
+                .select_related("message")
+                .filter(waiting, queue=queue, status=TranslationStatus.QUEUED)
+                .order_by("pk")[:wanted]
+            )
+            for row in rows:
+                row.worker, row.consumed_from = worker, queue
+            claimed += _claim_rows(rows, now, started=False)  # they wait for their batch first
+            if len(rows) < wanted:
+                break
+    return [_job_of(row, now) for row in claimed]
+
+
+# Ledger dispatch: the thread of this process that claims a woken queue's jobs into the batcher
+# (workers/ledger_intake.py), when a worker runs one.
+_intake = None
+
+
+def use_intake(intake) -> None:
+    global _intake
+    _intake = intake
+
+
+def current_intake():
+    return _intake
+
+
+def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None) -> tuple[int, float | None]:
+    """Ledger dispatch without a batcher: claim ``queue``'s queued jobs ``batch`` at a time and
+    run each batch here, until none is left. Returns the jobs run, and in how many seconds the
+    soonest job queued again for a retry may run (None: none was)."""
+    from translation.execution import TransientFailure, translation_run_batch
+
+    ran, retry_in = 0, None
+    while True:
+        bell_clear(queue)
+        jobs = translations_claim_queued(queue, worker=worker, limit=batch)
+        if not jobs:
+            return ran, retry_in
+        outcomes = translation_run_batch(jobs, **({"engines": engines} if engines else {}))
+        ran += len(jobs)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, TransientFailure):
+                retry_in = min(retry_in or float("inf"), retry_delay_s(job.attempt))

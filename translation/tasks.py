@@ -80,7 +80,7 @@ def take_queued(self, queue: str) -> int:
     """Ledger dispatch's wake-up (translation/dispatch.py): ``queue`` holds queued jobs. A
     batching worker's intake claims them into its batcher (this returns at once); elsewhere
     they are claimed and run here, a batch at a time. Returns the jobs run here."""
-    from translation.execution import current_intake, translation_run_queued
+    from translation.dispatch import current_intake, translation_run_queued
 
     if not isinstance(queue, str) or not queue.strip():
         raise ValueError(f"take_queued expects a queue name, got {queue!r}")

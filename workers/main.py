@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         if follower is not None:
             follower.stop()
         metrics.not_ready()
-        from translation.execution import current_intake
+        from translation.dispatch import current_intake
 
         intake = current_intake()
         if intake is not None:  # the jobs it claimed finish before the worker says it stopped
@@ -187,7 +187,8 @@ def start_device_loop(
     batcher and a device loop per lane, and route this process's jobs through them. Without
     batching, every batch holds one job. Returns the number of lanes."""
     from translation.batching import Batcher, BatchPolicy
-    from translation.execution import use_batcher, use_intake
+    from translation.dispatch import use_intake
+    from translation.execution import use_batcher
     from workers.ledger_intake import LedgerIntake
     from workers.device_loop import DeviceLoop
     from workers.engine_process import ModelMemory, lane_layout, start_lanes

@@ -8,14 +8,15 @@ import redis
 from django.utils import timezone
 
 from tests.conftest import broker_url
-from translation.dispatch import BELL_KEY, bell_clear, bell_ring, queue_wake
-from translation.execution import (
-    RunOutcome,
-    TransientFailure,
-    translation_run_batch,
+from translation.dispatch import (
+    BELL_KEY,
+    bell_clear,
+    bell_ring,
+    queue_wake,
     translation_run_queued,
     translations_claim_queued,
 )
+from translation.execution import RunOutcome, TransientFailure, translation_run_batch
 from translation.models import Translation, TranslationStatus
 from translation.recovery import in_flight_resend, lost_jobs_resend
 from translation.tasks import TAKE_QUEUED_TASK
