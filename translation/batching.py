@@ -77,6 +77,11 @@ class PendingJob:
     policy: BatchPolicy | None = None
     # Handed over from a lost worker: it goes to the front of its group, into the next batch.
     urgent: bool = False
+    # Seconds it already waited for a batch before it was submitted (ledger dispatch: since it
+    # was queued in the ledger). Its wait counts from then, as Triton counts a request's queue
+    # delay from its arrival; capped at the policy's wait, so another host's clock cannot put
+    # it ahead of older jobs or past its deadline by more than that.
+    waited: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -117,14 +122,16 @@ class Batcher:
                 raise RuntimeError("the batcher is closed")
             now = self._clock()
             for job in jobs:
-                job.arrived = now
+                policy = self._policies[job.key] = job.policy.within(self.policy) if job.policy else self.policy
+                job.arrived = now - min(max(0.0, job.waited), policy.max_wait_s)
                 group = self._groups.setdefault(job.key, [])
                 if job.urgent:  # first in line, keeping the group's deadline (its oldest job's)
                     job.arrived = min(job.arrived, group[0].arrived) if group else job.arrived
                     group.insert(0, job)
                 else:
+                    if group and job.arrived < group[0].arrived:  # the group's deadline is its oldest job's
+                        group[0].arrived = job.arrived
                     group.append(job)
-                self._policies[job.key] = job.policy.within(self.policy) if job.policy else self.policy
             if jobs:
                 self._ready.notify_all() if len(jobs) > 1 else self._ready.notify()
 

@@ -142,35 +142,137 @@ def queue_wake(queue: str, *, force: bool = False) -> bool:
 # --- the worker's side ------------------------------------------------------------------
 
 def translations_claim_queued(queue: str, *, worker: str, limit: int) -> list:
-    """Claim up to ``limit`` of ``queue``'s queued rows, oldest first, in one transaction (ledger
-    dispatch: the rows are the jobs, no message names them). Rows another transaction holds are
-    skipped, so workers looking at one queue at once take different rows. A row queued again
-    after a passing failure is left until its ``retry_at``."""
-    from django.db import transaction
-    from django.db.models import Q
+    """Claim up to ``limit`` of ``queue``'s queued rows, oldest first (ledger dispatch: the rows
+    are the jobs, no message names them). Rows another transaction holds are skipped, so workers
+    looking at one queue at once take different rows. A row queued again after a passing failure
+    is left until its ``retry_at``. A row out of attempts (a job that kept killing workers) is
+    failed instead of claimed, and the claim looks further.
+
+    One statement per look, in plain SQL (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
+    LOCKED) RETURNING``): the ORM's select, update and transaction took 2 ms of CPU per claim
+    against 0.6 (measured, one row), which a lone job at a light load waits for.
+    """
     from django.utils import timezone
 
-    from translation.execution import _claim_rows, _job_of
-    from translation.models import Translation, TranslationStatus
+    from translation.execution import _count_claim, _count_gave_up
 
     now = timezone.now()
-    waiting = Q(retry_at__isnull=True) | Q(retry_at__lte=now)
-    claimed: list[Translation] = []
-    with transaction.atomic():
-        while len(claimed) < limit:  # rows out of attempts are failed, not claimed: look further
-            wanted = limit - len(claimed)
-            rows = list(
-                Translation.objects.select_for_update(of=("self",), skip_locked=True)
-                .select_related("message")
-                .filter(waiting, queue=queue, status=TranslationStatus.QUEUED)
-                .order_by("pk")[:wanted]
-            )
-            for row in rows:
-                row.worker, row.consumed_from = worker, queue
-            claimed += _claim_rows(rows, now, started=False)  # they wait for their batch first
-            if len(rows) < wanted:
-                break
-    return [_job_of(row, now) for row in claimed]
+    jobs = []
+    while len(jobs) < limit:
+        wanted = limit - len(jobs)
+        rows = _claim_queued_rows(queue, worker=worker, limit=wanted, now=now)
+        for row in sorted(rows, key=lambda row: row["id"]):
+            labels = dict(route_id=row["route_id"], source=row["source_language"], target=row["target_language"],
+                          model=row["model_name"])
+            if row["gave_up"]:
+                _count_gave_up(**labels)
+                continue
+            _count_claim(**labels, enqueued_at=row["enqueued_at"], now=now)
+            jobs.append(_job_of_claimed(row, now))
+        if len(rows) < wanted:
+            break
+    return jobs
+
+
+# The columns a claim returns (the message's through a subquery: SQLite's RETURNING names only
+# the updated table's columns, and an unqualified ``message_id`` there is the claimed row's).
+_CLAIM_COLUMNS = ("id", "attempts", "status", "input_text", "source_language", "target_language", "engine",
+                  "model_name", "precision", "back_translate", "route_id", "created_at", "enqueued_at")
+_CLAIM_DATETIMES = ("created_at", "enqueued_at", "message_created_at")
+
+
+def _claim_queued_rows(queue: str, *, worker: str, limit: int, now) -> list[dict]:
+    """One statement: the queue's oldest ``limit`` claimable rows, each claimed as a new attempt
+    or, out of attempts, failed (``gave_up``). SET expressions read the row as it was."""
+    from django.conf import settings
+    from django.db import connection
+
+    from cs_portal.portal.models import Message
+    from translation.execution import GAVE_UP, UNFINISHED
+    from translation.models import Translation, TranslationStatus
+
+    quote = connection.ops.quote_name
+    table, messages = quote(Translation._meta.db_table), quote(Message._meta.db_table)
+    c = {field.attname: quote(field.column) for field in Translation._meta.concrete_fields}
+    out = f"{c['attempts']} >= %s"  # out of attempts
+    # PostgreSQL locks the rows it picks and skips those another claim holds; SQLite has one
+    # writer at a time.
+    locking = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    before, rest = GAVE_UP.split("{attempts}")
+    between, _ = rest.split("{reason}")
+    gave_up = (f"SUBSTR(%s || CAST({c['attempts']} AS TEXT) || %s || CASE WHEN {c['failure_reason']} = '' "
+               f"THEN %s ELSE {c['failure_reason']} END, 1, 2000)")
+    sql = (
+        f"WITH picked AS MATERIALIZED (SELECT {c['id']} FROM {table} WHERE {c['queue']} = %s "
+        f"AND {c['status']} = %s AND ({c['retry_at']} IS NULL OR {c['retry_at']} <= %s) "
+        f"ORDER BY {c['id']} LIMIT %s{locking}) "
+        f"UPDATE {table} SET "
+        f"{c['status']} = CASE WHEN {out} THEN %s ELSE %s END, "
+        f"{c['failure_reason']} = CASE WHEN {out} THEN {gave_up} ELSE {c['failure_reason']} END, "
+        f"{c['finished_at']} = CASE WHEN {out} THEN %s ELSE {c['finished_at']} END, "
+        f"{c['worker']} = CASE WHEN {out} THEN {c['worker']} ELSE %s END, "
+        f"{c['consumed_from']} = CASE WHEN {out} THEN {c['consumed_from']} ELSE %s END, "
+        f"{c['attempts']} = CASE WHEN {out} THEN {c['attempts']} ELSE {c['attempts']} + 1 END, "
+        f"{c['started_at']} = CASE WHEN {out} THEN {c['started_at']} ELSE NULL END, "
+        f"{c['retry_at']} = NULL, {c['updated_at']} = %s "
+        f"WHERE {c['id']} IN (SELECT {c['id']} FROM picked) "
+        f"RETURNING {', '.join(c[name] for name in _CLAIM_COLUMNS)}, "
+        f"(SELECT m.{quote('text')} FROM {messages} m WHERE m.{quote(Message._meta.pk.column)} = {c['message_id']}), "
+        f"(SELECT m.{quote('created_at')} FROM {messages} m WHERE m.{quote(Message._meta.pk.column)} = {c['message_id']})"
+    )
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    most = settings.TRANSLATION_MAX_ATTEMPTS
+    params = [
+        queue, TranslationStatus.QUEUED, stamp, limit,
+        most, TranslationStatus.FAILED, TranslationStatus.RUNNING,
+        most, before, between, UNFINISHED,
+        most, stamp,
+        most, worker,
+        most, queue,
+        most,
+        most,
+        stamp,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    names = (*_CLAIM_COLUMNS, "message_text", "message_created_at")
+    rows = [_read_row(dict(zip(names, values, strict=True))) for values in found]
+    for row in rows:
+        row["gave_up"] = row["status"] == TranslationStatus.FAILED
+    return rows
+
+
+def _read_row(row: dict) -> dict:
+    """A claimed row's values as Python's (SQLite returns datetimes as text, booleans as 0/1)."""
+    from datetime import datetime, timezone as utc
+
+    from django.utils.dateparse import parse_datetime
+
+    for name in _CLAIM_DATETIMES:
+        value = row[name]
+        if isinstance(value, str):
+            value = parse_datetime(value)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=utc.utc)  # stored in UTC (USE_TZ)
+        row[name] = value
+    row["back_translate"] = bool(row["back_translate"])
+    return row
+
+
+def _job_of_claimed(row: dict, now):
+    from translation.execution import Job, device
+    from translation.engines import EngineSpec
+
+    return Job(
+        id=row["id"], attempt=row["attempts"], text=row["input_text"] or row["message_text"] or "",
+        source=row["source_language"], target=row["target_language"],
+        spec=EngineSpec(engine=row["engine"], model=row["model_name"], precision=row["precision"] or "fp32",
+                        device=device()),
+        back_translate=row["back_translate"], route_id=row["route_id"],
+        requested_at=row["message_created_at"] or row["created_at"], claimed_at=now,
+        queued_at=row["enqueued_at"] or row["created_at"],
+    )
 
 
 # Ledger dispatch: the thread of this process that claims a woken queue's jobs into the batcher

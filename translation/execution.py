@@ -73,6 +73,14 @@ class Job:
     route_id: int | None = None
     requested_at: datetime | None = None  # the message saved (or the request, for a sample)
     claimed_at: datetime | None = None
+    queued_at: datetime | None = None  # when the job was queued (a retry keeps its first queueing)
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds from its queueing to its claim (0 when unknown; the two clocks may be two hosts')."""
+        if self.queued_at is None or self.claimed_at is None:
+            return 0.0
+        return max(0.0, (self.claimed_at - self.queued_at).total_seconds())
 
     @property
     def translation_id(self) -> int:  # what the heartbeat lists of a job waiting in the batcher
@@ -160,27 +168,22 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
     return {row.pk: _job_of(row, now) for row in claimed}
 
 
-def _claim_rows(rows: list[Translation], now, *, started: bool = True) -> list[Translation]:
+def _claim_rows(rows: list[Translation], now) -> list[Translation]:
     """Within the caller's transaction, holding the rows' locks: claim each row for the worker
     and queue set on it as a new attempt, or fail it when it has used up its attempts (a job
-    that kept killing workers). Returns the rows claimed. ``started``: the caller computes them
-    now (``started_at``); else they wait for their batch, and ``translations_start`` stamps them."""
+    that kept killing workers). Returns the rows claimed, started now."""
     claimed: list[Translation] = []
     for row in rows:
-        labels = metrics.job_labels(
-            route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name
-        )
+        labels = dict(route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name)
         if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
             reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
             _fail_rows(Translation.objects.filter(pk=row.pk), reason)
-            metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
+            _count_gave_up(**labels)
             continue
-        metrics.jobs_received.labels(**labels).inc()
-        if row.enqueued_at is not None:
-            metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - row.enqueued_at).total_seconds()))
+        _count_claim(**labels, enqueued_at=row.enqueued_at, now=now)
         row.status = TranslationStatus.RUNNING
         row.attempts += 1
-        row.started_at, row.updated_at = (now if started else None), now
+        row.started_at, row.updated_at = now, now
         claimed.append(row)
     # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost about
     # 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
@@ -191,9 +194,21 @@ def _claim_rows(rows: list[Translation], now, *, started: bool = True) -> list[T
     for (worker, consumed_from), ids in same_claim.items():
         Translation.objects.filter(pk__in=ids).update(
             status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-            attempts=F("attempts") + 1, started_at=now if started else None, updated_at=now, retry_at=None,
+            attempts=F("attempts") + 1, started_at=now, updated_at=now, retry_at=None,
         )
     return claimed
+
+
+def _count_claim(*, route_id, source: str, target: str, model: str, enqueued_at, now) -> None:
+    labels = metrics.job_labels(route_id=route_id, source=source, target=target, model=model)
+    metrics.jobs_received.labels(**labels).inc()
+    if enqueued_at is not None:
+        metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - enqueued_at).total_seconds()))
+
+
+def _count_gave_up(*, route_id, source: str, target: str, model: str) -> None:
+    labels = metrics.job_labels(route_id=route_id, source=source, target=target, model=model)
+    metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
 
 
 def _job_of(row: Translation, now) -> Job:
@@ -203,6 +218,7 @@ def _job_of(row: Translation, now) -> Job:
         spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
         back_translate=row.back_translate, route_id=row.route_id,
         requested_at=row.message.created_at if row.message_id else row.created_at, claimed_at=now,
+        queued_at=row.enqueued_at or row.created_at,
     )
 
 

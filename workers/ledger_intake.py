@@ -188,8 +188,10 @@ class LedgerIntake(threading.Thread):
         self.looks += 1
         self.claimed += len(jobs)
         # Nothing here raises: a claimed job reaches the batcher or goes back.
+        # A job's wait for batch-mates counts from its queueing: the wake-up and the claim took
+        # part of it already (a lone job at a light load waits no longer than ``max_wait_ms``).
         pending = [PendingJob(key=forward_pass_key(job), payload=job, text="", tokens=max(1, len(job.text) // 4),
-                              policy=_policy(job)) for job in jobs]
+                              policy=_policy(job), waited=job.waited_s) for job in jobs]
         with self._cond:
             self._in_flight += len(pending)
         for item in pending:

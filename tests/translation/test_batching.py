@@ -59,6 +59,33 @@ class FlushTests:
         clock.now += 0.002
         assert [j.payload for j in b.next_batch(timeout=0)] == ["first", "second"]
 
+    def test_a_job_that_waited_before_it_came_counts_that_wait(self, clock):
+        # Ledger dispatch: a claimed job waited in the ledger; its deadline counts from there.
+        b = batcher(clock)
+        b.submit(PendingJob(key="es-en", payload="claimed", text="hola", waited=0.003))
+        assert b.next_batch(timeout=0) == []  # 2 ms of its 5 are left
+        clock.now += 0.002
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["claimed"]
+        b.submit(PendingJob(key="es-en", payload="waited long", text="hola", waited=0.2))
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["waited long"]  # due at once
+
+    def test_a_long_wait_counts_no_more_than_the_policys_wait(self, clock):
+        # Another host's clock may be ahead: a job may not jump more than one wait ahead.
+        b = batcher(clock)
+        b.submit(job(key="fr-en", payload="fr"))
+        clock.now += 0.004
+        b.submit(PendingJob(key="es-en", payload="es", text="hola", waited=3600))
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["es"]  # it waited 5 ms, the cap
+        clock.now += 0.001
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["fr"]
+
+    def test_a_job_that_waited_brings_its_groups_deadline_forward(self, clock):
+        b = batcher(clock)
+        b.submit(job(payload="fresh"))
+        b.submit(PendingJob(key="es-en", payload="waited", text="hola", waited=0.004))
+        clock.now += 0.001
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["fresh", "waited"]
+
     def test_a_handed_over_job_goes_into_the_next_batch_without_delaying_it(self, clock):
         b = batcher(clock)
         for i in range(6):

@@ -169,6 +169,20 @@ class ClaimQueuedTests:
         assert [job.id for job in translations_claim_queued(QUEUE, worker="w2@h", limit=10)] == [row.pk for row in waiting[3:]]
         assert translations_claim_queued(QUEUE, worker="w2@h", limit=10) == []
 
+    def test_a_claimed_job_knows_how_long_it_waited_since_it_was_queued(self, waiting):
+        from datetime import timedelta
+
+        from translation.execution import translation_requeue, translations_start
+
+        Translation.objects.filter(pk=waiting[0].pk).update(enqueued_at=timezone.now() - timedelta(seconds=30))
+        [job] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
+        assert 30 <= job.waited_s < 40
+        # Queued again after a passing failure, it has waited since it was first queued.
+        translation_requeue(job=translations_start([job])[0], reason="CUDA error")
+        Translation.objects.filter(pk=job.id).update(retry_at=timezone.now())
+        [again] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
+        assert again.id == job.id and again.waited_s >= 30
+
     def test_other_queues_are_left_alone(self, waiting):
         assert translations_claim_queued("translate.elsewhere", worker="w1@h", limit=10) == []
 

@@ -180,6 +180,21 @@ class LedgerIntakeTests:
                  what="the job claimed once its backoff ended, with no other wake-up")
         assert intake.wakes == 1 and intake.looks >= 2
 
+    def test_a_job_that_waited_in_the_ledger_does_not_wait_in_the_batcher_again(self, queued):
+        # Its wait for batch-mates counts from its queueing: the wake-up and the claim spent it.
+        from datetime import timedelta
+
+        Translation.objects.filter(queue=QUEUE).exclude(pk=queued[0].pk).update(status=TranslationStatus.DONE)
+        Translation.objects.filter(pk=queued[0].pk).update(enqueued_at=timezone.now() - timedelta(seconds=60))
+        batcher = Batcher(BatchPolicy(max_batch_size=8, max_wait_s=10))
+        intake = LedgerIntake(batcher, WORKER, room=16, batch=8)
+        try:
+            intake._take(QUEUE, room=16)
+            [job] = batcher.next_batch(timeout=0)  # due now, not in 10 s
+            assert job.payload.id == queued[0].pk
+        finally:
+            redis.Redis.from_url(broker_url(15)).delete(QUEUE, BELL_KEY.format(queue=QUEUE))
+
     def test_a_claim_that_fills_the_room_wakes_the_queue_for_another_worker(self, queued, running):
         broker = redis.Redis.from_url(broker_url(15))
         intake, loop = running(loop_runs=False)
