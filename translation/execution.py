@@ -339,12 +339,42 @@ def attempts_given_back():
 def translations_start(jobs: list[Job]) -> list[Job]:
     """Stamp ``started_at`` on rows claimed ahead of their batch, as the batch starts: compute
     time starts there, and a claim that never started is told apart (``attempts_given_back``)."""
-    if not jobs:
-        return jobs
-    now = timezone.now()
-    Translation.objects.filter(pk__in=[job.id for job in jobs], status=TranslationStatus.RUNNING,
-                               started_at__isnull=True).update(started_at=now)
-    return [replace(job, claimed_at=now) for job in jobs]
+    start = BatchStart(jobs)
+    start()
+    return start.jobs
+
+
+class BatchStart:
+    """The start of a batch of jobs claimed ahead of it (ledger dispatch), stamped once: while
+    the engine process computes the batch's first forward pass (``while_computing``), so a lone
+    job does not wait for the statement, or before the results are settled if no pass ran."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.now = timezone.now()  # the jobs' compute time starts here
+        self.jobs = [replace(job, claimed_at=self.now) for job in jobs]
+        self._due = bool(jobs)
+
+    def __call__(self) -> None:
+        if not self._due:
+            return
+        self._due = False
+        from django.db import DatabaseError
+
+        try:
+            Translation.objects.filter(pk__in=[job.id for job in self.jobs], status=TranslationStatus.RUNNING,
+                                       started_at__isnull=True).update(started_at=self.now)
+        except DatabaseError:  # the batch runs on; storing its results retries while the database is down
+            logger.warning("Could not stamp the start of a batch of %d job(s)", len(self.jobs), exc_info=True)
+
+
+def _translate(engine, texts: list[str], source: str, target: str, glossary, meanwhile: Callable[[], None]):
+    """``engine.translate_with_usage``, running ``meanwhile`` while the model computes where the
+    engine computes in another process (``workers.engine_process``), else before."""
+    overlapping = getattr(engine, "translate_with_usage_while", None)
+    if overlapping is None:
+        meanwhile()
+        return engine.translate_with_usage(texts, source, target, glossary)
+    return overlapping(texts, source, target, glossary, meanwhile=meanwhile)
 
 
 def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure | None:
@@ -393,9 +423,11 @@ def _while_database_returns(store: Callable[[], set[int]]) -> set[int]:
 
 
 def _run_claimed(
-    deliveries: list[Delivery], jobs: dict[int, Job], engines: Callable[[EngineSpec], TranslationEngine]
+    deliveries: list[Delivery], jobs: dict[int, Job], engines: Callable[[EngineSpec], TranslationEngine],
+    start: Callable[[], None] = lambda: None,
 ) -> dict[int, RunOutcome | TransientFailure]:
-    """Translate the claimed ``jobs`` group by group and store each group's results."""
+    """Translate the claimed ``jobs`` group by group and store each group's results. ``start``
+    stamps the start of jobs claimed ahead: while the first forward pass computes."""
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in dict.fromkeys(jobs[d.translation_id] for d in deliveries if d.translation_id in jobs):
         groups[(job.spec, job.source, job.target)].append(job)  # in the batcher's order: by length
@@ -414,7 +446,7 @@ def _run_claimed(
             usage = TokenUsage()
 
             def translate(texts, engine=engine, usage=usage, pair=(source, target), glossary=glossary):
-                outputs, used = engine.translate_with_usage(texts, *pair, glossary)
+                outputs, used = _translate(engine, texts, *pair, glossary, meanwhile=start)
                 usage.add(used)
                 return outputs
 
@@ -423,6 +455,7 @@ def _run_claimed(
             token_labels = {"model": spec.model, "source": source, "target": target}
             metrics.input_tokens.labels(**token_labels).inc(usage.input_tokens)
             metrics.output_tokens.labels(**token_labels).inc(usage.output_tokens)
+        start()  # no forward pass ran (the model did not load): the attempts still count
         to_store = []
         for job, result in zip(group, results, strict=True):
             settled = _settle(job, result)
@@ -445,13 +478,14 @@ def translation_run_batch(
     engine of a spec: loaded in this process by default, or a worker's engine process. A
     TransientFailure in the list means: the row is queued again, send the job again later.
     """
-    claimed = {job.id: job for job in translations_start([item for item in deliveries if isinstance(item, Job)])}
+    start = BatchStart([item for item in deliveries if isinstance(item, Job)])
+    claimed = {job.id: job for job in start.jobs}
     deliveries = [
         Delivery(item.id, "", "") if isinstance(item, Job) else item for item in deliveries
     ]
     jobs = translations_claim([d for d in deliveries if d.translation_id not in claimed], computing=True)
     try:
-        outcomes = _run_claimed(deliveries, {**jobs, **claimed}, engines)
+        outcomes = _run_claimed(deliveries, {**jobs, **claimed}, engines, start)
     finally:
         _computing_release(jobs)
     answered: set[int] = set()

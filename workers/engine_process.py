@@ -15,7 +15,7 @@ import math
 import multiprocessing
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +130,13 @@ class RemoteEngine:
     ) -> tuple[list[str], TokenUsage]:
         return self._process.call(self.spec, list(texts), source, target, dict(glossary or {}))
 
+    def translate_with_usage_while(
+        self, texts: Sequence[str], source: str, target: str, glossary: Mapping[str, str] | None = None, *,
+        meanwhile: Callable[[], None],
+    ) -> tuple[list[str], TokenUsage]:
+        """``translate_with_usage``, running ``meanwhile`` here while the engine process computes."""
+        return self._process.call(self.spec, list(texts), source, target, dict(glossary or {}), meanwhile=meanwhile)
+
 
 class EngineProcess:
     def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine") -> None:
@@ -166,18 +173,28 @@ class EngineProcess:
         return RemoteEngine(self, spec)
 
     def call(
-        self, spec: EngineSpec, texts: list[str], source: str, target: str, glossary: dict | None = None
+        self, spec: EngineSpec, texts: list[str], source: str, target: str, glossary: dict | None = None, *,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[str], TokenUsage]:
-        """The outputs, and the tokens read and generated."""
+        """The outputs, and the tokens read and generated. ``meanwhile`` runs in this thread
+        while the child computes; what it raises is raised once the answer is in."""
+        failed = None
         with self._lock:
             try:
                 self._connection.send((spec, texts, source, target, glossary or {}))
             except (BrokenPipeError, OSError) as exc:
                 raise EngineProcessDied(f"the engine process is gone ({exc})") from exc
+            if meanwhile is not None:
+                try:
+                    meanwhile()
+                except Exception as exc:  # the answer is still read: the next call must get its own
+                    failed = exc
             if not self._connection.poll(CALL_TIMEOUT_S):
                 self._process.kill()
                 raise EngineProcessDied(f"the engine process did not answer within {CALL_TIMEOUT_S}s; killed")
             kind, value = self._receive()
+        if failed is not None:
+            raise failed
         if kind == "error":
             raise value
         return value

@@ -257,6 +257,20 @@ class RunClaimedTests:
         assert {(row.status, row.attempts, row.batch_size) for row in rows} == {(TranslationStatus.DONE, 1, 5)}
         assert all(row.started_at is not None and row.started_at <= row.finished_at for row in rows)
 
+    def test_a_batch_whose_model_does_not_load_still_counts_its_attempts(self, waiting):
+        # No forward pass ran, yet the batch started: its jobs' attempts are not given back, so
+        # a model that never loads fails its jobs after their attempts instead of forever.
+        jobs = translations_claim_queued(QUEUE, worker="w1@h", limit=2)
+
+        def no_model(spec):
+            raise OSError("no such checkpoint")
+
+        outcomes = translation_run_batch(jobs, engines=no_model)
+        assert all(isinstance(outcome, TransientFailure) for outcome in outcomes)
+        rows = Translation.objects.filter(pk__in=[job.id for job in jobs])
+        assert {(row.status, row.attempts) for row in rows} == {(TranslationStatus.QUEUED, 1)}
+        assert all(row.started_at is not None for row in rows)
+
     def test_a_wake_up_without_a_batcher_runs_the_queue_a_batch_at_a_time(self, waiting):
         ran, retry_in = translation_run_queued(queue=QUEUE, worker="w1@h", batch=2)
         assert (ran, retry_in) == (5, None)

@@ -43,6 +43,22 @@ class EngineProcessTests:
         with pytest.raises(UnsupportedPair, match="Unknown language 'xx'"):
             process.engine(spec).translate(["Hola"], "es", "xx")
 
+    def test_work_given_to_do_meanwhile_runs_once_and_its_error_waits_for_the_answer(self, engines):
+        process, spec = engines
+        ran = []
+        engine = process.engine(spec)
+        assert engine.translate_with_usage_while(["Hola."], "es", "en", meanwhile=lambda: ran.append(1))[0] == \
+            engine.translate(["Hola."], "es", "en")
+        assert ran == [1]
+
+        def failing() -> None:
+            raise ValueError("the stamp failed")
+
+        with pytest.raises(ValueError, match="the stamp failed"):
+            engine.translate_with_usage_while(["Hola."], "es", "en", meanwhile=failing)
+        # The failed call's answer was read: the next call gets its own.
+        assert engine.translate(["Gracias."], "es", "en") == engine_for(spec).translate(["Gracias."], "es", "en")
+
     def test_a_model_that_does_not_load_fails_the_start_with_the_reason(self):
         process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en")])
         with pytest.raises(RuntimeError, match="loading models failed"):
