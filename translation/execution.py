@@ -102,17 +102,31 @@ def device() -> str:
 # waste a forward pass, or give up on a job that is running fine). Listed inside the claim's
 # transaction, so no other loop can see the row running before it is listed; taken off by the
 # loop that listed it once its outcome is settled (a row queued again meanwhile may have been
-# claimed and listed by another loop: that listing stays).
+# claimed and listed by another loop: that listing stays). The ledger intake lists the rows it
+# claims into the batcher too (``translations_hold``), under its own thread: a job message for
+# one of them (a fleet switching dispatch) then leaves it to the intake's batch.
 _computing: dict[int, int] = {}
 _computing_lock = threading.Lock()
 
 
-def _computing_release(ids) -> None:
-    me = threading.get_ident()
+def _computing_release(ids, holder: int | None = None) -> None:
+    """Take ``ids`` off the list where ``holder`` (default: this thread) listed them."""
+    me = threading.get_ident() if holder is None else holder
     with _computing_lock:
         for pk in ids:
             if _computing.get(pk) == me:
                 del _computing[pk]
+
+
+def translations_hold(ids, holder: int) -> None:
+    """List rows claimed ahead of their batch as ``holder``'s (the intake's thread) until
+    ``translations_let_go``: no loop of this process claims them again for a job message."""
+    with _computing_lock:
+        _computing.update((pk, holder) for pk in ids)
+
+
+def translations_let_go(ids, holder: int) -> None:
+    _computing_release(ids, holder)
 
 
 def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -> dict[int, Job]:

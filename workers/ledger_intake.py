@@ -28,7 +28,7 @@ from django.db import close_old_connections
 
 from translation.batching import Batcher, PendingJob
 from translation.dispatch import retry_delay_s, translations_claim_queued
-from translation.execution import Job, TransientFailure, translation_requeue
+from translation.execution import Job, TransientFailure, translation_requeue, translations_hold, translations_let_go
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class LedgerIntake(threading.Thread):
         self._not_run: list[tuple[Job, str, str]] = []  # (job, queue, why): to put back to queued
         self._cond = threading.Condition()
         self._stopping = False
+        self._holder = -id(self)  # how the rows it holds are listed (a thread's ident is never negative)
         # What the worker's status tells of it.
         self.wakes = 0
         self.looks = 0
@@ -185,6 +186,7 @@ class LedgerIntake(threading.Thread):
         # A batch's worth at a time: the first batch starts while the next is claimed.
         limit = min(room, self.batch)
         jobs = translations_claim_queued(queue, worker=self.worker, limit=limit)
+        translations_hold([job.id for job in jobs], holder=self._holder)
         self.looks += 1
         self.claimed += len(jobs)
         # Nothing here raises: a claimed job reaches the batcher or goes back.
@@ -216,6 +218,7 @@ class LedgerIntake(threading.Thread):
     def _finished(self, job: Job, queue: str, future: Future) -> None:
         """A job's batch ended (in a device loop's thread, or the closing batcher's)."""
         error = future.exception()
+        translations_let_go([job.id], holder=self._holder)
         with self._cond:
             self._in_flight -= 1
             if isinstance(error, TransientFailure):  # queued again by the execution layer, to retry then

@@ -195,6 +195,29 @@ class LedgerIntakeTests:
         finally:
             redis.Redis.from_url(broker_url(15)).delete(QUEUE, BELL_KEY.format(queue=QUEUE))
 
+    def test_a_job_message_for_a_row_the_intake_holds_leaves_it_to_the_intakes_batch(self, queued, beating):
+        # A fleet switching dispatch: a jobs-mode message reaches the worker whose intake claimed
+        # the row. Claiming it again would compute it twice and spend an attempt.
+        from translation.execution import Delivery, RunOutcome, _computing
+
+        Translation.objects.filter(queue=QUEUE).exclude(pk=queued[0].pk).update(status=TranslationStatus.DONE)
+        batcher = Batcher(BatchPolicy(max_batch_size=8, max_wait_s=0))
+        intake = LedgerIntake(batcher, WORKER, room=16, batch=8)
+        try:
+            intake._take(QUEUE, room=16)
+            assert translation_run_batch([Delivery(queued[0].pk, WORKER, QUEUE)]) == [RunOutcome.SKIPPED]
+            assert Translation.objects.get(pk=queued[0].pk).attempts == 1
+            [pending] = batcher.next_batch(timeout=0)
+            [outcome] = translation_run_batch([pending.payload])
+            pending.future.set_result(outcome)  # the intake lets go of the row
+            assert outcome == RunOutcome.DONE
+            row = Translation.objects.get(pk=queued[0].pk)
+            assert (row.status, row.attempts) == (TranslationStatus.DONE, 1)
+            # Let go: a later message for it finds it done, and a new claim of it would go ahead.
+            assert queued[0].pk not in _computing
+        finally:
+            redis.Redis.from_url(broker_url(15)).delete(QUEUE, BELL_KEY.format(queue=QUEUE))
+
     def test_a_claim_that_fills_the_room_wakes_the_queue_for_another_worker(self, queued, running):
         broker = redis.Redis.from_url(broker_url(15))
         intake, loop = running(loop_runs=False)
