@@ -236,6 +236,9 @@ class Batcher:
             tokens += job.tokens
         remaining = jobs[len(taken):]
         if remaining:
+            # The group's deadline is its oldest job's: one that waited before it came (ledger
+            # dispatch) may stand behind a newer one.
+            remaining[0].arrived = min(job.arrived for job in remaining)
             self._groups[key] = remaining
         else:
             del self._groups[key]

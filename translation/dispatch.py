@@ -141,7 +141,7 @@ def queue_wake(queue: str, *, force: bool = False) -> bool:
 
 # --- the worker's side ------------------------------------------------------------------
 
-def translations_claim_queued(queue: str, *, worker: str, limit: int) -> list:
+def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: int | None = None) -> list:
     """Claim up to ``limit`` of ``queue``'s queued rows, oldest first (ledger dispatch: the rows
     are the jobs, no message names them). Rows another transaction holds are skipped, so workers
     looking at one queue at once take different rows. A row queued again after a passing failure
@@ -151,26 +151,42 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int) -> list:
     One statement per look, in plain SQL (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
     LOCKED) RETURNING``): the ORM's select, update and transaction took 2 ms of CPU per claim
     against 0.6 (measured, one row), which a lone job at a light load waits for.
+
+    ``holder``: the claimed rows are listed as its (``translations_hold``) before the commit
+    publishes them, so no loop of this process claims one again for a job message.
     """
+    from django.db import transaction
     from django.utils import timezone
 
-    from translation.execution import _count_claim, _count_gave_up
+    from translation.execution import _count_claim, _count_gave_up, translations_hold, translations_let_go
 
     now = timezone.now()
+    rows: list[dict] = []
+    held: list[tuple[int, int]] = []
+    try:
+        with transaction.atomic():  # several looks (rows out of attempts) commit together
+            while (wanted := limit - len(held)) > 0:
+                found = _claim_queued_rows(queue, worker=worker, limit=wanted, now=now)
+                rows += found
+                claims = [(row["id"], row["attempts"]) for row in found if not row["gave_up"]]
+                held += claims
+                if holder is not None:
+                    translations_hold(claims, holder)
+                if len(found) < wanted:
+                    break
+    except BaseException:
+        if holder is not None:
+            translations_let_go(held, holder)  # the claims were not committed
+        raise
     jobs = []
-    while len(jobs) < limit:
-        wanted = limit - len(jobs)
-        rows = _claim_queued_rows(queue, worker=worker, limit=wanted, now=now)
-        for row in sorted(rows, key=lambda row: row["id"]):
-            labels = dict(route_id=row["route_id"], source=row["source_language"], target=row["target_language"],
-                          model=row["model_name"])
-            if row["gave_up"]:
-                _count_gave_up(**labels)
-                continue
-            _count_claim(**labels, enqueued_at=row["enqueued_at"], now=now)
-            jobs.append(_job_of_claimed(row, now))
-        if len(rows) < wanted:
-            break
+    for row in sorted(rows, key=lambda row: row["id"]):
+        labels = dict(route_id=row["route_id"], source=row["source_language"], target=row["target_language"],
+                      model=row["model_name"])
+        if row["gave_up"]:
+            _count_gave_up(**labels)
+            continue
+        _count_claim(**labels, enqueued_at=row["enqueued_at"], now=now)
+        jobs.append(_job_of_claimed(row, now))
     return jobs
 
 
@@ -194,6 +210,7 @@ def _claim_queued_rows(queue: str, *, worker: str, limit: int, now) -> list[dict
     quote = connection.ops.quote_name
     table, messages = quote(Translation._meta.db_table), quote(Message._meta.db_table)
     c = {field.attname: quote(field.column) for field in Translation._meta.concrete_fields}
+    message_pk, text, saved = (quote(Message._meta.get_field(name).column) for name in ("id", "text", "created_at"))
     out = f"{c['attempts']} >= %s"  # out of attempts
     # PostgreSQL locks the rows it picks and skips those another claim holds; SQLite has one
     # writer at a time.
@@ -217,8 +234,8 @@ def _claim_queued_rows(queue: str, *, worker: str, limit: int, now) -> list[dict
         f"{c['retry_at']} = NULL, {c['updated_at']} = %s "
         f"WHERE {c['id']} IN (SELECT {c['id']} FROM picked) "
         f"RETURNING {', '.join(c[name] for name in _CLAIM_COLUMNS)}, "
-        f"(SELECT m.{quote('text')} FROM {messages} m WHERE m.{quote(Message._meta.pk.column)} = {c['message_id']}), "
-        f"(SELECT m.{quote('created_at')} FROM {messages} m WHERE m.{quote(Message._meta.pk.column)} = {c['message_id']})"
+        f"(SELECT m.{text} FROM {messages} m WHERE m.{message_pk} = {c['message_id']}), "
+        f"(SELECT m.{saved} FROM {messages} m WHERE m.{message_pk} = {c['message_id']})"
     )
     stamp = connection.ops.adapt_datetimefield_value(now)
     most = settings.TRANSLATION_MAX_ATTEMPTS
@@ -293,15 +310,19 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None)
     """Ledger dispatch without a batcher: claim ``queue``'s queued jobs ``batch`` at a time and
     run each batch here, until none is left. Returns the jobs run, and in how many seconds the
     soonest job queued again for a retry may run (None: none was)."""
-    from translation.execution import TransientFailure, translation_run_batch
+    from translation.execution import TransientFailure, translation_run_batch, translations_let_go
 
     ran, retry_in = 0, None
+    holder = threading.get_ident()  # its claims are this thread's while it runs them
     while True:
         bell_clear(queue)
-        jobs = translations_claim_queued(queue, worker=worker, limit=batch)
+        jobs = translations_claim_queued(queue, worker=worker, limit=batch, holder=holder)
         if not jobs:
             return ran, retry_in
-        outcomes = translation_run_batch(jobs, **({"engines": engines} if engines else {}))
+        try:
+            outcomes = translation_run_batch(jobs, **({"engines": engines} if engines else {}))
+        finally:
+            translations_let_go([(job.id, job.attempt) for job in jobs], holder)
         ran += len(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, TransientFailure):

@@ -105,28 +105,32 @@ def device() -> str:
 # claimed and listed by another loop: that listing stays). The ledger intake lists the rows it
 # claims into the batcher too (``translations_hold``), under its own thread: a job message for
 # one of them (a fleet switching dispatch) then leaves it to the intake's batch.
-_computing: dict[int, int] = {}
+_computing: dict[int, int | tuple[int, int]] = {}
 _computing_lock = threading.Lock()
 
 
-def _computing_release(ids, holder: int | None = None) -> None:
-    """Take ``ids`` off the list where ``holder`` (default: this thread) listed them."""
-    me = threading.get_ident() if holder is None else holder
+def _computing_release(ids) -> None:
+    me = threading.get_ident()
     with _computing_lock:
         for pk in ids:
             if _computing.get(pk) == me:
                 del _computing[pk]
 
 
-def translations_hold(ids, holder: int) -> None:
-    """List rows claimed ahead of their batch as ``holder``'s (the intake's thread) until
-    ``translations_let_go``: no loop of this process claims them again for a job message."""
+def translations_hold(claims: list[tuple[int, int]], holder: int) -> None:
+    """List rows claimed ahead of their batch, each ``(id, attempt)``, as ``holder``'s (the
+    intake) until ``translations_let_go``: no loop of this process claims them again for a job
+    message. Each listing names its claim's attempt, so letting go of an old claim of a row
+    leaves a newer claim's listing."""
     with _computing_lock:
-        _computing.update((pk, holder) for pk in ids)
+        _computing.update((pk, (holder, attempt)) for pk, attempt in claims)
 
 
-def translations_let_go(ids, holder: int) -> None:
-    _computing_release(ids, holder)
+def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
+    with _computing_lock:
+        for pk, attempt in claims:
+            if _computing.get(pk) == (holder, attempt):
+                del _computing[pk]
 
 
 def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -> dict[int, Job]:
@@ -360,7 +364,7 @@ def translations_start(jobs: list[Job]) -> list[Job]:
 
 class BatchStart:
     """The start of a batch of jobs claimed ahead of it (ledger dispatch), stamped once: while
-    the engine process computes the batch's first forward pass (``while_computing``), so a lone
+    the engine process computes the batch's first forward pass (``_translate``), so a lone
     job does not wait for the statement, or before the results are settled if no pass ran."""
 
     def __init__(self, jobs: list[Job]) -> None:
@@ -372,12 +376,10 @@ class BatchStart:
         if not self._due:
             return
         self._due = False
-        from django.db import DatabaseError
-
         try:
             Translation.objects.filter(pk__in=[job.id for job in self.jobs], status=TranslationStatus.RUNNING,
                                        started_at__isnull=True).update(started_at=self.now)
-        except DatabaseError:  # the batch runs on; storing its results retries while the database is down
+        except Exception:  # the batch runs on (storing its results retries while the database is down)
             logger.warning("Could not stamp the start of a batch of %d job(s)", len(self.jobs), exc_info=True)
 
 

@@ -189,6 +189,9 @@ class EngineProcess:
                     meanwhile()
                 except Exception as exc:  # the answer is still read: the next call must get its own
                     failed = exc
+                except BaseException:  # leaving unread: the child's answer would reach the next call
+                    self._process.kill()
+                    raise
             if not self._connection.poll(CALL_TIMEOUT_S):
                 self._process.kill()
                 raise EngineProcessDied(f"the engine process did not answer within {CALL_TIMEOUT_S}s; killed")

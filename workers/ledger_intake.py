@@ -28,7 +28,7 @@ from django.db import close_old_connections
 
 from translation.batching import Batcher, PendingJob
 from translation.dispatch import retry_delay_s, translations_claim_queued
-from translation.execution import Job, TransientFailure, translation_requeue, translations_hold, translations_let_go
+from translation.execution import Job, TransientFailure, translation_requeue, translations_let_go
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class LedgerIntake(threading.Thread):
         bell_clear(queue)  # before the look: a job committed after it rings again
         # A batch's worth at a time: the first batch starts while the next is claimed.
         limit = min(room, self.batch)
-        jobs = translations_claim_queued(queue, worker=self.worker, limit=limit)
-        translations_hold([job.id for job in jobs], holder=self._holder)
+        jobs = translations_claim_queued(queue, worker=self.worker, limit=limit, holder=self._holder)
         self.looks += 1
         self.claimed += len(jobs)
         # Nothing here raises: a claimed job reaches the batcher or goes back.
@@ -218,7 +217,7 @@ class LedgerIntake(threading.Thread):
     def _finished(self, job: Job, queue: str, future: Future) -> None:
         """A job's batch ended (in a device loop's thread, or the closing batcher's)."""
         error = future.exception()
-        translations_let_go([job.id], holder=self._holder)
+        translations_let_go([(job.id, job.attempt)], holder=self._holder)
         with self._cond:
             self._in_flight -= 1
             if isinstance(error, TransientFailure):  # queued again by the execution layer, to retry then

@@ -73,11 +73,18 @@ class FlushTests:
         # Another host's clock may be ahead: a job may not jump more than one wait ahead.
         b = batcher(clock)
         b.submit(job(key="fr-en", payload="fr"))
-        clock.now += 0.004
+        clock.now += 0.011  # fr is 6 ms past its deadline, waiting for a free lane
         b.submit(PendingJob(key="es-en", payload="es", text="hola", waited=3600))
-        assert [j.payload for j in b.next_batch(timeout=0)] == ["es"]  # it waited 5 ms, the cap
-        clock.now += 0.001
+        # es counts 5 ms of its hour: younger than fr, which goes first.
         assert [j.payload for j in b.next_batch(timeout=0)] == ["fr"]
+        assert [j.payload for j in b.next_batch(timeout=0)] == ["es"]
+
+    def test_a_job_that_waited_keeps_its_deadline_when_newer_jobs_ahead_of_it_are_taken(self, clock):
+        b = batcher(clock)  # batches of 4
+        b.submit_all([job(payload=i) for i in range(5)])
+        b.submit(PendingJob(key="es-en", payload="waited", text="hola", waited=0.005))
+        assert [j.payload for j in b.next_batch(timeout=0)] == [0, 1, 2, 3]  # full
+        assert [j.payload for j in b.next_batch(timeout=0)] == [4, "waited"]  # due: its wait is over
 
     def test_a_job_that_waited_brings_its_groups_deadline_forward(self, clock):
         b = batcher(clock)

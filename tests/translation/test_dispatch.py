@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+from django.db import OperationalError
 from django.utils import timezone
 
 from tests.conftest import broker_url
@@ -182,6 +183,29 @@ class ClaimQueuedTests:
         Translation.objects.filter(pk=job.id).update(retry_at=timezone.now())
         [again] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
         assert again.id == job.id and again.waited_s >= 30
+
+    def test_a_claim_that_fails_halfway_claims_nothing_and_holds_nothing(self, waiting, settings, monkeypatch):
+        # Two looks (the first met a row out of attempts) commit together or not at all.
+        from translation import dispatch
+        from translation.execution import _computing
+
+        settings.TRANSLATION_MAX_ATTEMPTS = 1
+        Translation.objects.filter(pk=waiting[0].pk).update(attempts=1)
+        looks = []
+        claim_rows = dispatch._claim_queued_rows
+
+        def second_look_fails(*args, **kwargs):
+            looks.append(1)
+            if len(looks) == 2:
+                raise OperationalError("the connection dropped")
+            return claim_rows(*args, **kwargs)
+
+        monkeypatch.setattr(dispatch, "_claim_queued_rows", second_look_fails)
+        with pytest.raises(OperationalError):
+            translations_claim_queued(QUEUE, worker="w1@h", limit=2, holder=-1)
+        rows = Translation.objects.filter(pk__in=[row.pk for row in waiting])
+        assert {row.status for row in rows} == {TranslationStatus.QUEUED}
+        assert not any(row.pk in _computing for row in waiting)
 
     def test_other_queues_are_left_alone(self, waiting):
         assert translations_claim_queued("translate.elsewhere", worker="w1@h", limit=10) == []

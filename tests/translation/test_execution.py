@@ -274,3 +274,16 @@ class TranslationRunBatchTests:
         outcomes = translation_run_batch(deliveries(many_translations))
         assert all(isinstance(outcome, TransientFailure) for outcome in outcomes)
         assert set(Translation.objects.values_list("status", flat=True)) == {TranslationStatus.QUEUED}
+
+
+class HoldTests:
+    def test_letting_go_of_an_old_claim_leaves_a_newer_claims_listing(self):
+        # A batch's late answer for attempt 1 must not drop the listing of attempt 2, claimed since.
+        from translation.execution import _computing, translations_hold, translations_let_go
+
+        translations_hold([(987654, 1)], holder=-7)
+        translations_hold([(987654, 2)], holder=-7)
+        translations_let_go([(987654, 1)], holder=-7)
+        assert _computing.get(987654) == (-7, 2)
+        translations_let_go([(987654, 2)], holder=-7)
+        assert 987654 not in _computing

@@ -1,0 +1,62 @@
+"""The ledger claim's one statement on SQLite (the embedded default), in a process of its own:
+the test session's database is PostgreSQL."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import json
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+from cs_portal.portal.services import api_client_create, conversation_create, message_create_from_customer
+from translation.dispatch import translations_claim_queued
+from translation.models import Translation, TranslationStatus
+
+call_command("migrate", verbosity=0)
+client, _ = api_client_create(name="sqlite-claim")
+conversation = conversation_create(api_client=client, customer_name="SQLite")
+with override_settings(TRANSLATION_DISPATCH="jobs"):
+    messages = [message_create_from_customer(conversation=conversation, text=f"Mi pedido {i} no ha llegado.",
+                                             language="es") for i in range(3)]
+rows = list(Translation.objects.filter(message__in=messages).order_by("pk"))
+Translation.objects.filter(pk__in=[row.pk for row in rows]).update(
+    queue="translate.sqlite", status=TranslationStatus.QUEUED, attempts=0, failure_reason="")
+Translation.objects.filter(pk=rows[0].pk).update(attempts=99)
+jobs = translations_claim_queued("translate.sqlite", worker="w@h", limit=5)
+print(json.dumps({
+    "vendor": connection.vendor,
+    "rows": [row.pk for row in rows],
+    "jobs": [{"id": job.id, "attempt": job.attempt, "text": job.text, "requested": job.requested_at.isoformat(),
+              "aware": job.queued_at.tzinfo is not None} for job in jobs],
+    "stored": {str(pk): [status, attempts, worker, reason[:26]] for pk, status, attempts, worker, reason in
+               Translation.objects.filter(pk__in=[row.pk for row in rows]).values_list(
+                   "pk", "status", "attempts", "worker", "failure_reason")},
+    "again": len(translations_claim_queued("translate.sqlite", worker="w@h", limit=5)),
+}))
+"""
+
+
+def test_the_claim_statement_runs_on_sqlite(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env.update(DJANGO_SETTINGS_MODULE="cs_portal.settings", DATA_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["vendor"] == "sqlite"
+    first, second, third = found["rows"]
+    # The row out of attempts is failed, the two others claimed in order, with their messages' texts.
+    assert [(job["id"], job["attempt"]) for job in found["jobs"]] == [(second, 1), (third, 1)]
+    assert [job["text"] for job in found["jobs"]] == ["Mi pedido 1 no ha llegado.", "Mi pedido 2 no ha llegado."]
+    assert all(job["aware"] for job in found["jobs"])
+    assert found["stored"][str(first)] == [4, 99, "", "Gave up after 99 attempts."]
+    assert found["stored"][str(second)][:3] == [2, 1, "w@h"]
+    assert found["again"] == 0
