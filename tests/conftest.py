@@ -31,6 +31,28 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (``start_workers`` numbers its CPU workers'
+    metrics ports on from the plan's first)."""
+    import socket
+
+    for _ in range(100):
+        base = free_port()
+        probes = []
+        try:
+            for port in range(base, base + count):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 # The session worker's Prometheus port.
 WORKER_METRICS_PORT = free_port()
 WORKER_LANES = 2  # the session's worker computes in two lanes, whatever the machine's cores

@@ -180,6 +180,9 @@ def translation_enqueue(*, translation: Translation, urgent: bool = False, wake=
         hints.update(max_batch=route.max_batch_size, max_wait_ms=route.max_wait_ms)
     if urgent:
         hints["urgent"] = True
+    # When it was queued (epoch seconds): its wait for batch-mates counts from then, the send and
+    # the delivery included, as in ledger dispatch.
+    hints["queued_at"] = round((translation.enqueued_at or sent_at).timestamp(), 3)
     try:
         translate.apply_async(
             args=[translation.pk], kwargs=hints, queue=translation.queue,

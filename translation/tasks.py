@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 from celery import shared_task
@@ -21,7 +22,7 @@ def _route_policy(max_batch: int, max_wait_ms: float):
     return BatchPolicy(max_batch_size=max_batch, max_wait_s=max_wait_ms / 1000)
 
 
-def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0) -> None:
+def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0, queued_at=0) -> None:
     """A malformed payload cannot name a row to fail: refuse it loudly, never retry it."""
     if not isinstance(translation_id, int) or isinstance(translation_id, bool):
         raise ValueError(f"translate expects a Translation id (int), got {translation_id!r}")
@@ -33,19 +34,21 @@ def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0)
         raise ValueError(f"translate expects max_batch as an int 0..4096 (0: the worker's own), got {max_batch!r}")
     if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms <= 10_000:
         raise ValueError(f"translate expects max_wait_ms as a number 0..10000, got {max_wait_ms!r}")
+    if not isinstance(queued_at, (int, float)) or isinstance(queued_at, bool) or queued_at < 0:
+        raise ValueError(f"translate expects queued_at as epoch seconds (0: unknown), got {queued_at!r}")
 
 
 @shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
 def translate(
     self, translation_id: int, batch_key: str = "", chars: int = 0, max_batch: int = 0, max_wait_ms: float = 0,
-    urgent: bool = False, **newer_hints,
+    urgent: bool = False, queued_at: float = 0, **newer_hints,
 ) -> str:
     # Hints a newer portal sends that this worker does not know yet are ignored, not fatal: during
     # a rolling deploy the job is still done (the ledger row holds everything it needs).
     from translation.batching import PendingJob
     from translation.execution import Delivery, current_batcher, translation_run
 
-    _check_payload(translation_id, batch_key, chars, max_batch, max_wait_ms)
+    _check_payload(translation_id, batch_key, chars, max_batch, max_wait_ms, queued_at)
     consumed_from = (self.request.delivery_info or {}).get("routing_key") or ""
     delivery = Delivery(translation_id, self.request.hostname or "", consumed_from)
     try:
@@ -60,7 +63,7 @@ def translate(
             policy = _route_policy(max_batch, max_wait_ms) if max_batch else None
             job = PendingJob(
                 key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4), policy=policy,
-                urgent=urgent is True,
+                urgent=urgent is True, waited=max(0.0, time.time() - queued_at) if queued_at else 0.0,
             )
             outcome = batcher.submit(job).result(timeout=settings.TRANSLATION_JOB_TIMEOUT_S)
     except Exception as exc:

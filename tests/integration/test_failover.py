@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cs_portal.portal.services import agent_create, api_client_create, conversation_create, message_create_from_customer
-from tests.conftest import ROOT, broker_url, database_url, free_port, route_update, wait_for
+from tests.conftest import ROOT, broker_url, database_url, free_ports, route_update, wait_for
 from tests.integration.test_run_command import alive, processes_of
 from translation.execution import EMPTY_OUTPUT
 from translation.models import Translation, TranslationStatus
@@ -25,7 +25,7 @@ JOBS = 240
 
 def start_two_workers(tmp_path, lines: list[str]) -> subprocess.Popen:
     plan = tmp_path / "plan.json"
-    plan.write_text(f'{{"workers": [{{"name": "gpu0", "device": "cuda:0", "queues": ["{QUEUE}"], "metrics_port": {free_port()}}}]}}')
+    plan.write_text(f'{{"workers": [{{"name": "gpu0", "device": "cuda:0", "queues": ["{QUEUE}"], "metrics_port": {free_ports(2)}}}]}}')
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", CELERY_BROKER_URL=broker_url(15),
                DATA_DIR=str(tmp_path), DATABASE_URL=database_url())
     process = subprocess.Popen(

@@ -101,5 +101,12 @@ class TranslationEnqueueTests:
         hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.source_text)}
         assert headers["kwargsrepr"].startswith(repr(hints)[:-1])  # then the route's batch size and wait
         assert "'max_batch': " in headers["kwargsrepr"] and "'max_wait_ms': " in headers["kwargsrepr"]
+        # When it was queued, for the worker's batcher to count its wait from there.
+        import base64
+
+        assert message["properties"]["body_encoding"] == "base64"
+        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        translation.refresh_from_db()
+        assert kwargs["queued_at"] == pytest.approx(translation.enqueued_at.timestamp(), abs=0.001)
         assert message["properties"]["priority"] == PRIORITY_NORMAL
         broker.delete(f"{translation.queue}\x06\x16{PRIORITY_NORMAL}")

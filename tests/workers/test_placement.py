@@ -83,3 +83,20 @@ class LoadPlacementTests:
         path = tmp_path / "plan.json"
         path.write_text(json.dumps(PLAN))
         assert [p.name for p in load_placement(path)] == ["gpu0", "gpu1"]
+
+
+class StartWorkersPortTests:
+    def test_a_metrics_port_in_use_is_named_before_any_worker_starts(self, tmp_path):
+        import socket
+
+        from django.core.management import CommandError, call_command
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            plan = tmp_path / "plan.json"
+            plan.write_text(json.dumps({"workers": [{"name": "gpu0", "device": "cuda:0", "queues": ["translate.en"],
+                                                     "metrics_port": port}]}))
+            with pytest.raises(CommandError, match=f"cpu's metrics port {port} is in use by another process"):
+                call_command("start_workers", plan=str(plan), cpu=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from cs_portal.embedded import port_is_free
 from workers.control import lanes_note
 from workers.engine_process import usable_cores
 from workers.lifecycle import Child, StopRequested, install_stop_signals, raise_if_stop_requested
@@ -45,6 +46,13 @@ class Command(BaseCommand):
             placements = for_this_machine(load_placement(Path(plan)), 0 if cpu else gpu_count(), cpu_workers=cpu_workers)
         except PlacementError as exc:
             raise CommandError(str(exc)) from exc
+        for placement in placements:  # a worker that cannot serve its metrics would die at start-up
+            if not port_is_free(placement.metrics_port, host="0.0.0.0"):  # as its metrics server binds
+                raise CommandError(
+                    f"{placement.name}'s metrics port {placement.metrics_port} is in use by another process; "
+                    f"give it another metrics_port in {plan}"
+                    + (" (CPU workers take the first worker's port and the ones after it)" if cpu_workers > 1 else "")
+                )
         host = socket.gethostname()
         # CPU workers on one machine share its cores (hot standbys of each other still compute
         # side by side): each gets its share, split into its lanes.
@@ -145,3 +153,4 @@ def _environment() -> dict[str, str]:
     import os
 
     return dict(os.environ, PYTHONUNBUFFERED="1")
+
