@@ -158,7 +158,7 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
     from django.db import transaction
     from django.utils import timezone
 
-    from translation.execution import _count_claim, _count_gave_up, translations_hold, translations_let_go
+    from translation.execution import _count_claim, _count_gave_up
 
     now = timezone.now()
     rows: list[dict] = []
@@ -292,6 +292,61 @@ def _job_of_claimed(row: dict, now):
     )
 
 
+def translations_hold(claims: list[tuple[int, int]], holder: int) -> None:
+    """List rows claimed ahead of their batch, each ``(id, attempt)``, as ``holder``'s (the
+    intake) until ``translations_let_go``: no loop of this process claims them again for a job
+    message. Each listing names its claim's attempt, so letting go of an old claim of a row
+    leaves a newer claim's listing."""
+    from translation.execution import _computing, _computing_lock
+
+    with _computing_lock:
+        _computing.update((pk, (holder, attempt)) for pk, attempt in claims)
+
+
+def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
+    from translation.execution import _computing, _computing_lock
+
+    with _computing_lock:
+        for pk, attempt in claims:
+            if _computing.get(pk) == (holder, attempt):
+                del _computing[pk]
+
+
+def translations_start(jobs: list) -> list:
+    """Stamp ``started_at`` on rows claimed ahead of their batch, as the batch starts: compute
+    time starts there, and a claim that never started is told apart (``attempts_given_back``)."""
+    start = BatchStart(jobs)
+    start()
+    return start.jobs
+
+
+class BatchStart:
+    """The start of a batch of jobs claimed ahead of it (ledger dispatch), stamped once: while
+    the engine process computes the batch's first forward pass (``execution._translate``), so a lone
+    job does not wait for the statement, or before the results are settled if no pass ran."""
+
+    def __init__(self, jobs: list) -> None:
+        from dataclasses import replace
+
+        from django.utils import timezone
+
+        self.now = timezone.now()  # the jobs' compute time starts here
+        self.jobs = [replace(job, claimed_at=self.now) for job in jobs]
+        self._due = bool(jobs)
+
+    def __call__(self) -> None:
+        if not self._due:
+            return
+        self._due = False
+        from translation.models import Translation, TranslationStatus
+
+        try:
+            Translation.objects.filter(pk__in=[job.id for job in self.jobs], status=TranslationStatus.RUNNING,
+                                       started_at__isnull=True).update(started_at=self.now)
+        except Exception:  # the batch runs on (storing its results retries while the database is down)
+            logger.warning("Could not stamp the start of a batch of %d job(s)", len(self.jobs), exc_info=True)
+
+
 # Ledger dispatch: the thread of this process that claims a woken queue's jobs into the batcher
 # (workers/ledger_intake.py), when a worker runs one.
 _intake = None
@@ -310,7 +365,7 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None)
     """Ledger dispatch without a batcher: claim ``queue``'s queued jobs ``batch`` at a time and
     run each batch here, until none is left. Returns the jobs run, and in how many seconds the
     soonest job queued again for a retry may run (None: none was)."""
-    from translation.execution import TransientFailure, translation_run_batch, translations_let_go
+    from translation.execution import TransientFailure, translation_run_batch
 
     ran, retry_in = 0, None
     holder = threading.get_ident()  # its claims are this thread's while it runs them

@@ -14,7 +14,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from enum import Enum
@@ -103,7 +103,7 @@ def device() -> str:
 # transaction, so no other loop can see the row running before it is listed; taken off by the
 # loop that listed it once its outcome is settled (a row queued again meanwhile may have been
 # claimed and listed by another loop: that listing stays). The ledger intake lists the rows it
-# claims into the batcher too (``translations_hold``), under its own thread: a job message for
+# claims into the batcher too (``translation.dispatch.translations_hold``): a job message for
 # one of them (a fleet switching dispatch) then leaves it to the intake's batch.
 _computing: dict[int, int | tuple[int, int]] = {}
 _computing_lock = threading.Lock()
@@ -114,22 +114,6 @@ def _computing_release(ids) -> None:
     with _computing_lock:
         for pk in ids:
             if _computing.get(pk) == me:
-                del _computing[pk]
-
-
-def translations_hold(claims: list[tuple[int, int]], holder: int) -> None:
-    """List rows claimed ahead of their batch, each ``(id, attempt)``, as ``holder``'s (the
-    intake) until ``translations_let_go``: no loop of this process claims them again for a job
-    message. Each listing names its claim's attempt, so letting go of an old claim of a row
-    leaves a newer claim's listing."""
-    with _computing_lock:
-        _computing.update((pk, (holder, attempt)) for pk, attempt in claims)
-
-
-def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
-    with _computing_lock:
-        for pk, attempt in claims:
-            if _computing.get(pk) == (holder, attempt):
                 del _computing[pk]
 
 
@@ -354,35 +338,6 @@ def attempts_given_back():
                 default=F("attempts"), output_field=PositiveIntegerField())
 
 
-def translations_start(jobs: list[Job]) -> list[Job]:
-    """Stamp ``started_at`` on rows claimed ahead of their batch, as the batch starts: compute
-    time starts there, and a claim that never started is told apart (``attempts_given_back``)."""
-    start = BatchStart(jobs)
-    start()
-    return start.jobs
-
-
-class BatchStart:
-    """The start of a batch of jobs claimed ahead of it (ledger dispatch), stamped once: while
-    the engine process computes the batch's first forward pass (``_translate``), so a lone
-    job does not wait for the statement, or before the results are settled if no pass ran."""
-
-    def __init__(self, jobs: list[Job]) -> None:
-        self.now = timezone.now()  # the jobs' compute time starts here
-        self.jobs = [replace(job, claimed_at=self.now) for job in jobs]
-        self._due = bool(jobs)
-
-    def __call__(self) -> None:
-        if not self._due:
-            return
-        self._due = False
-        try:
-            Translation.objects.filter(pk__in=[job.id for job in self.jobs], status=TranslationStatus.RUNNING,
-                                       started_at__isnull=True).update(started_at=self.now)
-        except Exception:  # the batch runs on (storing its results retries while the database is down)
-            logger.warning("Could not stamp the start of a batch of %d job(s)", len(self.jobs), exc_info=True)
-
-
 def _translate(engine, texts: list[str], source: str, target: str, glossary, meanwhile: Callable[[], None]):
     """``engine.translate_with_usage``, running ``meanwhile`` while the model computes where the
     engine computes in another process (``workers.engine_process``), else before."""
@@ -494,6 +449,8 @@ def translation_run_batch(
     engine of a spec: loaded in this process by default, or a worker's engine process. A
     TransientFailure in the list means: the row is queued again, send the job again later.
     """
+    from translation.dispatch import BatchStart
+
     start = BatchStart([item for item in deliveries if isinstance(item, Job)])
     claimed = {job.id: job for job in start.jobs}
     deliveries = [

@@ -173,7 +173,8 @@ class ClaimQueuedTests:
     def test_a_claimed_job_knows_how_long_it_waited_since_it_was_queued(self, waiting):
         from datetime import timedelta
 
-        from translation.execution import translation_requeue, translations_start
+        from translation.dispatch import translations_start
+        from translation.execution import translation_requeue
 
         Translation.objects.filter(pk=waiting[0].pk).update(enqueued_at=timezone.now() - timedelta(seconds=30))
         [job] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
@@ -211,7 +212,8 @@ class ClaimQueuedTests:
         assert translations_claim_queued("translate.elsewhere", worker="w1@h", limit=10) == []
 
     def test_a_job_queued_again_after_a_passing_failure_waits_for_its_backoff(self, waiting):
-        from translation.execution import translation_requeue, translations_start
+        from translation.dispatch import translations_start
+        from translation.execution import translation_requeue
 
         [job] = translations_start(translations_claim_queued(QUEUE, worker="w1@h", limit=1))
         translation_requeue(job=job, reason="CUDA error")  # its batch failed after attempt 1: 2 s
@@ -250,7 +252,8 @@ class ClaimQueuedTests:
 
 
     def test_a_claim_whose_batch_never_started_gives_its_attempt_back(self, waiting):
-        from translation.execution import translation_requeue, translations_start
+        from translation.dispatch import translations_start
+        from translation.execution import translation_requeue
 
         waited, computed = translations_claim_queued(QUEUE, worker="w1@h", limit=2)
         assert Translation.objects.get(pk=waited.id).started_at is None  # claimed ahead of its batch
@@ -262,7 +265,7 @@ class ClaimQueuedTests:
         assert Translation.objects.get(pk=computed.id).attempts == 1
 
     def test_a_dead_workers_claims_that_never_started_give_their_attempt_back(self, waiting):
-        from translation.execution import translations_start
+        from translation.dispatch import translations_start
         from translation.recovery import claims_release
 
         waited, computed = translations_claim_queued(QUEUE, worker="gone@h", limit=2)

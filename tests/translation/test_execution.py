@@ -279,7 +279,8 @@ class TranslationRunBatchTests:
 class HoldTests:
     def test_letting_go_of_an_old_claim_leaves_a_newer_claims_listing(self):
         # A batch's late answer for attempt 1 must not drop the listing of attempt 2, claimed since.
-        from translation.execution import _computing, translations_hold, translations_let_go
+        from translation.dispatch import translations_hold, translations_let_go
+        from translation.execution import _computing
 
         translations_hold([(987654, 1)], holder=-7)
         translations_hold([(987654, 2)], holder=-7)

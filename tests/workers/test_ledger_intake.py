@@ -13,7 +13,8 @@ from tests.conftest import broker_url, wait_for
 from translation.dispatch import BELL_KEY
 from translation.batching import Batcher, BatchPolicy
 from translation.dispatch import translations_claim_queued
-from translation.execution import translation_run_batch, translations_start
+from translation.dispatch import translations_start
+from translation.execution import translation_run_batch
 from translation.models import Translation, TranslationStatus
 from workers.ledger_intake import LedgerIntake
 
