@@ -77,8 +77,8 @@ class PendingJob:
     policy: BatchPolicy | None = None
     # Handed over from a lost worker: it goes to the front of its group, into the next batch.
     urgent: bool = False
-    # Seconds it already waited for a batch before it was submitted (ledger dispatch: since it
-    # was queued in the ledger). Its wait counts from then, as Triton counts a request's queue
+    # Seconds it already waited for a batch before it was submitted (since it was queued: the
+    # send and delivery, or the wake-up and claim). Its wait counts from then, as Triton counts a request's queue
     # delay from its arrival; capped at the policy's wait, so another host's clock cannot put
     # it ahead of older jobs or past its deadline by more than that.
     waited: float = 0.0

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timezone as utc
 
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
     from django.db import transaction
     from django.utils import timezone
 
-    from translation.execution import _count_claim, _count_gave_up
+    from translation.claims import _count_claim, _count_gave_up, translations_hold, translations_let_go
 
     now = timezone.now()
     rows: list[dict] = []
@@ -204,7 +206,7 @@ def _claim_queued_rows(queue: str, *, worker: str, limit: int, now) -> list[dict
     from django.db import connection
 
     from cs_portal.portal.models import Message
-    from translation.execution import GAVE_UP, UNFINISHED
+    from translation.claims import GAVE_UP, UNFINISHED
     from translation.models import Translation, TranslationStatus
 
     quote = connection.ops.quote_name
@@ -262,10 +264,6 @@ def _claim_queued_rows(queue: str, *, worker: str, limit: int, now) -> list[dict
 
 def _read_row(row: dict) -> dict:
     """A claimed row's values as Python's (SQLite returns datetimes as text, booleans as 0/1)."""
-    from datetime import datetime, timezone as utc
-
-    from django.utils.dateparse import parse_datetime
-
     for name in _CLAIM_DATETIMES:
         value = row[name]
         if isinstance(value, str):
@@ -278,7 +276,7 @@ def _read_row(row: dict) -> dict:
 
 
 def _job_of_claimed(row: dict, now):
-    from translation.execution import Job, device
+    from translation.claims import Job, device
     from translation.engines import EngineSpec
 
     return Job(
@@ -290,26 +288,6 @@ def _job_of_claimed(row: dict, now):
         requested_at=row["message_created_at"] or row["created_at"], claimed_at=now,
         queued_at=row["enqueued_at"] or row["created_at"],
     )
-
-
-def translations_hold(claims: list[tuple[int, int]], holder: int) -> None:
-    """List rows claimed ahead of their batch, each ``(id, attempt)``, as ``holder``'s (the
-    intake) until ``translations_let_go``: no loop of this process claims them again for a job
-    message. Each listing names its claim's attempt, so letting go of an old claim of a row
-    leaves a newer claim's listing."""
-    from translation.execution import _computing, _computing_lock
-
-    with _computing_lock:
-        _computing.update((pk, (holder, attempt)) for pk, attempt in claims)
-
-
-def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
-    from translation.execution import _computing, _computing_lock
-
-    with _computing_lock:
-        for pk, attempt in claims:
-            if _computing.get(pk) == (holder, attempt):
-                del _computing[pk]
 
 
 def translations_start(jobs: list) -> list:
@@ -365,6 +343,7 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None)
     """Ledger dispatch without a batcher: claim ``queue``'s queued jobs ``batch`` at a time and
     run each batch here, until none is left. Returns the jobs run, and in how many seconds the
     soonest job queued again for a retry may run (None: none was)."""
+    from translation.claims import translations_let_go
     from translation.execution import TransientFailure, translation_run_batch
 
     ran, retry_in = 0, None

@@ -10,11 +10,8 @@ delivered twice therefore never duplicates or overwrites a done translation.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from enum import Enum
@@ -26,7 +23,7 @@ from django.utils import timezone
 
 from translation import metrics
 from translation.batching import run_isolated
-from translation.recovery import live_workers
+from translation.claims import GAVE_UP, Delivery, Job, _computing_release, _fail_rows, translations_claim
 from translation.engines import EngineError, EngineSpec, TokenUsage, TranslationEngine, engine_for
 from translation.models import Translation, TranslationStatus
 from translation.selectors import glossary_for
@@ -34,9 +31,7 @@ from translation.selectors import glossary_for
 logger = logging.getLogger(__name__)
 
 EMPTY_OUTPUT = "The model produced an empty translation."
-GAVE_UP = "Gave up after {attempts} attempts. {reason}"
 RETRYING = "Attempt {attempt} failed, retrying. {reason}"
-UNFINISHED = "The job was delivered that many times without finishing (did it stop its worker?)."
 LOCKED = "Its ledger row is locked by another worker's transaction; sent again later."
 
 
@@ -48,185 +43,6 @@ class RunOutcome(Enum):
 
 class TransientFailure(Exception):
     """The job failed for a passing reason; the row is queued again and the job should be retried."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One job as the broker delivered it."""
-
-    translation_id: int
-    worker: str
-    consumed_from: str
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a worker needs of a claimed row to run it. ``attempt`` is the claim's token."""
-
-    id: int
-    attempt: int
-    text: str
-    source: str
-    target: str
-    spec: EngineSpec
-    back_translate: bool = False  # once stored, translate the output back (an agent's draft)
-    route_id: int | None = None
-    requested_at: datetime | None = None  # the message saved (or the request, for a sample)
-    claimed_at: datetime | None = None
-    queued_at: datetime | None = None  # when the job was queued (a retry keeps its first queueing)
-
-    @property
-    def waited_s(self) -> float:
-        """Seconds from its queueing to its claim (0 when unknown; the two clocks may be two hosts')."""
-        if self.queued_at is None or self.claimed_at is None:
-            return 0.0
-        return max(0.0, (self.claimed_at - self.queued_at).total_seconds())
-
-    @property
-    def translation_id(self) -> int:  # what the heartbeat lists of a job waiting in the batcher
-        return self.id
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return metrics.job_labels(route_id=self.route_id, source=self.source, target=self.target, model=self.spec.model)
-
-
-def device() -> str:
-    """The device this process computes on; the worker entry point sets it."""
-    return os.environ.get("TRANSLATION_DEVICE", "cpu")
-
-
-# The rows this process's device loops have claimed and not finished, each with the thread
-# (loop) that claimed it. A worker runs several loops (CPU lanes): a duplicate delivery of a job
-# one loop computes can reach another, which must leave it (starting a second attempt would
-# waste a forward pass, or give up on a job that is running fine). Listed inside the claim's
-# transaction, so no other loop can see the row running before it is listed; taken off by the
-# loop that listed it once its outcome is settled (a row queued again meanwhile may have been
-# claimed and listed by another loop: that listing stays). The ledger intake lists the rows it
-# claims into the batcher too (``translation.dispatch.translations_hold``): a job message for
-# one of them (a fleet switching dispatch) then leaves it to the intake's batch.
-_computing: dict[int, int | tuple[int, int]] = {}
-_computing_lock = threading.Lock()
-
-
-def _computing_release(ids) -> None:
-    me = threading.get_ident()
-    with _computing_lock:
-        for pk in ids:
-            if _computing.get(pk) == me:
-                del _computing[pk]
-
-
-def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -> dict[int, Job]:
-    """Claim the deliveries' rows as new attempts, in one transaction; returns the claimed jobs.
-
-    ``computing``: the caller computes them now; they are listed as this process's until it
-    calls ``_computing_release`` (``translation_run_batch`` does).
-
-    Rows finished or gone are left out (duplicate deliveries), and so are rows another
-    transaction holds locked (``LOCKED``): a worker never waits on another's claim, which a
-    frozen or lost worker could hold for long. A row that has used up its attempts (a job that
-    kept killing workers) is failed with that reason instead.
-    """
-    if not deliveries:
-        return {}
-    by_id = {delivery.translation_id: delivery for delivery in deliveries}
-    now = timezone.now()
-    claimed: list[Translation] = []
-    try:
-        with transaction.atomic():
-            rows = (
-                Translation.objects.select_for_update(of=("self",), skip_locked=True)  # not the messages' rows
-                .select_related("message")
-                .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
-                .order_by("pk")  # one lock order for every worker: no deadlocks between batches
-            )
-            rows = list(rows)
-            # A running row is another worker's claim while that worker beats: left to it (a
-            # duplicate delivery). Its claim is taken over only once that worker is dead. A worker's
-            # own running row is claimed again unless one of its loops is computing it (then the
-            # batch that claimed it failed, and the job came back for a retry).
-            holders = live_workers(row.worker for row in rows if row.status == TranslationStatus.RUNNING)
-            with _computing_lock:
-                me = threading.get_ident()
-                elsewhere = {pk for pk in by_id if _computing.get(pk, me) != me}  # this process's other loops
-            taken = []
-            for row in rows:
-                if row.status == TranslationStatus.RUNNING:
-                    own = row.worker == by_id[row.pk].worker
-                    if (own and row.pk in elsewhere) or (not own and row.worker in holders):
-                        continue
-                delivery = by_id[row.pk]
-                row.worker, row.consumed_from = delivery.worker, delivery.consumed_from
-                taken.append(row)
-            claimed = _claim_rows(taken, now)
-            if computing:
-                with _computing_lock:  # listed before the commit publishes the claims
-                    _computing.update((row.pk, threading.get_ident()) for row in claimed)
-    except BaseException:
-        if computing:
-            _computing_release(row.pk for row in claimed)  # the claims were not committed
-        raise
-    return {row.pk: _job_of(row, now) for row in claimed}
-
-
-def _claim_rows(rows: list[Translation], now) -> list[Translation]:
-    """Within the caller's transaction, holding the rows' locks: claim each row for the worker
-    and queue set on it as a new attempt, or fail it when it has used up its attempts (a job
-    that kept killing workers). Returns the rows claimed, started now."""
-    claimed: list[Translation] = []
-    for row in rows:
-        labels = dict(route_id=row.route_id, source=row.source_language, target=row.target_language, model=row.model_name)
-        if row.attempts >= settings.TRANSLATION_MAX_ATTEMPTS:
-            reason = GAVE_UP.format(attempts=row.attempts, reason=row.failure_reason or UNFINISHED)
-            _fail_rows(Translation.objects.filter(pk=row.pk), reason)
-            _count_gave_up(**labels)
-            continue
-        _count_claim(**labels, enqueued_at=row.enqueued_at, now=now)
-        row.status = TranslationStatus.RUNNING
-        row.attempts += 1
-        row.started_at, row.updated_at = now, now
-        claimed.append(row)
-    # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost about
-    # 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
-    # transaction, so ``attempts + 1`` is the value each claimed row now holds.
-    same_claim: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for row in claimed:
-        same_claim[(row.worker, row.consumed_from)].append(row.pk)
-    for (worker, consumed_from), ids in same_claim.items():
-        Translation.objects.filter(pk__in=ids).update(
-            status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-            attempts=F("attempts") + 1, started_at=now, updated_at=now, retry_at=None,
-        )
-    return claimed
-
-
-def _count_claim(*, route_id, source: str, target: str, model: str, enqueued_at, now) -> None:
-    labels = metrics.job_labels(route_id=route_id, source=source, target=target, model=model)
-    metrics.jobs_received.labels(**labels).inc()
-    if enqueued_at is not None:
-        metrics.queue_wait_seconds.labels(**labels).observe(max(0.0, (now - enqueued_at).total_seconds()))
-
-
-def _count_gave_up(*, route_id, source: str, target: str, model: str) -> None:
-    labels = metrics.job_labels(route_id=route_id, source=source, target=target, model=model)
-    metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
-
-
-def _job_of(row: Translation, now) -> Job:
-    return Job(
-        id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
-        target=row.target_language,
-        spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
-        back_translate=row.back_translate, route_id=row.route_id,
-        requested_at=row.message.created_at if row.message_id else row.created_at, claimed_at=now,
-        queued_at=row.enqueued_at or row.created_at,
-    )
-
-
-def translation_claim(*, translation_id: int, worker: str, consumed_from: str) -> Job | None:
-    """``translations_claim`` for one row."""
-    return translations_claim([Delivery(translation_id, worker, consumed_from)]).get(translation_id)
 
 
 def _latest_claims(jobs: list[Job]):
@@ -297,11 +113,6 @@ def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | N
 
 def translation_complete(*, job: Job, text: str) -> bool:
     return job.id in translations_complete([(job, text)])
-
-
-def _fail_rows(rows, reason: str) -> int:
-    now = timezone.now()
-    return rows.update(status=TranslationStatus.FAILED, failure_reason=reason[:2000], finished_at=now, updated_at=now)
 
 
 def translation_fail(*, translation_id: int, reason: str, job: Job | None = None) -> bool:

@@ -46,7 +46,8 @@ def translate(
     # Hints a newer portal sends that this worker does not know yet are ignored, not fatal: during
     # a rolling deploy the job is still done (the ledger row holds everything it needs).
     from translation.batching import PendingJob
-    from translation.execution import Delivery, current_batcher, translation_run
+    from translation.claims import Delivery
+    from translation.execution import current_batcher, translation_run
 
     _check_payload(translation_id, batch_key, chars, max_batch, max_wait_ms, queued_at)
     consumed_from = (self.request.delivery_info or {}).get("routing_key") or ""

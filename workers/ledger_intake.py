@@ -27,8 +27,9 @@ from concurrent.futures import Future
 from django.db import close_old_connections
 
 from translation.batching import Batcher, PendingJob
-from translation.dispatch import retry_delay_s, translations_claim_queued, translations_let_go
-from translation.execution import Job, TransientFailure, translation_requeue
+from translation.claims import Job, translations_let_go
+from translation.dispatch import retry_delay_s, translations_claim_queued
+from translation.execution import TransientFailure, translation_requeue
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from cs_portal.portal.services import (
     reply_send,
     team_create,
 )
-from translation.execution import translation_claim, translations_complete
+from translation.claims import translation_claim
+from translation.execution import translations_complete
 from translation.models import Translation, TranslationStatus
 
 pytestmark = pytest.mark.django_db

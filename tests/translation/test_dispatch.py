@@ -188,7 +188,7 @@ class ClaimQueuedTests:
     def test_a_claim_that_fails_halfway_claims_nothing_and_holds_nothing(self, waiting, settings, monkeypatch):
         # Two looks (the first met a row out of attempts) commit together or not at all.
         from translation import dispatch
-        from translation.execution import _computing
+        from translation.claims import _computing
 
         settings.TRANSLATION_MAX_ATTEMPTS = 1
         Translation.objects.filter(pk=waiting[0].pk).update(attempts=1)

@@ -4,11 +4,10 @@ from unittest import mock
 
 import pytest
 
+from translation.claims import Delivery, translation_claim
 from translation.execution import (
-    Delivery,
     RunOutcome,
     TransientFailure,
-    translation_claim,
     translation_complete,
     translation_fail,
     translation_run,
@@ -80,7 +79,8 @@ class TranslationCompleteTests:
         assert (translation.text, translation.worker, translation.status) == ("from w2", "w2", TranslationStatus.DONE)
 
     def test_a_batch_stores_the_rows_whose_claims_hold_and_says_which(self, many_translations):
-        from translation.execution import translations_claim, translations_complete
+        from translation.claims import translations_claim
+        from translation.execution import translations_complete
 
         jobs = translations_claim(deliveries(many_translations))
         superseded = many_translations[2].pk
@@ -240,7 +240,7 @@ class TranslationRunBatchTests:
         assert first.attempts == 1
 
     def test_a_duplicate_reaching_another_lane_leaves_the_job_to_the_lane_computing_it(self, many_translations):
-        from translation import execution
+        from translation import claims
 
         first = many_translations[0]
         beside = []
@@ -251,7 +251,7 @@ class TranslationRunBatchTests:
             this test's thread and transaction, under another thread's identity)."""
 
             def translate(self, texts, source, target, glossary=None):
-                with mock.patch.object(execution.threading, "get_ident", return_value=-1):
+                with mock.patch.object(claims.threading, "get_ident", return_value=-1):
                     beside.extend(translation_run_batch(deliveries([first]), engines=lambda spec: Lane()))
                 return [f"[{target}] {text}" for text in texts]
 
@@ -259,12 +259,12 @@ class TranslationRunBatchTests:
         assert beside == [RunOutcome.SKIPPED]  # acknowledged: the computing lane owns the job
         first.refresh_from_db()
         assert (first.status, first.attempts) == (TranslationStatus.DONE, 1)  # no second attempt
-        assert first.pk not in execution._computing  # released with its outcome
+        assert first.pk not in claims._computing  # released with its outcome
         # A lane releases only its own listings: a row another lane claimed again (after this
         # lane queued it for a retry) stays listed for that lane.
-        execution._computing[first.pk] = -1
-        execution._computing_release([first.pk])
-        assert execution._computing.pop(first.pk) == -1
+        claims._computing[first.pk] = -1
+        claims._computing_release([first.pk])
+        assert claims._computing.pop(first.pk) == -1
         # Once no lane computes it, the worker's own running row is claimed again (a retry).
         Translation.objects.filter(pk=first.pk).update(status=TranslationStatus.RUNNING, worker="w1")
         assert translation_run_batch(deliveries([first]), engines=lambda spec: Lane()) == [RunOutcome.DONE]
@@ -279,8 +279,8 @@ class TranslationRunBatchTests:
 class HoldTests:
     def test_letting_go_of_an_old_claim_leaves_a_newer_claims_listing(self):
         # A batch's late answer for attempt 1 must not drop the listing of attempt 2, claimed since.
-        from translation.dispatch import translations_hold, translations_let_go
-        from translation.execution import _computing
+        from translation.claims import translations_hold, translations_let_go
+        from translation.claims import _computing
 
         translations_hold([(987654, 1)], holder=-7)
         translations_hold([(987654, 2)], holder=-7)

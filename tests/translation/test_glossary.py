@@ -5,7 +5,8 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from translation.engines import EngineSpec, engine_for
-from translation.execution import Delivery, translation_run_batch
+from translation.claims import Delivery
+from translation.execution import translation_run_batch
 from translation.models import GlossaryTerm, Translation
 from translation.selectors import glossary_for
 from tests.stand_ins import StandInEngine

@@ -8,7 +8,8 @@ import redis
 from django.utils import timezone
 
 from tests.conftest import broker_url
-from translation.execution import Delivery, RunOutcome, translation_run_batch, translations_claim
+from translation.claims import Delivery, translations_claim
+from translation.execution import RunOutcome, translation_run_batch
 from translation.models import Translation, TranslationStatus
 from translation.recovery import HANDED_OVER, LOST, claims_release, dead_workers_handle, lost_jobs_resend
 from workers.models import WorkerHeartbeat

@@ -3,7 +3,8 @@
 import pytest
 from django.urls import reverse
 
-from translation.execution import translation_claim, translations_complete
+from translation.claims import translation_claim
+from translation.execution import translations_complete
 from translation.models import LanguageRoute, Translation
 from translation.routing import route_for
 

@@ -4,7 +4,8 @@ import pytest
 
 from cs_portal.portal.services import conversation_create, message_create_from_customer
 from translation import errors
-from translation.execution import translation_claim, translation_fail
+from translation.claims import translation_claim
+from translation.execution import translation_fail
 from translation.models import TranslationStatus
 from translation.services import NOT_RETRYABLE, translation_retry
 

@@ -3,7 +3,8 @@
 import pytest
 
 from translation.batching import Batcher, BatchPolicy, PendingJob
-from translation.execution import Delivery, RunOutcome
+from translation.claims import Delivery
+from translation.execution import RunOutcome
 from workers.device_loop import DeviceLoop
 from workers.engine_process import EngineProcessDied
 from tests.stand_ins import StandInEngine

@@ -200,7 +200,8 @@ class LedgerIntakeTests:
     def test_a_job_message_for_a_row_the_intake_holds_leaves_it_to_the_intakes_batch(self, queued, beating):
         # A fleet switching dispatch: a jobs-mode message reaches the worker whose intake claimed
         # the row. Claiming it again would compute it twice and spend an attempt.
-        from translation.execution import Delivery, RunOutcome, _computing
+        from translation.claims import Delivery, _computing
+        from translation.execution import RunOutcome
 
         Translation.objects.filter(queue=QUEUE).exclude(pk=queued[0].pk).update(status=TranslationStatus.DONE)
         batcher = Batcher(BatchPolicy(max_batch_size=8, max_wait_s=0))

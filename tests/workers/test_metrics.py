@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cs_portal.portal.services import agent_create
 from tests.conftest import WORKER_METRICS_PORT, WORKER_NAME, wait_for
-from translation.execution import Delivery, RunOutcome, translation_run_batch
+from translation.claims import Delivery
+from translation.execution import RunOutcome, translation_run_batch
 from translation.models import LanguageRoute, Translation, TranslationStatus
 
 
