@@ -85,7 +85,10 @@ class TranslationCompleteTests:
         jobs = translations_claim(deliveries(many_translations))
         superseded = many_translations[2].pk
         claim(many_translations[2], "w2")  # redelivered to another worker meanwhile
-        texts = {pk: f"it's 100% {pk}; \"quoted\" -- $1 %s" for pk in jobs}  # nothing in a text is SQL
+        # Nothing in a text is SQL, nor an array literal's syntax (PostgreSQL gets them as an array).
+        odd = ["", "NULL", "{a,b}", "back\\slash, \"comma\"", "line\nbreak\ttab", "注文 🚚 {}"]
+        texts = {pk: f"it's 100% {pk}; \"quoted\" -- $1 %s {odd[i % len(odd)]}" for i, pk in enumerate(jobs)}
+        texts[next(iter(jobs))] = "NULL"
         stored = translations_complete([(job, texts[pk]) for pk, job in jobs.items()], batch_size=6)
         assert stored == set(jobs) - {superseded}
         for row in Translation.objects.filter(pk__in=jobs):
