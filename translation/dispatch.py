@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from datetime import datetime, timezone as utc
 
 from django.conf import settings
@@ -143,7 +144,7 @@ def queue_wake(queue: str, *, force: bool = False) -> bool:
 
 # --- the worker's side ------------------------------------------------------------------
 
-def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: int | None = None) -> list:
+def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: int | None = None, gave_up=None) -> list:
     """Claim up to ``limit`` of ``queue``'s queued rows, oldest first (ledger dispatch: the rows
     are the jobs, no message names them). Rows another transaction holds are skipped, so workers
     looking at one queue at once take different rows. A row queued again after a passing failure
@@ -156,6 +157,8 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
 
     ``holder``: the claimed rows are listed as its (``translations_hold``) before the commit
     publishes them, so no loop of this process claims one again for a job message.
+
+    ``gave_up``, if given, is called with the jobs of the rows failed instead (for their task events).
     """
     from django.db import transaction
     from django.utils import timezone
@@ -180,15 +183,21 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
         if holder is not None:
             translations_let_go(held, holder)  # the claims were not committed
         raise
-    jobs = []
+    jobs, failed = [], []
     for row in sorted(rows, key=lambda row: row["id"]):
         labels = dict(route_id=row["route_id"], source=row["source_language"], target=row["target_language"],
                       model=row["model_name"])
         if row["gave_up"]:
             _count_gave_up(**labels)
+            failed.append(_job_of_claimed(row, now))
             continue
         _count_claim(**labels, enqueued_at=row["enqueued_at"], now=now)
         jobs.append(_job_of_claimed(row, now))
+    if failed and gave_up is not None:
+        try:
+            gave_up(failed)
+        except Exception:  # the claims are committed: they must reach the caller
+            logger.warning("Could not report %d job(s) failed by a claim", len(failed), exc_info=True)
     return jobs
 
 
@@ -316,13 +325,32 @@ class BatchStart:
         if not self._due:
             return
         self._due = False
-        from translation.models import Translation, TranslationStatus
-
         try:
-            Translation.objects.filter(pk__in=[job.id for job in self.jobs], status=TranslationStatus.RUNNING,
-                                       started_at__isnull=True).update(started_at=self.now)
+            _stamp_start([job.id for job in self.jobs], self.now)
         except Exception:  # the batch runs on (storing its results retries while the database is down)
             logger.warning("Could not stamp the start of a batch of %d job(s)", len(self.jobs), exc_info=True)
+
+
+def _stamp_start(ids: list[int], now) -> None:
+    """``started_at`` on the claimed rows that have none. On PostgreSQL one statement of the same
+    text for every batch (the ids as one array); the ORM's ``IN`` list elsewhere."""
+    from django.db import connection
+
+    from translation.models import Translation, TranslationStatus
+
+    if connection.vendor != "postgresql":
+        Translation.objects.filter(pk__in=ids, status=TranslationStatus.RUNNING, started_at__isnull=True).update(
+            started_at=now)
+        return
+    quote = connection.ops.quote_name
+    column = {name: quote(Translation._meta.get_field(name).column) for name in ("id", "status", "started_at")}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(Translation._meta.db_table)} SET {column['started_at']} = %s "
+            f"WHERE {column['id']} = ANY(CAST(%s AS bigint[])) AND {column['status']} = %s "
+            f"AND {column['started_at']} IS NULL",
+            [connection.ops.adapt_datetimefield_value(now), ids, TranslationStatus.RUNNING],
+        )
 
 
 # Ledger dispatch: the thread of this process that claims a woken queue's jobs into the batcher
@@ -339,10 +367,11 @@ def current_intake():
     return _intake
 
 
-def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None) -> tuple[int, float | None]:
+def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None, events=None) -> tuple[int, float | None]:
     """Ledger dispatch without a batcher: claim ``queue``'s queued jobs ``batch`` at a time and
     run each batch here, until none is left. Returns the jobs run, and in how many seconds the
-    soonest job queued again for a retry may run (None: none was)."""
+    soonest job queued again for a retry may run (None: none was). ``events``: the jobs' task
+    events for Flower (``translation.task_events``)."""
     from translation.claims import translations_let_go
     from translation.execution import TransientFailure, translation_run_batch
 
@@ -350,14 +379,27 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None)
     holder = threading.get_ident()  # its claims are this thread's while it runs them
     while True:
         bell_clear(queue)
-        jobs = translations_claim_queued(queue, worker=worker, limit=batch, holder=holder)
+        gave_up = partial(events.gave_up, queue=queue) if events is not None else None
+        jobs = translations_claim_queued(queue, worker=worker, limit=batch, holder=holder, gave_up=gave_up)
+        if events is not None:
+            events.claimed(jobs, queue)
+            events.flush_soon()
         if not jobs:
             return ran, retry_in
         try:
             outcomes = translation_run_batch(jobs, **({"engines": engines} if engines else {}))
+        except Exception as exc:  # the task is retried; the jobs are still this worker's claims
+            for job in jobs if events is not None else ():
+                events.finished(job, error=exc)
+            raise
         finally:
             translations_let_go([(job.id, job.attempt) for job in jobs], holder)
+            if events is not None:
+                events.flush_soon()
         ran += len(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
+            if events is not None:
+                failed = isinstance(outcome, BaseException)
+                events.finished(job, outcome=None if failed else outcome, error=outcome if failed else None)
             if isinstance(outcome, TransientFailure):
                 retry_in = min(retry_in or float("inf"), retry_delay_s(job.attempt))

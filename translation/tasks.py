@@ -10,8 +10,9 @@ from django.conf import settings
 
 from translation.dispatch import retry_delay_s
 
+from translation.task_events import TRANSLATE_TASK  # noqa: F401 (the task's name, defined beside its events)
+
 # The queue is chosen per job by translation.routing when the job is sent, never here.
-TRANSLATE_TASK = "translation.translate"
 
 
 @lru_cache(maxsize=256)
@@ -92,8 +93,11 @@ def take_queued(self, queue: str) -> int:
     if intake is not None and intake.is_alive():
         intake.wake(queue)
         return 0
+    from translation.task_events import worker_task_events
+
+    worker = self.request.hostname or ""
     ran, retry_in = translation_run_queued(
-        queue=queue, worker=self.request.hostname or "", batch=settings.TRANSLATION_MAX_BATCH_SIZE,
+        queue=queue, worker=worker, batch=settings.TRANSLATION_MAX_BATCH_SIZE, events=worker_task_events(worker),
     )
     if retry_in is not None:  # a job failed for a passing reason and is queued again: look once it may run
         take_queued.apply_async(args=[queue], queue=queue, countdown=retry_in)

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from functools import partial
 
 from django.db import close_old_connections
 
@@ -71,9 +72,12 @@ def queued_retry_in(queue: str) -> float | None:
 
 
 class LedgerIntake(threading.Thread):
-    def __init__(self, batcher: Batcher, worker: str, *, room: int, batch: int, metrics=None) -> None:
+    def __init__(self, batcher: Batcher, worker: str, *, room: int, batch: int, metrics=None, events=None) -> None:
         super().__init__(name="ledger-intake", daemon=True)
         self.batcher, self.worker, self.metrics = batcher, worker, metrics
+        # Its jobs' task events for Flower (translation/task_events.py).
+        self.events = events
+        self._events_due = False  # jobs finished since the last flush
         self.room = max(1, room)  # jobs claimed and not finished, at most
         self.batch = max(1, min(batch, self.room))  # a look waits for this much room
         self._due: dict[str, float] = {}  # queue -> when to look at it (monotonic)
@@ -122,11 +126,14 @@ class LedgerIntake(threading.Thread):
                 self._cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
             left = self._in_flight
         self.join(timeout=5)
+        if self.events is not None:  # the finished jobs' events sent, the connection closed
+            self.events.close()
         return left
 
     # --- the thread ----------------------------------------------------------------------------
     def run(self) -> None:
         while True:
+            self._flush_events()
             queue, room = self._next_look()
             if queue is None:
                 self._stopped()
@@ -156,14 +163,21 @@ class LedgerIntake(threading.Thread):
                 queue_wake(queue, force=True)
         except Exception:  # the reconciler wakes any queue whose jobs wait too long
             logger.warning("Could not pass on the wake-ups of a stopping worker", exc_info=True)
+        self._flush_events()  # the events' connection stays open for the jobs still finishing (``drain``)
         close_old_connections()
+
+    def _flush_events(self) -> None:
+        if self.events is not None:
+            with self._cond:
+                self._events_due = False
+            self.events.flush_soon()  # sent by the events' own thread: a stalling broker never stalls this one
 
     def _next_look(self) -> tuple[str | None, int]:
         """Wait for a queue that is due and a batch's worth of room; ("", 0) when jobs wait to be
         put back to queued; (None, 0) once stopping."""
         with self._cond:
             while not self._stopping and not self.batcher.closed:  # closed: its worker stops
-                if self._not_run:
+                if self._not_run or self._events_due:
                     return "", 0
                 now = time.monotonic()
                 room = self.room - self._in_flight
@@ -186,7 +200,10 @@ class LedgerIntake(threading.Thread):
         bell_clear(queue)  # before the look: a job committed after it rings again
         # A batch's worth at a time: the first batch starts while the next is claimed.
         limit = min(room, self.batch)
-        jobs = translations_claim_queued(queue, worker=self.worker, limit=limit, holder=self._holder)
+        gave_up = partial(self.events.gave_up, queue=queue) if self.events is not None else None
+        jobs = translations_claim_queued(queue, worker=self.worker, limit=limit, holder=self._holder, gave_up=gave_up)
+        if self.events is not None:
+            self.events.claimed(jobs, queue)  # sent at this thread's next turn, while the batch runs
         self.looks += 1
         self.claimed += len(jobs)
         # Nothing here raises: a claimed job reaches the batcher or goes back.
@@ -219,8 +236,11 @@ class LedgerIntake(threading.Thread):
         """A job's batch ended (in a device loop's thread, or the closing batcher's)."""
         error = future.exception()
         translations_let_go([(job.id, job.attempt)], holder=self._holder)
+        if self.events is not None:
+            self.events.finished(job, outcome=None if error is not None else future.result(), error=error)
         with self._cond:
             self._in_flight -= 1
+            self._events_due = self.events is not None
             if isinstance(error, TransientFailure):  # queued again by the execution layer, to retry then
                 again = time.monotonic() + retry_delay_s(job.attempt)
                 self._due[queue] = min(self._due.get(queue, again), again)

@@ -239,8 +239,13 @@ def start_device_loop(
     Reconciler(heartbeat.name if heartbeat is not None else "").start()
     # Ledger dispatch's wake-ups (translation/dispatch.py) are taken whatever this process's own
     # setting says: during a switch of the fleet, the portal may already send them.
-    intake = LedgerIntake(batcher, heartbeat.name if heartbeat is not None else "", room=(count + 1) * policy.max_batch_size,
-                          batch=policy.max_batch_size, metrics=metrics)
+    from cs_portal.celery import app
+    from translation.task_events import LedgerTaskEvents
+
+    worker_name = heartbeat.name if heartbeat is not None else ""
+    # Its jobs' task events, so Flower lists them as it lists jobs dispatch's tasks.
+    intake = LedgerIntake(batcher, worker_name, room=(count + 1) * policy.max_batch_size,
+                          batch=policy.max_batch_size, metrics=metrics, events=LedgerTaskEvents(app, worker_name))
     intake.start()
     use_batcher(batcher)
     use_intake(intake)

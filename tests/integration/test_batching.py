@@ -58,18 +58,25 @@ class BatchingUnderLoadTests:
         assert sum(after) - sum(before) >= JOBS / 4
 
     def test_ledger_dispatch_serves_a_burst_from_a_few_wake_ups(self, worker, api_client_key, settings):
-        from translation.tasks import TAKE_QUEUED_TASK
+        from tests.workers.test_ledger_events import Listening
+        from translation.tasks import TAKE_QUEUED_TASK, TRANSLATE_TASK
 
         settings.TRANSLATION_DISPATCH = "ledger"  # this process, the portal, rings; the worker takes both kinds
         jobs_before, wakes_before = tasks_processed(), tasks_processed(task=TAKE_QUEUED_TASK)
         client, _ = api_client_key
-        with transaction.atomic():
-            conversation = conversation_create(api_client=client, customer_name="Ledger")
-            for i in range(JOBS):
-                message_create_from_customer(conversation=conversation, text=f"Mi pedido {i} no ha llegado.", language="es")
-        rows = Translation.objects.filter(message__conversation=conversation)
-        wait_for(lambda: not rows.filter(status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists(),
-                 timeout=120, interval=0.2, what=f"{JOBS} translations to finish")
+        with Listening() as flower:  # what Flower hears of the worker
+            with transaction.atomic():
+                conversation = conversation_create(api_client=client, customer_name="Ledger")
+                for i in range(JOBS):
+                    message_create_from_customer(conversation=conversation, text=f"Mi pedido {i} no ha llegado.", language="es")
+            rows = Translation.objects.filter(message__conversation=conversation)
+            wait_for(lambda: not rows.filter(status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists(),
+                     timeout=120, interval=0.2, what=f"{JOBS} translations to finish")
+            # Flower lists each job as a translate task of the worker, as in jobs dispatch.
+            wait_for(lambda: len([task for task in flower.tasks_of(rows).values() if task.state == "SUCCESS"]) == JOBS,
+                     timeout=10, what="a task event of each job")
+        assert {(task.name, task.hostname, task.result) for task in flower.tasks_of(rows).values()} == {
+            (TRANSLATE_TASK, WORKER_NAME, "'done'")}
         assert {(row.status, row.attempts, row.worker) for row in rows} == {(TranslationStatus.DONE, 1, WORKER_NAME)}
         assert max(row.batch_size for row in rows) > 1
         wakes = tasks_processed(task=TAKE_QUEUED_TASK) - wakes_before

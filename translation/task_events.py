@@ -1,0 +1,205 @@
+"""Task events for the jobs a worker claims from the ledger, so that Flower lists each job in
+ledger dispatch as it does in jobs dispatch.
+
+In ``jobs`` dispatch every job is a Celery task: the worker's consumer sends its events
+(received, started, succeeded or retried) and Flower lists it. In ``ledger`` dispatch the only
+task is the queue's wake-up, and the jobs are rows the worker claims (the batching worker's
+intake, workers/ledger_intake.py, or the wake-up's task itself in a worker without a batcher).
+This sends, for each claimed job, the events the same job would have made as a task, under the
+task's name (``translation.translate``), its argument (the row's id) and a task id of its own,
+so Flower's task list, its task rates and its per-worker counts see every job in both dispatches.
+
+The events go out grouped: Celery's event dispatcher buffers the ``task`` group and one message
+(routing key ``task.multi``, a list of events, as Celery's own workers send) carries a claim's
+received and started events, or the outcomes of the jobs that finished since the last flush. A
+thread of its own sends them when the intake asks (after each look, and once a batch's worth of
+jobs has finished) or every ``FLUSH_EVERY_S``, so a batch of 128 costs two publishes, not 384, and
+a broker that stalls (a failed connect takes seconds) never stalls the intake or a device loop.
+Events are monitoring: a broker that cannot take them loses them (counted and logged), never the
+jobs, which live in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from celery.utils.saferepr import saferepr
+
+from translation.claims import Job
+
+logger = logging.getLogger(__name__)
+
+# A task id per ledger row: the same row keeps it over its attempts, as a task keeps its id over
+# its retries.
+TASK_ID_NAMESPACE = uuid.UUID("0b9f6f4e-4b8e-5f8a-9d3c-6c1e2a7b5d10")
+# Events waiting for a flush, at most: more are dropped (a broker that takes none for a while).
+BUFFER_LIMIT = 4096
+FLUSH_EVERY_S = 1.0
+TRANSLATE_TASK = "translation.translate"  # the task a job is in jobs dispatch (translation/tasks.py)
+FAILED = saferepr("failed")  # what the translate task returns for a job that failed (RunOutcome.FAILED)
+
+
+def task_id(job: Job) -> str:
+    """The task id Flower lists a ledger job under: from its row's id and its request's time, so
+    that two databases' rows with one id (a test database, a restored one) are not one task."""
+    stamp = job.requested_at.timestamp() if job.requested_at is not None else ""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"translation:{job.id}:{stamp}"))
+
+
+class LedgerTaskEvents:
+    """The task events of one worker's ledger jobs. ``enabled`` follows the worker's task events
+    setting (``CELERY_TASK_EVENTS``): with them off, nothing is built or sent."""
+
+    def __init__(self, app, hostname: str, *, enabled: bool | None = None, connection=None) -> None:
+        self.enabled = bool(app.conf.worker_send_task_events if enabled is None else enabled)
+        self.hostname = hostname
+        self.flushes = 0  # messages sent, each carrying a group of events
+        self.lost = 0  # events the broker did not take, or dropped while it took none
+        self._app = app
+        self._connection = connection  # the broker's, from the settings, unless given
+        self._dispatcher = None
+        self._sender: threading.Thread | None = None
+        self._lock = threading.Lock()  # opening, flushing and closing, one at a time
+        self._wanted = threading.Event()
+        self._closing = False
+
+    # --- what the intake and the device loops call (never raises, never waits on the broker) -----
+    def claimed(self, jobs: list[Job], queue: str) -> None:
+        """The jobs a look claimed: received and started, as a task is once a pool thread takes it."""
+        if self.enabled and jobs:
+            self._guarded(self._claimed, jobs, queue, retries=-1)
+
+    def gave_up(self, jobs: list[Job], queue: str) -> None:
+        """Rows a look failed instead of claiming (out of attempts): taken and ended as failed, as
+        the translate task of such a row returns 'failed'."""
+        if self.enabled and jobs:
+            self._guarded(self._claimed, jobs, queue, retries=0, result=FAILED)
+
+    def finished(self, job: Job, *, outcome=None, error: BaseException | None = None) -> None:
+        """A job's end: ``outcome`` (a ``RunOutcome``: done, failed, skipped) when it ran, as the
+        translate task returns it; else ``error``, and the row is queued to run again (a passing
+        failure, or its batch never ran), as the task is retried."""
+        if self.enabled:
+            self._guarded(self._finished, job, outcome, error)
+
+    def flush_soon(self) -> None:
+        """Ask the sender thread to send what is buffered now."""
+        if self._dispatcher is not None:
+            self._wanted.set()
+
+    # --- building ----------------------------------------------------------------------------------
+    def _guarded(self, build, *args, **kwargs) -> None:
+        try:
+            build(*args, **kwargs)
+        except Exception:  # events are monitoring: never the job's failure
+            logger.warning("Could not build a ledger task event", exc_info=True)
+
+    def _send(self, type: str, **fields) -> None:
+        if self._closing:  # a job finishing after the intake stopped (the worker drains)
+            self.lost += 1
+            return
+        dispatcher = self._open()
+        if len(dispatcher._group_buffer["task"]) >= BUFFER_LIMIT:  # the broker takes none: drop, don't pile up
+            self.lost += 1
+            return
+        dispatcher.send(type, **fields)
+
+    def _claimed(self, jobs: list[Job], queue: str, *, retries: int, result: str | None = None) -> None:
+        now = time.time()
+        for job in jobs:
+            tid = task_id(job)
+            self._send(
+                "task-received", uuid=tid, name=TRANSLATE_TASK, args=f"[{job.id}]",
+                kwargs=repr({"dispatch": "ledger", "queue": queue, "attempt": job.attempt}),
+                root_id=tid, parent_id=None, retries=max(0, job.attempt + retries), eta=None, expires=None,
+                timestamp=now,
+            )
+            self._send("task-started", uuid=tid, timestamp=now)
+            if result is not None:
+                self._send("task-succeeded", uuid=tid, result=result, runtime=0.0, timestamp=now)
+
+    def _finished(self, job: Job, outcome, error: BaseException | None) -> None:
+        tid = task_id(job)
+        if error is None:
+            runtime = max(0.0, time.time() - job.claimed_at.timestamp()) if job.claimed_at is not None else None
+            self._send("task-succeeded", uuid=tid, result=saferepr(getattr(outcome, "value", outcome)), runtime=runtime)
+        else:
+            self._send("task-retried", uuid=tid, exception=saferepr(error), traceback="")
+
+    def _open(self):
+        if self._dispatcher is None:
+            with self._lock:
+                if self._dispatcher is None:
+                    # A connection of its own (the consumer's is its thread's alone), not buffered
+                    # while offline: a failed flush is dropped. Its buffer is only ever flushed by
+                    # the sender (the limit above keeps Celery's own flush-when-full from running).
+                    self._dispatcher = self._app.events.Dispatcher(
+                        connection=self._connection or self._app.connection_for_write(), hostname=self.hostname,
+                        enabled=True, buffer_while_offline=False, buffer_group=["task"],
+                        buffer_limit=BUFFER_LIMIT + 16,
+                    )
+                    self._sender = threading.Thread(target=self._send_loop, name="ledger-task-events", daemon=True)
+                    self._sender.start()
+        return self._dispatcher
+
+    # --- sending -----------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while not self._closing:
+            self._wanted.wait(FLUSH_EVERY_S)
+            self._wanted.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered, as one message (the sender thread's work)."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        with self._lock:
+            waiting = len(dispatcher._group_buffer["task"])
+            if not waiting:
+                return
+            try:
+                dispatcher.flush(errors=False, groups=True)
+            except Exception:
+                # Celery keeps a failed batch buffered: drop it, the next flush starts afresh.
+                del dispatcher._group_buffer["task"][:waiting]
+                self.lost += waiting
+                logger.warning("Could not send %d ledger task event(s) for Flower; they are dropped", waiting,
+                               exc_info=self.lost == waiting)
+            else:
+                self.flushes += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is left and close the connection (the worker stops)."""
+        self._closing = True
+        self._wanted.set()
+        if self._sender is not None:
+            self._sender.join(timeout)
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        try:
+            self.flush()
+            with self._lock:
+                dispatcher.close()
+                dispatcher.connection.release()
+        except Exception:
+            logger.debug("Closing the ledger task events' connection failed", exc_info=True)
+
+
+_shared: dict[str, LedgerTaskEvents] = {}
+_shared_lock = threading.Lock()
+
+
+def worker_task_events(hostname: str) -> LedgerTaskEvents:
+    """This process's task events for ledger jobs claimed under ``hostname`` (one sender thread
+    and connection each, made at the first event)."""
+    from cs_portal.celery import app
+
+    with _shared_lock:
+        if hostname not in _shared:
+            _shared[hostname] = LedgerTaskEvents(app, hostname)
+        return _shared[hostname]
