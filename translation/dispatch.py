@@ -382,8 +382,7 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None,
         gave_up = partial(events.gave_up, queue=queue) if events is not None else None
         jobs = translations_claim_queued(queue, worker=worker, limit=batch, holder=holder, gave_up=gave_up)
         if events is not None:
-            events.claimed(jobs, queue)
-            events.flush_soon()
+            events.claimed(jobs, queue)  # sent with their ends (or, for a long batch, by the sender's clock)
         if not jobs:
             return ran, retry_in
         try:

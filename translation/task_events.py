@@ -10,11 +10,12 @@ task's name (``translation.translate``), its argument (the row's id) and a task 
 so Flower's task list, its task rates and its per-worker counts see every job in both dispatches.
 
 The events go out grouped: Celery's event dispatcher buffers the ``task`` group and one message
-(routing key ``task.multi``, a list of events, as Celery's own workers send) carries a claim's
-received and started events, or the outcomes of the jobs that finished since the last flush. A
-thread of its own sends them when the intake asks (after each look, and once a batch's worth of
-jobs has finished) or every ``FLUSH_EVERY_S``, so a batch of 128 costs two publishes, not 384, and
-a broker that stalls (a failed connect takes seconds) never stalls the intake or a device loop.
+(routing key ``task.multi``, a list of events, as Celery's own workers send) carries everything
+buffered since the last. A thread of its own sends them when the worker asks (once a batch's
+worth of jobs has finished: their claims' events with their ends) or every ``FLUSH_EVERY_S``
+(a long batch's claims show as started meanwhile), so a batch of 128 costs one publish or two,
+not 384, and a broker that stalls (a failed connect takes seconds) never stalls the intake or a
+device loop.
 Events are monitoring: a broker that cannot take them loses them (counted and logged), never the
 jobs, which live in the database.
 """

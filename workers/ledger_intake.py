@@ -163,11 +163,15 @@ class LedgerIntake(threading.Thread):
                 queue_wake(queue, force=True)
         except Exception:  # the reconciler wakes any queue whose jobs wait too long
             logger.warning("Could not pass on the wake-ups of a stopping worker", exc_info=True)
-        self._flush_events()  # the events' connection stays open for the jobs still finishing (``drain``)
+        if self.events is not None:  # the connection stays open for the jobs still finishing (``drain``)
+            self.events.flush_soon()
         close_old_connections()
 
     def _flush_events(self) -> None:
-        if self.events is not None:
+        """Once jobs have finished, their events go out (with the received and started events of
+        their claim: one message for both, while a lone job's claim, pass and store take well under
+        the sender's ``FLUSH_EVERY_S``, which sends a long batch's claim events on its own)."""
+        if self.events is not None and self._events_due:
             with self._cond:
                 self._events_due = False
             self.events.flush_soon()  # sent by the events' own thread: a stalling broker never stalls this one
@@ -203,7 +207,7 @@ class LedgerIntake(threading.Thread):
         gave_up = partial(self.events.gave_up, queue=queue) if self.events is not None else None
         jobs = translations_claim_queued(queue, worker=self.worker, limit=limit, holder=self._holder, gave_up=gave_up)
         if self.events is not None:
-            self.events.claimed(jobs, queue)  # sent at this thread's next turn, while the batch runs
+            self.events.claimed(jobs, queue)  # sent with the jobs' ends, or by the sender's clock
         self.looks += 1
         self.claimed += len(jobs)
         # Nothing here raises: a claimed job reaches the batcher or goes back.
