@@ -206,14 +206,25 @@ def _count_gave_up(*, route_id, source: str, target: str, model: str) -> None:
     metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
 
 
-def _job_of(row: Translation, now) -> Job:
+def job_of(*, id: int, attempts: int, text: str, source: str, target: str, engine: str, model: str, precision: str,
+           back_translate: bool, route_id: int | None, created_at: datetime, enqueued_at: datetime | None,
+           message_created_at: datetime | None, now: datetime) -> Job:
+    """The job of a row just claimed, from its values (an ORM row's, or a claim statement's)."""
     return Job(
-        id=row.pk, attempt=row.attempts, text=row.source_text, source=row.source_language,
-        target=row.target_language,
-        spec=EngineSpec(engine=row.engine, model=row.model_name, precision=row.precision or "fp32", device=device()),
-        back_translate=row.back_translate, route_id=row.route_id,
-        requested_at=row.message.created_at if row.message_id else row.created_at, claimed_at=now,
-        queued_at=row.enqueued_at or row.created_at,
+        id=id, attempt=attempts, text=text, source=source, target=target,
+        spec=EngineSpec(engine=engine, model=model, precision=precision or "fp32", device=device()),
+        back_translate=back_translate, route_id=route_id,
+        requested_at=message_created_at or created_at,  # the message saved (or the row, for a sample)
+        claimed_at=now, queued_at=enqueued_at or created_at,  # a resend keeps its first queueing
+    )
+
+
+def _job_of(row: Translation, now) -> Job:
+    return job_of(
+        id=row.pk, attempts=row.attempts, text=row.source_text, source=row.source_language,
+        target=row.target_language, engine=row.engine, model=row.model_name, precision=row.precision,
+        back_translate=row.back_translate, route_id=row.route_id, created_at=row.created_at,
+        enqueued_at=row.enqueued_at, message_created_at=row.message.created_at if row.message_id else None, now=now,
     )
 
 

@@ -285,17 +285,14 @@ def _read_row(row: dict) -> dict:
 
 
 def _job_of_claimed(row: dict, now):
-    from translation.claims import Job, device
-    from translation.engines import EngineSpec
+    from translation.claims import job_of
 
-    return Job(
-        id=row["id"], attempt=row["attempts"], text=row["input_text"] or row["message_text"] or "",
-        source=row["source_language"], target=row["target_language"],
-        spec=EngineSpec(engine=row["engine"], model=row["model_name"], precision=row["precision"] or "fp32",
-                        device=device()),
-        back_translate=row["back_translate"], route_id=row["route_id"],
-        requested_at=row["message_created_at"] or row["created_at"], claimed_at=now,
-        queued_at=row["enqueued_at"] or row["created_at"],
+    return job_of(
+        id=row["id"], attempts=row["attempts"], text=row["input_text"] or row["message_text"] or "",
+        source=row["source_language"], target=row["target_language"], engine=row["engine"], model=row["model_name"],
+        precision=row["precision"], back_translate=row["back_translate"], route_id=row["route_id"],
+        created_at=row["created_at"], enqueued_at=row["enqueued_at"], message_created_at=row["message_created_at"],
+        now=now,
     )
 
 

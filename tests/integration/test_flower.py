@@ -77,7 +77,7 @@ def test_flower_lists_every_job_in_both_dispatches(worker, api_client_key, flowe
     for attempt in range(10):
         first = burst(client, f"Flower {attempt}", 1)
         try:
-            wait_for(lambda: listed(flower, first), timeout=3, what="Flower to list a job")
+            wait_for(lambda first=first: listed(flower, first), timeout=3, what="Flower to list a job")
             break
         except AssertionError:
             continue
