@@ -20,19 +20,31 @@ def wait_done(translation_id: int, timeout: float = 60) -> Translation:
     return wait_for(finished, timeout=timeout, what=f"translation {translation_id} to finish")
 
 
+@pytest.fixture(params=["jobs", "ledger"])
+def dispatch(request, settings):
+    """How the portal (this process, and its live server's thread) sends jobs: the worker takes both."""
+    settings.TRANSLATION_DISPATCH = request.param
+    return request.param
+
+
 @pytest.fixture
 def agent():
     return agent_create(username="sam", password="secret-pass", working_language="en")
 
 
 class CustomerToAgentTests:
-    def test_spanish_message_ends_as_an_english_translation_made_by_the_model(self, worker, http, api_client_key, agent, tiny_models):
+    def test_spanish_message_ends_as_an_english_translation_made_by_the_model(
+        self, worker, http, api_client_key, agent, tiny_models, dispatch
+    ):
         _, key = api_client_key
         _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Lucía"}}, key=key)
         text = "Hola, mi paquete todavía no ha llegado"
+        messages_before = tasks_processed()
         status, message = http.call("POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": text}, key=key)
         assert status == 201
         translation = wait_done(message["translations"][0]["id"])
+        # A message per job in jobs dispatch; in ledger dispatch the row is the job, no message names it.
+        assert tasks_processed() - messages_before == (1 if dispatch == "jobs" else 0)
 
         assert translation.status == TranslationStatus.DONE, translation.failure_reason
         assert (translation.source_language, translation.target_language) == ("es", "en")
@@ -50,7 +62,9 @@ class CustomerToAgentTests:
 
 
 class AgentToCustomerTests:
-    def test_agent_reply_reaches_the_customer_in_spanish_through_its_own_queue(self, worker, http, api_client_key, agent, tiny_models):
+    def test_agent_reply_reaches_the_customer_in_spanish_through_its_own_queue(
+        self, worker, http, api_client_key, agent, tiny_models, dispatch
+    ):
         _, key = api_client_key
         _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Lucía"}, "language": "es"}, key=key)
         http.call("POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": "Hola"}, key=key)
