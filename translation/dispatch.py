@@ -189,13 +189,13 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
                       model=row["model_name"])
         if row["gave_up"]:
             _count_gave_up(**labels)
-            failed.append(_job_of_claimed(row, now))
+            failed.append(row)
             continue
         _count_claim(**labels, enqueued_at=row["enqueued_at"], now=now)
         jobs.append(_job_of_claimed(row, now))
     if failed and gave_up is not None:
         try:
-            gave_up(failed)
+            gave_up([_job_of_claimed(row, now) for row in failed])
         except Exception:  # the claims are committed: they must reach the caller
             logger.warning("Could not report %d job(s) failed by a claim", len(failed), exc_info=True)
     return jobs
@@ -331,7 +331,7 @@ class BatchStart:
 def _stamp_start(ids: list[int], now) -> None:
     """``started_at`` on the claimed rows that have none. On PostgreSQL one statement of the same
     text for every batch (the ids as one array); the ORM's ``IN`` list elsewhere."""
-    from django.db import connection
+    from django.db import connection, transaction
 
     from translation.models import Translation, TranslationStatus
 
@@ -341,7 +341,7 @@ def _stamp_start(ids: list[int], now) -> None:
         return
     quote = connection.ops.quote_name
     column = {name: quote(Translation._meta.get_field(name).column) for name in ("id", "status", "started_at")}
-    with connection.cursor() as cursor:
+    with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {quote(Translation._meta.db_table)} SET {column['started_at']} = %s "
             f"WHERE {column['id']} = ANY(CAST(%s AS bigint[])) AND {column['status']} = %s "
@@ -387,11 +387,11 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None,
         except Exception as exc:  # the task is retried; the jobs are still this worker's claims
             for job in jobs if events is not None else ():
                 events.finished(job, error=exc)
+            if events is not None:
+                events.flush_soon()
             raise
         finally:
             translations_let_go([(job.id, job.attempt) for job in jobs], holder)
-            if events is not None:
-                events.flush_soon()
         ran += len(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if events is not None:
@@ -399,3 +399,5 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None,
                 events.finished(job, outcome=None if failed else outcome, error=outcome if failed else None)
             if isinstance(outcome, TransientFailure):
                 retry_in = min(retry_in or float("inf"), retry_delay_s(job.attempt))
+        if events is not None:  # the batch's events, its claims' with its ends
+            events.flush_soon()

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 
+from celery.signals import worker_ready, worker_shutdown
 from celery.utils.saferepr import saferepr
 
 from translation.claims import Job
@@ -39,6 +40,11 @@ TASK_ID_NAMESPACE = uuid.UUID("0b9f6f4e-4b8e-5f8a-9d3c-6c1e2a7b5d10")
 # Events waiting for a flush, at most: more are dropped (a broker that takes none for a while).
 BUFFER_LIMIT = 4096
 FLUSH_EVERY_S = 1.0
+# The events' own connection gives up on a broker that does not answer (kombu's Redis transport
+# waits for ever by default): a stalled flush ends, and with it a stopping worker's last one.
+SOCKET_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
+EVENTS_PER_JOB = 3  # received, started, and an end: sent, or dropped, together
 TRANSLATE_TASK = "translation.translate"  # the task a job is in jobs dispatch (translation/tasks.py)
 FAILED = saferepr("failed")  # what the translate task returns for a job that failed (RunOutcome.FAILED)
 
@@ -50,15 +56,38 @@ def task_id(job: Job) -> str:
     return str(uuid.uuid5(TASK_ID_NAMESPACE, f"translation:{job.id}:{stamp}"))
 
 
+# The worker's consumer, once it is ready: its event dispatcher says whether task events are on
+# now (``CELERY_TASK_EVENTS``, then Flower's or an operator's ``enable_events`` /
+# ``disable_events`` remote commands).
+_consumer = None
+
+
+@worker_ready.connect
+def _remember_consumer(sender=None, **kwargs) -> None:
+    global _consumer
+    _consumer = sender
+
+
+def worker_sends_task_events(default: bool) -> bool:
+    """Whether this worker sends task events now (``default`` before its consumer is ready)."""
+    dispatcher = getattr(_consumer, "event_dispatcher", None)
+    if dispatcher is None:
+        return default
+    # Celery's own rule: no groups means every group; remote control adds or removes "task".
+    return bool(dispatcher.enabled) and (not dispatcher.groups or "task" in dispatcher.groups)
+
+
 class LedgerTaskEvents:
-    """The task events of one worker's ledger jobs. ``enabled`` follows the worker's task events
-    setting (``CELERY_TASK_EVENTS``): with them off, nothing is built or sent."""
+    """The task events of one worker's ledger jobs. They follow the worker's own task events
+    (``CELERY_TASK_EVENTS``, and the remote commands that turn them on and off): while those are
+    off, nothing is built or sent. ``enabled`` fixes it instead (tests)."""
 
     def __init__(self, app, hostname: str, *, enabled: bool | None = None, connection=None) -> None:
-        self.enabled = bool(app.conf.worker_send_task_events if enabled is None else enabled)
+        self._enabled = enabled
         self.hostname = hostname
         self.flushes = 0  # messages sent, each carrying a group of events
         self.lost = 0  # events the broker did not take, or dropped while it took none
+        self._counts = threading.Lock()
         self._app = app
         self._connection = connection  # the broker's, from the settings, unless given
         self._dispatcher = None
@@ -66,6 +95,16 @@ class LedgerTaskEvents:
         self._lock = threading.Lock()  # opening, flushing and closing, one at a time
         self._wanted = threading.Event()
         self._closing = False
+
+    @property
+    def enabled(self) -> bool:
+        if self._enabled is not None:
+            return self._enabled
+        return worker_sends_task_events(bool(self._app.conf.worker_send_task_events))
+
+    def _count_lost(self, count: int) -> None:
+        with self._counts:
+            self.lost += count
 
     # --- what the intake and the device loops call (never raises, never waits on the broker) -----
     def claimed(self, jobs: list[Job], queue: str) -> None:
@@ -98,37 +137,48 @@ class LedgerTaskEvents:
         except Exception:  # events are monitoring: never the job's failure
             logger.warning("Could not build a ledger task event", exc_info=True)
 
-    def _send(self, type: str, **fields) -> None:
-        if self._closing:  # a job finishing after the intake stopped (the worker drains)
-            self.lost += 1
-            return
+    def _room(self, events: int):
+        """The dispatcher, if ``events`` more fit in its buffer (else they are dropped together,
+        so Flower never gets a job's end without its start: the broker has taken none for a while)."""
+        if self._closing:  # a job finishing after the events were closed (the worker stopped)
+            self._count_lost(events)
+            return None
         dispatcher = self._open()
-        if len(dispatcher._group_buffer["task"]) >= BUFFER_LIMIT:  # the broker takes none: drop, don't pile up
-            self.lost += 1
-            return
-        dispatcher.send(type, **fields)
+        if len(dispatcher._group_buffer["task"]) + events > BUFFER_LIMIT:
+            self._count_lost(events)
+            return None
+        return dispatcher
 
     def _claimed(self, jobs: list[Job], queue: str, *, retries: int, result: str | None = None) -> None:
         now = time.time()
         for job in jobs:
+            # A claim's events and its end's share the room: a job whose start was dropped
+            # leaves its end out too (see _finished), when the buffer is full at both.
+            dispatcher = self._room(EVENTS_PER_JOB)
+            if dispatcher is None:
+                continue
             tid = task_id(job)
-            self._send(
+            dispatcher.send(
                 "task-received", uuid=tid, name=TRANSLATE_TASK, args=f"[{job.id}]",
                 kwargs=repr({"dispatch": "ledger", "queue": queue, "attempt": job.attempt}),
                 root_id=tid, parent_id=None, retries=max(0, job.attempt + retries), eta=None, expires=None,
                 timestamp=now,
             )
-            self._send("task-started", uuid=tid, timestamp=now)
+            dispatcher.send("task-started", uuid=tid, timestamp=now)
             if result is not None:
-                self._send("task-succeeded", uuid=tid, result=result, runtime=0.0, timestamp=now)
+                dispatcher.send("task-succeeded", uuid=tid, result=result, runtime=0.0, timestamp=now)
 
     def _finished(self, job: Job, outcome, error: BaseException | None) -> None:
+        dispatcher = self._room(1)
+        if dispatcher is None:
+            return
         tid = task_id(job)
         if error is None:
             runtime = max(0.0, time.time() - job.claimed_at.timestamp()) if job.claimed_at is not None else None
-            self._send("task-succeeded", uuid=tid, result=saferepr(getattr(outcome, "value", outcome)), runtime=runtime)
+            dispatcher.send("task-succeeded", uuid=tid, result=saferepr(getattr(outcome, "value", outcome)),
+                            runtime=runtime)
         else:
-            self._send("task-retried", uuid=tid, exception=saferepr(error), traceback="")
+            dispatcher.send("task-retried", uuid=tid, exception=saferepr(error), traceback="")
 
     def _open(self):
         if self._dispatcher is None:
@@ -137,8 +187,10 @@ class LedgerTaskEvents:
                     # A connection of its own (the consumer's is its thread's alone), not buffered
                     # while offline: a failed flush is dropped. Its buffer is only ever flushed by
                     # the sender (the limit above keeps Celery's own flush-when-full from running).
+                    connection = self._connection or self._app.connection_for_write(transport_options={
+                        "socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": SOCKET_TIMEOUT_S})
                     self._dispatcher = self._app.events.Dispatcher(
-                        connection=self._connection or self._app.connection_for_write(), hostname=self.hostname,
+                        connection=connection, hostname=self.hostname,
                         enabled=True, buffer_while_offline=False, buffer_group=["task"],
                         buffer_limit=BUFFER_LIMIT + 16,
                     )
@@ -167,26 +219,34 @@ class LedgerTaskEvents:
             except Exception:
                 # Celery keeps a failed batch buffered: drop it, the next flush starts afresh.
                 del dispatcher._group_buffer["task"][:waiting]
-                self.lost += waiting
+                self._count_lost(waiting)
                 logger.warning("Could not send %d ledger task event(s) for Flower; they are dropped", waiting,
                                exc_info=self.lost == waiting)
             else:
-                self.flushes += 1
+                with self._counts:
+                    self.flushes += 1
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Send what is left and close the connection (the worker stops)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Send what is left and close the connection (the worker stops). Waits ``timeout`` at
+        most: a sender still stuck on a stalled broker is left to the process's exit."""
         self._closing = True
         self._wanted.set()
         if self._sender is not None:
             self._sender.join(timeout)
+            if self._sender.is_alive():
+                logger.warning("The ledger task events' broker did not answer; the last events are dropped")
+                return
         dispatcher = self._dispatcher
         if dispatcher is None:
             return
         try:
             self.flush()
-            with self._lock:
-                dispatcher.close()
-                dispatcher.connection.release()
+            if self._lock.acquire(timeout=timeout):
+                try:
+                    dispatcher.close()
+                    dispatcher.connection.release()
+                finally:
+                    self._lock.release()
         except Exception:
             logger.debug("Closing the ledger task events' connection failed", exc_info=True)
 
@@ -204,3 +264,14 @@ def worker_task_events(hostname: str) -> LedgerTaskEvents:
         if hostname not in _shared:
             _shared[hostname] = LedgerTaskEvents(app, hostname)
         return _shared[hostname]
+
+
+@worker_shutdown.connect
+def _close_shared(**kwargs) -> None:
+    """The worker stops: the wake-up tasks' events (a worker without an intake) go out, and their
+    connections close."""
+    with _shared_lock:
+        shared = list(_shared.values())
+        _shared.clear()
+    for events in shared:
+        events.close()

@@ -106,4 +106,6 @@ def running(beating):
         intake.join(5)
         if loop.is_alive():
             loop.join(5)
+        if intake.events is not None:  # its sender thread and connection
+            intake.events.close()
     redis.Redis.from_url(broker_url(15)).delete(QUEUE, BELL_KEY.format(queue=QUEUE))
