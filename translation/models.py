@@ -233,9 +233,11 @@ class RouteTableVersion(models.Model):
 
 
 class Translation(models.Model):
+    # No index of its own: the unique (message, target_language) constraint's index leads with it.
+    # Every index is written at each insert and each claim and store of a row.
     message = models.ForeignKey(
         "portal.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="translations",
-        help_text="Empty for a sample sent from the route admin.",
+        help_text="Empty for a sample sent from the route admin.", db_index=False,
     )
     input_text = models.TextField(
         blank=True, default="",
@@ -260,9 +262,9 @@ class Translation(models.Model):
     failure_reason = models.TextField(blank=True, default="")
 
     # What served it: the route's choice at enqueue time, and what the worker reported.
-    route = models.ForeignKey(
+    route = models.ForeignKey(  # indexed through translation_route_recent (route, created_at)
         LanguageRoute, null=True, blank=True, on_delete=models.SET_NULL, related_name="translations",
-        help_text="The route chosen when the job was requested (after A/B choice and fallback).",
+        help_text="The route chosen when the job was requested (after A/B choice and fallback).", db_index=False,
     )
     variant = models.CharField(max_length=20, blank=True, default="", help_text="The route's A/B variant.")
     queue = models.CharField(max_length=100, blank=True, default="", help_text="Queue the job was sent to.")
