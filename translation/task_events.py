@@ -103,8 +103,11 @@ class LedgerTaskEvents:
         return worker_sends_task_events(bool(self._app.conf.worker_send_task_events))
 
     def _count_lost(self, count: int) -> None:
+        from translation import metrics
+
         with self._counts:
             self.lost += count
+        metrics.task_events_dropped.labels(worker=self.hostname).inc(count)
 
     # --- what the intake and the device loops call (never raises, never waits on the broker) -----
     def claimed(self, jobs: list[Job], queue: str) -> None:

@@ -139,6 +139,12 @@ class LedgerTaskEventsTests:
 
     def test_a_broker_that_refuses_the_events_loses_them_not_the_jobs(self, queued, running):
         # A broker nobody listens on: every flush fails, is counted and dropped, and the jobs are done.
+        from prometheus_client import REGISTRY
+
+        def dropped() -> float:  # what the operators' metric says
+            return REGISTRY.get_sample_value("translation_worker_task_events_dropped_total", {"worker": WORKER}) or 0.0
+
+        before = dropped()
         dead = app.connection_for_write("redis://127.0.0.1:1/0")
         events = LedgerTaskEvents(app, WORKER, enabled=True, connection=dead)
         intake, loop = running(events=events)
@@ -148,6 +154,7 @@ class LedgerTaskEventsTests:
             timeout=60, what="the queue's jobs to finish")
         assert {row.status for row in Translation.objects.filter(queue=QUEUE)} == {TranslationStatus.DONE}
         wait_for(lambda: events.lost >= 12 * 3, timeout=10, what="the events counted as lost")
+        assert dropped() - before == events.lost
         assert not events._dispatcher._group_buffer["task"]  # nothing piles up
         drop_bell()
 
