@@ -40,12 +40,17 @@ def queued_translation_unsent(api_client_key, tiny_models):
 
 
 class BrokerDownTests:
-    def test_message_and_job_stay_in_the_ledger_and_the_call_returns(self, tiny_models):
+    @pytest.mark.parametrize(("dispatch", "says"), [
+        ("jobs", "it stays queued"),  # the job's message
+        ("ledger", "its jobs stay queued"),  # the queue's wake-up (the bell, also in Redis, unread)
+    ])
+    def test_message_and_job_stay_in_the_ledger_and_the_call_returns(self, tiny_models, dispatch, says):
         env = dict(
             os.environ,
             DJANGO_SETTINGS_MODULE="tests.settings",
             DATABASE_URL=database_url(),
             CELERY_BROKER_URL="redis://127.0.0.1:1/0",  # nothing listens on port 1
+            TRANSLATION_DISPATCH=dispatch,
         )
         result = subprocess.run(
             [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -56,12 +61,17 @@ class BrokerDownTests:
         translation = Translation.objects.get(message=message)
         assert translation.status == TranslationStatus.QUEUED
         assert translation.enqueued_at is None  # never reached a queue: the reconciler's to resend
-        assert "it stays queued" in result.stderr
+        assert says in result.stderr
 
-    def test_resend_command_sends_the_unsent_rows_once_the_broker_is_back(self, worker, queued_translation_unsent):
+    @pytest.mark.parametrize("dispatch", ["jobs", "ledger"])
+    def test_resend_command_sends_the_unsent_rows_once_the_broker_is_back(
+        self, worker, queued_translation_unsent, dispatch, settings
+    ):
         from django.core.management import call_command
 
         from tests.conftest import wait_for
+
+        settings.TRANSLATION_DISPATCH = dispatch  # the row's message, or its queue's wake-up
 
         call_command("resend_translations", "--older-than", "0")
         done = wait_for(
