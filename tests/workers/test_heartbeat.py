@@ -131,13 +131,17 @@ class RealWorkerTests:
         wait_for(lambda: WorkerHeartbeat.objects.get(name="stuck@h").stopped_at is not None, timeout=10,
                  what="the reconciler to mark the stale worker stopped")
 
-    def test_status_prints_routes_queues_and_workers(self, worker, capsys):
+    def test_status_prints_routes_queues_and_workers(self, worker, capsys, settings):
         call_command("status")
         out = capsys.readouterr().out
         assert "Routes" in out and "es→en" in out
         assert "translate.en" in out and WORKER_NAME in out and "ready" in out
         assert "jobs queued" in out  # the ledger's count beside the broker's
+        assert "Queues (dispatch: jobs, a message per job)" in out
         assert "READY" in out.splitlines()[-1]
+        settings.TRANSLATION_DISPATCH = "ledger"  # what the broker's messages are then
+        call_command("status")
+        assert "Queues (dispatch: ledger, the messages are wake-ups" in capsys.readouterr().out
 
 
 @pytest.mark.django_db

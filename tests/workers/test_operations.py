@@ -88,6 +88,11 @@ class OperationsPageTests:
         gpu0 = page.split('data-worker="gpu0@host"', 1)[1].split("</tr>", 1)[0]
         assert "ready" in gpu0 and "290.5 MiB" in gpu0
 
+    def test_the_broker_column_says_what_the_broker_holds_in_each_dispatch(self, admin_client, settings):
+        assert "<th>waiting in the broker</th>" in admin_client.get(URL).content.decode()
+        settings.TRANSLATION_DISPATCH = "ledger"  # the jobs are the ledger's rows, the messages wake-ups
+        assert "<th>wake-ups in the broker</th>" in admin_client.get(URL).content.decode()
+
     def test_the_live_part_alone_is_what_the_page_fetches_to_refresh(self, admin_client):
         whole = admin_client.get(URL).content.decode()
         live = admin_client.get(URL + "?part=live").content.decode()

@@ -1,5 +1,6 @@
 from collections import Counter
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db.models import Count
 from django.utils import timezone
@@ -16,6 +17,13 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)) for row in [header, *rows]]
     return "\n".join([lines[0], "  ".join("-" * width for width in widths), *lines[1:]])
+
+
+# What the broker's "messages" are under each dispatch (translation/dispatch.py).
+DISPATCH = {
+    "jobs": "jobs, a message per job",
+    "ledger": "ledger, the messages are wake-ups and the jobs are the ledger's rows",
+}
 
 
 class Command(BaseCommand):
@@ -38,7 +46,8 @@ class Command(BaseCommand):
              .values("queue", "status").annotate(jobs=Count("id")).order_by()}
         )
         beats = list(WorkerHeartbeat.objects.all())
-        self.stdout.write("\nQueues\n" + table(
+        dispatch = DISPATCH.get(settings.TRANSLATION_DISPATCH, settings.TRANSLATION_DISPATCH)
+        self.stdout.write(f"\nQueues (dispatch: {dispatch})\n" + table(
             [[q, "?" if depths[q] is None else str(depths[q]), str(unfinished[(q, TranslationStatus.QUEUED)]),
               str(unfinished[(q, TranslationStatus.RUNNING)]),
               ", ".join(b.name for b in beats if q in b.queues and b.is_alive(now)) or "NONE"] for q in queues],
