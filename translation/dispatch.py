@@ -385,9 +385,9 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None,
         try:
             outcomes = translation_run_batch(jobs, **({"engines": engines} if engines else {}))
         except Exception as exc:  # the task is retried; the jobs are still this worker's claims
-            for job in jobs if events is not None else ():
-                events.finished(job, error=exc)
             if events is not None:
+                for job in jobs:
+                    events.finished(job, error=exc)
                 events.flush_soon()
             raise
         finally:

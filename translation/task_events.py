@@ -68,11 +68,11 @@ def _remember_consumer(sender=None, **kwargs) -> None:
     _consumer = sender
 
 
-def worker_sends_task_events(default: bool) -> bool:
-    """Whether this worker sends task events now (``default`` before its consumer is ready)."""
+def worker_sends_task_events(app) -> bool:
+    """Whether this worker sends task events now (the setting, before its consumer is ready)."""
     dispatcher = getattr(_consumer, "event_dispatcher", None)
     if dispatcher is None:
-        return default
+        return bool(app.conf.worker_send_task_events)
     # Celery's own rule: no groups means every group; remote control adds or removes "task".
     return bool(dispatcher.enabled) and (not dispatcher.groups or "task" in dispatcher.groups)
 
@@ -100,7 +100,7 @@ class LedgerTaskEvents:
     def enabled(self) -> bool:
         if self._enabled is not None:
             return self._enabled
-        return worker_sends_task_events(bool(self._app.conf.worker_send_task_events))
+        return worker_sends_task_events(self._app)
 
     def _count_lost(self, count: int) -> None:
         from translation import metrics
@@ -113,13 +113,13 @@ class LedgerTaskEvents:
     def claimed(self, jobs: list[Job], queue: str) -> None:
         """The jobs a look claimed: received and started, as a task is once a pool thread takes it."""
         if self.enabled and jobs:
-            self._guarded(self._claimed, jobs, queue, retries=-1)
+            self._guarded(self._claimed, jobs, queue)
 
     def gave_up(self, jobs: list[Job], queue: str) -> None:
         """Rows a look failed instead of claiming (out of attempts): taken and ended as failed, as
         the translate task of such a row returns 'failed'."""
         if self.enabled and jobs:
-            self._guarded(self._claimed, jobs, queue, retries=0, result=FAILED)
+            self._guarded(self._claimed, jobs, queue, gave_up=True)
 
     def finished(self, job: Job, *, outcome=None, error: BaseException | None = None) -> None:
         """A job's end: ``outcome`` (a ``RunOutcome``: done, failed, skipped) when it ran, as the
@@ -152,7 +152,9 @@ class LedgerTaskEvents:
             return None
         return dispatcher
 
-    def _claimed(self, jobs: list[Job], queue: str, *, retries: int, result: str | None = None) -> None:
+    def _claimed(self, jobs: list[Job], queue: str, *, gave_up: bool = False) -> None:
+        """Received and started; for a row given up on, ended as failed at once. Its retries: the
+        attempts before this one (a row given up on ran all of its own)."""
         now = time.time()
         for job in jobs:
             # A claim's events and its end's share the room: a job whose start was dropped
@@ -164,12 +166,13 @@ class LedgerTaskEvents:
             dispatcher.send(
                 "task-received", uuid=tid, name=TRANSLATE_TASK, args=f"[{job.id}]",
                 kwargs=repr({"dispatch": "ledger", "queue": queue, "attempt": job.attempt}),
-                root_id=tid, parent_id=None, retries=max(0, job.attempt + retries), eta=None, expires=None,
+                root_id=tid, parent_id=None, retries=job.attempt if gave_up else max(0, job.attempt - 1),
+                eta=None, expires=None,
                 timestamp=now,
             )
             dispatcher.send("task-started", uuid=tid, timestamp=now)
-            if result is not None:
-                dispatcher.send("task-succeeded", uuid=tid, result=result, runtime=0.0, timestamp=now)
+            if gave_up:
+                dispatcher.send("task-succeeded", uuid=tid, result=FAILED, runtime=0.0, timestamp=now)
 
     def _finished(self, job: Job, outcome, error: BaseException | None) -> None:
         dispatcher = self._room(1)

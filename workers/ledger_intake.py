@@ -77,7 +77,6 @@ class LedgerIntake(threading.Thread):
         self.batcher, self.worker, self.metrics = batcher, worker, metrics
         # Its jobs' task events for Flower (translation/task_events.py).
         self.events = events
-        self._events_due = False  # jobs finished since the last flush
         self.room = max(1, room)  # jobs claimed and not finished, at most
         self.batch = max(1, min(batch, self.room))  # a look waits for this much room
         self._due: dict[str, float] = {}  # queue -> when to look at it (monotonic)
@@ -133,7 +132,6 @@ class LedgerIntake(threading.Thread):
     # --- the thread ----------------------------------------------------------------------------
     def run(self) -> None:
         while True:
-            self._flush_events()
             queue, room = self._next_look()
             if queue is None:
                 self._stopped()
@@ -167,21 +165,12 @@ class LedgerIntake(threading.Thread):
             self.events.flush_soon()
         close_old_connections()
 
-    def _flush_events(self) -> None:
-        """Once jobs have finished, their events go out (with the received and started events of
-        their claim: one message for both, while a lone job's claim, pass and store take well under
-        the sender's ``FLUSH_EVERY_S``, which sends a long batch's claim events on its own)."""
-        if self.events is not None and self._events_due:
-            with self._cond:
-                self._events_due = False
-            self.events.flush_soon()  # sent by the events' own thread: a stalling broker never stalls this one
-
     def _next_look(self) -> tuple[str | None, int]:
         """Wait for a queue that is due and a batch's worth of room; ("", 0) when jobs wait to be
         put back to queued; (None, 0) once stopping."""
         with self._cond:
             while not self._stopping and not self.batcher.closed:  # closed: its worker stops
-                if self._not_run or self._events_due:
+                if self._not_run:
                     return "", 0
                 now = time.monotonic()
                 room = self.room - self._in_flight
@@ -207,7 +196,7 @@ class LedgerIntake(threading.Thread):
         gave_up = partial(self.events.gave_up, queue=queue) if self.events is not None else None
         jobs = translations_claim_queued(queue, worker=self.worker, limit=limit, holder=self._holder, gave_up=gave_up)
         if self.events is not None:
-            self.events.claimed(jobs, queue)  # sent with the jobs' ends, or by the sender's clock
+            self.events.claimed(jobs, queue)  # sent with the jobs' ends (_finished), or by the sender's clock
         self.looks += 1
         self.claimed += len(jobs)
         # Nothing here raises: a claimed job reaches the batcher or goes back.
@@ -244,7 +233,6 @@ class LedgerIntake(threading.Thread):
             self.events.finished(job, outcome=None if error is not None else future.result(), error=error)
         with self._cond:
             self._in_flight -= 1
-            self._events_due = self.events is not None
             if isinstance(error, TransientFailure):  # queued again by the execution layer, to retry then
                 again = time.monotonic() + retry_delay_s(job.attempt)
                 self._due[queue] = min(self._due.get(queue, again), again)
@@ -252,8 +240,13 @@ class LedgerIntake(threading.Thread):
                 self._not_run.append((job, queue, f"{type(error).__name__}: {error}"))
             # The thread waits for a batch's worth of room (or none in flight): wake it when that
             # comes, not at every job of a batch.
-            if error is not None or self._in_flight in (0, self.room - self.batch):
+            batch_ended = error is not None or self._in_flight in (0, self.room - self.batch)
+            if batch_ended:
                 self._cond.notify_all()
+        if batch_ended and self.events is not None:
+            # The batch's events go out, its claims' with its ends (one message; the sender's own
+            # clock sends a long batch's claims meanwhile). Its thread publishes: never this one.
+            self.events.flush_soon()
 
     def _put_back_not_run(self, *, again: bool = True) -> None:
         with self._cond:
