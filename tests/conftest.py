@@ -14,43 +14,13 @@ import redis
 from django.conf import settings
 
 from translation.tiny_models import TinyModels, write_tiny_models
-from workers.lifecycle import stop_process, wait_until_consuming
+from workers.lifecycle import free_port, free_ports, stop_process, wait_until_consuming  # noqa: F401 (for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_NAME = "test-worker@localhost"
 # Besides every routed queue, the worker consumes the spare queue that routing tests move a pair to.
 SPARE_QUEUE = "translate.en.b"
 WORKER_START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports (``start_workers`` numbers its CPU workers'
-    metrics ports on from the plan's first)."""
-    import socket
-
-    for _ in range(100):
-        base = free_port()
-        probes = []
-        try:
-            for port in range(base, base + count):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 # The session worker's Prometheus port.

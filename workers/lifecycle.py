@@ -13,6 +13,37 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 20
 
 
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1 (the system's choice)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (``start_workers`` numbers its CPU workers'
+    metrics ports on from the plan's first)."""
+    import socket
+
+    for _ in range(100):
+        base = free_port()
+        probes = []
+        try:
+            for port in range(base, base + count):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when its parent dies, so that a killed supervisor
     never leaves a worker or an engine process running with nobody watching it."""

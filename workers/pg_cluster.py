@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
+from workers.lifecycle import free_port
+
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Cluster:
@@ -27,7 +22,7 @@ class Cluster:
         # Not under a directory only root may enter: the postgres user must reach it.
         self.base = Path(tempfile.mkdtemp(prefix="pg-cluster-"))
         self.base.chmod(0o755)
-        self.directory, self.port = self.base / "pg", _free_port()
+        self.directory, self.port = self.base / "pg", free_port()
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/portal"
 
     def _run(self, *command: str) -> None:

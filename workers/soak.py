@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.lifecycle import ROOT
+from workers.lifecycle import ROOT, free_port, free_ports
 
 TEXTS = [
     "Hola, mi pedido no ha llegado todavía.", "¿Dónde está mi paquete?", "Quiero cambiar la dirección de entrega.",
@@ -35,12 +35,6 @@ TEXTS = [
 ]
 START_TIMEOUT_S = 240
 SENDERS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -142,7 +136,8 @@ class Soak:
         queues = sorted({route.queue for route in routes() if route.enabled})
         plan = self.directory / "plan.json"
         plan.write_text(json.dumps({"workers": [
-            {"name": "soak", "device": "cuda:0", "queues": queues, "metrics_port": free_port()},
+            # Two CPU workers: this port and the next (start_workers numbers them on).
+            {"name": "soak", "device": "cuda:0", "queues": queues, "metrics_port": free_ports(2)},
         ]}))
         self.workers = subprocess.Popen(
             [sys.executable, "manage.py", "start_workers", "--plan", str(plan), "--cpu", "--cpu-workers", "2"],
