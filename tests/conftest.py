@@ -28,6 +28,40 @@ WORKER_METRICS_PORT = free_port()
 WORKER_LANES = 2  # the session's worker computes in two lanes, whatever the machine's cores
 
 
+def _deadlocked(error: BaseException | None) -> bool:
+    while error is not None:
+        if getattr(error, "sqlstate", None) == "40P01":  # PostgreSQL's deadlock_detected
+            return True
+        error = error.__cause__
+    return False
+
+
+def _flush_retrying_deadlocks() -> None:
+    """A transactional test's data is emptied by one TRUNCATE of every table, while the session's
+    worker process keeps using the same database (heartbeats, its reconciler, claims). A worker
+    query that has locked one table and waits for another the TRUNCATE already holds is a
+    deadlock; PostgreSQL ends one side, and when that side is the TRUNCATE the test fails at its
+    teardown though nothing it checked went wrong. The flush is one transaction: try it again."""
+    from django.core.management.base import CommandError
+    from django.test import TransactionTestCase
+
+    flush = TransactionTestCase._fixture_teardown
+
+    def fixture_teardown(self) -> None:
+        for attempt in range(1, 6):
+            try:
+                return flush(self)
+            except CommandError as error:
+                if attempt == 5 or not _deadlocked(error.__cause__):
+                    raise
+                time.sleep(0.1 * attempt)
+
+    TransactionTestCase._fixture_teardown = fixture_teardown
+
+
+_flush_retrying_deadlocks()
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> TinyModels:
     return write_tiny_models(settings.MODELS_DIR, progress=lambda line: None)
