@@ -207,6 +207,13 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # Two one-thread lanes computed half as much again as one two-thread process on the slower
 # 2-core benchmark machine. GPU workers always run one.
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
+# A model that no route of a worker's queues names any more (an admin changed the route's
+# model or precision) is unloaded once no batch has used it for this long, its memory given
+# back (workers/loaded_models.py); 0 keeps every model loaded until the worker stops.
+TRANSLATION_MODEL_UNLOAD_IDLE_S = env.float("TRANSLATION_MODEL_UNLOAD_IDLE_S", default=600.0)
+if TRANSLATION_MODEL_UNLOAD_IDLE_S < 0:
+    raise environ.ImproperlyConfigured(
+        f"TRANSLATION_MODEL_UNLOAD_IDLE_S must be 0 (never unload) or more seconds, not {TRANSLATION_MODEL_UNLOAD_IDLE_S}")
 # How jobs reach the workers (translation/dispatch.py): "jobs", one Celery message per job
 # (Flower shows each); "ledger", a wake-up per queue while jobs wait, the worker claiming them
 # from the database in batches (a message per batch instead of per job: the throughput mode).

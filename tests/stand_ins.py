@@ -11,6 +11,9 @@ class StandInEngine(TranslationEngine):
     def load(self) -> None:
         pass
 
+    def unload(self) -> None:
+        pass
+
     @property
     def memory_bytes(self) -> int:
         return 0

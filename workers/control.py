@@ -29,4 +29,4 @@ def lanes_note(model: dict) -> str:
 def models(state) -> list[dict]:
     """The models this worker serves: model, precision, device, weights in MiB (all its lanes
     together), the number of lanes (``copies``) and the MiB of it they share (``shared_mib``)."""
-    return LOADED_MODELS
+    return list(LOADED_MODELS)  # the lanes' threads replace its items as models load and unload

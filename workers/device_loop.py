@@ -26,6 +26,7 @@ from translation.batching import Batcher, PendingJob
 from translation.execution import translation_run_batch
 from workers.engine_process import EngineProcess, EngineProcessDied
 from workers.heartbeat import Heartbeat
+from workers.loaded_models import LoadedModels
 from workers.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ logger = logging.getLogger(__name__)
 class DeviceLoop(threading.Thread):
     def __init__(
         self, batcher: Batcher, engines: EngineProcess, heartbeat: Heartbeat | None = None,
-        metrics: WorkerMetrics | None = None, *, lane: int = 0,
+        metrics: WorkerMetrics | None = None, *, lane: int = 0, models: LoadedModels | None = None,
     ) -> None:
         super().__init__(name=f"device-loop-{lane}", daemon=True)
         self.batcher, self.engines, self.heartbeat, self.metrics = batcher, engines, heartbeat, metrics
+        self.models = models  # the worker's loaded models: between batches, this lane lets go of unneeded ones
         self.lane = lane
         self.running = 0  # jobs of the batch being computed
         self._stopping = threading.Event()
@@ -65,6 +67,8 @@ class DeviceLoop(threading.Thread):
                     self.metrics.batch_ended(self.lane)
             elif self.heartbeat:
                 self.heartbeat.idle(self.lane)
+            if self.models is not None:  # after a batch too: a busy lane lets go of its old models as well
+                self.unload_idle_models()
             if not self.engines.alive() and not self._stopping.is_set():
                 # Without its models the worker can only fail jobs: stop it (a warm shutdown
                 # gives its unfinished jobs back to the broker) and let its supervisor restart it.
@@ -75,6 +79,15 @@ class DeviceLoop(threading.Thread):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
         close_old_connections()
+
+    def unload_idle_models(self) -> None:
+        try:
+            self.models.unload_idle(self.lane)
+        except EngineProcessDied:  # seen below, as after a batch
+            pass
+        except Exception:  # the routes could not be read: the models stay, and are looked at again
+            logger.warning("Could not look for models to unload in lane %d", self.lane, exc_info=True)
+            close_old_connections()
 
     def process(self, batch: list[PendingJob]) -> None:
         close_old_connections()  # a connection the database dropped is replaced, not reused

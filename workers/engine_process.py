@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,13 @@ class EngineProcess:
         self._connection, child_end = context.Pipe()
         self._process = context.Process(target=_serve, args=(child_end, warmups, threads), name=name, daemon=True)
         self._lock = threading.Lock()
+        # Its loaded models: those warmed at start, one loaded with its first batch (a route
+        # changed since), less those unloaded. Changed only by the lane's own thread.
         self.memory: dict[EngineSpec, ModelMemory] = {}
+        self.last_used: dict[EngineSpec, float] = {}  # monotonic, per loaded model
         self.threads = 0  # the threads its forward passes use, once ready
+        # Told when ``memory`` changed (the worker's report of its models).
+        self.on_change: Callable[[], None] | None = None
 
     def start(self) -> dict[EngineSpec, ModelMemory]:
         """Start the child, wait until every model is loaded and warm; returns their memory."""
@@ -167,6 +173,8 @@ class EngineProcess:
         if kind == "error":
             raise value
         self.memory, self.threads = value
+        now = time.monotonic()
+        self.last_used = dict.fromkeys(self.memory, now)
         return self.memory
 
     def engine(self, spec: EngineSpec) -> RemoteEngine:
@@ -177,13 +185,11 @@ class EngineProcess:
         meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[str], TokenUsage]:
         """The outputs, and the tokens read and generated. ``meanwhile`` runs in this thread
-        while the child computes; what it raises is raised once the answer is in."""
+        while the child computes; what it raises is raised once the answer is in. A model not
+        loaded yet loads first (in the child, within the call)."""
         failed = None
         with self._lock:
-            try:
-                self._connection.send((spec, texts, source, target, glossary or {}))
-            except (BrokenPipeError, OSError) as exc:
-                raise EngineProcessDied(f"the engine process is gone ({exc})") from exc
+            self._send(("translate", spec, texts, source, target, glossary or {}))
             if meanwhile is not None:
                 try:
                     meanwhile()
@@ -192,15 +198,55 @@ class EngineProcess:
                 except BaseException:  # leaving unread: the child's answer would reach the next call
                     self._process.kill()
                     raise
-            if not self._connection.poll(CALL_TIMEOUT_S):
-                self._process.kill()
-                raise EngineProcessDied(f"the engine process did not answer within {CALL_TIMEOUT_S}s; killed")
-            kind, value = self._receive()
+            kind, value = self._answer()
+            loaded = None
+            if kind == "loaded":  # the model loaded for this call: its memory, then the answer
+                loaded = value
+                kind, value = self._answer()
+        if loaded is not None:
+            self._changed(spec, loaded)
+        if spec in self.memory:  # idle from now on (a model that did not load is not one)
+            self.last_used[spec] = time.monotonic()
         if failed is not None:
             raise failed
         if kind == "error":
             raise value
         return value
+
+    def unload(self, spec: EngineSpec) -> None:
+        """Drop ``spec``'s model from the child (a later call loads it again)."""
+        with self._lock:
+            self._send(("unload", spec))
+            kind, value = self._answer()
+        if kind == "error":
+            raise value
+        self._changed(spec, None)
+
+    def _answer(self):
+        if not self._connection.poll(CALL_TIMEOUT_S):
+            self._process.kill()
+            raise EngineProcessDied(f"the engine process did not answer within {CALL_TIMEOUT_S}s; killed")
+        return self._receive()
+
+    def _changed(self, spec: EngineSpec, memory: ModelMemory | None) -> None:
+        # Replaced, not changed in place: other lanes' threads read it for the worker's report.
+        if memory is None:
+            self.memory = {key: value for key, value in self.memory.items() if key != spec}
+            self.last_used = {key: value for key, value in self.last_used.items() if key != spec}
+        else:
+            self.memory = {**self.memory, spec: memory}
+            self.last_used = {**self.last_used, spec: time.monotonic()}
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # a report that failed must not fail the batch
+                logger.warning("Could not report the models of %s", self._process.name, exc_info=True)
+
+    def _send(self, request) -> None:
+        try:
+            self._connection.send(request)
+        except (BrokenPipeError, OSError) as exc:
+            raise EngineProcessDied(f"the engine process is gone ({exc})") from exc
 
     def _receive(self):
         try:
@@ -230,7 +276,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     import signal
 
-    from translation.engines import engine_for
+    from translation.engines import engine_for, engine_unload, loaded_engines
     from workers.lifecycle import die_with_parent
 
     die_with_parent()
@@ -261,11 +307,48 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
             return
         if request is None:
             return
-        spec, texts, source, target, glossary = request
+        kind, spec, *arguments = request
         try:
-            connection.send(("ok", engine_for(spec).translate_with_usage(texts, source, target, glossary)))
+            if kind == "unload":
+                engine_unload(spec)
+                _free_memory(spec.device)
+                connection.send(("ok", None))
+                continue
+            new = spec not in loaded_engines()
+            engine = engine_for(spec)  # a model no route named at start loads with its first batch
+            if new:  # its memory first, for the worker's report, whatever the call then answers
+                connection.send(("loaded", _memory_of(engine)))
+            connection.send(("ok", engine.translate_with_usage(*arguments)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
+
+
+def _memory_of(engine) -> ModelMemory:
+    """A loaded engine's memory; 0 where it cannot be measured (the model is loaded all the
+    same, and must still be reported to be unloaded later)."""
+    try:
+        return ModelMemory(engine.memory_bytes, engine.shared_bytes)
+    except Exception:
+        logger.warning("Could not measure the memory of %s", engine.spec.model, exc_info=True)
+        return ModelMemory(0)
+
+
+def _free_memory(device: str) -> None:
+    """Return an unloaded model's memory: collect its tensors now, give a GPU's cached blocks
+    back to the driver (other processes, the next model), and the C heap's free pages back to
+    the system (glibc keeps them otherwise: int8 weights are copies on that heap)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _picklable(exc: Exception) -> Exception:

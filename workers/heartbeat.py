@@ -114,6 +114,11 @@ class Heartbeat:
         self._write(loaded_models=self._models, beat_at=timezone.now())
         self._ready_when_consuming()
 
+    def models(self, models: list[dict]) -> None:
+        """The lanes' models changed: one loaded for a changed route, or one no route names unloaded."""
+        self._models = list(models)
+        self._write(loaded_models=self._models)
+
     def _ready_when_consuming(self) -> None:
         consuming = self._consumer_clock is None or self._consumer_clock.started
         if self._models_ready and consuming and not self._ready:

@@ -191,24 +191,24 @@ def start_device_loop(
     from translation.execution import use_batcher
     from workers.ledger_intake import LedgerIntake
     from workers.device_loop import DeviceLoop
-    from workers.engine_process import ModelMemory, lane_layout, start_lanes
+    from workers.engine_process import lane_layout, start_lanes
 
-    count, threads = lane_layout(os.environ.get("TRANSLATION_DEVICE", "cpu"), lanes, cores)
+    device = os.environ.get("TRANSLATION_DEVICE", "cpu")
+    count, threads = lane_layout(device, lanes, cores)
     engines = start_lanes(warmups, count=count, threads=threads)
-    from workers.control import LOADED_MODELS, lanes_note  # also registers the "models" inspect command
+    from workers.control import lanes_note  # also registers the "models" inspect command
+    from workers.loaded_models import LoadedModels
 
     if threads:
         print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s)", flush=True)
-    for spec in engines[0].memory:
-        lanes_memory = [engine.memory[spec] for engine in engines]
-        size = ModelMemory.held_together(lanes_memory)  # what the worker holds, every lane's own part included
-        shared = max(memory.shared for memory in lanes_memory)
-        loaded = {"model": spec.model, "precision": spec.precision, "device": spec.device,
-                  "memory_mib": round(size / 2**20, 1), "copies": count, "shared_mib": round(shared / 2**20, 1)}
-        print(f"  loaded {spec.model} [{spec.precision}] on {spec.device}: {size / 2**20:.1f} MiB{lanes_note(loaded)}", flush=True)
-        LOADED_MODELS.append(loaded)
-        if metrics is not None:
-            metrics.model_loaded(spec.model, spec.precision, spec.device, size)
+    # What the lanes hold (every lane's own part included), reported now and as routes change it.
+    # Without a heartbeat it cannot tell which queues it serves: it unloads nothing.
+    models = LoadedModels(engines, device=device, queues=lambda: heartbeat.queues if heartbeat is not None else [],
+                          idle_s=settings.TRANSLATION_MODEL_UNLOAD_IDLE_S if heartbeat is not None else 0,
+                          heartbeat=heartbeat, metrics=metrics)
+    for loaded in models.report():
+        print(f"  loaded {loaded['model']} [{loaded['precision']}] on {loaded['device']}: "
+              f"{loaded['memory_mib']:.1f} MiB{lanes_note(loaded)}", flush=True)
     if batching:
         policy = BatchPolicy(
             max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,
@@ -219,8 +219,8 @@ def start_device_loop(
         policy = BatchPolicy(max_batch_size=1, max_wait_s=0)
     batcher = Batcher(policy)
     if heartbeat is not None:
-        heartbeat.ready(LOADED_MODELS)  # every model translated its warm-up sentence: the canary
-    loops = [DeviceLoop(batcher, engine, heartbeat, metrics, lane=lane) for lane, engine in enumerate(engines)]
+        heartbeat.ready(models.held)  # every model translated its warm-up sentence: the canary
+    loops = [DeviceLoop(batcher, engine, heartbeat, metrics, lane=lane, models=models) for lane, engine in enumerate(engines)]
     if metrics is not None:
         # Jobs taken from the broker and not answered yet: waiting in the batcher or computing.
         metrics.in_flight(lambda: batcher.pending() + sum(loop.running for loop in loops))

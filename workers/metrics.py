@@ -126,6 +126,12 @@ class WorkerMetrics:
     def model_loaded(self, model: str, precision: str, device: str, memory: int) -> None:
         model_memory_bytes.labels(worker=self.worker, model=model, precision=precision, device=device).set(memory)
 
+    def model_unloaded(self, model: str, precision: str, device: str) -> None:
+        try:
+            model_memory_bytes.remove(self.worker, model, precision, device)
+        except KeyError:  # never reported
+            pass
+
     def ready(self) -> None:
         worker_ready.labels(worker=self.worker).set(1)
 

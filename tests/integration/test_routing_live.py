@@ -103,6 +103,12 @@ class AdminChangeTests:
         assert {row.status for row in rows} == {TranslationStatus.DONE}
         assert {row.precision for row in rows} == {"int8"}  # loaded beside the fp32 model, then used
         assert max(row.batch_size for row in rows) > 1  # the longer wait gathers them
+        # The worker reports the model it loaded for the change, beside those it warmed at start.
+        from workers.models import WorkerHeartbeat
+
+        model = es_en().model_name
+        loaded = {(m["model"], m["precision"]): m for m in WorkerHeartbeat.objects.get(name=WORKER_NAME).loaded_models}
+        assert (model, "fp32") in loaded and loaded[(model, "int8")]["memory_mib"] > 0, loaded
 
     def test_translate_a_sample_shows_the_output_and_its_latency(self, worker, admin_client):
         route = es_en()

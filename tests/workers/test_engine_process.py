@@ -66,6 +66,56 @@ class EngineProcessTests:
         process.stop()
 
 
+class ModelsLoadedLaterTests:
+    """A route changed after the start names a model the lane has not loaded: it loads with its
+    first call and is reported; one no longer needed is unloaded, and loads again if asked for."""
+
+    @pytest.fixture
+    def lane(self, tiny_models):
+        process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)), "es", "en")])
+        process.start()
+        changes = []
+        process.on_change = lambda: changes.append(dict(process.memory))
+        yield process, changes
+        process.stop()
+
+    def test_a_model_loaded_by_a_call_is_reported_with_its_memory(self, lane, tiny_models):
+        process, changes = lane
+        marian = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en))
+        m2m100 = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        outputs, usage = process.call(m2m100, ["Hola", "Gracias"], "es", "en")
+        assert len(outputs) == 2 and usage.input_tokens > 0
+        assert set(process.memory) == {marian, m2m100} and process.memory[m2m100].total > 0
+        assert changes == [process.memory]  # told once, with the new model's memory
+        assert set(process.last_used) == {marian, m2m100}
+        process.call(m2m100, ["Hola"], "es", "en")
+        assert len(changes) == 1  # loaded already: nothing new to tell
+        # Loaded by a call that then fails: loaded all the same, so reported.
+        m2m100_int8 = EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="int8")
+        with pytest.raises(UnsupportedPair):
+            process.call(m2m100_int8, ["Hola"], "es", "xx")
+        assert m2m100_int8 in process.memory and len(changes) == 2
+        # One that does not load fails its call; the lane goes on with what it holds.
+        with pytest.raises(OSError):
+            process.call(EngineSpec("hf-seq2seq", "/nonexistent/model"), ["Hola"], "es", "en")
+        assert len(changes) == 2 and len(process.memory) == 3
+        assert len(process.call(marian, ["Hola"], "es", "en")[0]) == 1
+
+    def test_an_unloaded_model_leaves_the_child_and_loads_again_when_asked_for(self, lane, tiny_models):
+        process, changes = lane
+        marian = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en))
+        m2m100 = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        process.call(m2m100, ["Hola"], "es", "en")
+        process.unload(m2m100)
+        assert set(process.memory) == {marian} and set(process.last_used) == {marian}
+        assert changes[-1] == {marian: process.memory[marian]}
+        # The child loads it again (it tells its memory again: it no longer held it).
+        process.call(m2m100, ["Hola"], "es", "en")
+        assert m2m100 in process.memory and len(changes) == 3
+        process.unload(marian)  # a model warmed at start goes the same way
+        assert set(process.memory) == {m2m100}
+
+
 class EngineProcessDeathTests:
     def test_a_dead_engine_process_is_reported_not_waited_for(self, tiny_models):
         spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))

@@ -4,7 +4,7 @@ Engines import neither Django nor Celery; they take texts and return texts.
 """
 
 from translation.engines.base import EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair
-from translation.engines.registry import engine_for, loaded_engines
+from translation.engines.registry import engine_for, engine_unload, loaded_engines
 
 __all__ = [
     "EngineError",
@@ -14,5 +14,6 @@ __all__ = [
     "TranslationEngine",
     "UnsupportedPair",
     "engine_for",
+    "engine_unload",
     "loaded_engines",
 ]

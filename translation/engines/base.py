@@ -83,6 +83,11 @@ class TranslationEngine(ABC):
         """``translate``, and the tokens it read and generated (zero for an engine that cannot count)."""
         return self.translate(texts, source, target, glossary), TokenUsage()
 
+    @abstractmethod
+    def unload(self) -> None:
+        """Let go of the weights and tokenizer (no route needs the model any more); the engine is
+        not used after this."""
+
     @property
     @abstractmethod
     def memory_bytes(self) -> int:

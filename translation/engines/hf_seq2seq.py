@@ -91,6 +91,11 @@ class HFSeq2SeqEngine(TranslationEngine):
         self._dropped_ids = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "lang_code_to_id", {}).values())
         logger.info("Loaded %s (%s, %s) on %s", self.spec.model, self.family.value, self.precision, self.spec.device)
 
+    def unload(self) -> None:
+        with self._lock:  # not under a forward pass
+            self._model = self._tokenizer = None
+        logger.info("Unloaded %s (%s) from %s", self.spec.model, self.precision, self.spec.device)
+
     @staticmethod
     def _detect_family(tokenizer) -> Family:
         name = type(tokenizer).__name__

@@ -27,5 +27,16 @@ def engine_for(spec: EngineSpec) -> TranslationEngine:
     return engine
 
 
+def engine_unload(spec: EngineSpec) -> bool:
+    """Drop the engine of ``spec`` from this process (a later ``engine_for`` loads it again).
+    False when none was loaded."""
+    with _lock:
+        engine = _engines.pop(spec, None)
+    if engine is None:
+        return False
+    engine.unload()
+    return True
+
+
 def loaded_engines() -> dict[EngineSpec, TranslationEngine]:
     return dict(_engines)

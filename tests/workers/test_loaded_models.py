@@ -1,0 +1,122 @@
+"""What a worker reports of its lanes' models, and the idle models no route names that a lane
+lets go of: the choice alone, then a real engine process with the test database's routes."""
+
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import REGISTRY
+
+from translation.engines import EngineSpec
+from workers.engine_process import EngineProcess, ModelMemory, Warmup
+from workers.loaded_models import CHECK_EVERY_S, LoadedModels, idle_models, models_held
+
+A, B, C = (EngineSpec("hf-seq2seq", f"/models/{name}") for name in "abc")
+
+
+class IdleModelsTests:
+    def test_only_models_no_route_wants_and_unused_long_enough_go(self):
+        last_used = {A: 0.0, B: 0.0, C: 500.0}
+        assert idle_models(last_used, wanted={A}, now=600.0, idle_s=600) == [B]
+        assert idle_models(last_used, wanted={A}, now=599.0, idle_s=600) == []
+        assert idle_models(last_used, wanted=set(), now=1100.0, idle_s=600) == [A, B, C]
+
+    def test_a_zero_idle_time_keeps_every_model(self):
+        assert idle_models({A: 0.0}, wanted=set(), now=1e9, idle_s=0) == []
+
+
+@dataclass
+class Lane:
+    """What ``models_held`` reads of an engine process: its models' memory."""
+
+    memory: dict = field(default_factory=dict)
+
+
+class ModelsHeldTests:
+    def test_each_model_once_with_the_lanes_that_hold_it(self):
+        mib = 2**20
+        lanes = [Lane({A: ModelMemory(100 * mib, 80 * mib), B: ModelMemory(10 * mib)}),
+                 Lane({A: ModelMemory(100 * mib, 80 * mib)})]
+        held = {model["model"]: model for model in models_held(lanes)}
+        # A: the mapped 80 MiB once, each lane's own 20 MiB; B only in the first lane.
+        assert held["/models/a"] | {"bytes": 0} == {"model": "/models/a", "precision": "fp32", "device": "cpu",
+                                                    "memory_mib": 120.0, "copies": 2, "shared_mib": 80.0, "bytes": 0}
+        assert (held["/models/b"]["memory_mib"], held["/models/b"]["copies"]) == (10.0, 1)
+        assert models_held([Lane(), Lane()]) == []
+
+
+@pytest.mark.django_db
+class LoadedModelsTests:
+    @pytest.fixture
+    def lane(self, tiny_models):
+        process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)), "es", "en")])
+        process.start()
+        yield process
+        process.stop()
+
+    def test_a_model_a_changed_route_loaded_is_reported_then_unloaded_once_idle(self, lane, tiny_models):
+        from translation.routing import routes
+        from workers.heartbeat import Heartbeat
+        from workers.metrics import WorkerMetrics
+        from workers.models import WorkerHeartbeat
+
+        queue = next(route.queue for route in routes() if route.source == "es" and route.target == "en")
+        name = "loaded-models-test@h"
+        heartbeat = Heartbeat(name, device="cpu", queues=[queue])
+        heartbeat.register()
+        now = [1000.0]
+        models = LoadedModels([lane], device="cpu", queues=lambda: heartbeat.queues, idle_s=600,
+                              heartbeat=heartbeat, metrics=WorkerMetrics(name, device="cpu", queues=[queue]),
+                              clock=lambda: now[0])
+        models.report()
+        marian = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en))
+        int8 = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en), precision="int8")  # what no route names
+
+        def reported() -> set[tuple[str, str]]:
+            return {(model["model"], model["precision"]) for model in WorkerHeartbeat.objects.get(name=name).loaded_models}
+
+        def gauge(spec: EngineSpec) -> float | None:
+            return REGISTRY.get_sample_value("translation_worker_model_memory_bytes", {
+                "worker": name, "model": spec.model, "precision": spec.precision, "device": "cpu"})
+
+        assert reported() == {(marian.model, "fp32")}
+        lane.call(int8, ["Hola"], "es", "en")  # a job queued under a route since changed
+        assert reported() == {(marian.model, "fp32"), (int8.model, "int8")}
+        assert {(model["model"], model["precision"]) for model in models.held} == reported()
+        assert gauge(int8) > 0
+        # Idle for less than the time asked: kept.
+        lane.last_used = {spec: 1000.0 for spec in lane.memory}
+        now[0] = 1599.0
+        assert models.unload_idle(0) == []
+        # Looked at again only after CHECK_EVERY_S, then idle long enough: the unrouted model goes,
+        # the routed one stays however long it idles.
+        now[0] = 1599.0 + CHECK_EVERY_S / 2
+        lane.last_used = {spec: 0.0 for spec in lane.memory}
+        assert models.unload_idle(0) == []
+        now[0] = 1599.0 + CHECK_EVERY_S
+        assert models.unload_idle(0) == [int8]
+        assert set(lane.memory) == {marian}
+        assert reported() == {(marian.model, "fp32")} and gauge(int8) is None and gauge(marian) > 0
+
+
+@pytest.mark.django_db(transaction=True)  # the loop's thread reads the routes on its own connection
+def test_a_lane_with_nothing_to_compute_lets_an_idle_unrouted_model_go(tiny_models):
+    from tests.conftest import wait_for
+    from translation.batching import Batcher, BatchPolicy
+    from translation.routing import routes
+    from workers.device_loop import DeviceLoop
+
+    queue = next(route.queue for route in routes() if route.source == "es" and route.target == "en")
+    marian = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en))
+    int8 = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en), precision="int8")
+    lane = EngineProcess([Warmup(marian, "es", "en")])
+    lane.start()
+    loop = DeviceLoop(Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0)), lane,
+                      models=LoadedModels([lane], device="cpu", queues=lambda: [queue], idle_s=0.2))
+    try:
+        lane.call(int8, ["Hola"], "es", "en")
+        loop.start()
+        wait_for(lambda: int8 not in lane.memory, timeout=20, what="the idle int8 model to be unloaded")
+        assert set(lane.memory) == {marian}
+    finally:
+        loop.stop()
+        loop.join(5)

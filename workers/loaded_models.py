@@ -1,0 +1,116 @@
+"""What a worker's lanes hold, as the worker reports it, and the models it lets go of.
+
+A worker loads and warms the models its queues' routes name before it consumes. A route changed
+later (another model, another precision) loads its model in a lane's engine process with the
+first batch that needs it. Either way every loaded model is reported, with its memory: the
+``models`` inspect command, the heartbeat row (admin, operations page, ``manage.py status``)
+and the ``translation_worker_model_memory_bytes`` gauge.
+
+A model that no route of the worker's queues names any more, disabled routes included (their
+models stay warm for a switch), and that no batch has used for ``TRANSLATION_MODEL_UNLOAD_IDLE_S``
+is unloaded from the lane, its GPU memory given back. Jobs queued before the route changed keep
+the model they were queued with, and would load it again. The check runs in each lane's own
+thread between batches, so it never waits on a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from translation.engines import EngineSpec
+from workers.engine_process import EngineProcess, ModelMemory
+
+logger = logging.getLogger(__name__)
+
+# How often a lane with nothing to compute looks for models to let go of.
+CHECK_EVERY_S = 5.0
+
+
+def models_held(engines: list[EngineProcess]) -> list[dict]:
+    """Each model the lanes hold: model, precision, device, MiB of all its lanes together, how
+    many lanes hold it (``copies``) and the MiB of it they share."""
+    held: list[dict] = []
+    memories = [engine.memory for engine in engines]  # each lane replaces its own, never changes it
+    for spec in sorted({spec for memory in memories for spec in memory}, key=lambda s: (s.model, s.precision)):
+        lanes = [memory[spec] for memory in memories if spec in memory]
+        size = ModelMemory.held_together(lanes)
+        held.append({"model": spec.model, "precision": spec.precision, "device": spec.device,
+                     "memory_mib": round(size / 2**20, 1), "copies": len(lanes),
+                     "shared_mib": round(max(lane.shared for lane in lanes) / 2**20, 1), "bytes": size})
+    return held
+
+
+def idle_models(
+    last_used: dict[EngineSpec, float], *, wanted: Iterable[EngineSpec], now: float, idle_s: float
+) -> list[EngineSpec]:
+    """Of the models loaded (``last_used``: when a batch last used each), those to unload: not
+    ``wanted`` by a route, and unused for ``idle_s`` (0: never unload)."""
+    if idle_s <= 0:
+        return []
+    wanted = set(wanted)
+    return sorted((spec for spec, used in last_used.items() if spec not in wanted and now - used >= idle_s),
+                  key=lambda spec: (spec.model, spec.precision))
+
+
+class LoadedModels:
+    """The worker's report of its lanes' models, kept current as lanes load and unload them."""
+
+    def __init__(
+        self, engines: list[EngineProcess], *, device: str, queues, idle_s: float, heartbeat=None, metrics=None,
+        clock=time.monotonic,
+    ) -> None:
+        """``queues()``: the queues the worker consumes now (it may follow new routes)."""
+        from workers.control import LOADED_MODELS
+
+        self.engines, self.device, self._queues, self.idle_s = engines, device, queues, idle_s
+        self.heartbeat, self.metrics, self._clock = heartbeat, metrics, clock
+        self.held: list[dict] = LOADED_MODELS  # what the "models" inspect command answers
+        self._lock = threading.Lock()
+        self._checked: dict[int, float] = {}  # lane -> when it last looked
+        for engine in engines:
+            engine.on_change = self.report
+
+    def report(self) -> list[dict]:
+        """Publish what the lanes hold now; returns it."""
+        with self._lock:
+            before = {(model["model"], model["precision"], model["device"]) for model in self.held}
+            held = models_held(self.engines)
+            self.held[:] = [{key: value for key, value in model.items() if key != "bytes"} for model in held]
+            if self.metrics is not None:
+                for model in held:
+                    self.metrics.model_loaded(model["model"], model["precision"], model["device"], model["bytes"])
+                for gone in before - {(model["model"], model["precision"], model["device"]) for model in held}:
+                    self.metrics.model_unloaded(*gone)
+            held = list(self.held)
+        if self.heartbeat is not None:  # rare (a model loaded or unloaded): written at once, outside the lock
+            self.heartbeat.models(held)
+        return held
+
+    def wanted(self) -> set[EngineSpec]:
+        """The models the routes of the worker's queues name, disabled routes included."""
+        from translation.routing import routes_for_queues
+
+        return {EngineSpec(engine=route.engine, model=route.model, precision=route.precision, device=self.device)
+                for route in routes_for_queues(set(self._queues()), include_disabled=True)}
+
+    def unload_idle(self, lane: int) -> list[EngineSpec]:
+        """In lane ``lane``'s own thread, between batches: unload its models no route wants that
+        have been idle long enough. At most every ``CHECK_EVERY_S``; returns what it unloaded."""
+        now = self._clock()
+        if self.idle_s <= 0 or now - self._checked.get(lane, float("-inf")) < CHECK_EVERY_S:
+            return []
+        self._checked[lane] = now
+        engine = self.engines[lane]
+        loaded = {spec: used for spec, used in engine.last_used.items() if spec in engine.memory}
+        if not idle_models(loaded, wanted=(), now=now, idle_s=self.idle_s):  # the routes are read only when one could go
+            return []
+        unloaded = []
+        for spec in idle_models(loaded, wanted=self.wanted(), now=now, idle_s=self.idle_s):
+            engine.unload(spec)
+            logger.info("Unloaded %s [%s] from lane %d: no route of this worker names it, unused for %.0f s",
+                        spec.model, spec.precision, lane, self.idle_s)
+            unloaded.append(spec)
+        return unloaded
