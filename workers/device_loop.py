@@ -40,6 +40,8 @@ class DeviceLoop(threading.Thread):
         super().__init__(name=f"device-loop-{lane}", daemon=True)
         self.batcher, self.engines, self.heartbeat, self.metrics = batcher, engines, heartbeat, metrics
         self.models = models  # the worker's loaded models: between batches, this lane lets go of unneeded ones
+        if heartbeat is not None:  # a batch waiting for its model to load is not a hung one
+            engines.on_loading = lambda loading: heartbeat.loading(lane, loading)
         self.lane = lane
         self.running = 0  # jobs of the batch being computed
         self._stopping = threading.Event()

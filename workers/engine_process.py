@@ -155,6 +155,9 @@ class EngineProcess:
         self.threads = 0  # the threads its forward passes use, once ready
         # Told when ``memory`` changed (the worker's report of its models).
         self.on_change: Callable[[], None] | None = None
+        # Told True when a call starts loading a model (its call may then take up to
+        # START_TIMEOUT_S more), False once loaded: the heartbeat does not take it for hung.
+        self.on_loading: Callable[[bool], None] | None = None
 
     def start(self) -> dict[EngineSpec, ModelMemory]:
         """Start the child, wait until every model is loaded and warm; returns their memory."""
@@ -200,9 +203,15 @@ class EngineProcess:
                     raise
             kind, value = self._answer()
             loaded = None
-            if kind == "loaded":  # the model loaded for this call: its memory, then the answer
-                loaded = value
-                kind, value = self._answer()
+            if kind == "loading":  # a model this call needs loads first: as long as at a start
+                self._loading(True)
+                try:
+                    kind, value = self._answer(START_TIMEOUT_S, what="load a model")
+                finally:
+                    self._loading(False)
+                if kind == "loaded":  # its memory, then the answer
+                    loaded = value
+                    kind, value = self._answer()
         if loaded is not None:
             self._changed(spec, loaded)
         if spec in self.memory:  # idle from now on (a model that did not load is not one)
@@ -222,11 +231,18 @@ class EngineProcess:
             raise value
         self._changed(spec, None)
 
-    def _answer(self):
-        if not self._connection.poll(CALL_TIMEOUT_S):
+    def _answer(self, timeout: float = CALL_TIMEOUT_S, *, what: str = "answer"):
+        if not self._connection.poll(timeout):
             self._process.kill()
-            raise EngineProcessDied(f"the engine process did not answer within {CALL_TIMEOUT_S}s; killed")
+            raise EngineProcessDied(f"the engine process did not {what} within {timeout:g}s; killed")
         return self._receive()
+
+    def _loading(self, loading: bool) -> None:
+        if self.on_loading is not None:
+            try:
+                self.on_loading(loading)
+            except Exception:
+                logger.warning("Could not report a model load of %s", self._process.name, exc_info=True)
 
     def _changed(self, spec: EngineSpec, memory: ModelMemory | None) -> None:
         # Replaced, not changed in place: other lanes' threads read it for the worker's report.
@@ -315,8 +331,10 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 connection.send(("ok", None))
                 continue
             new = spec not in loaded_engines()
-            engine = engine_for(spec)  # a model no route named at start loads with its first batch
-            if new:  # its memory first, for the worker's report, whatever the call then answers
+            if new:  # a model no route named at start loads with its first batch: said first
+                connection.send(("loading", None))
+            engine = engine_for(spec)
+            if new:  # its memory, for the worker's report, whatever the call then answers
                 connection.send(("loaded", _memory_of(engine)))
             connection.send(("ok", engine.translate_with_usage(*arguments)))
         except Exception as exc:

@@ -55,6 +55,7 @@ class Heartbeat:
         # database): when it last turned, and since when its batch runs (monotonic; None: none).
         self._lanes: dict[int, tuple[float, float | None]] = {0: (clock(), None)}
         self._lanes_lock = threading.Lock()
+        self._loading_lanes: set[int] = set()  # lanes whose batch waits for a model to load
         self._busy_since = None  # wall clock, for the row
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,6 +153,18 @@ class Heartbeat:
     def batch_ended(self, lane: int = 0) -> None:
         self._report(lane, running=False)
 
+    def loading(self, lane: int, loading: bool) -> None:
+        """Lane ``lane``'s batch waits for its model to load (a route changed since the start):
+        allowed as long as a start's loading, then its forward pass is timed afresh."""
+        now = self._clock()
+        with self._lanes_lock:
+            turned = self._lanes.get(lane, (now, None))[0]
+            self._lanes[lane] = (turned, now)
+            if loading:
+                self._loading_lanes.add(lane)
+            else:
+                self._loading_lanes.discard(lane)
+
     def _computing(self) -> bool:
         with self._lanes_lock:
             return any(started is not None for _, started in self._lanes.values())
@@ -161,15 +174,16 @@ class Heartbeat:
     def _loop_healthy(self) -> bool:
         """Every loop turned within the staleness limit (plus its own wait), or its batch has not
         outlasted the engine's call timeout: a long but healthy batch keeps the beat."""
-        from workers.engine_process import CALL_TIMEOUT_S
+        from workers.engine_process import CALL_TIMEOUT_S, START_TIMEOUT_S
 
         now = self._clock()
         with self._lanes_lock:
-            lanes = list(self._lanes.values())
+            lanes = [(lane, turned, started) for lane, (turned, started) in self._lanes.items()]
+            loading = set(self._loading_lanes)
         healthy = all(
-            now - started <= CALL_TIMEOUT_S if started is not None
+            now - started <= (START_TIMEOUT_S if lane in loading else CALL_TIMEOUT_S) if started is not None
             else now - turned <= LOOP_TURN_S + settings.WORKER_HEARTBEAT_STALE_S
-            for turned, started in lanes
+            for lane, turned, started in lanes
         )
         if not healthy and not self._loop_hung:
             logger.error("The device loop of %s stopped turning; heartbeats stop", self.name)

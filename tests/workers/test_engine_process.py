@@ -76,6 +76,8 @@ class ModelsLoadedLaterTests:
         process.start()
         changes = []
         process.on_change = lambda: changes.append(dict(process.memory))
+        process.loads = []
+        process.on_loading = process.loads.append
         yield process, changes
         process.stop()
 
@@ -87,9 +89,10 @@ class ModelsLoadedLaterTests:
         assert len(outputs) == 2 and usage.input_tokens > 0
         assert set(process.memory) == {marian, m2m100} and process.memory[m2m100].total > 0
         assert changes == [process.memory]  # told once, with the new model's memory
+        assert process.loads == [True, False]  # while it loaded, the call was a load, not a hung pass
         assert set(process.last_used) == {marian, m2m100}
         process.call(m2m100, ["Hola"], "es", "en")
-        assert len(changes) == 1  # loaded already: nothing new to tell
+        assert len(changes) == 1 and len(process.loads) == 2  # loaded already: nothing new to tell
         # Loaded by a call that then fails: loaded all the same, so reported.
         m2m100_int8 = EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="int8")
         with pytest.raises(UnsupportedPair):
@@ -99,6 +102,7 @@ class ModelsLoadedLaterTests:
         with pytest.raises(OSError):
             process.call(EngineSpec("hf-seq2seq", "/nonexistent/model"), ["Hola"], "es", "en")
         assert len(changes) == 2 and len(process.memory) == 3
+        assert process.loads[-2:] == [True, False]  # its load began and ended, if in failure
         assert len(process.call(marian, ["Hola"], "es", "en")[0]) == 1
 
     def test_an_unloaded_model_leaves_the_child_and_loads_again_when_asked_for(self, lane, tiny_models):

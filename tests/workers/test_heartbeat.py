@@ -68,6 +68,30 @@ class BeatRuleTests:
         heartbeat.batch_ended()
         assert heartbeat._loop_healthy()
 
+    def test_a_batch_waiting_for_its_model_to_load_may_take_a_starts_time_then_its_pass_is_timed_afresh(self, clocked):
+        from workers.engine_process import START_TIMEOUT_S
+
+        heartbeat, now = clocked
+        heartbeat.lanes(2)
+        heartbeat.batch_started(lane=1)
+        now[0] = 10.0
+        heartbeat.loading(1, True)  # a route changed: the batch's model loads first
+        now[0] = 10.0 + CALL_TIMEOUT_S + 1
+        heartbeat.idle(lane=0)
+        assert heartbeat._loop_healthy()  # a load, not a hung call
+        now[0] = 10.0 + START_TIMEOUT_S + 1
+        heartbeat.idle(lane=0)
+        assert not heartbeat._loop_healthy()  # longer than any start may load
+        now[0] = 500.0
+        heartbeat.idle(lane=0)
+        heartbeat.loading(1, False)  # loaded: the forward pass counts from here
+        now[0] = 500.0 + CALL_TIMEOUT_S - 1
+        heartbeat.idle(lane=0)
+        assert heartbeat._loop_healthy()
+        now[0] = 500.0 + CALL_TIMEOUT_S + 1
+        heartbeat.idle(lane=0)
+        assert not heartbeat._loop_healthy()
+
     def test_every_lane_must_be_healthy(self, clocked):
         heartbeat, now = clocked
         heartbeat.lanes(2)
