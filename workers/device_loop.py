@@ -67,8 +67,11 @@ class DeviceLoop(threading.Thread):
                     self.heartbeat.batch_ended(self.lane)
                 if self.metrics:
                     self.metrics.batch_ended(self.lane)
-            elif self.heartbeat:
-                self.heartbeat.idle(self.lane)
+            else:
+                if self.heartbeat:
+                    self.heartbeat.idle(self.lane)
+                if self.models is not None:  # nothing to compute: load what a changed route names
+                    self.load_wanted_models()
             if self.models is not None:  # after a batch too: a busy lane lets go of its old models as well
                 self.unload_idle_models()
             if not self.engines.alive() and not self._stopping.is_set():
@@ -81,6 +84,17 @@ class DeviceLoop(threading.Thread):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
         close_old_connections()
+
+    def load_wanted_models(self) -> None:
+        try:
+            self.models.load_wanted(self.lane)
+        except EngineProcessDied:  # seen below, as after a batch
+            pass
+        except Exception:  # the routes could not be read: looked at again later
+            logger.warning("Could not look for models to load in lane %d", self.lane, exc_info=True)
+            close_old_connections()
+        if self.heartbeat:  # a load is not a batch: the lane turned
+            self.heartbeat.idle(self.lane)
 
     def unload_idle_models(self) -> None:
         try:

@@ -222,6 +222,21 @@ class EngineProcess:
             raise value
         return value
 
+    def warm(self, warmup: Warmup) -> ModelMemory:
+        """Load ``warmup``'s model in the child and prove it with the warm-up sentence, as at a
+        start (a route named it since); returns its memory. Its errors are raised here."""
+        with self._lock:
+            self._send(("warm", warmup.spec, warmup.source, warmup.target))
+            self._loading(True)
+            try:
+                kind, value = self._answer(START_TIMEOUT_S, what="load a model")
+            finally:
+                self._loading(False)
+        if kind == "error":
+            raise value
+        self._changed(warmup.spec, value)
+        return value
+
     def unload(self, spec: EngineSpec) -> None:
         """Drop ``spec``'s model from the child (a later call loads it again)."""
         with self._lock:
@@ -329,6 +344,16 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 engine_unload(spec)
                 _free_memory(spec.device)
                 connection.send(("ok", None))
+                continue
+            if kind == "warm":
+                source, target = arguments
+                engine = engine_for(spec)
+                try:
+                    engine.translate(["Hello"], source, target)
+                except Exception:  # loaded, but it cannot translate: not kept
+                    engine_unload(spec)
+                    raise
+                connection.send(("ok", _memory_of(engine)))
                 continue
             new = spec not in loaded_engines()
             if new:  # a model no route named at start loads with its first batch: said first

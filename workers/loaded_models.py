@@ -21,12 +21,29 @@ import time
 from collections.abc import Iterable
 
 from translation.engines import EngineSpec
-from workers.engine_process import EngineProcess, ModelMemory
+from workers.engine_process import EngineProcess, EngineProcessDied, ModelMemory, Warmup
 
 logger = logging.getLogger(__name__)
 
-# How often a lane with nothing to compute looks for models to let go of.
+# How often a lane looks for models to let go of, and (with nothing to compute) to load ahead.
 CHECK_EVERY_S = 5.0
+# A model that failed to load ahead of its jobs is tried again after this long.
+RETRY_LOAD_S = 300.0
+
+
+def on_this_host(model: str) -> bool:
+    """Whether ``model`` loads without a download: a checkpoint directory, or a hub id whose
+    files are in the local cache (``HF_HOME``)."""
+    from pathlib import Path
+
+    if Path(model).is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # not a hub id either
+        return False
 
 
 def models_held(engines: list[EngineProcess]) -> list[dict]:
@@ -69,7 +86,9 @@ class LoadedModels:
         self.heartbeat, self.metrics, self._clock = heartbeat, metrics, clock
         self.held: list[dict] = LOADED_MODELS  # what the "models" inspect command answers
         self._lock = threading.Lock()
-        self._checked: dict[int, float] = {}  # lane -> when it last looked
+        self._checked: dict[int, float] = {}  # lane -> when it last looked for models to unload
+        self._load_checked: dict[int, float] = {}  # lane -> when it last looked for models to load
+        self._failed: dict[tuple[int, EngineSpec], float] = {}  # (lane, model) -> when loading it ahead failed
         for engine in engines:
             engine.on_change = self.report
 
@@ -91,10 +110,43 @@ class LoadedModels:
 
     def wanted(self) -> set[EngineSpec]:
         """The models the routes of the worker's queues name, disabled routes included."""
-        from translation.routing import routes_for_queues
+        return {warmup.spec for warmup in self._warmups()}
 
-        return {EngineSpec(engine=route.engine, model=route.model, precision=route.precision, device=self.device)
-                for route in routes_for_queues(set(self._queues()), include_disabled=True)}
+    def _warmups(self) -> list[Warmup]:
+        from workers.warmup import warmups_for_queues
+
+        return warmups_for_queues(set(self._queues()), device=self.device, quiet=True)
+
+    def load_wanted(self, lane: int) -> EngineSpec | None:
+        """In lane ``lane``'s own thread, while it has nothing to compute: load and warm one model
+        a route names that the lane does not hold yet (a route changed since the start), so its
+        jobs do not wait for the load. Only a checkpoint on this host (a directory, or a hub id
+        in the local cache) is loaded ahead; one that failed is tried again after
+        ``RETRY_LOAD_S``. At most every ``CHECK_EVERY_S``; returns what it loaded."""
+        now = self._clock()
+        if now - self._load_checked.get(lane, float("-inf")) < CHECK_EVERY_S:
+            return None
+        self._load_checked[lane] = now
+        engine = self.engines[lane]
+        for warmup in self._warmups():
+            spec = warmup.spec
+            if spec in engine.memory or now - self._failed.get((lane, spec), float("-inf")) < RETRY_LOAD_S:
+                continue
+            if not on_this_host(spec.model):  # a download: left to the first job that needs it
+                continue
+            try:
+                memory = engine.warm(warmup)
+            except EngineProcessDied:
+                raise
+            except Exception as exc:
+                self._failed[(lane, spec)] = now
+                logger.warning("Could not load %s [%s] ahead of its jobs in lane %d (again in %.0f s): %s: %s",
+                               spec.model, spec.precision, lane, RETRY_LOAD_S, type(exc).__name__, exc)
+                continue
+            logger.info("Loaded %s [%s] in lane %d ahead of its jobs: %.1f MiB", spec.model, spec.precision, lane,
+                        memory.total / 2**20)
+            return spec  # one per look: the lane goes back to its queue
+        return None
 
     def unload_idle(self, lane: int) -> list[EngineSpec]:
         """In lane ``lane``'s own thread, between batches: unload its models no route wants that

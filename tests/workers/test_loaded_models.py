@@ -116,7 +116,70 @@ def test_a_lane_with_nothing_to_compute_lets_an_idle_unrouted_model_go(tiny_mode
         lane.call(int8, ["Hola"], "es", "en")
         loop.start()
         wait_for(lambda: int8 not in lane.memory, timeout=20, what="the idle int8 model to be unloaded")
-        assert set(lane.memory) == {marian}
+        # The routed one stays; the idle lane also loads the "*"->en route's model it lacked.
+        wait_for(lambda: set(lane.memory) == {marian, EngineSpec("hf-seq2seq", str(tiny_models.m2m100))}, timeout=20,
+                 what="the routed models held, and only they")
     finally:
         loop.stop()
         loop.join(5)
+
+
+class OnThisHostTests:
+    def test_a_checkpoint_directory_loads_without_a_download_and_unknown_names_do_not(self, tmp_path):
+        from workers.loaded_models import on_this_host
+
+        assert on_this_host(str(tmp_path))
+        assert not on_this_host(str(tmp_path / "missing"))
+        assert not on_this_host("some-org/a-model-never-downloaded-here")  # a hub id not in the cache
+
+
+@pytest.mark.django_db
+class LoadAheadTests:
+    """A route changed since the start names a model a lane does not hold: an idle lane loads it
+    before its jobs come, if it is on this host; one that fails waits before it is tried again."""
+
+    @pytest.fixture
+    def lane(self, tiny_models):
+        process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)), "es", "en")])
+        process.start()
+        process.loads = []
+        process.on_loading = process.loads.append
+        yield process
+        process.stop()
+
+    def test_an_idle_lane_loads_a_routed_model_it_lacks_and_leaves_what_it_cannot(self, lane, tiny_models, tmp_path):
+        from translation.models import LanguageRoute
+        from translation.routing import routes, routes_changed
+        from workers.loaded_models import RETRY_LOAD_S
+
+        queue = next(route.queue for route in routes() if route.source == "es" and route.target == "en")
+        for model, precision in [(str(tiny_models.marian_es_en), "int8"), ("some-org/never-downloaded", "fp32"),
+                                 (str(tmp_path), "fp32")]:  # int8: loadable; a download; a directory with no model
+            LanguageRoute.objects.create(source_language="es", target_language="en", enabled=False, model_name=model,
+                                         precision=precision, queue=queue, variant=f"v{precision}{len(model)}")
+        routes_changed()
+        now = [1000.0]
+        models = LoadedModels([lane], device="cpu", queues=lambda: [queue], idle_s=600, clock=lambda: now[0])
+        int8 = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en), precision="int8")
+        m2m100 = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))  # the "*"->en route's model
+
+        loaded = []
+        for _ in range(4):  # one model per look, looks CHECK_EVERY_S apart
+            loaded.append(models.load_wanted(0))
+            assert models.load_wanted(0) is None  # too soon to look again
+            now[0] += CHECK_EVERY_S
+        assert set(loaded) == {int8, m2m100, None} and lane.loads[:2] == [True, False]
+        assert {model["precision"] for model in models.held if model["model"] == int8.model} == {"fp32", "int8"}
+        held = set(lane.memory)
+        assert not any(spec.model in ("some-org/never-downloaded", str(tmp_path)) for spec in held)
+        # The directory without a model was tried once (and failed); it is tried again only later.
+        failed = [spec for (_, spec) in models._failed]
+        assert [spec.model for spec in failed] == [str(tmp_path)]
+        loads = len(lane.loads)
+        now[0] += CHECK_EVERY_S
+        models.load_wanted(0)
+        assert len(lane.loads) == loads  # not yet
+        now[0] += RETRY_LOAD_S
+        models.load_wanted(0)
+        assert len(lane.loads) == loads + 2  # tried again (and failed again)
+        assert len(lane.call(int8, ["Hola"], "es", "en")[0]) == 1  # the lane goes on
