@@ -40,6 +40,7 @@ class DeviceLoop(threading.Thread):
         super().__init__(name=f"device-loop-{lane}", daemon=True)
         self.batcher, self.engines, self.heartbeat, self.metrics = batcher, engines, heartbeat, metrics
         self.models = models  # the worker's loaded models: between batches, this lane lets go of unneeded ones
+        self._routes_unread = False
         if heartbeat is not None:  # a batch waiting for its model to load is not a hung one
             engines.on_loading = lambda loading: heartbeat.loading(lane, loading)
         self.lane = lane
@@ -86,23 +87,25 @@ class DeviceLoop(threading.Thread):
         close_old_connections()
 
     def load_wanted_models(self) -> None:
-        try:
-            self.models.load_wanted(self.lane)
-        except EngineProcessDied:  # seen below, as after a batch
-            pass
-        except Exception:  # the routes could not be read: looked at again later
-            logger.warning("Could not look for models to load in lane %d", self.lane, exc_info=True)
-            close_old_connections()
+        self._follow_routes(self.models.load_wanted, "load")
         if self.heartbeat:  # a load is not a batch: the lane turned
             self.heartbeat.idle(self.lane)
 
     def unload_idle_models(self) -> None:
+        self._follow_routes(self.models.unload_idle, "unload")
+
+    def _follow_routes(self, look, what: str) -> None:
+        """``look(lane)``; the routes not readable (the database is away): the models stay as
+        they are, looked at again later, and said once per outage."""
         try:
-            self.models.unload_idle(self.lane)
+            look(self.lane)
+            self._routes_unread = False
         except EngineProcessDied:  # seen below, as after a batch
             pass
-        except Exception:  # the routes could not be read: the models stay, and are looked at again
-            logger.warning("Could not look for models to unload in lane %d", self.lane, exc_info=True)
+        except Exception:
+            if not self._routes_unread:
+                logger.warning("Could not look for models to %s in lane %d; trying again", what, self.lane, exc_info=True)
+            self._routes_unread = True
             close_old_connections()
 
     def process(self, batch: list[PendingJob]) -> None:

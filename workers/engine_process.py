@@ -347,13 +347,13 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 continue
             if kind == "warm":
                 source, target = arguments
-                engine = engine_for(spec)
                 try:
-                    engine.translate(["Hello"], source, target)
-                except Exception:  # loaded, but it cannot translate: not kept
+                    engine_for(spec).translate(["Hello"], source, target)
+                except Exception:  # not loaded, or it cannot translate: nothing of it kept
                     engine_unload(spec)
+                    _free_memory(spec.device)
                     raise
-                connection.send(("ok", _memory_of(engine)))
+                connection.send(("ok", _memory_of(engine_for(spec))))
                 continue
             new = spec not in loaded_engines()
             if new:  # a model no route named at start loads with its first batch: said first

@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 
 # How often a lane looks for models to let go of, and (with nothing to compute) to load ahead.
 CHECK_EVERY_S = 5.0
-# A model that failed to load ahead of its jobs is tried again after this long.
+# A model that failed to load ahead of its jobs is tried again after this long, doubling at
+# each failure up to an hour (its jobs, if any come, still load it themselves).
 RETRY_LOAD_S = 300.0
+RETRY_LOAD_MAX_S = 3600.0
 
 
 def on_this_host(model: str) -> bool:
@@ -38,12 +40,18 @@ def on_this_host(model: str) -> bool:
 
     if Path(model).is_dir():
         return True
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-        return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:  # not a hub id either
+    try:
+        cached = [try_to_load_from_cache(model, name) for name in ("config.json", *WEIGHTS_FILES)]
+    except HFValidationError:  # not a hub id either
         return False
+    # Its configuration and weights: a repository whose download stopped half-way would download.
+    return isinstance(cached[0], str) and any(isinstance(path, str) for path in cached[1:])
+
+
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def models_held(engines: list[EngineProcess]) -> list[dict]:
@@ -88,7 +96,10 @@ class LoadedModels:
         self._lock = threading.Lock()
         self._checked: dict[int, float] = {}  # lane -> when it last looked for models to unload
         self._load_checked: dict[int, float] = {}  # lane -> when it last looked for models to load
-        self._failed: dict[tuple[int, EngineSpec], float] = {}  # (lane, model) -> when loading it ahead failed
+        # (lane, model) -> (when it may be tried again, the wait after another failure)
+        self._failed: dict[tuple[int, EngineSpec], tuple[float, float]] = {}
+        # One lane loads ahead at a time: the others go on serving their queues meanwhile.
+        self._loading_ahead = threading.Lock()
         for engine in engines:
             engine.on_change = self.report
 
@@ -127,10 +138,18 @@ class LoadedModels:
         if now - self._load_checked.get(lane, float("-inf")) < CHECK_EVERY_S:
             return None
         self._load_checked[lane] = now
+        if not self._loading_ahead.acquire(blocking=False):  # another lane loads: this one serves
+            return None
+        try:
+            return self._load_one(lane, now)
+        finally:
+            self._loading_ahead.release()
+
+    def _load_one(self, lane: int, now: float) -> EngineSpec | None:
         engine = self.engines[lane]
         for warmup in self._warmups():
             spec = warmup.spec
-            if spec in engine.memory or now - self._failed.get((lane, spec), float("-inf")) < RETRY_LOAD_S:
+            if spec in engine.memory or now < self._failed.get((lane, spec), (float("-inf"), 0.0))[0]:
                 continue
             if not on_this_host(spec.model):  # a download: left to the first job that needs it
                 continue
@@ -139,10 +158,12 @@ class LoadedModels:
             except EngineProcessDied:
                 raise
             except Exception as exc:
-                self._failed[(lane, spec)] = now
+                wait = self._failed.get((lane, spec), (0.0, RETRY_LOAD_S))[1]
+                self._failed[(lane, spec)] = (now + wait, min(2 * wait, RETRY_LOAD_MAX_S))
                 logger.warning("Could not load %s [%s] ahead of its jobs in lane %d (again in %.0f s): %s: %s",
-                               spec.model, spec.precision, lane, RETRY_LOAD_S, type(exc).__name__, exc)
+                               spec.model, spec.precision, lane, wait, type(exc).__name__, exc)
                 continue
+            self._failed.pop((lane, spec), None)
             logger.info("Loaded %s [%s] in lane %d ahead of its jobs: %.1f MiB", spec.model, spec.precision, lane,
                         memory.total / 2**20)
             return spec  # one per look: the lane goes back to its queue

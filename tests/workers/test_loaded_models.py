@@ -132,6 +132,23 @@ class OnThisHostTests:
         assert not on_this_host(str(tmp_path / "missing"))
         assert not on_this_host("some-org/a-model-never-downloaded-here")  # a hub id not in the cache
 
+    def test_a_hub_id_counts_once_its_configuration_and_weights_are_in_the_cache(self, tmp_path, monkeypatch):
+        import huggingface_hub.constants
+
+        from workers.loaded_models import on_this_host
+
+        # The hub cache's own layout: models--<org>--<name>/refs/main names a snapshot's files.
+        repo = tmp_path / "models--some-org--opus-mt-es-en"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("abc123")
+        snapshot = repo / "snapshots" / "abc123"
+        snapshot.mkdir(parents=True)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+        (snapshot / "config.json").write_text("{}")
+        assert not on_this_host("some-org/opus-mt-es-en")  # a download stopped after the configuration
+        (snapshot / "model.safetensors").write_bytes(b"")
+        assert on_this_host("some-org/opus-mt-es-en")
+
 
 @pytest.mark.django_db
 class LoadAheadTests:
@@ -172,7 +189,8 @@ class LoadAheadTests:
         assert {model["precision"] for model in models.held if model["model"] == int8.model} == {"fp32", "int8"}
         held = set(lane.memory)
         assert not any(spec.model in ("some-org/never-downloaded", str(tmp_path)) for spec in held)
-        # The directory without a model was tried once (and failed); it is tried again only later.
+        # The directory without a model was tried once (and failed); it is tried again only later,
+        # each time later still.
         failed = [spec for (_, spec) in models._failed]
         assert [spec.model for spec in failed] == [str(tmp_path)]
         loads = len(lane.loads)
@@ -182,4 +200,20 @@ class LoadAheadTests:
         now[0] += RETRY_LOAD_S
         models.load_wanted(0)
         assert len(lane.loads) == loads + 2  # tried again (and failed again)
+        now[0] += RETRY_LOAD_S + CHECK_EVERY_S
+        models.load_wanted(0)
+        assert len(lane.loads) == loads + 2  # the wait doubled
+        now[0] += RETRY_LOAD_S
+        models.load_wanted(0)
+        assert len(lane.loads) == loads + 4
         assert len(lane.call(int8, ["Hola"], "es", "en")[0]) == 1  # the lane goes on
+
+    def test_one_lane_loads_ahead_at_a_time(self, lane, tiny_models):
+        from translation.routing import routes
+
+        queue = next(route.queue for route in routes() if route.source == "es" and route.target == "en")
+        models = LoadedModels([lane], device="cpu", queues=lambda: [queue], idle_s=600, clock=lambda: 1000.0)
+        with models._loading_ahead:  # another lane is loading
+            assert models.load_wanted(0) is None and lane.loads == []
+        models._load_checked.clear()
+        assert models.load_wanted(0) == EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
