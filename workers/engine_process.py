@@ -320,11 +320,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        memory: dict[EngineSpec, ModelMemory] = {}
-        for warmup in warmups:
-            engine = engine_for(warmup.spec)
-            engine.translate(["Hello"], warmup.source, warmup.target)
-            memory[warmup.spec] = ModelMemory(engine.memory_bytes, engine.shared_bytes)
+        memory = {warmup.spec: _warm_up(warmup.spec, warmup.source, warmup.target) for warmup in warmups}
     except Exception as exc:
         connection.send(("error", RuntimeError(f"loading models failed: {type(exc).__name__}: {exc}")))
         return
@@ -346,14 +342,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 connection.send(("ok", None))
                 continue
             if kind == "warm":
-                source, target = arguments
-                try:
-                    engine_for(spec).translate(["Hello"], source, target)
-                except Exception:  # not loaded, or it cannot translate: nothing of it kept
-                    engine_unload(spec)
-                    _free_memory(spec.device)
-                    raise
-                connection.send(("ok", _memory_of(engine_for(spec))))
+                connection.send(("ok", _warm_up(spec, *arguments)))
                 continue
             new = spec not in loaded_engines()
             if new:  # a model no route named at start loads with its first batch: said first
@@ -364,6 +353,21 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
             connection.send(("ok", engine.translate_with_usage(*arguments)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
+
+
+def _warm_up(spec: EngineSpec, source: str, target: str) -> ModelMemory:
+    """Load ``spec``'s model and prove it with one sentence (at the start, or ahead of a changed
+    route's jobs); returns its memory. A model that does not load or translate is not kept."""
+    from translation.engines import engine_for, engine_unload
+
+    try:
+        engine = engine_for(spec)
+        engine.translate(["Hello"], source, target)
+    except Exception:
+        engine_unload(spec)
+        _free_memory(spec.device)
+        raise
+    return _memory_of(engine)
 
 
 def _memory_of(engine) -> ModelMemory:
