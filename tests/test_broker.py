@@ -81,3 +81,96 @@ def test_a_key_prefixed_channel_shares_its_client_and_prefixes_every_key(broker)
             assert message.payload == {"n": 1}
             message.ack()
         queue(channel).delete()
+
+
+def _queue_with(broker, name: str, count: int, connection):
+    """A fresh queue on ``connection`` holding ``count`` JSON messages, {"n": 0} ... in order."""
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    queue(connection.default_channel).declare()
+    queue(connection.default_channel).purge()
+    producer = connection.Producer()
+    for n in range(count):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key=queue.routing_key, serializer="json")
+    return queue
+
+
+def _indexed(broker, channel, message, prefix: str = "") -> bool:
+    """Whether ``message`` is in the channel's unacked index (both its hash and its sorted set)."""
+    tag = message.delivery_tag
+    in_hash = broker.hexists(prefix + channel.unacked_key, tag)
+    in_index = broker.zscore(prefix + channel.unacked_index_key, tag) is not None
+    assert in_hash == in_index, "the unacked hash and its index disagree"
+    return in_hash
+
+
+def test_one_wake_up_takes_as_many_messages_as_the_prefetch_allows_each_indexed_before_delivery(broker):
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.many", 10, connection)
+        received = []
+
+        def on_message(body, message):
+            # Handed over only once in the unacked index: a crash from here on loses nothing.
+            assert _indexed(broker, channel, message)
+            received.append(message)
+
+        with connection.Consumer(queue, callbacks=[on_message], prefetch_count=4):
+            connection.drain_events(timeout=5)  # one BRPOP's answer
+            assert [message.payload["n"] for message in received] == [0, 1, 2, 3]  # oldest first
+            assert broker.llen("test.broker.many") == 6
+            # Acknowledged from several threads at once: every one is off the index on return.
+            threads = [threading.Thread(target=message.ack) for message in received]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert not any(_indexed(broker, channel, message) for message in received)
+            connection.drain_events(timeout=5)  # room again: the next four
+            assert [message.payload["n"] for message in received[4:]] == [4, 5, 6, 7]
+            for message in received[4:]:
+                message.ack()
+        queue(channel).delete()
+
+
+def test_without_a_prefetch_limit_a_wake_up_takes_at_most_a_batch(broker):
+    from cs_portal.broker import MORE_PER_WAKE
+
+    with current_app.connection_for_write() as connection:
+        queue = _queue_with(broker, "test.broker.unlimited", MORE_PER_WAKE + 10, connection)
+        received = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)]):
+            connection.drain_events(timeout=5)
+            assert len(received) == 1 + MORE_PER_WAKE
+            for message in received:
+                message.ack()
+        queue(connection.default_channel).delete()
+
+
+def test_a_consumer_without_acknowledgements_takes_one_message_per_wake_up(broker):
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.no-ack", 3, connection)
+        received = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], no_ack=True):
+            connection.drain_events(timeout=5)
+        # kombu's own behaviour: nothing to index, so nothing popped ahead of the consumer.
+        assert [message.payload["n"] for message in received] == [0]
+        assert not _indexed(broker, channel, received[0])
+        assert broker.llen("test.broker.no-ack") == 2
+        queue(channel).delete()
+
+
+def test_a_key_prefixed_channel_takes_several_messages_per_wake_up(broker):
+    with current_app.connection_for_write(transport_options={"global_keyprefix": "test-prefix:"}) as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.prefixed-many", 3, connection)
+        received = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=3):
+            connection.drain_events(timeout=5)
+            assert [message.payload["n"] for message in received] == [0, 1, 2]
+            assert all(_indexed(broker, channel, message, prefix="test-prefix:") for message in received)
+            assert broker.llen("test-prefix:test.broker.prefixed-many") == 0
+            for message in received:
+                message.ack()
+            assert not any(_indexed(broker, channel, message, prefix="test-prefix:") for message in received)
+        queue(channel).delete()

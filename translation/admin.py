@@ -20,7 +20,7 @@ from translation.models import GlossaryTerm, LanguageRoute, Translation, Transla
 from translation.queues import queue_consumers
 from translation.routing import share_problems
 from translation.selectors import RouteFigures, route_figures, waiting_by_queue
-from translation.services import translation_enqueue, translation_retry, translation_sample
+from translation.services import translation_retry, translation_sample, translations_enqueue
 
 
 @admin.register(Translation)
@@ -69,7 +69,7 @@ class TranslationAdmin(admin.ModelAdmin):
     @admin.action(description="Send queued translations that never reached a queue")
     def send_unsent(self, request, queryset) -> None:
         unsent = queryset.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True)
-        sent = sum(translation_enqueue(translation=t) for t in unsent.select_related("message"))
+        sent = translations_enqueue(unsent.select_related("message"))
         level = messages.SUCCESS if sent == unsent.count() else messages.WARNING
         self.message_user(request, f"{sent} of {unsent.count()} unsent translation(s) sent; the rest stay queued.", level)
 

@@ -46,7 +46,7 @@ LOST = "Sent {times} times without reaching a worker (lost by the broker each ti
 def _requeue(rows, reason: str) -> list[int]:
     """Put claimed or lost rows back to queued, and send each on commit."""
     from translation.execution import attempts_given_back
-    from translation.services import translation_enqueue
+    from translation.services import translations_enqueue
 
     ids = [row.pk for row in rows]
     if not ids:
@@ -57,7 +57,7 @@ def _requeue(rows, reason: str) -> list[int]:
         resends=F("resends") + 1, retry_at=None, attempts=attempts_given_back(),
     )
     fresh = list(Translation.objects.filter(pk__in=ids).select_related("message"))
-    transaction.on_commit(lambda: [translation_enqueue(translation=row, urgent=True) for row in fresh])
+    transaction.on_commit(lambda: translations_enqueue(fresh, urgent=True))
     return ids
 
 

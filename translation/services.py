@@ -45,16 +45,58 @@ def _on_commit(translation: Translation, *, send: bool) -> None:
     kind = metrics.FAILED_NO_ROUTE if translation.route_id is None else metrics.FAILED_INPUT_TOO_LONG
     from translation.dispatch import commit_wake, ledger_dispatch
 
-    shared = commit_wake(translation.queue) if send and ledger_dispatch() else None
+    ledger = send and ledger_dispatch()
+    shared = commit_wake(translation.queue) if ledger else None
+    sends = _commit_sends(translation) if send and not ledger else None
 
     def committed() -> None:
         metrics.jobs_requested.labels(**labels).inc()
         if failed:
             metrics.jobs_failed.labels(**labels, reason=kind).inc()
-        if send:
+        if sends is not None:
+            sends.send()
+        elif send:
             translation_enqueue(translation=translation, wake=shared)
 
     transaction.on_commit(committed)
+
+
+class CommitSends:
+    """The job messages of one transaction, sent together at its commit (``translations_enqueue``:
+    one round trip to the broker for them all). Each job's on-commit callback holds it; the
+    first to run sends every job, and the others have nothing left to send.
+
+    A job saved in a savepoint that was rolled back is in the list but not in the database; the
+    rows are looked up before a send of several, so no message names a row that does not exist.
+    """
+
+    __slots__ = ("jobs", "sent")
+
+    def __init__(self) -> None:
+        self.jobs: list[Translation] = []
+        self.sent = False
+
+    def send(self) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        jobs = self.jobs
+        if len(jobs) > 1:  # one query, against a round trip saved per job
+            stored = set(Translation.objects.filter(pk__in=[job.pk for job in jobs]).values_list("pk", flat=True))
+            jobs = [job for job in jobs if job.pk in stored]
+        translations_enqueue(jobs)
+
+
+def _commit_sends(translation: Translation) -> CommitSends:
+    """The send of the transaction open now, with ``translation`` added. A new one once sent, and
+    when no on-commit callback is pending (the transaction that held the last one is over:
+    committed, or rolled back with its jobs)."""
+    connection = transaction.get_connection()
+    sends = connection.__dict__.get("translation_commit_sends")
+    if sends is None or sends.sent or not connection.run_on_commit:
+        sends = connection.__dict__["translation_commit_sends"] = CommitSends()
+    sends.jobs.append(translation)
+    return sends
 
 
 def _sticky_key(translation: Translation):
@@ -159,7 +201,6 @@ def translation_enqueue(*, translation: Translation, urgent: bool = False, wake=
     the wake-up the jobs of its transaction share (``commit_wake``), sent once for them all.
     """
     from translation.dispatch import ledger_dispatch, queue_wake
-    from translation.tasks import translate
 
     sent_at = timezone.now()  # before the send: a fast worker may start before it returns
     if ledger_dispatch():  # the row is the job: its queue is woken, once for many jobs
@@ -174,6 +215,57 @@ def translation_enqueue(*, translation: Translation, urgent: bool = False, wake=
         if translation.enqueued_at is None:
             Translation.objects.filter(pk=translation.pk).update(enqueued_at=sent_at)
         return True
+    try:
+        _send_job(translation, urgent=urgent, sent_at=sent_at)
+    except Exception:  # the broker is down or refused: the ledger row keeps the job
+        logger.exception("Could not send translation %s to %s; it stays queued", translation.pk, translation.queue)
+        _unsent([translation])
+        return False
+    if translation.enqueued_at is None:  # a resend: stamp it now
+        Translation.objects.filter(pk=translation.pk).update(enqueued_at=sent_at)
+    return True
+
+
+def translations_enqueue(translations, *, urgent: bool = False) -> int:
+    """Send several jobs; returns how many were sent. In ``jobs`` dispatch their messages go to
+    the broker together, in one round trip (kombu's publish batch) instead of one each: the
+    jobs of one transaction at its commit, a resend of many. Each job is still a message of its
+    own. If the batch fails, every job of it is taken for unsent (its row queued, its
+    ``enqueued_at`` cleared for the resend), since the broker may have stored some of them: a
+    job sent twice is stored once (the ledger's write is idempotent), a job never sent is lost.
+    """
+    from translation.dispatch import ledger_dispatch
+
+    translations = list(translations)
+    if len(translations) < 2 or ledger_dispatch():
+        return sum(translation_enqueue(translation=t, urgent=urgent) for t in translations)
+    from cs_portal.celery import app
+
+    sent_at = timezone.now()
+    try:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH_COMMANDS):
+            for translation in translations:
+                _send_job(translation, urgent=urgent, sent_at=sent_at, producer=producer)
+    except Exception:
+        logger.exception("Could not send %d translations (%s, ...); they stay queued", len(translations),
+                         translations[0].pk)
+        _unsent(translations)
+        return 0
+    resent = [t.pk for t in translations if t.enqueued_at is None]
+    if resent:
+        Translation.objects.filter(pk__in=resent).update(enqueued_at=sent_at)
+    return len(translations)
+
+
+# Redis commands buffered before a publish batch goes out (one per job, two with a queue expiry):
+# a worker starts on the first 128 jobs while the rest are built.
+SEND_BATCH_COMMANDS = 128
+
+
+def _send_job(translation: Translation, *, urgent: bool, sent_at, producer=None) -> None:
+    """One job's message (``jobs`` dispatch)."""
+    from translation.tasks import translate
+
     hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.source_text)}
     route = route_by_id(translation.route_id)
     if route is not None:
@@ -183,22 +275,23 @@ def translation_enqueue(*, translation: Translation, urgent: bool = False, wake=
     # When it was queued (epoch seconds): its wait for batch-mates counts from then, the send and
     # the delivery included, as in ledger dispatch.
     hints["queued_at"] = round((translation.enqueued_at or sent_at).timestamp(), 3)
-    try:
-        translate.apply_async(
-            args=[translation.pk], kwargs=hints, queue=translation.queue,
-            priority=PRIORITY_URGENT if urgent else PRIORITY_NORMAL,
-            # What Flower shows of the arguments: plain repr of small ints and strings, which
-            # Celery's default (saferepr, built for arbitrary objects) spends a quarter of a send on.
-            argsrepr=f"[{translation.pk}]", kwargsrepr=repr(hints),
-        )
-    except Exception:  # the broker is down or refused: the ledger row keeps the job
-        logger.exception("Could not send translation %s to %s; it stays queued", translation.pk, translation.queue)
+    translate.apply_async(
+        args=[translation.pk], kwargs=hints, queue=translation.queue,
+        priority=PRIORITY_URGENT if urgent else PRIORITY_NORMAL, producer=producer,
+        # What Flower shows of the arguments: plain repr of small ints and strings, which
+        # Celery's default (saferepr, built for arbitrary objects) spends a quarter of a send on.
+        argsrepr=f"[{translation.pk}]", kwargsrepr=repr(hints),
+    )
+
+
+def _unsent(translations) -> None:
+    """Jobs the broker did not take: counted, and their rows left queued with no send stamp, so
+    the resend finds them ("queued, never sent" stays visible)."""
+    for translation in translations:
         metrics.jobs_enqueue_failed.labels(queue=translation.queue).inc()
-        Translation.objects.filter(pk=translation.pk, status=TranslationStatus.QUEUED).update(enqueued_at=None)
-        return False
-    if translation.enqueued_at is None:  # a resend: stamp it now
-        Translation.objects.filter(pk=translation.pk).update(enqueued_at=sent_at)
-    return True
+    Translation.objects.filter(
+        pk__in=[t.pk for t in translations], status=TranslationStatus.QUEUED
+    ).update(enqueued_at=None)
 
 
 def translation_resend_unsent(*, older_than_s: float) -> int:
@@ -209,7 +302,7 @@ def translation_resend_unsent(*, older_than_s: float) -> int:
     """
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
     rows = Translation.objects.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True, created_at__lt=cutoff)
-    return sum(translation_enqueue(translation=row) for row in rows.select_related("message"))
+    return translations_enqueue(rows.select_related("message"))
 
 
 def translation_sample(*, route: LanguageRoute, text: str, source_language: str = "") -> Translation:

@@ -24,6 +24,20 @@ message = message_create_from_customer(conversation=conversation, text="Hola, ¿
 print(json.dumps({"message": message.pk}))
 """
 
+# Three messages in one transaction: their jobs go to the broker in one publish batch.
+SCRIPT_MANY = """
+import json, django
+django.setup()
+from django.db import transaction
+from cs_portal.portal.services import api_client_create, conversation_create, message_create_from_customer
+client, _ = api_client_create(name="offline-widget-many")
+conversation = conversation_create(api_client=client, customer_name="Ana")
+with transaction.atomic():
+    messages = [message_create_from_customer(conversation=conversation, text=f"Pedido {n} perdido", language="es")
+                for n in range(3)]
+print(json.dumps({"messages": [message.pk for message in messages]}))
+"""
+
 
 @pytest.fixture
 def queued_translation_unsent(api_client_key, tiny_models):
@@ -62,6 +76,23 @@ class BrokerDownTests:
         assert translation.status == TranslationStatus.QUEUED
         assert translation.enqueued_at is None  # never reached a queue: the reconciler's to resend
         assert says in result.stderr
+
+    def test_the_jobs_of_a_transaction_sent_together_all_stay_queued_unsent(self, tiny_models):
+        env = dict(
+            os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(),
+            CELERY_BROKER_URL="redis://127.0.0.1:1/0", TRANSLATION_DISPATCH="jobs",
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT_MANY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        rows = Translation.objects.filter(message__in=outcome["messages"])
+        assert rows.count() == 3
+        for row in rows:  # every one left for the resend, none half-sent and forgotten
+            assert row.status == TranslationStatus.QUEUED
+            assert row.enqueued_at is None
+        assert "Could not send 3 translations" in result.stderr
 
     @pytest.mark.parametrize("dispatch", ["jobs", "ledger"])
     def test_resend_command_sends_the_unsent_rows_once_the_broker_is_back(

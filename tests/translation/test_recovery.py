@@ -29,7 +29,7 @@ def claimed_by(rows, worker: str) -> None:
 
 @pytest.fixture
 def sent(monkeypatch):
-    """The ids sent to the broker (the send itself is the real one)."""
+    """The ids sent to the broker, one message each (the send itself is the real one)."""
     import translation.services as services
 
     class Sent(list):
@@ -37,14 +37,14 @@ def sent(monkeypatch):
 
     ids = Sent()
     ids.urgent = []
-    real = services.translation_enqueue
+    real = services._send_job
 
-    def recording(*, translation, urgent=False):
+    def recording(translation, *, urgent, **kwargs):
         ids.append(translation.pk)
         ids.urgent.append(urgent)
-        return real(translation=translation, urgent=urgent)
+        return real(translation, urgent=urgent, **kwargs)
 
-    monkeypatch.setattr(services, "translation_enqueue", recording)
+    monkeypatch.setattr(services, "_send_job", recording)
     return ids
 
 

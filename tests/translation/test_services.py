@@ -111,3 +111,68 @@ class TranslationEnqueueTests:
         assert kwargs["queued_at"] == pytest.approx(translation.enqueued_at.timestamp(), abs=0.001)
         assert message["properties"]["priority"] == PRIORITY_NORMAL
         broker.delete(f"{translation.queue}\x06\x16{PRIORITY_NORMAL}")
+
+
+class CommitSendsTests:
+    def test_the_jobs_of_one_transaction_go_out_together_each_its_own_message(
+        self, api_client_key, tiny_models, broker, monkeypatch, django_capture_on_commit_callbacks
+    ):
+        import base64
+        import json
+
+        from django.db import transaction
+        from kombu.transport.redis import PublishBatch
+
+        from translation.services import PRIORITY_NORMAL
+
+        round_trips = []
+        flush = PublishBatch.flush
+
+        def counted(batch):
+            if batch._buffered:
+                round_trips.append(batch._buffered)
+            return flush(batch)
+
+        monkeypatch.setattr(PublishBatch, "flush", counted)
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Ana")
+        with django_capture_on_commit_callbacks(execute=True):
+            with transaction.atomic():
+                messages = [
+                    message_create_from_customer(conversation=conversation, text=f"Pedido {n} perdido", language="es")
+                    for n in range(5)
+                ]
+                with pytest.raises(RuntimeError), transaction.atomic():  # a savepoint rolled back
+                    message_create_from_customer(conversation=conversation, text="Olvídelo", language="es")
+                    raise RuntimeError("rolled back")
+        rows = [message.translations.get() for message in messages]
+        key = f"{rows[0].queue}\x06\x16{PRIORITY_NORMAL}"
+        sent = [json.loads(raw) for raw in broker.lrange(key, 0, -1)]
+        broker.delete(key)
+        # One message per job, the rolled-back job's among none of them, in one round trip.
+        ids = sorted(json.loads(base64.b64decode(message["body"]))[0][0] for message in sent)
+        assert ids == sorted(row.pk for row in rows)
+        assert len({message["headers"]["id"] for message in sent}) == 5
+        assert round_trips == [5]
+        for row in rows:
+            row.refresh_from_db()
+            assert row.status == TranslationStatus.QUEUED and row.enqueued_at is not None
+
+    def test_a_job_committed_alone_is_sent_alone(self, api_client_key, tiny_models, broker, monkeypatch,
+                                                 django_capture_on_commit_callbacks):
+        from kombu.transport.redis import PublishBatch
+
+        from translation.services import PRIORITY_NORMAL
+
+        def not_called(batch):
+            raise AssertionError("one job needs no publish batch")
+
+        monkeypatch.setattr(PublishBatch, "flush", not_called)
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Ana")
+        with django_capture_on_commit_callbacks(execute=True):
+            message = message_create_from_customer(conversation=conversation, text="Pedido perdido", language="es")
+        row = message.translations.get()
+        key = f"{row.queue}\x06\x16{PRIORITY_NORMAL}"
+        assert broker.llen(key) == 1
+        broker.delete(key)
