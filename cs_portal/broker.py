@@ -17,11 +17,15 @@ Three changes, everything else is kombu's:
   per message. A message popped but not yet indexed is lost if the process dies in that
   moment, as kombu's own message between its ``BRPOP`` and its index write is: its ledger row
   stays queued and the reconciler sends it again (``translation.recovery``).
-- **Acknowledgements share a round trip.** Celery acknowledges each job from its pool thread
-  once its result is stored; a batch's results are stored together, so a batch's jobs
-  acknowledge at once. Each acknowledgement joins a list; one thread at a time removes every
-  listed message from the unacked index in one pipeline while the others wait for it, so each
-  ``ack`` still returns only once its message is off the index (group commit).
+- **Acknowledgements share a round trip.** A batch's results are stored together, so its jobs
+  are acknowledged together: Celery's worker acknowledges each job from its event loop, one
+  callback per job, and the loop then sends all of that turn's acknowledgements in one pipeline
+  before it polls again (``hub.on_tick``). An acknowledgement from another thread (a consumer
+  without an event loop) joins a list that one thread at a time sends while the others wait
+  for it, so such an ``ack`` returns only once its message is off the index. An acknowledgement
+  that never reaches Redis (the process died, the broker went away) leaves its message in the
+  unacked index: Redis redelivers it after the visibility timeout, and the ledger skips a job
+  already stored.
 
 ``register()`` (called where the Celery app is made) names it as the transport of ``redis://``
 and ``rediss://`` URLs in kombu's table of aliases, so URLs keep their scheme everywhere they are
@@ -37,6 +41,7 @@ from time import time
 from redis import exceptions as redis_errors
 
 from kombu import transport as kombu_transports
+from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -59,13 +64,42 @@ class QoS(kombu_redis.QoS):
     def ack(self, delivery_tag):
         with self._acks_lock:
             self._acks.append(delivery_tag)
+        hub = get_event_loop()
+        if hub is not None and hub._loop_thread == threading.get_ident():
+            # Celery acknowledges from its event loop, one callback per job: the loop sends them
+            # all once it has run this turn's callbacks (on_tick runs before it polls again).
+            if self._acks_on_tick not in hub.on_tick:
+                hub.on_tick.add(self._acks_on_tick)
+        else:
+            self._send_acks()
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _send_acks(self) -> None:
+        """Remove every listed acknowledgement from the unacked index, in one round trip."""
         with self._acks_sending:
             with self._acks_lock:
                 tags, self._acks = self._acks, []
-            if tags:  # empty: a thread before this one sent this tag with its own
+            if tags:  # empty: a thread before this one sent them with its own
                 with self.pipe_or_acquire() as pipe:
                     pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
-        virtual.QoS.ack(self, delivery_tag)
+
+    def _acks_on_tick(self) -> None:
+        try:
+            self._send_acks()
+        except Exception:  # as Celery's own failed acknowledgement: logged, the loop goes on
+            # The messages stay in the unacked index: redelivered after the visibility timeout,
+            # and their jobs, stored already, are skipped by the ledger.
+            logger.warning("Could not acknowledge messages; they are redelivered later", exc_info=True)
+
+    def restore_unacked_once(self, stderr=None):
+        try:  # acknowledgements still listed go out before the channel closes
+            self._send_acks()
+        except Exception:
+            logger.warning("Could not acknowledge messages at close", exc_info=True)
+        hub = get_event_loop()
+        if hub is not None:
+            hub.on_tick.discard(self._acks_on_tick)
+        return super().restore_unacked_once(stderr)
 
     def index(self, messages) -> None:
         """Write ``messages`` (just popped) to the unacked index in one round trip, as ``append``

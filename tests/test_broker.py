@@ -174,3 +174,31 @@ def test_a_key_prefixed_channel_takes_several_messages_per_wake_up(broker):
                 message.ack()
             assert not any(_indexed(broker, channel, message, prefix="test-prefix:") for message in received)
         queue(channel).delete()
+
+
+def test_acknowledgements_made_in_the_event_loop_go_out_together_before_it_polls_again(broker):
+    from kombu.asynchronous import Hub, get_event_loop, set_event_loop
+
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.loop-acks", 3, connection)
+        received = []
+        previous, hub = get_event_loop(), Hub()
+        set_event_loop(hub)
+        try:
+            with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=3):
+                connection.drain_events(timeout=5)
+                hub._loop_thread = threading.get_ident()  # this thread runs the loop, as Celery's consumer does
+                for message in received:
+                    message.ack()
+                # Listed, not sent yet: one pipeline for the turn's acknowledgements, on the loop's tick.
+                assert all(_indexed(broker, channel, message) for message in received)
+                assert len(hub.on_tick) == 1
+                for tick in list(hub.on_tick):
+                    tick()
+                assert not any(_indexed(broker, channel, message) for message in received)
+        finally:
+            set_event_loop(previous)
+            hub.close()
+        assert [message.payload["n"] for message in received] == [0, 1, 2]
+        queue(channel).delete()

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     from workers.consumer_clock import CONSUMER_CLOCK, ConsumerTick
 
     app.steps["consumer"].add(ConsumerTick)
+    from workers.event_buffer import GroupedTaskEvents
+
+    app.steps["consumer"].add(GroupedTaskEvents)
     from workers.metrics import WorkerMetrics
 
     metrics = WorkerMetrics(name, device=args.device, queues=queues)

@@ -12,6 +12,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 JOBS = 120
 
 
+def unacked_jobs() -> set[str]:
+    """The argument texts (``[<row id>]``) of the translate messages in the broker's unacked index."""
+    import json
+
+    import redis
+    from django.conf import settings
+
+    found = set()
+    for entry in redis.Redis.from_url(settings.CELERY_BROKER_URL).hvals("unacked"):
+        raw, _, _ = json.loads(entry)
+        found.add(raw.get("headers", {}).get("argsrepr", ""))
+    return found
+
+
 class BatchingUnderLoadTests:
     def test_a_burst_is_served_in_batches_and_each_job_is_done_exactly_once(self, worker, api_client_key):
         client, _ = api_client_key
@@ -31,6 +45,9 @@ class BatchingUnderLoadTests:
         sizes = [row.batch_size for row in rows]
         assert max(sizes) > 1, sizes
         assert max(sizes) <= 128
+        # Every message acknowledged: none left in the broker's unacked index to be redelivered.
+        ids = {f"[{row.pk}]" for row in rows}
+        wait_for(lambda: not ids & unacked_jobs(), timeout=10, what="the burst's messages to be acknowledged")
 
     def test_full_batches_go_to_every_lane(self, worker, api_client_key):
         from tests.workers.test_metrics import scrape, value
