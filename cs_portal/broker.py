@@ -11,12 +11,14 @@ Three changes, everything else is kombu's:
   the same work.
 - **Several messages per wake-up.** kombu's consumer takes one message per ``BRPOP`` and then
   writes it to the unacked index in a second round trip. When ``BRPOP`` answers, this channel
-  also pops up to ``MORE_PER_WAKE`` more of the same queue (``RPOP key count``, as far as the
-  prefetch limit leaves room) and indexes them all in one pipeline before handing any to the
-  consumer. Under load that is two round trips for a batch's worth of messages instead of two
-  per message. A message popped but not yet indexed is lost if the process dies in that
-  moment, as kombu's own message between its ``BRPOP`` and its index write is: its ledger row
-  stays queued and the reconciler sends it again (``translation.recovery``).
+  also pops up to ``MORE_PER_WAKE`` (31) more of the same queue (``RPOP key count``, as far as
+  the prefetch limit leaves room) and indexes them all in one pipeline before handing any to
+  the consumer. Under load that is two round trips for 32 messages instead of two per message.
+  Messages that cannot be indexed (the broker refuses the write, out of memory say) are pushed
+  back where they were. Messages popped but not yet indexed are lost if the process dies in
+  that moment, as kombu's own message between its ``BRPOP`` and its index write is, only up to
+  32 of them: their ledger rows stay queued and the reconciler sends them again
+  (``translation.recovery``).
 - **Acknowledgements share a round trip.** A batch's results are stored together, so its jobs
   are acknowledged together: Celery's worker acknowledges each job from its event loop, one
   callback per job, and the loop then sends all of that turn's acknowledgements in one pipeline
@@ -49,9 +51,12 @@ from kombu.utils.json import dumps, loads
 
 logger = logging.getLogger(__name__)
 
-# The most messages taken beyond the one BRPOP delivered, per wake-up: a full batch at the
-# default batch size. The prefetch limit (Celery's) caps it further.
-MORE_PER_WAKE = 127
+# The most messages taken beyond the one BRPOP delivered, per wake-up. Round trips fall 16-fold
+# already, and a burst still spreads over the workers that consume one queue (each wake-up of
+# each takes 32 at most), where a full batch per wake-up would hand a burst of 120 to one worker
+# while another idles. The consumer wakes again at once while messages wait, so batches of 128
+# still form within the batcher's wait. The prefetch limit (Celery's) caps it further.
+MORE_PER_WAKE = 31
 
 
 class QoS(kombu_redis.QoS):
@@ -60,12 +65,14 @@ class QoS(kombu_redis.QoS):
         self._acks: list = []
         self._acks_lock = threading.Lock()  # guards the list
         self._acks_sending = threading.Lock()  # one round trip at a time
+        self._acks_failing = False  # the last tick's send failed (logged once per outage)
+        self._closed = False
 
     def ack(self, delivery_tag):
         with self._acks_lock:
             self._acks.append(delivery_tag)
         hub = get_event_loop()
-        if hub is not None and hub._loop_thread == threading.get_ident():
+        if hub is not None and hub._loop_thread == threading.get_ident() and not self._closed:
             # Celery acknowledges from its event loop, one callback per job: the loop sends them
             # all once it has run this turn's callbacks (on_tick runs before it polls again).
             if self._acks_on_tick not in hub.on_tick:
@@ -79,19 +86,30 @@ class QoS(kombu_redis.QoS):
         with self._acks_sending:
             with self._acks_lock:
                 tags, self._acks = self._acks, []
-            if tags:  # empty: a thread before this one sent them with its own
+            if not tags:  # a thread before this one sent them with its own
+                return
+            try:
                 with self.pipe_or_acquire() as pipe:
                     pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+            except Exception:
+                with self._acks_lock:  # sent with the next that gets through
+                    self._acks[:0] = tags
+                raise
 
     def _acks_on_tick(self) -> None:
         try:
             self._send_acks()
+            self._acks_failing = False
         except Exception:  # as Celery's own failed acknowledgement: logged, the loop goes on
-            # The messages stay in the unacked index: redelivered after the visibility timeout,
-            # and their jobs, stored already, are skipped by the ledger.
-            logger.warning("Could not acknowledge messages; they are redelivered later", exc_info=True)
+            # Kept for the next tick. Until one gets through they stay in the unacked index; if
+            # none does, Redis redelivers them after the visibility timeout and the ledger skips
+            # jobs already stored.
+            if not self._acks_failing:
+                logger.warning("Could not acknowledge messages; trying again", exc_info=True)
+            self._acks_failing = True
 
     def restore_unacked_once(self, stderr=None):
+        self._closed = True  # acknowledgements after this are sent at once, not on a tick
         try:  # acknowledgements still listed go out before the channel closes
             self._send_acks()
         except Exception:
@@ -167,6 +185,8 @@ class Channel(kombu_redis.Channel):
         if not self._pop_many or not isinstance(self.qos, QoS) or dest not in self._acked_queues \
                 or dest not in self.connection._callbacks:
             return
+        if "can_consume" in vars(self.qos):  # Celery's worker_disable_prefetch replaced it: one at a time
+            return
         room = self.qos.can_consume_max_estimate()
         count = MORE_PER_WAKE if room is None else min(room, MORE_PER_WAKE)
         if count <= 0:
@@ -176,14 +196,19 @@ class Channel(kombu_redis.Channel):
                 items = client.rpop(key, count)
             except kombu_redis.get_redis_error_classes().connection_errors:
                 return  # the next BRPOP finds the broker gone and kombu reconnects
-            except redis_errors.ResponseError as exc:  # a server without RPOP's count (Redis < 6.2)
-                logger.warning("The broker cannot pop several messages at once (%s); taking one per wake-up", exc)
-                Channel._pop_many = False
-                return
+            except redis_errors.ResponseError as exc:
+                if "wrong number of arguments" in str(exc).lower():  # RPOP without a count (Redis < 6.2)
+                    logger.warning("The broker cannot pop several messages at once (%s); taking one per wake-up", exc)
+                    Channel._pop_many = False
+                return  # another refusal (a replica in a failover, say): the next wake-up tries again
         if not items:
             return
         messages = [self.Message(loads(bytes_to_str(item)), channel=self) for item in items]
-        self.qos.index(messages)
+        try:
+            self.qos.index(messages)
+        except Exception:
+            self._push_back(key, items)
+            return
         deliver, failed = self.connection._callbacks[dest], None
         for message in messages:  # each one, even after one fails: all are indexed
             try:
@@ -192,6 +217,18 @@ class Channel(kombu_redis.Channel):
                 failed = failed or exc
         if failed is not None:
             raise failed
+
+    def _push_back(self, key: str, items: list) -> None:
+        """Messages popped that could not be indexed go back to the end they came from, oldest
+        last in, as they were. If that fails too they are lost to the broker; their ledger rows
+        stay queued, and the reconciler sends them again."""
+        logger.warning("Could not index %d messages taken from %s; putting them back", len(items), key, exc_info=True)
+        try:
+            with self.conn_or_acquire() as client:
+                client.rpush(key, *reversed(items))
+        except Exception:
+            logger.error("Could not put back %d messages taken from %s: the reconciler sends their jobs again",
+                         len(items), key, exc_info=True)
 
     def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
         """kombu's, with a way for ``_deliver_more`` to hand over a message already indexed."""

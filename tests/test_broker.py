@@ -202,3 +202,19 @@ def test_acknowledgements_made_in_the_event_loop_go_out_together_before_it_polls
             hub.close()
         assert [message.payload["n"] for message in received] == [0, 1, 2]
         queue(channel).delete()
+
+
+def test_messages_that_cannot_be_indexed_go_back_where_they_were_in_their_order(broker):
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.put-back", 5, connection)
+        key = "test.broker.put-back"
+        popped = broker.rpop(key, 3)  # what a wake-up takes beyond its first message
+        channel._push_back(key, popped)
+        received = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=5):
+            connection.drain_events(timeout=5)
+            assert [message.payload["n"] for message in received] == [0, 1, 2, 3, 4]
+            for message in received:
+                message.ack()
+        queue(channel).delete()

@@ -70,31 +70,35 @@ class CommitSends:
     rows are looked up before a send of several, so no message names a row that does not exist.
     """
 
-    __slots__ = ("jobs", "sent")
+    __slots__ = ("jobs", "sent", "hooks")
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: list) -> None:
         self.jobs: list[Translation] = []
         self.sent = False
+        self.hooks = hooks  # the connection's list of on-commit callbacks it was made for
 
     def send(self) -> None:
         if self.sent:
             return
         self.sent = True
-        jobs = self.jobs
+        jobs = list({job.pk: job for job in self.jobs}.values())  # a row once, as last saved
         if len(jobs) > 1:  # one query, against a round trip saved per job
-            stored = set(Translation.objects.filter(pk__in=[job.pk for job in jobs]).values_list("pk", flat=True))
-            jobs = [job for job in jobs if job.pk in stored]
+            try:
+                stored = set(Translation.objects.filter(pk__in=[job.pk for job in jobs]).values_list("pk", flat=True))
+                jobs = [job for job in jobs if job.pk in stored]
+            except Exception:  # the database went away after the commit: send them all
+                logger.warning("Could not look up %d committed jobs before sending them", len(jobs), exc_info=True)
         translations_enqueue(jobs)
 
 
 def _commit_sends(translation: Translation) -> CommitSends:
-    """The send of the transaction open now, with ``translation`` added. A new one once sent, and
-    when no on-commit callback is pending (the transaction that held the last one is over:
-    committed, or rolled back with its jobs)."""
+    """The send of the transaction open now, with ``translation`` added. Django gives each
+    transaction a new list of on-commit callbacks (and a savepoint rolled back, a new list of the
+    callbacks left), so a send made for another list, committed or rolled back, is not reused."""
     connection = transaction.get_connection()
     sends = connection.__dict__.get("translation_commit_sends")
-    if sends is None or sends.sent or not connection.run_on_commit:
-        sends = connection.__dict__["translation_commit_sends"] = CommitSends()
+    if sends is None or sends.sent or sends.hooks is not connection.run_on_commit:
+        sends = connection.__dict__["translation_commit_sends"] = CommitSends(connection.run_on_commit)
     sends.jobs.append(translation)
     return sends
 

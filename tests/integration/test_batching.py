@@ -19,8 +19,9 @@ def unacked_jobs() -> set[str]:
     import redis
     from django.conf import settings
 
+    prefix = (settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}).get("global_keyprefix", "")
     found = set()
-    for entry in redis.Redis.from_url(settings.CELERY_BROKER_URL).hvals("unacked"):
+    for entry in redis.Redis.from_url(settings.CELERY_BROKER_URL).hvals(prefix + "unacked"):
         raw, _, _ = json.loads(entry)
         found.add(raw.get("headers", {}).get("argsrepr", ""))
     return found

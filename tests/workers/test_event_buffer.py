@@ -44,9 +44,3 @@ def test_pool_threads_only_buffer_a_batchs_events_and_one_flush_sends_them_in_on
         assert sorted(event["uuid"] for event in published[0]) == sorted(f"job-{n}" for n in range(128))
         dispatcher.close()
 
-
-def test_without_an_event_loop_nothing_changes():
-    with current_app.connection_for_write() as connection:
-        dispatcher = dispatcher_of_a_consumer(connection, hub=None)
-        assert dispatcher.buffer_limit == 24  # Celery's own: with no loop to flush, it is the only flush
-        dispatcher.close()
