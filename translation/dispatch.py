@@ -4,7 +4,7 @@
 
 - ``jobs`` (the default): one Celery message per job (``translation.translate``). Flower shows
   every job as a task; a worker pays Celery's per-message cost for each (the delivery, the
-  unacknowledged index, the task events, the acknowledgement, a pool thread: 3.2–3.5 ms of CPU
+  unacknowledged index, the task events, the acknowledgement, a pool thread: 3.2–4.0 ms of CPU
   per job on a slow 2-core machine, after ``cs_portal/broker.py`` shares its round trips).
 - ``ledger``: the ledger row is the job, and the queue gets a wake-up (``translation.take_queued``)
   only when none is pending for it. The worker that takes the wake-up claims the queue's queued
