@@ -39,6 +39,23 @@ def _check_payload(translation_id, batch_key, chars, max_batch=0, max_wait_ms=0,
         raise ValueError(f"translate expects queued_at as epoch seconds (0: unknown), got {queued_at!r}")
 
 
+def pending_job(
+    translation_id, worker: str, consumed_from: str, *, batch_key="", chars=0, max_batch=0, max_wait_ms=0,
+    urgent=False, queued_at=0,
+):
+    """The batcher's job for a translate message's payload (checked first: ``ValueError`` if the
+    task must refuse it)."""
+    from translation.batching import PendingJob
+    from translation.claims import Delivery
+
+    _check_payload(translation_id, batch_key, chars, max_batch, max_wait_ms, queued_at)
+    return PendingJob(
+        key=batch_key or consumed_from, payload=Delivery(translation_id, worker, consumed_from), text="",
+        tokens=max(1, chars // 4), policy=_route_policy(max_batch, max_wait_ms) if max_batch else None,
+        urgent=urgent is True, waited=max(0.0, time.time() - queued_at) if queued_at else 0.0,
+    )
+
+
 @shared_task(name=TRANSLATE_TASK, bind=True, acks_late=True)
 def translate(
     self, translation_id: int, batch_key: str = "", chars: int = 0, max_batch: int = 0, max_wait_ms: float = 0,
@@ -46,27 +63,23 @@ def translate(
 ) -> str:
     # Hints a newer portal sends that this worker does not know yet are ignored, not fatal: during
     # a rolling deploy the job is still done (the ledger row holds everything it needs).
-    from translation.batching import PendingJob
-    from translation.claims import Delivery
     from translation.execution import current_batcher, translation_run
 
-    _check_payload(translation_id, batch_key, chars, max_batch, max_wait_ms, queued_at)
     consumed_from = (self.request.delivery_info or {}).get("routing_key") or ""
-    delivery = Delivery(translation_id, self.request.hostname or "", consumed_from)
+    job = pending_job(translation_id, self.request.hostname or "", consumed_from, batch_key=batch_key, chars=chars,
+                      max_batch=max_batch, max_wait_ms=max_wait_ms, urgent=urgent, queued_at=queued_at)
     try:
         batcher = current_batcher()
         if batcher is None:
+            delivery = job.payload
             outcome = translation_run(
                 translation_id=delivery.translation_id, worker=delivery.worker, consumed_from=delivery.consumed_from
             )
         else:
             # The device loop runs this job in a batch and answers through the future; this
             # thread waits, so Celery acknowledges the message only after the result is stored.
-            policy = _route_policy(max_batch, max_wait_ms) if max_batch else None
-            job = PendingJob(
-                key=batch_key or consumed_from, payload=delivery, text="", tokens=max(1, chars // 4), policy=policy,
-                urgent=urgent is True, waited=max(0.0, time.time() - queued_at) if queued_at else 0.0,
-            )
+            # (A batching worker's consumer usually hands the message to the batcher itself,
+            # without a pool thread: workers/job_intake.py.)
             outcome = batcher.submit(job).result(timeout=settings.TRANSLATION_JOB_TIMEOUT_S)
     except Exception as exc:
         # A passing failure (the row is queued again and counts its attempts), or the database

@@ -1,6 +1,7 @@
 """Remote-control commands of a translation worker, answered by Celery's control channel.
 
     celery -A cs_portal inspect models          # every worker's loaded models and their memory
+    celery -A cs_portal inspect intake          # how each worker took its translate messages (workers/job_intake.py)
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from cs_portal.celery import app
     from translation.routing import routes
+    from translation.task_events import TRANSLATE_TASK
 
     # "all": the queues of the enabled routes, at start-up and as routes change (follow_routes).
     named = [name.strip() for name in args.queues.split(",") if name.strip()]
@@ -139,10 +140,19 @@ def main(argv: list[str] | None = None) -> None:
     if follower is not None:
         follower.start()
 
-    # Each waiting job holds a pool thread. With only one batch's worth per lane, the next batch
-    # could only hold what is left over while the lanes compute, and batches alternate full and
-    # tiny (the in-flight cap Ray Serve users hit, ray#43288); a batch's worth more than the
-    # lanes compute keeps them full.
+    from workers.job_intake import DirectJobs  # also registers the "intake" inspect command
+
+    if settings.TRANSLATION_DIRECT_JOBS:  # each job's message straight into the batcher
+        import translation.tasks  # noqa: F401 (registers the task before the worker's own discovery)
+
+        app.tasks[TRANSLATE_TASK].Strategy = "workers.job_intake:strategy"
+        app.steps["consumer"].add(DirectJobs)
+
+    # Each waiting job holds an unacknowledged message (the prefetch, below) and, on Celery's
+    # default path, a pool thread. With only one batch's worth per lane, the next batch could only
+    # hold what is left over while the lanes compute, and batches alternate full and tiny (the
+    # in-flight cap Ray Serve users hit, ray#43288); a batch's worth more than the lanes compute
+    # keeps them full.
     batch = settings.TRANSLATION_MAX_BATCH_SIZE if args.batching else 1
     concurrency = args.concurrency or ((lanes + 1) * batch + (16 if args.batching else 0))
     try:
