@@ -222,7 +222,8 @@ if TRANSLATION_DISPATCH not in ("jobs", "ledger"):
     raise environ.ImproperlyConfigured(f"TRANSLATION_DISPATCH must be 'jobs' or 'ledger', not {TRANSLATION_DISPATCH!r}")
 # In jobs dispatch, a batching worker's consumer hands each job's message straight to its batcher
 # (workers/job_intake.py) instead of to a pool thread that waits for the batch: the same
-# messages, acknowledgements, retries and task events, with less of the worker's CPU per job.
+# messages, acknowledgements, retries and task events, with less of the worker's CPU per job
+# (what differs: the README's "The job intake").
 # False runs every job through Celery's pool, as a plain Celery task.
 TRANSLATION_DIRECT_JOBS = env.bool("TRANSLATION_DIRECT_JOBS", default=True)
 # How long a job waits for its batch before it is given back for a retry; well under the

@@ -5,8 +5,8 @@ Like Triton's dynamic batcher, a batch is released when it is full (``max_batch_
 own deadline, not a fixed timer. Jobs are grouped by what must share a forward pass (model,
 precision, language pair); a released batch is sorted by length so padding stays small.
 
-Plain Python: no Django, no Celery. Producers (the worker's task threads) ``submit`` and wait
-on the returned future; consumers (the device loops, one per lane) call ``next_batch``, and
+Plain Python: no Django, no Celery. Producers (the worker's consumer, a task thread, the ledger
+intake) ``submit`` and are answered through the returned future; consumers (the device loops, one per lane) call ``next_batch``, and
 ``batch_done`` once the batch is computed.
 """
 

@@ -31,3 +31,13 @@ def models(state) -> list[dict]:
     """The models this worker serves: model, precision, device, weights in MiB (all its lanes
     together), the number of lanes (``copies``) and the MiB of it they share (``shared_mib``)."""
     return list(LOADED_MODELS)  # the lanes' threads replace its items as models load and unload
+
+
+@inspect_command()
+def intake(state) -> dict[str, int]:
+    """How this worker's consumer took its translate messages (workers/job_intake.py): ``direct``
+    (straight into the batcher) or ``handed_to_pool`` (Celery's default path), how the direct
+    ones ended (``succeeded``, ``retried``, ``failed``, ``expired``), and ``in_flight`` now."""
+    from workers.job_intake import COUNTS
+
+    return COUNTS.snapshot()

@@ -1,6 +1,7 @@
 """The device loops: the threads of a worker that turn batches into forward passes.
 
-Celery's pool threads take jobs from the broker and hand them to the batcher; each loop takes
+The worker's consumer hands the jobs it takes from the broker to the batcher (workers/job_intake.py;
+Celery's pool threads, for the few messages that take Celery's own path); each loop takes
 batches from the batcher, runs each through the execution layer (one claim, one forward pass
 per group in its engine process, one write) and answers every job's future.
 

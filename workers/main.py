@@ -24,7 +24,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (N: the GPU index or UUID)")
     parser.add_argument(
         "--concurrency", type=int, default=0,
-        help="pool threads taking jobs (default: (lanes + 1) x max batch size + 16, so a full batch waits while every lane computes one)",
+        help="jobs taken from the broker and not finished, at most: the prefetch, and the pool's threads for what takes "
+             "Celery's default path (default: (lanes + 1) x max batch size + 16, so a full batch waits while every lane computes one)",
     )
     parser.add_argument(
         "--no-batching", dest="batching", action="store_false",
@@ -140,10 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     if follower is not None:
         follower.start()
 
-    from workers.job_intake import DirectJobs  # also registers the "intake" inspect command
-
     if settings.TRANSLATION_DIRECT_JOBS:  # each job's message straight into the batcher
         import translation.tasks  # noqa: F401 (registers the task before the worker's own discovery)
+        from workers.job_intake import DirectJobs
 
         app.tasks[TRANSLATE_TASK].Strategy = "workers.job_intake:strategy"
         app.steps["consumer"].add(DirectJobs)
@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"--queues={','.join(queues)}",
                 # Threads, not prefork: the models loaded above stay shared in this one process,
                 # CUDA is never forked, and heartbeats and remote control keep answering while a
-                # job runs (the solo pool would block them). With batching, each thread holds one
-                # job waiting for its batch.
+                # job runs (the solo pool would block them). A job message the consumer cannot
+                # hand straight to the batcher (workers/job_intake.py) holds a thread while it
+                # waits for its batch.
                 "--pool=threads",
                 f"--concurrency={concurrency}",
                 # Prefetch = concurrency: more than a batch (celery-batches #17: a prefetch below

@@ -95,3 +95,86 @@ class JobIntakeTests:
         # takes; that path retried the second attempt, and ended the third.
         wait_for(settled(before, direct=1, retried=1, succeeded=0, failed=0, handed_to_pool=2), timeout=10,
                  what="the intake to count one direct retry")
+
+
+SHUTDOWN_QUEUE = "translate.en.shutdown"  # a queue of this test's own
+
+
+def queued_jobs(queue: str) -> set[str]:
+    """The argument texts (``[<row id>]``) of the messages waiting in ``queue`` (its priority lists)."""
+    import json
+
+    import redis
+    from django.conf import settings
+
+    prefix = (settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}).get("global_keyprefix", "")
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    found = set()
+    for key in client.keys(f"{prefix}{queue}*"):
+        for entry in client.lrange(key, 0, -1):
+            found.add(json.loads(entry).get("headers", {}).get("argsrepr", ""))
+    return found
+
+
+def drop_queue(queue: str) -> None:
+    """The messages left in ``queue``, deleted: no worker of the suite consumes it."""
+    import redis
+    from django.conf import settings
+
+    prefix = (settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}).get("global_keyprefix", "")
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for key in client.keys(f"{prefix}{queue}*"):
+        client.delete(key)
+
+
+def test_a_warm_shutdown_acknowledges_the_jobs_in_the_batcher_before_it_closes(tmp_path, tiny_models, api_client_key):
+    """SIGTERM while a burst is in the batcher: the jobs taken end done and their messages are
+    acknowledged; the others wait in the queue. None is left claimed, or both done and queued."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cs_portal.celery import app
+    from tests.conftest import ROOT, database_url
+
+    route_update("es", "en", queue=SHUTDOWN_QUEUE)
+    name = "shutdown@localhost"
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "workers.main", "--queues", SHUTDOWN_QUEUE, "--name", name,
+                                   "--lanes", "1"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def answers():
+            return app.control.broadcast("intake", destination=[name], reply=True, timeout=1)
+
+        wait_for(answers, timeout=120, interval=0.5, what="the worker to consume")
+        client, _ = api_client_key
+        with transaction.atomic():
+            conversation = conversation_create(api_client=client, customer_name="Stop")
+            for i in range(300):
+                message_create_from_customer(conversation=conversation, text=f"Mi pedido {i} no ha llegado.", language="es")
+        rows = list(Translation.objects.filter(message__conversation=conversation))
+
+        def in_flight():
+            replies = answers()
+            return replies and replies[0][name]["in_flight"] > 0
+
+        wait_for(in_flight, timeout=30, interval=0.05, what="jobs in the worker's batcher")
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        text = log.read_text()
+        assert "did not end" not in text, text[-3000:]
+        now = {row.pk: row.status for row in Translation.objects.filter(pk__in=[row.pk for row in rows])}
+        done = {pk for pk, status in now.items() if status == TranslationStatus.DONE}
+        assert done, "the worker stopped before finishing any job"
+        assert set(now.values()) <= {TranslationStatus.DONE, TranslationStatus.QUEUED}, text[-3000:]
+        waiting = queued_jobs(SHUTDOWN_QUEUE)
+        assert not {f"[{pk}]" for pk in done} & (waiting | unacked_jobs())  # done, and acknowledged
+        assert {f"[{pk}]" for pk in now if pk not in done} <= waiting  # the rest wait for a worker
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        drop_queue(SHUTDOWN_QUEUE)

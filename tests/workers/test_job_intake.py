@@ -7,7 +7,7 @@ import time
 import pytest
 
 from workers import job_intake
-from workers.job_intake import InFlight, Registry, _payload
+from workers.job_intake import InFlight, Registry, _payload, lower_prefetch, request_context
 
 
 class StandInMessage:
@@ -15,7 +15,7 @@ class StandInMessage:
 
 
 def flight(intake=None, started: float | None = None) -> InFlight:
-    job = InFlight(intake, StandInMessage(), ack=None, reject=None, args=[1], kwargs={}, embed=None)
+    job = InFlight(intake, StandInMessage(), ack=None, reject=None, name="translation.translate")
     if started is not None:
         job.started = started
     return job
@@ -30,12 +30,67 @@ def test_the_payload_is_read_as_the_task_reads_it_and_newer_hints_are_ignored():
         _payload(batch_key="pair")
 
 
-def test_a_job_is_settled_once_whoever_comes_first():
+def test_the_payload_takes_the_tasks_arguments_with_the_tasks_defaults():
+    import inspect
+
+    from translation.tasks import translate
+
+    def parameters(function, skip=()):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values() if p.name not in skip]
+
+    assert parameters(_payload) == parameters(translate.run, skip=("self",))
+
+
+def test_a_retry_goes_back_to_the_queue_and_the_priority_its_message_came_with():
+    """The retry's message is built from the request context Celery's own request builds for the
+    message: same queue, same priority (kombu keeps a message's priority in its properties)."""
+    from celery.app.task import Context
+    from kombu import Connection
+
+    from cs_portal.celery import app
+    from translation.tasks import translate
+
+    with Connection("memory://") as connection:
+        translate.apply_async(args=[5], kwargs={"chars": 12}, queue="translate.en", priority=6, connection=connection,
+                              task_id="task-5")
+        message = connection.SimpleQueue("translate.en").get(timeout=1)
+        context = request_context(app, app.tasks[translate.name], message, "worker@host")
+    assert (context["id"], context["args"], context["kwargs"], context["retries"]) == ("task-5", [5], {"chars": 12}, 0)
+    retry = translate.signature_from_request(Context(**context), countdown=1, retries=1)
+    assert retry.options["queue"] == "translate.en"
+    assert retry.options["priority"] == 6
+    assert retry.options["task_id"] == "task-5"
+
+
+class StandInConsumer:
+    """The consumer attributes Celery's own reduction after a reconnect reads and sets."""
+
+    def __init__(self, reduction=True):
+        from types import SimpleNamespace
+
+        self.app = SimpleNamespace(conf=SimpleNamespace(worker_enable_prefetch_count_reduction=reduction))
+        self.prefetch_multiplier, self.max_prefetch_count = 1, 400
+        self.initial_prefetch_count, self._maximum_prefetch_restored = 400, True
+
+
+def test_after_a_reconnect_the_prefetch_is_lowered_by_the_jobs_still_in_flight():
+    consumer = StandInConsumer()
+    lower_prefetch(consumer, 150)
+    assert (consumer.initial_prefetch_count, consumer._maximum_prefetch_restored) == (250, False)
+    lower_prefetch(consumer, 1000)  # never below one message per thread
+    assert consumer.initial_prefetch_count == 1
+    untouched = StandInConsumer(reduction=False)
+    lower_prefetch(untouched, 150)
+    assert (untouched.initial_prefetch_count, untouched._maximum_prefetch_restored) == (400, True)
+
+
+def test_a_job_is_claimed_once_whoever_comes_first_and_leaves_once_settled():
     registry, job = Registry(), flight()
     registry.add(job)
-    assert len(registry) == 1
-    assert registry.settle(job) is True
-    assert registry.settle(job) is False  # its batch answered after it was given up on, or the reverse
+    assert registry.claim(job) is True
+    assert registry.claim(job) is False  # its batch answered after it was given up on, or the reverse
+    assert len(registry) == 1  # until its message is settled
+    registry.done(job)
     assert len(registry) == 0
 
 
@@ -45,36 +100,31 @@ def test_overdue_lists_the_oldest_jobs_only():
     for job in (old, older, recent):
         registry.add(job)
     assert registry.overdue(5) == [old, older]
-    registry.settle(old)
+    registry.claim(old)  # being retried: no longer overdue
     assert registry.overdue(5) == [older]
 
 
 def test_a_shutdown_waits_for_the_jobs_in_flight_and_says_how_many_did_not_end():
     registry, job, stuck = Registry(), flight(), flight()
     registry.add(job)
-    threading.Timer(0.2, registry.settle, (job,)).start()
+    threading.Timer(0.2, registry.done, (job,)).start()
     assert registry.wait_empty(timeout=5) == 0
     registry.add(stuck)
     assert registry.wait_empty(timeout=0.2) == 1
+    started = time.monotonic()
+    assert registry.wait_empty(timeout=30, give_up=lambda: True) == 1  # a cold shutdown does not wait
+    assert time.monotonic() - started < 5
 
 
 def test_an_overdue_job_is_retried_once_and_its_late_answer_is_ignored(monkeypatch):
-    class RecordingIntake:  # what expire() hands an overdue job to: its intake's retry
-        def __init__(self):
-            self.retried = []
-
-        def _retry(self, job, error):
-            self.retried.append((job, error))
-
-    registry = Registry()
+    registry, retried = Registry(), []
     monkeypatch.setattr(job_intake, "IN_FLIGHT", registry)
-    intake = RecordingIntake()
-    overdue, fresh = flight(intake, started=time.monotonic() - 400), flight(intake)
+    monkeypatch.setattr(job_intake.RETRIES, "put", lambda job, error: retried.append((job, error)))
+    overdue, fresh = flight(started=time.monotonic() - 400), flight()
     registry.add(overdue)
     registry.add(fresh)
     assert job_intake.expire(300) == 1
     assert job_intake.expire(300) == 0
-    [(job, error)] = intake.retried
+    [(job, error)] = retried
     assert job is overdue and isinstance(error, TimeoutError)
-    assert registry.settle(overdue) is False  # its batch answering late changes nothing
-    assert len(registry) == 1
+    assert registry.claim(overdue) is False  # its batch answering late changes nothing
