@@ -68,10 +68,17 @@ class TranslationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send queued translations that never reached a queue")
     def send_unsent(self, request, queryset) -> None:
-        unsent = queryset.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True)
-        sent = translations_enqueue(unsent.select_related("message"))
-        level = messages.SUCCESS if sent == unsent.count() else messages.WARNING
-        self.message_user(request, f"{sent} of {unsent.count()} unsent translation(s) sent; the rest stay queued.", level)
+        # Listed once: sending stamps the rows, so the same query counted again would find none.
+        unsent = list(queryset.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True).select_related("message"))
+        if not unsent:
+            self.message_user(request, "None of the selected translations is queued and unsent.", messages.INFO)
+            return
+        sent = translations_enqueue(unsent)
+        if sent == len(unsent):
+            self.message_user(request, f"{sent} unsent translation(s) sent.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"{sent} of {len(unsent)} unsent translation(s) sent; the rest stay queued "
+                                       "(the broker could not be reached).", messages.WARNING)
 
 
 @admin.register(GlossaryTerm)

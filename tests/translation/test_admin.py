@@ -33,6 +33,20 @@ class TranslationAdminTests:
         assert len(callbacks) == 1
 
 
+    def test_send_unsent_action_sends_the_queued_unsent_translations_and_counts_them(self, admin_client, many_translations):
+        from translation.models import Translation
+
+        url = reverse("admin:translation_translation_changelist")
+        unsent = [row.pk for row in many_translations[:4]]
+        Translation.objects.filter(pk__in=unsent).update(enqueued_at=None)
+        selected = unsent + [many_translations[4].pk]  # one sent already: left alone
+        response = admin_client.post(url, {"action": "send_unsent", "_selected_action": selected}, follow=True)
+        assert "4 unsent translation(s) sent." in response.content.decode()
+        assert not Translation.objects.filter(pk__in=unsent, enqueued_at__isnull=True).exists()
+        again = admin_client.post(url, {"action": "send_unsent", "_selected_action": selected}, follow=True)
+        assert "None of the selected translations is queued and unsent." in again.content.decode()
+
+
 class PortalAdminTests:
     @pytest.mark.parametrize("model", ["conversation", "message", "customer", "agentprofile", "apiclient"])
     def test_changelists_render(self, admin_client, failed_translation, model):
