@@ -3,15 +3,18 @@
 ``TRANSLATION_DISPATCH`` chooses:
 
 - ``jobs`` (the default): one Celery message per job (``translation.translate``). Flower shows
-  every job as a task; a worker pays Celery's per-message cost for each (the delivery, the
-  unacknowledged index, the task events, the acknowledgement, a pool thread: 3.2–4.0 ms of CPU
-  per job on a slow 2-core machine, after ``cs_portal/broker.py`` shares its round trips).
+  every job as a task; a worker pays the per-message cost for each (the delivery, the
+  unacknowledged index, the task events, the acknowledgement: about 0.5 ms of CPU per job on a
+  2-core Intel Xeon since the consumer hands each message straight to the batcher,
+  ``workers/job_intake.py``; 3.2–4.0 ms on a slower 2-core machine before, with a pool thread
+  per job), and the portal about 0.3 ms per message sent.
 - ``ledger``: the ledger row is the job, and the queue gets a wake-up (``translation.take_queued``)
   only when none is pending for it. The worker that takes the wake-up claims the queue's queued
   rows from the database in batches (``translations_claim_queued``) until none is left. Under
   load a wake-up covers a batch or more, so the per-message cost is paid per batch, not per job.
-  Flower shows the wake-ups, not each job; the admin, ``manage.py status`` and the Prometheus
-  metrics count every job as before.
+  Flower lists every job all the same (the worker sends each claimed job's task events,
+  ``translation.task_events``); the admin, ``manage.py status`` and the Prometheus metrics
+  count every job as before.
 
 The bell: on a Redis broker, ``SET <queue's bell> NX`` decides who sends the wake-up; the worker
 clears the bell before each look at the ledger, so a job committed after the look rings again
