@@ -139,6 +139,7 @@ class Channel(kombu_redis.Channel):
     _shared_client = None
     _shared_client_lock = threading.Lock()
     _pop_many = True  # False once the server refused RPOP with a count (Redis before 6.2)
+    _pop_refused = False  # the server refused a pop for another reason, said once per refusal spell
 
     def __init__(self, *args, **kwargs):
         self._acked_queues: set[str] = set()  # consumed with acknowledgements: indexed when popped
@@ -200,7 +201,12 @@ class Channel(kombu_redis.Channel):
                 if "wrong number of arguments" in str(exc).lower():  # RPOP without a count (Redis < 6.2)
                     logger.warning("The broker cannot pop several messages at once (%s); taking one per wake-up", exc)
                     Channel._pop_many = False
+                elif not self._pop_refused:  # said once until a pop succeeds again
+                    logger.warning("The broker refused to pop more messages from %s (%s); one per wake-up "
+                                   "until it takes the pop again", key, exc)
+                    self._pop_refused = True
                 return  # another refusal (a replica in a failover, say): the next wake-up tries again
+        self._pop_refused = False
         if not items:
             return
         messages = [self.Message(loads(bytes_to_str(item)), channel=self) for item in items]

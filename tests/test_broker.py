@@ -218,3 +218,34 @@ def test_messages_that_cannot_be_indexed_go_back_where_they_were_in_their_order(
             for message in received:
                 message.ack()
         queue(channel).delete()
+
+
+def test_a_wake_up_whose_index_write_fails_puts_the_extra_messages_back_and_loses_none(broker):
+    """The unacked index cannot be written (the broker failing between the pop and the pipeline):
+    the first message is kombu's own, the others go back to the list, and the next wake-ups
+    deliver them in their order."""
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.index-fails", 5, connection)
+        received = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=5):
+            original, tried = channel.qos.index, []
+
+            def failing(messages):
+                tried.append(len(messages))
+                raise ConnectionError("the broker went away mid-pipeline")
+
+            channel.qos.index = failing
+            try:
+                connection.drain_events(timeout=5)
+            finally:
+                channel.qos.index = original
+            assert tried == [4]  # the four more popped at once
+            assert [message.payload["n"] for message in received] == [0]  # BRPOP's own, indexed by kombu
+            assert broker.llen("test.broker.index-fails") == 4  # the rest, back in the list
+            while len(received) < 5:
+                connection.drain_events(timeout=5)
+            assert [message.payload["n"] for message in received] == [0, 1, 2, 3, 4]
+            for message in received:
+                message.ack()
+        queue(channel).delete()
