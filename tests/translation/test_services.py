@@ -176,3 +176,31 @@ class CommitSendsTests:
         assert broker.llen(key) == 1
         assert flushed == []  # sent as kombu sends one message, no publish batch around it
         broker.delete(key)
+
+
+class JobMessageTests:
+    def test_a_jobs_message_is_the_one_apply_async_would_send(self, queued_translation):
+        """``_send_job`` builds the task's message with Celery's own message functions, without
+        ``apply_async``'s general work: the same task, arguments, queue, priority and headers."""
+        from kombu import Connection
+
+        from translation import services
+        from translation.tasks import translate
+
+        row = queued_translation
+        with Connection("memory://") as connection:
+            producer = connection.Producer()
+            services._send_job(row, urgent=True, sent_at=row.created_at, producer=producer)
+            sent = connection.SimpleQueue(row.queue).get(timeout=1)
+            translate.apply_async(args=sent.payload[0], kwargs=sent.payload[1], queue=row.queue,
+                                  priority=services.PRIORITY_URGENT, connection=connection,
+                                  argsrepr=sent.headers["argsrepr"], kwargsrepr=sent.headers["kwargsrepr"])
+            reference = connection.SimpleQueue(row.queue).get(timeout=1)
+        assert sent.payload == reference.payload
+        assert sent.payload[0] == [row.pk] and sent.payload[1]["urgent"] is True
+        assert sent.delivery_info["routing_key"] == reference.delivery_info["routing_key"] == row.queue
+        assert sent.properties["priority"] == reference.properties["priority"] == services.PRIORITY_URGENT
+        differ = {"id", "root_id", "origin"}  # the task's own id (and its root), the sending process
+        assert {k: v for k, v in sent.headers.items() if k not in differ} == \
+            {k: v for k, v in reference.headers.items() if k not in differ}
+        assert sent.headers["root_id"] == sent.headers["id"]
