@@ -117,8 +117,8 @@ class DeviceLoop(threading.Thread):
             logger.exception("Batch of %d failed before its results were stored", len(batch))
             outcomes = [exc] * len(batch)
         for job, outcome in zip(batch, outcomes, strict=True):
-            # A TransientFailure or a database error reaches the task thread as an exception,
-            # which sends the job again later.
+            # A TransientFailure or a database error reaches the job's message handler (the job
+            # intake, or a task thread) as an exception, which sends the job again later.
             if isinstance(outcome, Exception):
                 job.future.set_exception(outcome)
             else:

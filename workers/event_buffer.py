@@ -15,6 +15,9 @@ every start of the consumer (a new dispatcher comes with each broker connection)
 loop sends a batch's events in one message. Only where the loop flushes (a worker with an event
 loop; without one Celery buffers nothing). The loop's flush is Celery's own: the events reach
 Flower as soon as before, a turn of the loop later at most.
+
+Since the job intake (workers/job_intake.py) a batch's ends are sent by the device loop that
+ran it, one after another, and the same limit keeps them buffered for the event loop's flush.
 """
 
 from __future__ import annotations
