@@ -203,10 +203,12 @@ class Channel(kombu_redis.Channel):
                     Channel._pop_many = False
                 elif not self._pop_refused:  # said once until a pop succeeds again
                     logger.warning("The broker refused to pop more messages from %s (%s); one per wake-up "
-                                   "until it takes the pop again", key, exc)
+                                   "until it takes the pop again", dest, exc)
                     self._pop_refused = True
                 return  # another refusal (a replica in a failover, say): the next wake-up tries again
-        self._pop_refused = False
+        if self._pop_refused:
+            logger.info("The broker pops several messages from %s again", dest)
+            self._pop_refused = False
         if not items:
             return
         messages = [self.Message(loads(bytes_to_str(item)), channel=self) for item in items]

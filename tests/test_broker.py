@@ -249,3 +249,55 @@ def test_a_wake_up_whose_index_write_fails_puts_the_extra_messages_back_and_lose
             for message in received:
                 message.ack()
         queue(channel).delete()
+
+
+def test_a_refused_pop_is_logged_once_per_spell_and_its_wake_ups_still_deliver(broker, caplog, monkeypatch):
+    """A server that refuses ``RPOP key count`` for another reason than its version (an ACL's
+    NOPERM, a replica's READONLY): one message per wake-up meanwhile, one warning per spell."""
+    import logging
+    from contextlib import contextmanager
+
+    from redis.exceptions import ResponseError
+
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.refused", 6, connection)
+        refusing = [True, True, False, True]  # each wake-up's answer to the extra pop
+        real = channel.conn_or_acquire
+
+        class Answering:  # the real client, but for the extra pops' answers above
+            def __init__(self, client):
+                self.client = client
+
+            def __getattr__(self, name):
+                return getattr(self.client, name)
+
+            def rpop(self, key, count=None):
+                if count is not None and refusing and refusing.pop(0):
+                    raise ResponseError("NOPERM this user has no permissions to run the 'rpop' command")
+                return self.client.rpop(key, count)
+
+        @contextmanager
+        def answering(*args, **kwargs):
+            with real(*args, **kwargs) as client:
+                yield Answering(client)
+
+        monkeypatch.setattr(channel, "conn_or_acquire", answering)
+        received = []
+        with caplog.at_level(logging.INFO, logger="cs_portal.broker"), \
+                connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=2):
+            taken = []
+            for _ in range(4):  # refused, refused, a pop of one more, refused again (a new spell)
+                connection.drain_events(timeout=5)
+                taken.append([message.payload["n"] for message in received])
+                for message in received:
+                    message.ack()
+                received.clear()
+            assert taken == [[0], [1], [2, 3], [4]]
+        queue(channel).delete()
+    said = [(record.levelname, record.getMessage().split(" (")[0]) for record in caplog.records]
+    assert said == [
+        ("WARNING", "The broker refused to pop more messages from test.broker.refused"),
+        ("INFO", "The broker pops several messages from test.broker.refused again"),
+        ("WARNING", "The broker refused to pop more messages from test.broker.refused"),
+    ]

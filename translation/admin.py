@@ -78,7 +78,7 @@ class TranslationAdmin(admin.ModelAdmin):
             self.message_user(request, f"{sent} unsent translation(s) sent.", messages.SUCCESS)
         else:
             self.message_user(request, f"{sent} of {len(unsent)} unsent translation(s) sent; the rest stay queued "
-                                       "(the broker could not be reached).", messages.WARNING)
+                                       "(the send failed; the reconciler sends them again).", messages.WARNING)
 
 
 @admin.register(GlossaryTerm)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.db import transaction
 from django.utils import timezone
@@ -246,13 +247,20 @@ def translations_enqueue(translations, *, urgent: bool = False) -> int:
     from cs_portal.celery import app
 
     sent_at = timezone.now()
-    declared: set[str] = set()
     try:
         with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH_COMMANDS):
+            # Where the transport batches the publishes (Redis), a batch is one connection's: a
+            # reconnect fails it whole (every job left unsent), so each queue is declared with its
+            # first job only (a fifth of a send's CPU per message). Elsewhere (RabbitMQ), each
+            # message declares its queue, as Celery does: after a reconnect the queue is declared
+            # again before anything is sent to it.
+            declare_once, send = producer.supports_batch_publish, SendSettings.now()
+            declared: set[str] = set()
             for translation in translations:
-                _send_job(translation, urgent=urgent, sent_at=sent_at, producer=producer,
-                          declare=translation.queue not in declared)
+                first = translation.queue not in declared
                 declared.add(translation.queue)
+                _send_job(translation, urgent=urgent, sent_at=sent_at, producer=producer,
+                          declare=None if first or not declare_once else [], send=send)
     except Exception:
         logger.exception("Could not send %d translations (%s, ...); they stay queued", len(translations),
                          translations[0].pk)
@@ -269,14 +277,31 @@ def translations_enqueue(translations, *, urgent: bool = False) -> int:
 SEND_BATCH_COMMANDS = 128
 
 
-def _send_job(translation: Translation, *, urgent: bool, sent_at, producer=None, declare: bool = True) -> None:
-    """One job's message (``jobs`` dispatch). ``declare``: declare its queue first (once per
-    queue is enough for a batch of sends; kombu remembers it for the connection after that)."""
+class SendSettings(NamedTuple):
+    """What Celery's settings say about sending a task, read once for a batch of sends (each
+    read of Celery's configuration costs as much as a tenth of a send)."""
+
+    eager: bool
+    sent_event: bool
+    reply_to: str
+
+    @classmethod
+    def now(cls) -> SendSettings:
+        from cs_portal.celery import app
+
+        return cls(bool(app.conf.task_always_eager), bool(app.conf.task_send_sent_event), app.thread_oid)
+
+
+def _send_job(translation: Translation, *, urgent: bool, sent_at, producer=None, declare=None,
+              send: SendSettings | None = None) -> None:
+    """One job's message (``jobs`` dispatch). ``declare``: the entities to declare first (default:
+    the job's queue, as Celery declares it; ``[]``: none, its queue declared already)."""
     from kombu.utils.uuid import uuid
 
     from cs_portal.celery import app
     from translation.tasks import translate
 
+    send = send or SendSettings.now()
     hints = {"batch_key": translation.forward_pass_key, "chars": len(translation.source_text)}
     route = route_by_id(translation.route_id)
     if route is not None:
@@ -286,23 +311,30 @@ def _send_job(translation: Translation, *, urgent: bool, sent_at, producer=None,
     # When it was queued (epoch seconds): its wait for batch-mates counts from then, the send and
     # the delivery included, as in ledger dispatch.
     hints["queued_at"] = round((translation.enqueued_at or sent_at).timestamp(), 3)
-    # Celery's own message and send (what ``apply_async`` ends in), without what the task's
-    # ``apply_async`` does first for any task (routing, configuration lookups, the result object:
-    # none of them used here): 90 µs of CPU per message against 240 (docs/benchmarks.md). The
-    # message is the same one: protocol 2, the task's name, a task id of its own, the queue and
-    # priority below, the ``before/after_task_publish`` signals, the publish retry policy.
+    priority = PRIORITY_URGENT if urgent else PRIORITY_NORMAL
+    # What Flower shows of the arguments: plain repr of small ints and strings, which Celery's
+    # default (saferepr, built for arbitrary objects) spends a quarter of a send on.
+    shown = {"argsrepr": f"[{translation.pk}]", "kwargsrepr": repr(hints)}
+    if send.eager:  # run here, as apply_async runs it (a development setting)
+        translate.apply_async(args=[translation.pk], kwargs=hints, queue=translation.queue, priority=priority, **shown)
+        return
+    # Celery's own message and send (what ``apply_async`` ends in, for a task sent outside a
+    # task), without what ``apply_async`` does first for any task (routing, annotations, the
+    # task's options, the result object: none of them used here): 90 µs of CPU per message
+    # against 240 (docs/benchmarks.md). The same message: protocol 2, its headers and
+    # properties, the queue and priority below, the ``before/after_task_publish`` signals, the
+    # publish retry policy, a ``task-sent`` event where ``task_send_sent_event`` asks for one.
     task_id = uuid()
     message = app.amqp.create_task_message(
-        task_id, translate.name, [translation.pk], hints, root_id=task_id, ignore_result=translate.ignore_result,
-        # What Flower shows of the arguments: plain repr of small ints and strings, which
-        # Celery's default (saferepr, built for arbitrary objects) spends a quarter of a send on.
-        argsrepr=f"[{translation.pk}]", kwargsrepr=repr(hints),
+        task_id, translate.name, [translation.pk], hints, reply_to=send.reply_to,
+        create_sent_event=send.sent_event, root_id=task_id, ignore_result=translate.ignore_result,
+        **shown,
     )
     with app.producer_or_acquire(producer) as producer:
-        app.amqp.send_task_message(
-            producer, translate.name, message, queue=translation.queue,
-            priority=PRIORITY_URGENT if urgent else PRIORITY_NORMAL, declare=None if declare else [],
-        )
+        # Broker errors as kombu's, as apply_async raises them.
+        with producer.connection._reraise_as_library_errors():
+            app.amqp.send_task_message(producer, translate.name, message, queue=translation.queue, priority=priority,
+                                       declare=declare)
 
 
 def _unsent(translations) -> None:

@@ -32,9 +32,10 @@ class TranslationAdminTests:
         assert failed_translation.status == TranslationStatus.QUEUED
         assert len(callbacks) == 1
 
-
-    def test_send_unsent_action_sends_the_queued_unsent_translations_and_counts_them(self, admin_client, many_translations):
+    def test_send_unsent_action_sends_the_queued_unsent_translations_and_counts_them(self, admin_client, many_translations,
+                                                                                     broker):
         from translation.models import Translation
+        from translation.services import PRIORITY_NORMAL
 
         url = reverse("admin:translation_translation_changelist")
         unsent = [row.pk for row in many_translations[:4]]
@@ -45,6 +46,9 @@ class TranslationAdminTests:
         assert not Translation.objects.filter(pk__in=unsent, enqueued_at__isnull=True).exists()
         again = admin_client.post(url, {"action": "send_unsent", "_selected_action": selected}, follow=True)
         assert "None of the selected translations is queued and unsent." in again.content.decode()
+        keys = {f"{row.queue}\x06\x16{PRIORITY_NORMAL}" for row in many_translations[:4]}
+        assert sum(broker.llen(key) for key in keys) == 4  # sent once each, not again
+        broker.delete(*keys)  # rows of this test's transaction: no worker is to take them
 
 
 class PortalAdminTests:

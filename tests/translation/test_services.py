@@ -200,7 +200,13 @@ class JobMessageTests:
         assert sent.payload[0] == [row.pk] and sent.payload[1]["urgent"] is True
         assert sent.delivery_info["routing_key"] == reference.delivery_info["routing_key"] == row.queue
         assert sent.properties["priority"] == reference.properties["priority"] == services.PRIORITY_URGENT
-        differ = {"id", "root_id", "origin"}  # the task's own id (and its root), the sending process
+        differ = {"id", "root_id"}  # each message's own task id (and its root: itself)
         assert {k: v for k, v in sent.headers.items() if k not in differ} == \
             {k: v for k, v in reference.headers.items() if k not in differ}
         assert sent.headers["root_id"] == sent.headers["id"]
+        # The task id again, the transport's tag; and apply_async's argsrepr and kwargsrepr, which
+        # it also copies into the properties (the worker reads them from the headers, above).
+        own = {"correlation_id", "delivery_tag", "argsrepr", "kwargsrepr"}
+        assert {k: v for k, v in sent.properties.items() if k not in own} == \
+            {k: v for k, v in reference.properties.items() if k not in own}
+        assert (sent.content_type, sent.content_encoding) == (reference.content_type, reference.content_encoding)
