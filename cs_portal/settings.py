@@ -278,7 +278,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900),
     # One Redis list per step; a worker takes from step 0 first. Jobs go at 6, and handed-over
-    # or resent ones at 0, ahead of the waiting (translation.services).
+    # or resent ones at 0, ahead of the waiting (translation.sending).
     "priority_steps": [0, 3, 6, 9],
 }
 # A prefix on every broker key lets several installations share one Redis database without

@@ -20,7 +20,8 @@ from translation.models import GlossaryTerm, LanguageRoute, Translation, Transla
 from translation.queues import queue_consumers
 from translation.routing import share_problems
 from translation.selectors import RouteFigures, route_figures, waiting_by_queue
-from translation.services import translation_retry, translation_sample, translations_enqueue
+from translation.sending import translations_enqueue
+from translation.services import translation_retry, translation_sample
 
 
 @admin.register(Translation)

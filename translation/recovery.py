@@ -46,7 +46,7 @@ LOST = "Sent {times} times without reaching a worker (lost by the broker each ti
 def _requeue(rows, reason: str) -> list[int]:
     """Put claimed or lost rows back to queued, and send each on commit."""
     from translation.execution import attempts_given_back
-    from translation.services import translations_enqueue
+    from translation.sending import translations_enqueue
 
     ids = [row.pk for row in rows]
     if not ids:

@@ -35,7 +35,7 @@ class TranslationAdminTests:
     def test_send_unsent_action_sends_the_queued_unsent_translations_and_counts_them(self, admin_client, many_translations,
                                                                                      broker):
         from translation.models import Translation
-        from translation.services import PRIORITY_NORMAL
+        from translation.sending import PRIORITY_NORMAL
 
         url = reverse("admin:translation_translation_changelist")
         unsent = [row.pk for row in many_translations[:4]]

@@ -93,7 +93,7 @@ class BellTests:
 
 class LedgerEnqueueTests:
     def test_a_burst_of_jobs_sends_one_wake_up_and_no_job_message(self, broker, ledger, waiting):
-        from translation.services import translation_enqueue
+        from translation.sending import translation_enqueue
 
         for row in waiting:
             assert translation_enqueue(translation=row)
@@ -101,7 +101,7 @@ class LedgerEnqueueTests:
 
     def test_a_broker_that_refuses_leaves_the_rows_queued_and_unstamped(self, ledger, waiting, monkeypatch):
         from translation import tasks
-        from translation.services import translation_enqueue
+        from translation.sending import translation_enqueue
 
         def refused(*args, **kwargs):
             raise ConnectionError("broker down")

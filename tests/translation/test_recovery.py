@@ -30,21 +30,21 @@ def claimed_by(rows, worker: str) -> None:
 @pytest.fixture
 def sent(monkeypatch):
     """The ids sent to the broker, one message each (the send itself is the real one)."""
-    import translation.services as services
+    import translation.sending as sending
 
     class Sent(list):
         urgent: list[bool]
 
     ids = Sent()
     ids.urgent = []
-    real = services._send_job
+    real = sending._send_job
 
     def recording(translation, *, urgent, **kwargs):
         ids.append(translation.pk)
         ids.urgent.append(urgent)
         return real(translation, urgent=urgent, **kwargs)
 
-    monkeypatch.setattr(services, "_send_job", recording)
+    monkeypatch.setattr(sending, "_send_job", recording)
     return ids
 
 
@@ -102,7 +102,7 @@ class InFlightTests:
     def test_jobs_taken_but_unclaimed_are_sent_again_and_waiting_ones_are_not(self, many_translations, sent,
                                                                               django_capture_on_commit_callbacks):
         from translation.recovery import in_flight_resend
-        from translation.services import translation_enqueue
+        from translation.sending import translation_enqueue
 
         spanish = [row for row in many_translations if row.source_language == "es"]
         waiting, taken, elsewhere, late = spanish[0], spanish[1], spanish[2], spanish[3]
@@ -170,7 +170,7 @@ class LostJobsTests:
     def test_a_queued_job_no_queue_holds_is_sent_again_and_one_the_broker_holds_is_not(
         self, many_translations, sent, django_capture_on_commit_callbacks
     ):
-        from translation.services import translation_enqueue
+        from translation.sending import translation_enqueue
 
         held, lost = many_translations[0], many_translations[1]
         translation_enqueue(translation=held)  # a real message in the real queue
@@ -186,7 +186,7 @@ class LostJobsTests:
         """A long transaction commits rows whose sent stamp is already old, and their sends take
         a while: a job missing once may be on its way. The reconciler resends a job only when
         it was missing at its previous look too."""
-        from translation.services import translation_enqueue
+        from translation.sending import translation_enqueue
 
         on_its_way, lost = many_translations[0], many_translations[1]
         self.age([on_its_way, lost], 60)

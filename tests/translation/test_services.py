@@ -83,7 +83,7 @@ class TranslationEnqueueTests:
 
         import celery.app.amqp
 
-        from translation.services import PRIORITY_NORMAL, translation_enqueue
+        from translation.sending import PRIORITY_NORMAL, translation_enqueue
 
         def not_called(*args, **kwargs):
             raise AssertionError("the send gives its argument texts; Celery's saferepr is not needed")
@@ -123,7 +123,7 @@ class CommitSendsTests:
         from django.db import transaction
         from kombu.transport.redis import PublishBatch
 
-        from translation.services import PRIORITY_NORMAL
+        from translation.sending import PRIORITY_NORMAL
 
         round_trips = []
         flush = PublishBatch.flush
@@ -162,7 +162,7 @@ class CommitSendsTests:
                                                  django_capture_on_commit_callbacks):
         from kombu.transport.redis import PublishBatch
 
-        from translation.services import PRIORITY_NORMAL
+        from translation.sending import PRIORITY_NORMAL
 
         flushed = []
         flush = PublishBatch.flush
@@ -184,22 +184,22 @@ class JobMessageTests:
         ``apply_async``'s general work: the same task, arguments, queue, priority and headers."""
         from kombu import Connection
 
-        from translation import services
+        from translation import sending
         from translation.tasks import translate
 
         row = queued_translation
         with Connection("memory://") as connection:
             producer = connection.Producer()
-            services._send_job(row, urgent=True, sent_at=row.created_at, producer=producer)
+            sending._send_job(row, urgent=True, sent_at=row.created_at, producer=producer)
             sent = connection.SimpleQueue(row.queue).get(timeout=1)
             translate.apply_async(args=sent.payload[0], kwargs=sent.payload[1], queue=row.queue,
-                                  priority=services.PRIORITY_URGENT, connection=connection,
+                                  priority=sending.PRIORITY_URGENT, connection=connection,
                                   argsrepr=sent.headers["argsrepr"], kwargsrepr=sent.headers["kwargsrepr"])
             reference = connection.SimpleQueue(row.queue).get(timeout=1)
         assert sent.payload == reference.payload
         assert sent.payload[0] == [row.pk] and sent.payload[1]["urgent"] is True
         assert sent.delivery_info["routing_key"] == reference.delivery_info["routing_key"] == row.queue
-        assert sent.properties["priority"] == reference.properties["priority"] == services.PRIORITY_URGENT
+        assert sent.properties["priority"] == reference.properties["priority"] == sending.PRIORITY_URGENT
         differ = {"id", "root_id"}  # each message's own task id (and its root: itself)
         assert {k: v for k, v in sent.headers.items() if k not in differ} == \
             {k: v for k, v in reference.headers.items() if k not in differ}

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from translation.services import translation_resend_unsent
+from translation.sending import translation_resend_unsent
 
 
 class Command(BaseCommand):
