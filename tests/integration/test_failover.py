@@ -56,13 +56,8 @@ def test_a_killed_workers_batch_is_done_once_by_its_standby(tmp_path, tiny_model
                                          language="es").translations.get().pk
             for n in range(JOBS)
         ]
-        # The first worker's batch, caught while it runs: then the kill.
         victim = next(name for name in lines_names(output) if name.startswith("cpu@"))
-        batch = wait_for(
-            lambda: list(Translation.objects.filter(pk__in=ids, status=TranslationStatus.RUNNING, worker=victim)
-                         .values_list("pk", flat=True)),
-            timeout=60, interval=0.005, what="a batch on the first worker",
-        )
+        batch = batch_frozen(pids["cpu"], victim, ids)
         os.kill(pids["cpu"], signal.SIGKILL)
         killed_at = time.time()
 
@@ -92,6 +87,27 @@ def test_a_killed_workers_batch_is_done_once_by_its_standby(tmp_path, tiny_model
         for leftover in processes_of(tmp_path):
             if alive(leftover):
                 os.kill(leftover, signal.SIGKILL)
+
+
+def batch_frozen(pid: int, worker: str, ids: list[int]) -> list[int]:
+    """The jobs ``worker`` has claimed, with its process stopped (SIGSTOP) so the batch cannot
+    finish between the look and the kill. A batch that finished just before the stop (nothing
+    claimed once a commit in flight has landed) is let go, and the next one caught."""
+
+    def running() -> list[int]:
+        return list(Translation.objects.filter(pk__in=ids, status=TranslationStatus.RUNNING, worker=worker)
+                    .values_list("pk", flat=True))
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        wait_for(running, timeout=60, interval=0.005, what="a batch on the first worker")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.3)  # a commit the worker sent before the stop lands meanwhile
+        claimed = running()
+        if claimed:
+            return claimed
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("no batch of the first worker was caught running in 60s")
 
 
 def forget_unacked(queue: str) -> None:
