@@ -29,15 +29,19 @@ Every ``workers.main`` worker has a batcher (``--no-batching`` makes each batch 
 A job whose batch never answers (a device loop stuck) is given up after
 ``TRANSLATION_JOB_TIMEOUT_S`` and retried, as the pool thread's wait on its future was. A warm
 shutdown waits for the jobs in flight (up to a tenth of that; a cold one does not) before the
-connection closes, so that their acknowledgements are sent. After a reconnect the consumer's
-prefetch is lowered by the jobs still in flight, as Celery lowers it by its active tasks, and
-given back as new messages are acknowledged.
+connection closes, so that their acknowledgements are sent. After a reconnect Celery lowers the
+consumer's prefetch by the jobs still in flight, its active requests, and gives it back as new
+messages are acknowledged.
 
-What a pool task has and these jobs do not: a place in Celery's active and reserved requests
-(``inspect active``, ``query_task``, and the "active" count of the worker's heartbeat, which
-Flower shows; ``inspect intake``, the heartbeat row and Flower's task list show them instead),
-the ``task_*`` signals (nothing here listens to them), and INFO log lines for each job's receipt
-and success (DEBUG here; retries and failures are logged as before).
+Each job in flight stands among Celery's active requests (``InFlight``: what Celery reads of a
+request), as a pool task waiting for its batch did: ``inspect active`` lists it, the worker's
+heartbeat counts it (the "active" count Flower shows per worker), and Celery's own reduction of
+the prefetch after a reconnect counts it.
+
+What a pool task has and these jobs do not: a place in Celery's table of requests by id
+(``query_task``, a revoke's termination: a job in the batcher is not stopped), the ``task_*``
+signals (nothing here listens to them), and INFO log lines for each job's receipt and success
+(DEBUG here; retries and failures are logged as before).
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ import traceback
 from concurrent.futures import Future
 
 from celery import bootsteps
-from celery.bootsteps import RUN
 from celery.exceptions import Reject
 from celery.utils.saferepr import saferepr
 from celery.worker import state as worker_state
@@ -80,31 +83,74 @@ def _traceback(error: BaseException) -> str:
 
 
 class InFlight:
-    """A job submitted from its message, until its message is settled."""
+    """A job submitted from its message, until its message is settled.
 
-    __slots__ = ("intake", "message", "ack", "reject", "task_id", "name", "started", "claimed")
+    It stands among Celery's active requests meanwhile, so it offers what Celery reads of one:
+    ``id``, ``task``, ``acknowledged``, ``info()`` (``inspect active``) and ``cancel()`` (a cold
+    shutdown, or a lost connection with ``worker_cancel_long_running_tasks_on_connection_loss``).
+    """
+
+    __slots__ = ("intake", "message", "ack", "reject", "task_id", "name", "started", "time_start", "claimed",
+                 "__weakref__")  # Celery's sets of requests hold them weakly
 
     def __init__(self, intake: JobIntake | None, message, ack, reject, name: str = "") -> None:
         self.intake, self.message, self.ack, self.reject = intake, message, ack, reject
         self.task_id = message.headers.get("id")
         self.name = message.headers.get("shadow") or name  # what Flower lists it as, as Celery's request
         self.started = time.monotonic()
+        self.time_start = time.time()  # as Celery's request: when it started, epoch seconds
         self.claimed = False
+
+    # --- what Celery reads of an active request --------------------------------------------------
+    @property
+    def id(self) -> str | None:
+        return self.task_id
+
+    @property
+    def task(self):
+        return self.intake.task if self.intake is not None else None
+
+    @property
+    def acknowledged(self) -> bool:
+        return False  # acknowledged as it leaves the active requests
+
+    def info(self, safe: bool = False) -> dict:
+        """What ``inspect active`` lists for it, as for a pool task (``Request.info``)."""
+        headers, delivery = self.message.headers, getattr(self.message, "delivery_info", None) or {}
+        return {
+            "id": self.task_id, "name": self.name, "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
+            "type": headers.get("task") or self.name, "hostname": self.intake.hostname if self.intake else None,
+            "time_start": self.time_start, "acknowledged": False,
+            "delivery_info": {"exchange": delivery.get("exchange"), "routing_key": delivery.get("routing_key"),
+                              "priority": delivery.get("priority"), "redelivered": delivery.get("redelivered")},
+            "worker_pid": None,  # computed in the batcher's engine, not in a pool process
+        }
+
+    def cancel(self, pool=None, signal=None, emit_retry: bool = True) -> None:
+        """Nothing to stop: the job's batch runs on. Its message, unacknowledged, goes back to its
+        queue as the connection closes (Redis: after the visibility timeout, or at once when
+        the supervisor sends the worker's jobs again); a duplicate result is never stored."""
 
 
 class Registry:
     """The jobs of this process in flight, across consumer restarts (a reconnect builds a new
     strategy; the jobs of the old one still end, and a shutdown waits for them all). A job is
     *claimed* by whoever settles its message (its batch's answer, or the timer giving up on it),
-    and leaves once its message is settled."""
+    and leaves once its message is settled.
 
-    def __init__(self) -> None:
+    ``active``: the set it also stands in meanwhile (Celery's active requests); ``reserved``:
+    a set it leaves too (Celery moves its active requests there when a connection closes)."""
+
+    def __init__(self, active=None, reserved=None) -> None:
         self._lock = threading.Condition()
         self._jobs: dict[InFlight, None] = {}  # oldest first
+        self._active, self._reserved = active, reserved
 
     def add(self, job: InFlight) -> None:
         with self._lock:
             self._jobs[job] = None
+            if self._active is not None:
+                self._active.add(job)
 
     def claim(self, job: InFlight) -> bool:
         """True for the first caller only: its job's message is its to settle."""
@@ -118,6 +164,9 @@ class Registry:
         """Its message is settled (acknowledged, retried, rejected)."""
         with self._lock:
             self._jobs.pop(job, None)
+            for requests in (self._active, self._reserved):
+                if requests is not None:
+                    requests.discard(job)
             if not self._jobs:
                 self._lock.notify_all()
 
@@ -146,7 +195,7 @@ class Registry:
             return len(self._jobs)
 
 
-IN_FLIGHT = Registry()
+IN_FLIGHT = Registry(worker_state.active_requests, worker_state.reserved_requests)
 
 
 class Counts:
@@ -364,20 +413,10 @@ def strategy(task, app, consumer, **kwargs):
     return JobIntake(task, app, consumer, batcher, fallback)
 
 
-def lower_prefetch(c, in_flight: int) -> None:
-    """After a reconnect: the consumer's prefetch lowered by the jobs still in flight (whose
-    messages the old channel gave back), as Celery lowers it by its active tasks; Celery gives it
-    back as the new messages are acknowledged."""
-    if not in_flight or not c.app.conf.worker_enable_prefetch_count_reduction or getattr(c, "qos_global", None) is False:
-        return
-    c.initial_prefetch_count = max(c.prefetch_multiplier, c.initial_prefetch_count - in_flight * c.prefetch_multiplier)
-    c._maximum_prefetch_restored = c.initial_prefetch_count == c.max_prefetch_count
-
-
 class DirectJobs(bootsteps.StartStopStep):
-    """Consumer step: the timer that gives up on jobs whose batch never answered; after a
-    reconnect, the prefetch lowered by the jobs still in flight; and, when the worker stops, the
-    wait for those jobs (before the connection that acknowledges them closes)."""
+    """Consumer step: the timer that gives up on jobs whose batch never answered, and, when the
+    worker stops, the wait for the jobs in flight (before the connection that acknowledges them
+    closes)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -392,8 +431,6 @@ class DirectJobs(bootsteps.StartStopStep):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if c.blueprint.state == RUN:  # a reconnect (a shutdown closes the blueprint first)
-            lower_prefetch(c, len(IN_FLIGHT))
 
     def close(self, c) -> None:
         """The consumer stops for good (its event loop has stopped). A warm shutdown waits for the

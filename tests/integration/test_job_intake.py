@@ -33,6 +33,14 @@ def settled(before: dict[str, int], **expected: int):
     return check
 
 
+def active(name: str = WORKER_NAME) -> list[dict]:
+    """The worker's ``inspect active`` answer: its translate jobs being executed."""
+    from cs_portal.celery import app
+
+    replies = app.control.inspect(destination=[name], timeout=5).active() or {}
+    return [task for task in replies.get(name, []) if task["name"] == translate.name]
+
+
 def finished(rows) -> bool:
     return not Translation.objects.filter(pk__in=[row.pk for row in rows], status__in=[
         TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists()
@@ -54,6 +62,7 @@ class JobIntakeTests:
         assert max(Translation.objects.filter(pk__in=[row.pk for row in rows]).values_list("batch_size", flat=True)) > 1
         # Celery's own count of the task (``inspect stats``) sees them, as it sees the pool's.
         assert tasks_processed() - processed == 40
+        assert active() == []  # they stood among the active requests only while in flight
         ids = {f"[{row.pk}]" for row in rows}
         wait_for(lambda: not ids & unacked_jobs(), timeout=10, what="the burst's messages to be acknowledged")
 
@@ -162,6 +171,13 @@ def test_a_warm_shutdown_acknowledges_the_jobs_in_the_batcher_before_it_closes(t
             return replies and replies[0][name]["in_flight"] > 0
 
         wait_for(in_flight, timeout=30, interval=0.05, what="jobs in the worker's batcher")
+        # The jobs in the batcher are the worker's active tasks, as a pool task waiting for its
+        # batch was (what its heartbeat counts, and Flower shows).
+        listed = wait_for(lambda: active(name), timeout=10, interval=0.05, what="inspect active to list the jobs")
+        ours = {f"[{row.pk}]" for row in rows}
+        assert {task["args"] for task in listed} <= ours
+        assert all(task["hostname"] == name and task["time_start"] > 0 and task["acknowledged"] is False
+                   and task["delivery_info"]["routing_key"] == SHUTDOWN_QUEUE for task in listed), listed
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         text = log.read_text()

@@ -7,11 +7,12 @@ import time
 import pytest
 
 from workers import job_intake
-from workers.job_intake import InFlight, Registry, _payload, lower_prefetch, request_context
+from workers.job_intake import InFlight, Registry, _payload, request_context
 
 
 class StandInMessage:
-    headers = {"id": "task-1"}
+    def __init__(self) -> None:
+        self.headers = {"id": "task-1", "task": "translation.translate", "argsrepr": "[7]", "kwargsrepr": "{}"}
 
 
 def flight(intake=None, started: float | None = None) -> InFlight:
@@ -62,26 +63,31 @@ def test_a_retry_goes_back_to_the_queue_and_the_priority_its_message_came_with()
     assert retry.options["task_id"] == "task-5"
 
 
-class StandInConsumer:
-    """The consumer attributes Celery's own reduction after a reconnect reads and sets."""
+def test_a_job_stands_among_the_active_requests_while_in_flight_and_reads_as_one():
+    """Celery's sets of requests (weak, as Celery's): the job is active from its submission until
+    its message is settled, and leaves the reserved requests too (a closed connection moves the
+    active requests there)."""
+    import weakref
+    from types import SimpleNamespace
 
-    def __init__(self, reduction=True):
-        from types import SimpleNamespace
+    from translation.tasks import translate
 
-        self.app = SimpleNamespace(conf=SimpleNamespace(worker_enable_prefetch_count_reduction=reduction))
-        self.prefetch_multiplier, self.max_prefetch_count = 1, 400
-        self.initial_prefetch_count, self._maximum_prefetch_restored = 400, True
-
-
-def test_after_a_reconnect_the_prefetch_is_lowered_by_the_jobs_still_in_flight():
-    consumer = StandInConsumer()
-    lower_prefetch(consumer, 150)
-    assert (consumer.initial_prefetch_count, consumer._maximum_prefetch_restored) == (250, False)
-    lower_prefetch(consumer, 1000)  # never below one message per thread
-    assert consumer.initial_prefetch_count == 1
-    untouched = StandInConsumer(reduction=False)
-    lower_prefetch(untouched, 150)
-    assert (untouched.initial_prefetch_count, untouched._maximum_prefetch_restored) == (400, True)
+    active, reserved = weakref.WeakSet(), weakref.WeakSet()
+    registry = Registry(active, reserved)
+    intake = SimpleNamespace(task=translate, hostname="worker@host")
+    job = flight(intake)
+    job.message.delivery_info = {"routing_key": "translate.en", "priority": 5, "exchange": ""}
+    registry.add(job)
+    assert job in active
+    reserved.add(job)
+    assert (job.id, job.task.acks_late, job.acknowledged) == ("task-1", True, False)
+    info = job.info(safe=True)
+    assert (info["id"], info["name"], info["args"], info["hostname"]) == ("task-1", "translation.translate", "[7]", "worker@host")
+    assert info["delivery_info"]["routing_key"] == "translate.en" and info["time_start"] > 0
+    job.cancel(None, emit_retry=False)  # a cold shutdown's cancel: the batch runs on
+    assert job in active
+    registry.done(job)
+    assert job not in active and job not in reserved
 
 
 def test_a_job_is_claimed_once_whoever_comes_first_and_leaves_once_settled():
