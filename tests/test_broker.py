@@ -204,6 +204,58 @@ def test_acknowledgements_made_in_the_event_loop_go_out_together_before_it_polls
         queue(channel).delete()
 
 
+def test_acknowledgements_a_tick_cannot_send_are_kept_for_the_next_and_logged_once(broker, caplog, monkeypatch):
+    """Redis unreachable on the loop's tick: the turn's acknowledgements stay listed (and their
+    messages indexed), one warning for the outage, and the first tick that gets through sends
+    them all, with the acknowledgements made meanwhile."""
+    import logging
+    from contextlib import contextmanager
+
+    from kombu.asynchronous import Hub, get_event_loop, set_event_loop
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = _queue_with(broker, "test.broker.failing-acks", 4, connection)
+        received = []
+        previous, hub = get_event_loop(), Hub()
+        set_event_loop(hub)
+        qos = channel.qos
+        real, failing = qos.pipe_or_acquire, [True, True]
+
+        @contextmanager
+        def unreachable_twice(*args, **kwargs):
+            if failing and failing.pop(0):
+                raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+            with real(*args, **kwargs) as pipe:
+                yield pipe
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="cs_portal.broker"), \
+                    connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=4):
+                connection.drain_events(timeout=5)
+                assert len(received) == 4
+                hub._loop_thread = threading.get_ident()  # this thread runs the loop, as Celery's consumer does
+                monkeypatch.setattr(qos, "pipe_or_acquire", unreachable_twice)
+                for message in received[:2]:
+                    message.ack()
+                for _ in range(2):  # two ticks while Redis is unreachable
+                    for tick in list(hub.on_tick):
+                        tick()
+                assert all(_indexed(broker, channel, message) for message in received[:2])  # kept
+                for message in received[2:]:  # acknowledged meanwhile
+                    message.ack()
+                for tick in list(hub.on_tick):  # Redis answers again
+                    tick()
+                assert not any(_indexed(broker, channel, message) for message in received)
+        finally:
+            set_event_loop(previous)
+            hub.close()
+        queue(channel).delete()
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == ["Could not acknowledge messages; trying again"]
+
+
 def test_messages_that_cannot_be_indexed_go_back_where_they_were_in_their_order(broker):
     with current_app.connection_for_write() as connection:
         channel = connection.default_channel
