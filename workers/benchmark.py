@@ -50,6 +50,11 @@ def light_interval(batch1_rate: float) -> float:
     return max(0.05, 4 / batch1_rate)
 
 
+def model_share(model_cpu_s: float, cores: int, elapsed_s: float) -> float:
+    """The fraction of ``cores`` x ``elapsed_s`` the model's processes computed."""
+    return model_cpu_s / (cores * elapsed_s) if cores > 0 and elapsed_s > 0 else 0.0
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -68,6 +73,11 @@ class Figures:
     mean_batch: float = 0.0
     light: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p95, p99 in ms
     saturated: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # The model's share of the cores during the burst (0: not measured, no /proc): its engine
+    # processes' CPU over cores x the burst's time. A shared host's speed drifts over minutes and
+    # moves the pipeline's ratio to a limit measured before and after it; this share it does not
+    # move (docs/benchmarks.md, 2026-11-28). With full batches it is that ratio on a steady host.
+    model_share: float = 0.0
 
     def last_line(self) -> str:
         return (
@@ -302,12 +312,15 @@ class Benchmark:
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
                  f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
+        self.model_share = 0.0
         if stamps["cpu"] is not None and cpu_after is not None:  # None: no /proc (not Linux)
-            self.report_cpu(stamps["cpu"], cpu_after, cpu_span, count, worker.pid)
+            self.model_share = self.report_cpu(stamps["cpu"], cpu_after, cpu_span, count, worker.pid, elapsed)
         return count / elapsed, rows, committed
 
-    def report_cpu(self, before, after, span: float, count: int, worker_pid: int) -> None:
-        """Which process took the cores while the burst ran, and the per-job CPU beside the model."""
+    def report_cpu(self, before, after, span: float, count: int, worker_pid: int, elapsed: float) -> float:
+        """Which process took the cores while the burst ran, and the per-job CPU beside the model;
+        returns the model's share of the cores over the burst's ``elapsed`` seconds (the readings'
+        ``span`` ends up to a polling interval later, with the model idle by then)."""
         model, this_process = "model (engine process)", "this process (the portal's sends, its polling)"
         pipeline = {
             model: lambda p: p.ppid == worker_pid,
@@ -322,10 +335,12 @@ class Benchmark:
         cores = os.cpu_count() or 1
         self.say(f"  CPU over {span:.2f}s on {cores} cores ({cores * span:.1f} CPU-seconds): "
                  + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in used.items())
-                 + f"; per job: model {used[model] / count * 1000:.2f} ms, beside it {beside / count * 1000:.2f} ms")
+                 + f"; per job: model {used[model] / count * 1000:.2f} ms, beside it {beside / count * 1000:.2f} ms; "
+                 f"the model had {model_share(used[model], cores, elapsed):.1%} of the cores over the burst's {elapsed:.2f}s")
         if used["everything else"] >= 0.1 * cores * span:  # a neighbour took a tenth of the machine: name it
             others = unmatched_by_name(before, after, pipeline).most_common(4)
             self.say("  everything else: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in others))
+        return model_share(used[model], cores, elapsed)
 
     def new_conversation(self, client):
         from cs_portal.portal.services import conversation_create
@@ -388,6 +403,7 @@ class Benchmark:
                              f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms")
                     saturated = self.new_conversation(client)
                     figures.pipeline, rows, committed = self.burst(saturated, self.jobs, worker)
+                    figures.model_share = self.model_share
                     figures.saturated = tuple(percentile(self.latencies_ms(rows, committed), q) for q in (50, 95, 99))
                     executions = sum(1 / row.batch_size for row in rows if row.batch_size)
                     figures.mean_batch = len(rows) / executions if executions else 0.0

@@ -38,3 +38,10 @@ class BenchmarkFiguresTests:
         assert Benchmark.latencies_ms(rows, committed) == [2000.0, 2000.0]
         # A light-load job commits on its own: from its save.
         assert Benchmark.latencies_ms(rows) == [22000.0, 2000.0]
+
+    def test_the_models_share_of_the_cores_is_its_cpu_over_cores_times_the_burst(self):
+        from workers.benchmark import model_share
+
+        assert model_share(3.0, 2, 2.0) == 0.75
+        assert model_share(3.0, 2, 0.0) == 0.0  # no burst measured
+        assert model_share(3.0, 0, 2.0) == 0.0

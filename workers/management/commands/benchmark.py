@@ -56,7 +56,9 @@ class Command(BaseCommand):
             f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
             f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"
             f"  mean batch size             {figures.mean_batch:8.1f}\n"
-            f"  light load p50/p95/p99      {figures.light[0]:.1f} / {figures.light[1]:.1f} / {figures.light[2]:.1f} ms"
+            + (f"  model's share of the cores  {figures.model_share:8.1%}   over the burst (the host's drift does not move it)\n"
+               if figures.model_share else "")
+            + f"  light load p50/p95/p99      {figures.light[0]:.1f} / {figures.light[1]:.1f} / {figures.light[2]:.1f} ms"
             f"   (one forward pass alone at that pace: {figures.model_ms:.1f} ms, p95 {figures.model_ms_p95:.1f} ms; back to back: "
             f"{figures.model_ms_back_to_back:.1f} ms)\n"
             f"  saturation p50/p95/p99      {figures.saturated[0]:.0f} / {figures.saturated[1]:.0f} / {figures.saturated[2]:.0f} ms"
