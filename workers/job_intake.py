@@ -85,21 +85,30 @@ def _traceback(error: BaseException) -> str:
 class InFlight:
     """A job submitted from its message, until its message is settled.
 
-    It stands among Celery's active requests meanwhile, so it offers what Celery reads of one:
-    ``id``, ``task``, ``acknowledged``, ``info()`` (``inspect active``) and ``cancel()`` (a cold
-    shutdown, or a lost connection with ``worker_cancel_long_running_tasks_on_connection_loss``).
+    It stands among Celery's active requests meanwhile, so it offers what Celery reads and
+    writes of one: ``id``, ``task``, ``acknowledged``, ``info()`` (``inspect active``),
+    ``cancel()`` (a cold shutdown, or a lost connection with
+    ``worker_cancel_long_running_tasks_on_connection_loss``) and ``eventer``, which Celery sets on
+    its reserved requests (where a closed connection moved the active ones) when it builds the
+    new connection's event dispatcher. Unused here: the intake reads the consumer's dispatcher
+    each time.
     """
 
-    __slots__ = ("intake", "message", "ack", "reject", "task_id", "name", "started", "time_start", "claimed",
-                 "__weakref__")  # Celery's sets of requests hold them weakly
+    __slots__ = ("intake", "message", "ack", "reject", "task_id", "name", "args", "kwargs", "started", "time_start",
+                 "claimed", "eventer", "__weakref__")  # Celery's sets of requests hold them weakly
 
-    def __init__(self, intake: JobIntake | None, message, ack, reject, name: str = "") -> None:
+    def __init__(self, intake: JobIntake | None, message, ack, reject, name: str = "", args=None, kwargs=None) -> None:
         self.intake, self.message, self.ack, self.reject = intake, message, ack, reject
         self.task_id = message.headers.get("id")
         self.name = message.headers.get("shadow") or name  # what Flower lists it as, as Celery's request
+        self.args, self.kwargs = args, kwargs  # as decoded from its message
         self.started = time.monotonic()
         self.time_start = time.time()  # as Celery's request: when it started, epoch seconds
         self.claimed = False
+        self.eventer = None
+
+    def __str__(self) -> str:  # as Celery's request, in its log lines
+        return f"{self.name}[{self.task_id}]"
 
     # --- what Celery reads of an active request --------------------------------------------------
     @property
@@ -115,14 +124,20 @@ class InFlight:
         return False  # acknowledged as it leaves the active requests
 
     def info(self, safe: bool = False) -> dict:
-        """What ``inspect active`` lists for it, as for a pool task (``Request.info``)."""
-        headers, delivery = self.message.headers, getattr(self.message, "delivery_info", None) or {}
+        """What ``inspect active`` lists for it, as for a pool task (``Request.info``): with
+        ``safe``, the arguments as their repr (what Flower asks for)."""
+        message = self.message
+        headers, delivery = message.headers, getattr(message, "delivery_info", None) or {}
+        properties = getattr(message, "properties", None) or {}
+        shown_args, shown_kwargs = headers.get("argsrepr"), headers.get("kwargsrepr")
         return {
-            "id": self.task_id, "name": self.name, "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
+            "id": self.task_id, "name": self.name,
+            "args": shown_args if safe or self.args is None else self.args,
+            "kwargs": shown_kwargs if safe or self.kwargs is None else self.kwargs,
             "type": headers.get("task") or self.name, "hostname": self.intake.hostname if self.intake else None,
             "time_start": self.time_start, "acknowledged": False,
             "delivery_info": {"exchange": delivery.get("exchange"), "routing_key": delivery.get("routing_key"),
-                              "priority": delivery.get("priority"), "redelivered": delivery.get("redelivered")},
+                              "priority": properties.get("priority"), "redelivered": delivery.get("redelivered", False)},
             "worker_pid": None,  # computed in the batcher's engine, not in a pool process
         }
 
@@ -273,7 +288,7 @@ class JobIntake:
                               **_payload(*args, **task_kwargs))
         except Exception:  # not a plain job: the task itself refuses it, loudly, as it always did
             return self._to_pool(message, body, ack, reject, callbacks, **kwargs)
-        flight = InFlight(self, message, ack, reject, self.task.name)
+        flight = InFlight(self, message, ack, reject, self.task.name, args, task_kwargs)
         COUNTS.add("direct")
         worker_state.total_count[self.task.name] += 1
         worker_state.all_total_count[0] += 1

@@ -92,3 +92,75 @@ def test_jobs_queued_before_an_empty_restart_still_end_done(tmp_path, tiny_model
             stop_process(worker, timeout=30)
         server.terminate()
         server.wait(10)
+
+
+RECONNECT_QUEUE = "translate.en.reconnect"  # a queue of this test's own
+
+
+def test_a_worker_with_jobs_in_its_batcher_reconnects_after_a_broker_restart_and_every_job_ends(
+        tmp_path, tiny_models, django_capture_on_commit_callbacks):
+    """The broker restarts while the worker's batcher holds jobs taken straight from their
+    messages (workers/job_intake.py), which stand among Celery's active requests: the consumer
+    reconnects (Celery hands its active requests the new event dispatcher), the worker goes on,
+    and the jobs the restart lost are sent again and end done."""
+    route_update("es", "en", queue=RECONNECT_QUEUE)
+    agent_create(username="sam", password="secret-pass", working_language="en")
+    client, _ = api_client_create(name="reconnect")
+    port = free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    server = redis_server(port, tmp_path)
+    name = "reconnect@localhost"
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(),
+               CELERY_BROKER_URL=broker, TRANSLATION_LOST_AFTER_S="10", PYTHONUNBUFFERED="1")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers.main", "--queues", RECONNECT_QUEUE, "--name", name, "--lanes", "1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def the_log() -> str:
+        return f"\nthe worker's log:\n{log.read_text()[-3000:]}"
+
+    try:
+        wait_for(lambda: f"{name} ready." in log.read_text(), timeout=120, interval=0.5, what="the worker to consume")
+        conversation = conversation_create(api_client=client, customer_name="Lucía")
+        with django_capture_on_commit_callbacks(execute=False):  # sent below, to this test's broker
+            rows = [
+                message_create_from_customer(conversation=conversation, text=f"Mi pedido {n} no ha llegado.",
+                                             language="es").translations.get()
+                for n in range(300)
+            ]
+        with current_app.connection_for_write(broker) as connection:
+            for row in rows:
+                translate.apply_async(args=[row.pk], queue=RECONNECT_QUEUE, connection=connection)
+        ids = [row.pk for row in rows]
+        # The first batch stored: the worker holds the next ones (its prefetch, 272 with one lane).
+        wait_for(lambda: Translation.objects.filter(pk__in=ids, status=TranslationStatus.DONE).exists(), timeout=60,
+                 interval=0.05, what="the first batch")
+
+        server.terminate()  # the worker's connection drops with jobs in its batcher
+        server.wait(10)
+        server = redis_server(port, tmp_path)
+
+        try:
+            wait_for(lambda: log.read_text().count("Connected to redis") >= 2 or worker.poll() is not None,
+                     timeout=60, interval=0.5, what="the worker to connect again")
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}{the_log()}") from None
+        assert worker.poll() is None, the_log()
+
+        def finished() -> bool:
+            return not Translation.objects.filter(pk__in=ids, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING]).exists()
+
+        try:
+            wait_for(finished, timeout=180, interval=0.5, what="every job to finish")
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}{the_log()}") from None
+        for row in Translation.objects.filter(pk__in=ids):
+            assert row.status == TranslationStatus.DONE or row.failure_reason == EMPTY_OUTPUT, row.failure_reason
+        assert worker.poll() is None and "Unrecoverable error" not in log.read_text(), the_log()
+    finally:
+        stop_process(worker, timeout=30)
+        server.terminate()
+        server.wait(10)

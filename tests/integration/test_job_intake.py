@@ -37,7 +37,7 @@ def active(name: str = WORKER_NAME) -> list[dict]:
     """The worker's ``inspect active`` answer: its translate jobs being executed."""
     from cs_portal.celery import app
 
-    replies = app.control.inspect(destination=[name], timeout=5).active() or {}
+    replies = app.control.inspect(destination=[name], timeout=5).active(safe=True) or {}  # as Flower asks
     return [task for task in replies.get(name, []) if task["name"] == translate.name]
 
 

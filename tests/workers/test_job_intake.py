@@ -75,17 +75,25 @@ def test_a_job_stands_among_the_active_requests_while_in_flight_and_reads_as_one
     active, reserved = weakref.WeakSet(), weakref.WeakSet()
     registry = Registry(active, reserved)
     intake = SimpleNamespace(task=translate, hostname="worker@host")
-    job = flight(intake)
-    job.message.delivery_info = {"routing_key": "translate.en", "priority": 5, "exchange": ""}
+    job = InFlight(intake, StandInMessage(), ack=None, reject=None, name="translation.translate", args=[7],
+                   kwargs={"chars": 12})
+    job.message.delivery_info = {"routing_key": "translate.en", "exchange": ""}
+    job.message.properties = {"priority": 5}  # where kombu keeps a message's priority
     registry.add(job)
     assert job in active
     reserved.add(job)
     assert (job.id, job.task.acks_late, job.acknowledged) == ("task-1", True, False)
     info = job.info(safe=True)
     assert (info["id"], info["name"], info["args"], info["hostname"]) == ("task-1", "translation.translate", "[7]", "worker@host")
-    assert info["delivery_info"]["routing_key"] == "translate.en" and info["time_start"] > 0
+    assert info["delivery_info"] == {"exchange": "", "routing_key": "translate.en", "priority": 5, "redelivered": False}
+    assert info["time_start"] > 0 and str(job) == "translation.translate[task-1]"
+    assert (job.info()["args"], job.info()["kwargs"]) == ([7], {"chars": 12})  # unsafe: as decoded
     job.cancel(None, emit_retry=False)  # a cold shutdown's cancel: the batch runs on
     assert job in active
+    # A closed connection moves the active requests to the reserved ones, and the new one's
+    # event dispatcher is handed to each (celery/worker/consumer/events.py, Events.start).
+    for request in tuple(reserved):
+        request.eventer = object()
     registry.done(job)
     assert job not in active and job not in reserved
 
