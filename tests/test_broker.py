@@ -2,6 +2,7 @@
 and pool, shared by threads, and messages through it arrive whole."""
 
 import threading
+from contextlib import contextmanager
 
 from celery import current_app
 from kombu import Exchange, Queue
@@ -176,19 +177,30 @@ def test_a_key_prefixed_channel_takes_several_messages_per_wake_up(broker):
         queue(channel).delete()
 
 
-def test_acknowledgements_made_in_the_event_loop_go_out_together_before_it_polls_again(broker):
+@contextmanager
+def _event_loop():
+    """A kombu event loop (``Hub``) current in this thread, as if this thread ran it (as Celery's
+    consumer runs its own): acknowledgements made here are listed for its ticks."""
     from kombu.asynchronous import Hub, get_event_loop, set_event_loop
 
+    previous, hub = get_event_loop(), Hub()
+    set_event_loop(hub)
+    hub._loop_thread = threading.get_ident()
+    try:
+        yield hub
+    finally:
+        set_event_loop(previous)
+        hub.close()
+
+
+def test_acknowledgements_made_in_the_event_loop_go_out_together_before_it_polls_again(broker):
     with current_app.connection_for_write() as connection:
         channel = connection.default_channel
         queue = _queue_with(broker, "test.broker.loop-acks", 3, connection)
         received = []
-        previous, hub = get_event_loop(), Hub()
-        set_event_loop(hub)
-        try:
-            with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=3):
-                connection.drain_events(timeout=5)
-                hub._loop_thread = threading.get_ident()  # this thread runs the loop, as Celery's consumer does
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=3):
+            connection.drain_events(timeout=5)
+            with _event_loop() as hub:
                 for message in received:
                     message.ack()
                 # Listed, not sent yet: one pipeline for the turn's acknowledgements, on the loop's tick.
@@ -197,9 +209,6 @@ def test_acknowledgements_made_in_the_event_loop_go_out_together_before_it_polls
                 for tick in list(hub.on_tick):
                     tick()
                 assert not any(_indexed(broker, channel, message) for message in received)
-        finally:
-            set_event_loop(previous)
-            hub.close()
         assert [message.payload["n"] for message in received] == [0, 1, 2]
         queue(channel).delete()
 
@@ -209,17 +218,13 @@ def test_acknowledgements_a_tick_cannot_send_are_kept_for_the_next_and_logged_on
     messages indexed), one warning for the outage, and the first tick that gets through sends
     them all, with the acknowledgements made meanwhile."""
     import logging
-    from contextlib import contextmanager
 
-    from kombu.asynchronous import Hub, get_event_loop, set_event_loop
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     with current_app.connection_for_write() as connection:
         channel = connection.default_channel
         queue = _queue_with(broker, "test.broker.failing-acks", 4, connection)
         received = []
-        previous, hub = get_event_loop(), Hub()
-        set_event_loop(hub)
         qos = channel.qos
         real, failing = qos.pipe_or_acquire, [True, True]
 
@@ -230,12 +235,11 @@ def test_acknowledgements_a_tick_cannot_send_are_kept_for_the_next_and_logged_on
             with real(*args, **kwargs) as pipe:
                 yield pipe
 
-        try:
-            with caplog.at_level(logging.WARNING, logger="cs_portal.broker"), \
-                    connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=4):
-                connection.drain_events(timeout=5)
-                assert len(received) == 4
-                hub._loop_thread = threading.get_ident()  # this thread runs the loop, as Celery's consumer does
+        with caplog.at_level(logging.WARNING, logger="cs_portal.broker"), \
+                connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=4):
+            connection.drain_events(timeout=5)
+            assert len(received) == 4
+            with _event_loop() as hub:
                 monkeypatch.setattr(qos, "pipe_or_acquire", unreachable_twice)
                 for message in received[:2]:
                     message.ack()
@@ -248,9 +252,6 @@ def test_acknowledgements_a_tick_cannot_send_are_kept_for_the_next_and_logged_on
                 for tick in list(hub.on_tick):  # Redis answers again
                     tick()
                 assert not any(_indexed(broker, channel, message) for message in received)
-        finally:
-            set_event_loop(previous)
-            hub.close()
         queue(channel).delete()
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert warnings == ["Could not acknowledge messages; trying again"]
