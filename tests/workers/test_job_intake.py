@@ -7,7 +7,8 @@ import time
 import pytest
 
 from workers import job_intake
-from workers.job_intake import InFlight, Registry, _payload, request_context
+from workers.in_flight import InFlight, Registry
+from workers.job_intake import _payload, request_context
 
 
 class StandInMessage:
