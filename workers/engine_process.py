@@ -308,7 +308,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
     import signal
 
     from translation.engines import engine_for, engine_unload, loaded_engines
-    from workers.lifecycle import die_with_parent
+    from workers.lifecycle import die_with_parent, freeze_heap
 
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides when this
@@ -326,6 +326,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
         return
     import torch
 
+    freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
     connection.send(("ready", (memory, torch.get_num_threads())))
     while True:
         try:
@@ -343,6 +344,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 continue
             if kind == "warm":
                 connection.send(("ok", _warm_up(spec, *arguments)))
+                freeze_heap()  # the new model's objects too, once it answered
                 continue
             new = spec not in loaded_engines()
             if new:  # a model no route named at start loads with its first batch: said first
@@ -351,6 +353,8 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
             if new:  # its memory, for the worker's report, whatever the call then answers
                 connection.send(("loaded", _memory_of(engine)))
             connection.send(("ok", engine.translate_with_usage(*arguments)))
+            if new:
+                freeze_heap()
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
 
@@ -387,6 +391,7 @@ def _free_memory(device: str) -> None:
     import ctypes
     import gc
 
+    gc.unfreeze()  # the unloaded model's objects were frozen with the rest (freeze_heap)
     gc.collect()
     if device.startswith("cuda"):
         import torch
@@ -396,6 +401,7 @@ def _free_memory(device: str) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+    gc.freeze()  # what is left stays out of the collector's walks again
 
 
 def _picklable(exc: Exception) -> Exception:

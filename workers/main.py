@@ -25,7 +25,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=0,
         help="jobs taken from the broker and not finished, at most: the prefetch, and the pool's threads for what takes "
-             "Celery's default path (default: (lanes + 1) x max batch size + 16, so a full batch waits while every lane computes one)",
+             "Celery's default path (default: 2 x lanes x max batch size + 16, so a full batch waits for every lane while "
+             "each computes one)",
     )
     parser.add_argument(
         "--no-batching", dest="batching", action="store_false",
@@ -148,13 +149,12 @@ def main(argv: list[str] | None = None) -> None:
         app.tasks[TRANSLATE_TASK].Strategy = "workers.job_intake:strategy"
         app.steps["consumer"].add(DirectJobs)
 
-    # Each waiting job holds an unacknowledged message (the prefetch, below) and, on Celery's
-    # default path, a pool thread. With only one batch's worth per lane, the next batch could only
-    # hold what is left over while the lanes compute, and batches alternate full and tiny (the
-    # in-flight cap Ray Serve users hit, ray#43288); a batch's worth more than the lanes compute
-    # keeps them full.
-    batch = settings.TRANSLATION_MAX_BATCH_SIZE if args.batching else 1
-    concurrency = args.concurrency or ((lanes + 1) * batch + (16 if args.batching else 0))
+    concurrency = args.concurrency or prefetch(lanes, settings.TRANSLATION_MAX_BATCH_SIZE, batching=args.batching)
+    from celery.signals import worker_ready
+
+    # Once the consumer is up (Celery's own modules loaded too), what this process keeps stays out
+    # of the garbage collector's full collections, each of which would stop the event loop.
+    worker_ready.connect(_freeze_heap_when_ready, weak=False)
     try:
         app.worker_main(
             [
@@ -188,6 +188,33 @@ def main(argv: list[str] | None = None) -> None:
             if left:
                 print(f"{left} claimed job(s) did not finish; the reconciler hands them over", flush=True)
         heartbeat.stopped()
+
+
+def prefetch(lanes: int, batch: int, *, batching: bool = True) -> int:
+    """How many job messages a worker takes from the broker and holds unfinished: its prefetch,
+    and its pool's threads for the jobs that take Celery's default path.
+
+    Each waiting job holds an unacknowledged message. With a batch's worth per lane and one more
+    (the rule until 2026-11-28), lanes that finish together found one full batch between them:
+    the next messages come only once a batch's acknowledgements are sent, and trickle in over
+    tens of milliseconds while the lanes compute, so the second lane took what had come (batches
+    of 107, then 20, at the end of a 512-job burst) — the in-flight cap Ray Serve users hit
+    (ray#43288). Two batches per lane, one computing and one gathering, and 16 more, so that a
+    batch can form while every lane has one waiting. A prefetch below the batch size would cap
+    every batch (celery-batches #17); it stays bounded, so one worker cannot hoard a queue.
+    Without batching: one job per lane and one more."""
+    if not batching:
+        return lanes + 1
+    return 2 * lanes * batch + 16
+
+
+def _freeze_heap_when_ready(**_signal) -> None:
+    import logging
+
+    from workers.lifecycle import freeze_heap
+
+    # Logged, not printed: Celery now redirects this process's output to its log as warnings.
+    logging.getLogger(__name__).info("%d objects kept out of the garbage collector's full collections", freeze_heap())
 
 
 def _exit_during_start_up(signum, frame) -> None:

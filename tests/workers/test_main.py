@@ -3,7 +3,7 @@ import os
 import pytest
 
 from workers.control import lanes_note
-from workers.main import parse_args, pin_device
+from workers.main import parse_args, pin_device, prefetch
 
 
 class PinDeviceTests:
@@ -36,6 +36,21 @@ class ParseArgsTests:
         assert (args.lanes, args.cores) == (None, 0)
         args = parse_args(["--queues", "translate.en", "--lanes", "2", "--cores", "4"])
         assert (args.lanes, args.cores) == (2, 4)
+
+
+class PrefetchTests:
+    @pytest.mark.parametrize("lanes", [1, 2, 4])
+    def test_every_lane_has_a_full_batch_waiting_while_each_computes_one(self, lanes):
+        taken = prefetch(lanes, 128)
+        computing = lanes * 128
+        assert taken - computing >= lanes * 128  # the lanes that finish together each find one
+        assert taken == 2 * lanes * 128 + 16  # and no more: a worker does not hoard its queues
+
+    def test_a_gpu_worker_takes_what_it_took_before(self):
+        assert prefetch(1, 128) == 272  # one lane: a batch computing and one gathering, as since the start
+
+    def test_without_batching_one_job_per_lane_and_one_more(self):
+        assert prefetch(2, 128, batching=False) == 3
 
 
 class LanesReportTests:
