@@ -110,6 +110,16 @@ def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
                 del _computing[pk]
 
 
+# What a claim reads of a row and its message: what the job and the claim's metrics take (see
+# ``_job_of``, ``_claim_rows``), not the rest of two wide rows (the model's output, corrections,
+# the message's conversation and delivery fields), whose loading was most of a claim's CPU.
+CLAIM_FIELDS = (
+    "status", "worker", "consumed_from", "attempts", "failure_reason", "route", "source_language", "target_language",
+    "engine", "model_name", "precision", "input_text", "back_translate", "created_at", "enqueued_at",
+    "message__text", "message__created_at",
+)
+
+
 def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -> dict[int, Job]:
     """Claim the deliveries' rows as new attempts, in one transaction; returns the claimed jobs.
 
@@ -131,6 +141,7 @@ def translations_claim(deliveries: list[Delivery], *, computing: bool = False) -
             rows = (
                 Translation.objects.select_for_update(of=("self",), skip_locked=True)  # not the messages' rows
                 .select_related("message")
+                .only(*CLAIM_FIELDS)
                 .filter(pk__in=by_id, status__in=[TranslationStatus.QUEUED, TranslationStatus.RUNNING])
                 .order_by("pk")  # one lock order for every worker: no deadlocks between batches
             )

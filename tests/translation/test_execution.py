@@ -62,6 +62,24 @@ class TranslationClaimTests:
         assert translation.failure_reason.startswith("Gave up after 2 attempts.")
 
 
+    def test_a_batchs_claim_takes_the_same_statements_for_one_row_as_for_six(self, many_translations):
+        # It reads only what the jobs need (translation.claims.CLAIM_FIELDS): a field left out
+        # and read after would cost a query per row.
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from translation.claims import translations_claim
+
+        one, rest = many_translations[:1], many_translations[1:]
+        with CaptureQueriesContext(connection) as first:
+            [job] = translations_claim(deliveries(one)).values()
+        with CaptureQueriesContext(connection) as second:
+            jobs = translations_claim(deliveries(rest))
+        assert len(jobs) == 5 and len(second) == len(first)
+        assert job.text == one[0].message.text and job.queued_at == one[0].enqueued_at
+        assert {job.source for job in jobs.values()} == {"es", "fr"}
+
+
 class TranslationCompleteTests:
     def test_second_completion_never_overwrites_a_done_translation(self, translation):
         job = claim(translation)
