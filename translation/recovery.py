@@ -135,10 +135,11 @@ def worker_lost(*, worker: str, reason: str) -> tuple[list[int], list[int]]:
     return released, resent
 
 
-def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list[int]]]:
+def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str, tuple[list[int], list[int]]]:
     """Every worker whose heartbeat went stale (a lost host, a frozen process) is handled once as
     lost (``exclude``, the caller, knows it is alive even when its own beat is late). Running
-    jobs claimed by a worker that never beat are handed over too."""
+    jobs claimed by a worker that never beat are handed over too, unless ``orphans`` is False
+    (the dearer of the two looks: a caller looking often makes it less often)."""
     from workers.models import WorkerHeartbeat
 
     handled = {}
@@ -147,8 +148,10 @@ def dead_workers_handle(*, exclude: str = "") -> dict[str, tuple[list[int], list
         with transaction.atomic():
             for beat in stale.select_for_update(skip_locked=True):
                 handled[beat.name] = worker_lost(worker=beat.name, reason="its heartbeat went stale")
-    # The workers holding running rows without a fresh beat, in one query (it runs a few times a
-    # second in every worker, so one statement and one row per worker, not per running row).
+    if not orphans:
+        return handled
+    # The workers holding running rows without a fresh beat, in one query (it runs every second
+    # in every worker, so one statement and one row per worker, not per running row).
     live = WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__gte=stale_before()).values("name")
     orphaned = (
         Translation.objects.filter(status=TranslationStatus.RUNNING)

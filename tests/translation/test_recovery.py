@@ -79,6 +79,18 @@ class ClaimsReleaseTests:
         assert dead.stopped_at is not None and dead.last_error.startswith("Presumed dead")
         assert dead_workers_handle() == {}  # handled once, not at every turn
 
+    def test_the_cheap_look_hands_over_stale_workers_and_leaves_those_that_never_beat_for_the_full_one(
+        self, many_translations, settings
+    ):
+        settings.WORKER_HEARTBEAT_STALE_S = 1
+        heartbeat("dead@h", seconds_ago=3)
+        claimed_by(many_translations[:2], "dead@h")
+        claimed_by(many_translations[2:4], "never-beat@h")
+        assert set(dead_workers_handle(orphans=False)) == {"dead@h"}
+        assert Translation.objects.filter(status=TranslationStatus.RUNNING, worker="never-beat@h").count() == 2
+        assert set(dead_workers_handle()) == {"never-beat@h"}
+        assert not Translation.objects.filter(status=TranslationStatus.RUNNING).exists()
+
     def test_a_worker_writing_its_row_again_keeps_its_claims_and_a_restarted_one_gives_them_up(self, many_translations):
         from workers.heartbeat import Heartbeat
 
