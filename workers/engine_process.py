@@ -336,27 +336,27 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
         if request is None:
             return
         kind, spec, *arguments = request
+        # A model loaded or unloaded, or a load that failed: the heap is frozen again once the
+        # answer is sent and the call's exception dropped (a failed load's objects are garbage).
+        changed = kind in ("unload", "warm") or spec not in loaded_engines()
         try:
             if kind == "unload":
                 engine_unload(spec)
                 _free_memory(spec.device)
                 connection.send(("ok", None))
-                continue
-            if kind == "warm":
+            elif kind == "warm":
                 connection.send(("ok", _warm_up(spec, *arguments)))
-                freeze_heap()  # the new model's objects too, once it answered
-                continue
-            new = spec not in loaded_engines()
-            if new:  # a model no route named at start loads with its first batch: said first
-                connection.send(("loading", None))
-            engine = engine_for(spec)
-            if new:  # its memory, for the worker's report, whatever the call then answers
-                connection.send(("loaded", _memory_of(engine)))
-            connection.send(("ok", engine.translate_with_usage(*arguments)))
-            if new:
-                freeze_heap()
+            else:
+                if changed:  # a model no route named at start loads with its first batch: said first
+                    connection.send(("loading", None))
+                engine = engine_for(spec)
+                if changed:  # its memory, for the worker's report, whatever the call then answers
+                    connection.send(("loaded", _memory_of(engine)))
+                connection.send(("ok", engine.translate_with_usage(*arguments)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
+        if changed:
+            freeze_heap()
 
 
 def _warm_up(spec: EngineSpec, source: str, target: str) -> ModelMemory:
@@ -391,7 +391,7 @@ def _free_memory(device: str) -> None:
     import ctypes
     import gc
 
-    gc.unfreeze()  # the unloaded model's objects were frozen with the rest (freeze_heap)
+    gc.unfreeze()  # the unloaded model's objects were frozen with the rest; the caller freezes again
     gc.collect()
     if device.startswith("cuda"):
         import torch
@@ -401,7 +401,6 @@ def _free_memory(device: str) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-    gc.freeze()  # what is left stays out of the collector's walks again
 
 
 def _picklable(exc: Exception) -> Exception:

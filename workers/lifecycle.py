@@ -56,7 +56,7 @@ def die_with_parent() -> None:
         pass
 
 
-def freeze_heap(**_signal) -> int:
+def freeze_heap() -> int:
     """Put every object alive now out of the cyclic garbage collector's reach (``gc.freeze``);
     returns how many. Called once a process has loaded what it keeps (Django, Celery, models).
 
@@ -66,8 +66,8 @@ def freeze_heap(**_signal) -> int:
     by a quarter, which a burst's messages in flight do; traced during a 512-job burst, one
     such pause held the burst's last messages back while a lane took its batch without them
     (58 jobs, then 70, instead of 128). Frozen objects are still freed when their last
-    reference goes; garbage cycles among them are collected only after ``gc.unfreeze()`` (an engine process does so when it unloads a model). Usable as a
-    Celery signal handler (its arguments are ignored)."""
+    reference goes; garbage cycles among them are collected only after ``gc.unfreeze()`` (an
+    engine process does so when it unloads a model, a worker when its consumer restarts)."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

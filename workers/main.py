@@ -17,6 +17,8 @@ import socket
 import sys
 import time
 
+from celery import bootsteps
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.split("\n")[0])
@@ -150,11 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         app.steps["consumer"].add(DirectJobs)
 
     concurrency = args.concurrency or prefetch(lanes, settings.TRANSLATION_MAX_BATCH_SIZE, batching=args.batching)
-    from celery.signals import worker_ready
-
     # Once the consumer is up (Celery's own modules loaded too), what this process keeps stays out
     # of the garbage collector's full collections, each of which would stop the event loop.
-    worker_ready.connect(_freeze_heap_when_ready, weak=False)
+    app.steps["consumer"].add(FrozenHeap)
     try:
         app.worker_main(
             [
@@ -208,13 +208,24 @@ def prefetch(lanes: int, batch: int, *, batching: bool = True) -> int:
     return 2 * lanes * batch + 16
 
 
-def _freeze_heap_when_ready(**_signal) -> None:
-    import logging
+class FrozenHeap(bootsteps.StartStopStep):
+    """Consumer step: freezes this process's heap (``workers.lifecycle.freeze_heap``) once the
+    consumer has its connection and task consumers, before its event loop delivers a message;
+    after a reconnect it thaws first, so that the old connection's objects (kombu's channel
+    refers to itself through its handlers: a cycle) are collected rather than kept frozen."""
 
-    from workers.lifecycle import freeze_heap
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
-    # Logged, not printed: Celery now redirects this process's output to its log as warnings.
-    logging.getLogger(__name__).info("%d objects kept out of the garbage collector's full collections", freeze_heap())
+    def start(self, c) -> None:
+        import gc
+        import logging
+
+        from workers.lifecycle import freeze_heap
+
+        if c.restart_count > 0:
+            gc.unfreeze()
+        # Logged, not printed: Celery redirects this process's output to its log as warnings.
+        logging.getLogger(__name__).info("%d objects kept out of the garbage collector's full collections", freeze_heap())
 
 
 def _exit_during_start_up(signum, frame) -> None:

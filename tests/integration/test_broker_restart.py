@@ -153,6 +153,8 @@ def test_a_worker_with_jobs_in_its_batcher_reconnects_after_a_broker_restart_and
 
         every_job_ended(ids, log, timeout=180)
         assert worker.poll() is None and "Unrecoverable error" not in log.read_text(), the_log()
+        # Its heap frozen again with the new connection (the old one's objects thawed, collected).
+        assert log.read_text().count("objects kept out of the garbage collector's full collections") == 2, the_log()
     finally:
         stop_process(worker, timeout=30)
         server.terminate()

@@ -237,7 +237,7 @@ del first, second
 gc.collect()
 print(model() is not None)
 _free_memory("cpu")
-print(model() is None, gc.get_freeze_count() > 0)
+print(model() is None, gc.get_freeze_count() == 0)
 """
 
 
@@ -245,7 +245,7 @@ class FrozenHeapTests:
     def test_a_frozen_heap_is_out_of_collections_and_an_unloaded_models_cycles_are_freed_all_the_same(self):
         result = subprocess.run([sys.executable, "-c", FROZEN_HEAP], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        frozen_and_untracked, kept_by_a_collection, freed_and_frozen_again = result.stdout.split("\n")[:3]
+        frozen_and_untracked, kept_by_a_collection, freed_and_thawed = result.stdout.split("\n")[:3]
         assert frozen_and_untracked == "True False"  # frozen: no collection walks it
         assert kept_by_a_collection == "True"  # which is why an unload thaws before it collects
-        assert freed_and_frozen_again == "True True"
+        assert freed_and_thawed == "True True"  # the engine process freezes again once it answered
