@@ -79,6 +79,28 @@ class TranslationClaimTests:
         assert job.text == one[0].message.text and job.queued_at == one[0].enqueued_at
         assert {job.source for job in jobs.values()} == {"es", "fr"}
 
+    def test_a_claim_of_running_and_spent_rows_reads_no_row_again(self, many_translations, settings):
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from translation.claims import translations_claim
+
+        rows = many_translations
+        settings.TRANSLATION_MAX_ATTEMPTS = 3
+        held, spent = [rows[0], rows[2], rows[3]], [rows[1], rows[4], rows[5]]
+        Translation.objects.filter(pk__in=[row.pk for row in held]).update(
+            status=TranslationStatus.RUNNING, worker="gone@h", attempts=1)  # a lost worker's claims
+        Translation.objects.filter(pk__in=[row.pk for row in spent]).update(attempts=3, failure_reason="killed its worker")
+        with CaptureQueriesContext(connection) as first:
+            jobs = translations_claim(deliveries([held[0], spent[0]]))
+        assert set(jobs) == {held[0].pk}
+        with CaptureQueriesContext(connection) as second:
+            jobs = translations_claim(deliveries(held[1:] + spent[1:]))
+        assert set(jobs) == {row.pk for row in held[1:]}
+        assert len(second) == len(first) + 1  # one more spent row failed, one statement each; no other read
+        failed = Translation.objects.get(pk=spent[1].pk)
+        assert failed.status == TranslationStatus.FAILED and "killed its worker" in failed.failure_reason
+
 
 class TranslationCompleteTests:
     def test_second_completion_never_overwrites_a_done_translation(self, translation):
