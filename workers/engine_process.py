@@ -308,7 +308,8 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
     import signal
 
     from translation.engines import engine_for, engine_unload, loaded_engines
-    from workers.lifecycle import die_with_parent, freeze_heap
+    from workers.frozen_heap import freeze_heap
+    from workers.lifecycle import die_with_parent
 
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides when this

@@ -9,13 +9,13 @@ full), it claims again as long as the batcher has a batch's worth of room, so th
 computes while the next is claimed, and a burst is taken a batch at a time as the lanes finish,
 without a message per job.
 
-The room is a batch for every lane and one more gathering. (In jobs dispatch the prefetch is
-two batches per lane, since messages trickle in after each batch's acknowledgements; a claim
-is one statement, and a batch's worth claimed as a lane frees comes at once.) A job that failed for a passing reason (queued again by the
-execution layer) is looked for again once its backoff ends; one whose batch never ran (the
-worker stopping, its engine process dead, the database failing before the results were stored)
-is put back to queued here, or, when even that fails, handed over by the reconciler once this
-worker is gone.
+The room is a batch for every lane and one more gathering. (In jobs dispatch the prefetch is two
+batches per lane, since messages trickle in after each batch's acknowledgements; a claim is one
+statement, and a batch's worth claimed as a lane frees comes at once.) A job that failed for a
+passing reason (queued again by the execution layer) is looked for again once its backoff ends;
+one whose batch never ran (the worker stopping, its engine process dead, the database failing
+before the results were stored) is put back to queued here, or, when even that fails, handed
+over by the reconciler once this worker is gone.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import subprocess
@@ -54,23 +53,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops it
         pass
-
-
-def freeze_heap() -> int:
-    """Put every object alive now out of the cyclic garbage collector's reach (``gc.freeze``);
-    returns how many. Called once a process has loaded what it keeps (Django, Celery, models).
-
-    A full collection walks every container object of the process: 40-65 ms in a worker
-    (Django, Celery, kombu and the translation code), during which its consumer's event loop
-    delivers nothing. Python starts one whenever the objects that survived collections grow
-    by a quarter, which a burst's messages in flight do; traced during a 512-job burst, one
-    such pause held the burst's last messages back while a lane took its batch without them
-    (58 jobs, then 70, instead of 128). Frozen objects are still freed when their last
-    reference goes; garbage cycles among them are collected only after ``gc.unfreeze()`` (an
-    engine process does so when it unloads a model, a worker when its consumer restarts)."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 @dataclass

@@ -17,8 +17,6 @@ import socket
 import sys
 import time
 
-from celery import bootsteps
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.split("\n")[0])
@@ -152,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         app.steps["consumer"].add(DirectJobs)
 
     concurrency = args.concurrency or prefetch(lanes, settings.TRANSLATION_MAX_BATCH_SIZE, batching=args.batching)
+    from workers.frozen_heap import FrozenHeap
+
     # Once the consumer is up (Celery's own modules loaded too), what this process keeps stays out
     # of the garbage collector's full collections, each of which would stop the event loop.
     app.steps["consumer"].add(FrozenHeap)
@@ -206,26 +206,6 @@ def prefetch(lanes: int, batch: int, *, batching: bool = True) -> int:
     if not batching:
         return lanes + 1
     return 2 * lanes * batch + 16
-
-
-class FrozenHeap(bootsteps.StartStopStep):
-    """Consumer step: freezes this process's heap (``workers.lifecycle.freeze_heap``) once the
-    consumer has its connection and task consumers, before its event loop delivers a message;
-    after a reconnect it thaws first, so that the old connection's objects (kombu's channel
-    refers to itself through its handlers: a cycle) are collected rather than kept frozen."""
-
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def start(self, c) -> None:
-        import gc
-        import logging
-
-        from workers.lifecycle import freeze_heap
-
-        if c.restart_count > 0:
-            gc.unfreeze()
-        # Logged, not printed: Celery redirects this process's output to its log as warnings.
-        logging.getLogger(__name__).info("%d objects kept out of the garbage collector's full collections", freeze_heap())
 
 
 def _exit_during_start_up(signum, frame) -> None:

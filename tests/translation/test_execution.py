@@ -3,8 +3,10 @@
 from unittest import mock
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from translation.claims import Delivery, translation_claim
+from translation.claims import Delivery, translation_claim, translations_claim
 from translation.execution import (
     RunOutcome,
     TransientFailure,
@@ -65,11 +67,6 @@ class TranslationClaimTests:
     def test_a_batchs_claim_takes_the_same_statements_for_one_row_as_for_six(self, many_translations):
         # It reads only what the jobs need (translation.claims.CLAIM_FIELDS): a field left out
         # and read after would cost a query per row.
-        from django.db import connection
-        from django.test.utils import CaptureQueriesContext
-
-        from translation.claims import translations_claim
-
         one, rest = many_translations[:1], many_translations[1:]
         with CaptureQueriesContext(connection) as first:
             [job] = translations_claim(deliveries(one)).values()
@@ -80,11 +77,6 @@ class TranslationClaimTests:
         assert {job.source for job in jobs.values()} == {"es", "fr"}
 
     def test_a_claim_of_running_and_spent_rows_reads_no_row_again(self, many_translations, settings):
-        from django.db import connection
-        from django.test.utils import CaptureQueriesContext
-
-        from translation.claims import translations_claim
-
         rows = many_translations
         settings.TRANSLATION_MAX_ATTEMPTS = 3
         held, spent = [rows[0], rows[2], rows[3]], [rows[1], rows[4], rows[5]]
@@ -119,7 +111,6 @@ class TranslationCompleteTests:
         assert (translation.text, translation.worker, translation.status) == ("from w2", "w2", TranslationStatus.DONE)
 
     def test_a_batch_stores_the_rows_whose_claims_hold_and_says_which(self, many_translations):
-        from translation.claims import translations_claim
         from translation.execution import translations_complete
 
         jobs = translations_claim(deliveries(many_translations))

@@ -223,7 +223,7 @@ def mapped(pid: int, path: str) -> tuple[int, int, int]:
 FROZEN_HEAP = """
 import gc, weakref
 from workers.engine_process import _free_memory
-from workers.lifecycle import freeze_heap
+from workers.frozen_heap import freeze_heap
 
 class Module:  # a model's parts can refer to each other: a cycle only a collection frees
     pass
