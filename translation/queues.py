@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def _translation_id(raw) -> int | None:
 def translation_ids_waiting(queues: list[str]) -> set[int] | None:
     """Ids of the translations waiting in ``queues`` (not yet taken by a worker); None where the
     broker cannot be searched."""
-    return _translation_ids(queues, unacked=False)
+    search = _translation_ids(queues, unacked=False)
+    return search.ids if search is not None else None
 
 
 def translation_ids_in_broker(queues: list[str], *, delivered_within_s: float | None = None) -> set[int] | None:
@@ -95,10 +97,43 @@ def translation_ids_in_broker(queues: list[str], *, delivered_within_s: float | 
     delivered that recently; a live worker claims what it took within a batch or two). None
     where the broker cannot be searched (a transport other than Redis, or unreachable): then
     nothing can be called lost."""
-    return _translation_ids(queues, unacked=True, delivered_within_s=delivered_within_s)
+    search = broker_search(queues, delivered_within_s=delivered_within_s)
+    return search.ids if search is not None else None
 
 
-def _translation_ids(queues: list[str], *, unacked: bool, delivered_within_s: float | None = None) -> set[int] | None:
+@dataclass
+class BrokerSearch:
+    ids: set[int]  # the translations whose message was read: held by the broker
+    read_whole: set[str]  # the queues every waiting message of which was read
+
+    def tidy(self) -> BrokerSearch:
+        self.ids.discard(None)  # messages that are not a translation job's
+        return self
+
+
+def broker_search(
+    queues: list[str], *, delivered_within_s: float | None = None, wanted: dict[str, set[int]] | None = None
+) -> BrokerSearch | None:
+    """``translation_ids_in_broker``, which can stop early: with ``wanted`` (ids by the queue they
+    were sent to), a queue is read only until every id wanted of it is found (among the messages
+    delivered and not acknowledged, read first, or in the queue). Each queue is read from the end
+    workers take from, its oldest messages first, a chunk per round trip; ``read_whole`` names
+    those read to their other end."""
+    return _translation_ids(queues, unacked=True, delivered_within_s=delivered_within_s, wanted=wanted)
+
+
+# Messages read per round trip when a queue is searched for given jobs (``wanted``), and how much
+# each read overlaps the one before: workers popping messages meanwhile move the rest towards the
+# end being read, up to that many between two reads without one being skipped. (One skipped
+# would only be a suspect: a job is sent again when two looks in a row missed it.)
+SEARCH_CHUNK = 500
+SEARCH_OVERLAP = 100
+
+
+def _translation_ids(
+    queues: list[str], *, unacked: bool, delivered_within_s: float | None = None,
+    wanted: dict[str, set[int]] | None = None,
+) -> BrokerSearch | None:
     from cs_portal.celery import app
 
     try:
@@ -111,24 +146,44 @@ def _translation_ids(queues: list[str], *, unacked: bool, delivered_within_s: fl
             # kombu's client prefixes only the commands it uses itself; LRANGE and HVALS are
             # not among them, so the installation's key prefix is added here.
             prefix = getattr(client, "global_keyprefix", "") or ""
-            found: set[int] = set()
-            for queue in queues:
-                for priority in channel.priority_steps:  # one list per priority step
-                    key = prefix + channel._q_for_pri(queue, priority)
-                    for raw in client.execute_command("LRANGE", key, 0, -1):
-                        found.add(_translation_id(raw))
+            search = BrokerSearch(set(), set())
+
+            def take(raws) -> set:
+                ids = {_translation_id(raw) for raw in raws if raw is not None}
+                search.ids.update(ids)
+                return ids
+
+            # The messages delivered and not acknowledged first: a few batches per worker.
             if unacked and delivered_within_s is None:
-                for raw in client.execute_command("HVALS", prefix + channel.unacked_key):
-                    found.add(_translation_id(raw))
+                take(client.execute_command("HVALS", prefix + channel.unacked_key))
             elif unacked:  # the unacked index scores each delivery with its time
                 since = time.time() - delivered_within_s
                 tags = client.execute_command("ZRANGEBYSCORE", prefix + channel.unacked_index_key, since, "+inf")
                 if tags:
-                    for raw in client.execute_command("HMGET", prefix + channel.unacked_key, *tags):
-                        if raw is not None:
-                            found.add(_translation_id(raw))
-            found.discard(None)
-            return found
+                    take(client.execute_command("HMGET", prefix + channel.unacked_key, *tags))
+            for queue in queues:
+                if wanted is None:  # everything: one read of each list
+                    for priority in channel.priority_steps:  # one list per priority step
+                        take(client.execute_command("LRANGE", prefix + channel._q_for_pri(queue, priority), 0, -1))
+                    search.read_whole.add(queue)
+                    continue
+                left = wanted.get(queue, set()) - search.ids  # wanted of this queue, not found yet
+                for priority in channel.priority_steps:
+                    if not left:
+                        break
+                    # Workers pop from the list's right end (kombu's BRPOP): the oldest messages
+                    # are there, and a look searches for its queues' oldest jobs.
+                    key, end = prefix + channel._q_for_pri(queue, priority), -1
+                    while left:
+                        chunk = client.execute_command("LRANGE", key, end - SEARCH_CHUNK + 1, end)
+                        left -= take(chunk)
+                        if len(chunk) < SEARCH_CHUNK:
+                            break
+                        end -= SEARCH_CHUNK - SEARCH_OVERLAP
+                else:
+                    if left:  # every list of it read: a wanted id not found is not there
+                        search.read_whole.add(queue)
+            return search.tidy()
     except Exception:
         logger.warning("Could not read the broker's queues", exc_info=True)
         return None

@@ -189,21 +189,29 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
     look either (the reconciler looks every ``older_than_s / 2``). None: resend what is missing
     now (a single look, as from a command or a test)."""
     from translation.dispatch import ledger_dispatch
-    from translation.queues import translation_ids_in_broker
+    from translation.queues import broker_search
 
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    candidates = list(
-        Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff)
-        .exclude(enqueued_at__gte=cutoff)
-        .values_list("pk", "queue", "enqueued_at", "attempts")
-    )
+    candidates, beyond = _lost_candidates(cutoff)
     if not candidates:
         return Resent()
     if ledger_dispatch():
         return _queues_wake(candidates)
-    held = translation_ids_in_broker(
-        sorted({queue for _, queue, _, _ in candidates if queue}), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S)
-    )
+    wanted: dict[str, set[int]] = {}  # the sent ones, by queue
+    for pk, queue, enqueued_at, _ in candidates:
+        if enqueued_at is not None:
+            wanted.setdefault(queue, set()).add(pk)
+    search = broker_search(
+        sorted(queue for queue in wanted if queue), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S), wanted=wanted
+    ) if wanted else None
+    if search is not None and beyond:
+        # A queue read to its end (a job of its window was not found, or it holds few messages)
+        # tells of every job of it: its younger ones are looked at now, not at later looks (a
+        # broker restarted empty lost them all).
+        sent = _sent_before(cutoff)
+        for queue in sorted(search.read_whole & beyond.keys()):
+            candidates += sent.filter(queue=queue, pk__gt=beyond[queue]).values_list(*CANDIDATE_FIELDS)
+    held = search.ids if search is not None else (set() if not wanted else None)
     sent_ones = {(pk, attempts) for pk, _, enqueued_at, attempts in candidates if enqueued_at is not None}
     if held is None:  # the broker cannot be searched now: nothing is called lost, nothing forgotten
         missing = seen_missing & sent_ones if seen_missing is not None else set()
@@ -237,6 +245,37 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
         logger.warning("Resent %d lost job(s); failed %d after %d resends", len(result.sent), len(result.failed),
                        settings.TRANSLATION_MAX_RESENDS)
     return result
+
+
+# The sent jobs of one queue that a look searches the broker for: its oldest. Their messages are
+# at the end of the queue that workers take from, so the search reads about as many messages as
+# it looks for, where reading the whole queue (a backlog of 100,000 jobs older than the cutoff)
+# cost every worker 1.6 s of CPU per look, every ``TRANSLATION_LOST_AFTER_S / 2`` (measured,
+# docs/benchmarks.md). The younger ones are looked at once these are taken, or sent again.
+LOST_LOOK_PER_QUEUE = 1000
+
+
+CANDIDATE_FIELDS = ("pk", "queue", "enqueued_at", "attempts")
+
+
+def _sent_before(cutoff):
+    return Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff, enqueued_at__lt=cutoff)
+
+
+def _lost_candidates(cutoff) -> tuple[list[tuple[int, str, object, int]], dict[str, int]]:
+    """(id, queue, enqueued_at, attempts) of the queued rows saved before ``cutoff`` and not sent
+    since: every one never sent (no search needed: its row says so), and the oldest
+    ``LOST_LOOK_PER_QUEUE`` sent ones of each queue (oldest by id, through the index of queued
+    rows by queue). And the queues that hold more such jobs, each with its window's last id."""
+    old = Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff)
+    candidates = list(old.filter(enqueued_at__isnull=True).values_list(*CANDIDATE_FIELDS))
+    sent, beyond = _sent_before(cutoff), {}
+    for queue in sorted(sent.order_by().values_list("queue", flat=True).distinct()):
+        window = list(sent.filter(queue=queue).order_by("pk").values_list(*CANDIDATE_FIELDS)[:LOST_LOOK_PER_QUEUE])
+        candidates += window
+        if len(window) == LOST_LOOK_PER_QUEUE:
+            beyond[queue] = window[-1][0]
+    return candidates, beyond
 
 
 def _queues_wake(candidates) -> Resent:

@@ -218,7 +218,7 @@ class LostJobsTests:
         self.age([lost], 60)
         Translation.objects.exclude(pk=lost.pk).update(status=TranslationStatus.DONE)
         first = lost_jobs_resend(older_than_s=10, seen_missing=set())
-        monkeypatch.setattr(queues, "translation_ids_in_broker", lambda *args, **kwargs: None)  # Redis unreachable
+        monkeypatch.setattr(queues, "broker_search", lambda *args, **kwargs: None)  # Redis unreachable
         blind = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
         assert (blind.sent, blind.missing) == ([], first.missing)
         monkeypatch.undo()
@@ -287,3 +287,64 @@ class LostJobsTests:
 
     def test_recent_jobs_are_left_alone(self, many_translations):
         assert lost_jobs_resend(older_than_s=10).sent == []
+
+    def test_a_look_searches_for_the_oldest_sent_jobs_of_each_queue_and_every_job_never_sent(
+        self, many_translations, monkeypatch
+    ):
+        """A backlog older than the cutoff is not read whole at every look: of each queue, the
+        oldest sent jobs (here two) are searched for; found, the search stops, and the younger
+        ones are looked at once those are taken. A queue of its own is looked at whatever the
+        other holds."""
+        import translation.recovery as recovery
+        from translation.sending import translation_enqueue
+
+        monkeypatch.setattr(recovery, "LOST_LOOK_PER_QUEUE", 2)
+        first_en, second_en, third_en, fourth_en, never_sent, elsewhere = many_translations
+        for row in (first_en, second_en):  # the broker holds the oldest two; the younger were lost
+            translation_enqueue(translation=row)
+        self.age(many_translations, 60)
+        Translation.objects.filter(pk=elsewhere.pk).update(queue="translate.other")
+        Translation.objects.filter(pk=never_sent.pk).update(enqueued_at=None)
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        assert first.sent == [never_sent.pk]
+        assert first.missing == {(elsewhere.pk, 0)}  # translate.en's window was held: the search stopped
+        Translation.objects.filter(pk__in=[first_en.pk, second_en.pk]).update(status=TranslationStatus.DONE)
+        second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
+        assert second.sent == [elsewhere.pk]
+        assert second.missing == {(third_en.pk, 0), (fourth_en.pk, 0)}  # the window moved on
+
+    def test_a_search_for_given_jobs_reads_a_queue_from_its_oldest_end_until_it_has_found_them(self, monkeypatch):
+        """Chunks of five overlapping by two, from the right end of the list (where workers pop)."""
+        import json
+
+        import translation.queues as queues
+
+        monkeypatch.setattr(queues, "SEARCH_CHUNK", 5)
+        monkeypatch.setattr(queues, "SEARCH_OVERLAP", 2)
+        client = redis.Redis.from_url(broker_url(15))
+        for pk in range(1, 13):  # kombu's LPUSH: job 1, the oldest, at the right end
+            message = {"body": "", "headers": {"argsrepr": f"[{pk}]"}, "properties": {}}
+            client.lpush("translate.en\x06\x166", json.dumps(message))  # the list of priority 6
+        everything = set(range(1, 13))
+
+        def search(*wanted):
+            found = queues.broker_search(["translate.en"], wanted={"translate.en": set(wanted)})
+            return found.ids, found.read_whole
+
+        assert queues.translation_ids_in_broker(["translate.en"]) == everything
+        assert search(1, 2) == ({1, 2, 3, 4, 5}, set())  # one read
+        assert search(2, 7) == (set(range(1, 9)), set())  # two
+        assert search(12) == (everything, set())  # the newest: every read
+        assert search(12, 99) == (everything, {"translate.en"})  # 99 is not there: read to the end
+        assert search() == (set(), set())  # nothing to find
+
+    def test_a_queue_read_to_its_end_has_every_job_looked_at(self, many_translations, monkeypatch):
+        """A broker restarted empty lost every job: once a look finds none of a queue's oldest
+        jobs, having read the whole queue, it takes the younger ones for missing too."""
+        import translation.recovery as recovery
+
+        monkeypatch.setattr(recovery, "LOST_LOOK_PER_QUEUE", 2)
+        self.age(many_translations, 60)
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        assert {row.queue for row in many_translations} == {"translate.en"}
+        assert first.missing == {(row.pk, 0) for row in many_translations}  # six, where the window held two
