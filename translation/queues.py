@@ -103,8 +103,8 @@ def translation_ids_in_broker(queues: list[str], *, delivered_within_s: float | 
 
 @dataclass
 class BrokerSearch:
-    ids: set[int]  # the translations whose message was read: held by the broker
-    read_whole: set[str]  # the queues every waiting message of which was read
+    ids: set  # the translations whose message was read: held by the broker (None: not a job's, until tidy)
+    read_whole: set[str]  # the queues read to their other end: every job of theirs they held is in ids
 
     def tidy(self) -> BrokerSearch:
         self.ids.discard(None)  # messages that are not a translation job's
@@ -116,18 +116,23 @@ def broker_search(
 ) -> BrokerSearch | None:
     """``translation_ids_in_broker``, which can stop early: with ``wanted`` (ids by the queue they
     were sent to), a queue is read only until every id wanted of it is found (among the messages
-    delivered and not acknowledged, read first, or in the queue). Each queue is read from the end
-    workers take from, its oldest messages first, a chunk per round trip; ``read_whole`` names
-    those read to their other end."""
+    delivered and not acknowledged, read first and, if an id is still missing, again last, or in
+    the queue). Each queue is read from the end workers take from, its oldest messages first, a
+    chunk per round trip; ``read_whole`` names those read to their other end."""
     return _translation_ids(queues, unacked=True, delivered_within_s=delivered_within_s, wanted=wanted)
 
 
 # Messages read per round trip when a queue is searched for given jobs (``wanted``), and how much
 # each read overlaps the one before: workers popping messages meanwhile move the rest towards the
-# end being read, up to that many between two reads without one being skipped. (One skipped
-# would only be a suspect: a job is sent again when two looks in a row missed it.)
+# end being read, up to that many between two reads (a chunk's decoding, about 8 ms) without one
+# being skipped. (One skipped would only be a suspect: a job is sent again when two looks in a
+# row missed it.)
 SEARCH_CHUNK = 500
 SEARCH_OVERLAP = 100
+
+
+def _read_list(client, key: str, start: int, end: int) -> list:
+    return client.execute_command("LRANGE", key, start, end)
 
 
 def _translation_ids(
@@ -146,43 +151,57 @@ def _translation_ids(
             # kombu's client prefixes only the commands it uses itself; LRANGE and HVALS are
             # not among them, so the installation's key prefix is added here.
             prefix = getattr(client, "global_keyprefix", "") or ""
-            search = BrokerSearch(set(), set())
+            search, step = BrokerSearch(set(), set()), max(1, SEARCH_CHUNK - SEARCH_OVERLAP)
 
             def take(raws) -> set:
                 ids = {_translation_id(raw) for raw in raws if raw is not None}
                 search.ids.update(ids)
                 return ids
 
-            # The messages delivered and not acknowledged first: a few batches per worker.
-            if unacked and delivered_within_s is None:
-                take(client.execute_command("HVALS", prefix + channel.unacked_key))
-            elif unacked:  # the unacked index scores each delivery with its time
-                since = time.time() - delivered_within_s
+            def take_unacked() -> None:
+                if delivered_within_s is None:
+                    take(client.execute_command("HVALS", prefix + channel.unacked_key))
+                    return
+                since = time.time() - delivered_within_s  # the unacked index scores each delivery with its time
                 tags = client.execute_command("ZRANGEBYSCORE", prefix + channel.unacked_index_key, since, "+inf")
                 if tags:
                     take(client.execute_command("HMGET", prefix + channel.unacked_key, *tags))
+
+            if unacked:  # first: a few batches per worker, and what the queues need not be searched for
+                take_unacked()
+            unfound = False
             for queue in queues:
-                if wanted is None:  # everything: one read of each list
-                    for priority in channel.priority_steps:  # one list per priority step
-                        take(client.execute_command("LRANGE", prefix + channel._q_for_pri(queue, priority), 0, -1))
-                    search.read_whole.add(queue)
-                    continue
-                left = wanted.get(queue, set()) - search.ids  # wanted of this queue, not found yet
-                for priority in channel.priority_steps:
+                left = None if wanted is None else wanted.get(queue, set()) - search.ids  # not found yet
+                whole = True
+                for priority in channel.priority_steps:  # one list per priority step
+                    key = prefix + channel._q_for_pri(queue, priority)
+                    if left is None:  # everything: one read
+                        take(_read_list(client, key, 0, -1))
+                        continue
                     if not left:
+                        whole = False
                         break
                     # Workers pop from the list's right end (kombu's BRPOP): the oldest messages
                     # are there, and a look searches for its queues' oldest jobs.
-                    key, end = prefix + channel._q_for_pri(queue, priority), -1
-                    while left:
-                        chunk = client.execute_command("LRANGE", key, end - SEARCH_CHUNK + 1, end)
+                    end = -1
+                    while True:
+                        chunk = _read_list(client, key, end - SEARCH_CHUNK + 1, end)
                         left -= take(chunk)
-                        if len(chunk) < SEARCH_CHUNK:
+                        if len(chunk) < SEARCH_CHUNK:  # this list read to its other end
                             break
-                        end -= SEARCH_CHUNK - SEARCH_OVERLAP
-                else:
-                    if left:  # every list of it read: a wanted id not found is not there
-                        search.read_whole.add(queue)
+                        if not left:
+                            whole = False
+                            break
+                        end -= step
+                    if not whole:
+                        break
+                if whole:
+                    search.read_whole.add(queue)
+                unfound = unfound or bool(left)
+            if unacked and unfound:
+                # Workers move messages from the queues to the unacknowledged ones: one taken
+                # after the first read of those and before its queue's read is there now.
+                take_unacked()
             return search.tidy()
     except Exception:
         logger.warning("Could not read the broker's queues", exc_info=True)

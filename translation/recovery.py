@@ -205,16 +205,19 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
         sorted(queue for queue in wanted if queue), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S), wanted=wanted
     ) if wanted else None
     if search is not None and beyond:
-        # A queue read to its end (a job of its window was not found, or it holds few messages)
-        # tells of every job of it: its younger ones are looked at now, not at later looks (a
-        # broker restarted empty lost them all).
-        sent = _sent_before(cutoff)
+        # A queue read to its end (a job of its window was not found, or it holds fewer messages
+        # than the window) tells of every job of it: its younger ones are looked at now, not at
+        # later looks (a broker restarted empty lost them all).
         for queue in sorted(search.read_whole & beyond.keys()):
-            candidates += sent.filter(queue=queue, pk__gt=beyond[queue]).values_list(*CANDIDATE_FIELDS)
+            candidates += _sent_before(cutoff).filter(queue=queue, pk__gt=beyond[queue]).values_list(*CANDIDATE_FIELDS)
     held = search.ids if search is not None else (set() if not wanted else None)
     sent_ones = {(pk, attempts) for pk, _, enqueued_at, attempts in candidates if enqueued_at is not None}
     if held is None:  # the broker cannot be searched now: nothing is called lost, nothing forgotten
-        missing = seen_missing & sent_ones if seen_missing is not None else set()
+        # (the suspects beyond this look's windows included: those still queued stay suspects)
+        missing = set()
+        if seen_missing:
+            still = _sent_before(cutoff).filter(pk__in=[pk for pk, _ in seen_missing]).values_list("pk", "attempts")
+            missing = seen_missing & set(still)
         confirmed: set[tuple[int, int]] = set()
     else:
         missing = {(pk, attempts) for pk, attempts in sent_ones if pk not in held}
@@ -251,24 +254,30 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
 # at the end of the queue that workers take from, so the search reads about as many messages as
 # it looks for, where reading the whole queue (a backlog of 100,000 jobs older than the cutoff)
 # cost every worker 1.6 s of CPU per look, every ``TRANSLATION_LOST_AFTER_S / 2`` (measured,
-# docs/benchmarks.md). The younger ones are looked at once these are taken, or sent again.
+# docs/benchmarks.md). The younger ones are looked at once these are taken, or sent again. Not
+# so a job retried after a failure (``translation_requeue`` keeps its id and send stamp, Celery
+# pushes its new message behind the backlog): while it waits there, each look reads its queue
+# to the end, as every look did before.
 LOST_LOOK_PER_QUEUE = 1000
 
 
 CANDIDATE_FIELDS = ("pk", "queue", "enqueued_at", "attempts")
 
 
+def _old(cutoff):
+    return Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff)
+
+
 def _sent_before(cutoff):
-    return Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff, enqueued_at__lt=cutoff)
+    return _old(cutoff).filter(enqueued_at__lt=cutoff)
 
 
 def _lost_candidates(cutoff) -> tuple[list[tuple[int, str, object, int]], dict[str, int]]:
     """(id, queue, enqueued_at, attempts) of the queued rows saved before ``cutoff`` and not sent
     since: every one never sent (no search needed: its row says so), and the oldest
     ``LOST_LOOK_PER_QUEUE`` sent ones of each queue (oldest by id, through the index of queued
-    rows by queue). And the queues that hold more such jobs, each with its window's last id."""
-    old = Translation.objects.filter(status=TranslationStatus.QUEUED, created_at__lt=cutoff)
-    candidates = list(old.filter(enqueued_at__isnull=True).values_list(*CANDIDATE_FIELDS))
+    rows by queue). And the queues whose window is full, each with its window's last id."""
+    candidates = list(_old(cutoff).filter(enqueued_at__isnull=True).values_list(*CANDIDATE_FIELDS))
     sent, beyond = _sent_before(cutoff), {}
     for queue in sorted(sent.order_by().values_list("queue", flat=True).distinct()):
         window = list(sent.filter(queue=queue).order_by("pk").values_list(*CANDIDATE_FIELDS)[:LOST_LOOK_PER_QUEUE])

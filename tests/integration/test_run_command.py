@@ -184,7 +184,7 @@ class RunCommandTests:
         assert processes_of(data_dir) == []  # gunicorn's workers included
         # Each web process froze what it had loaded (cs_portal/gunicorn_conf.py).
         frozen = [int(count) for count in re.findall(r"Froze (\d+) objects", (data_dir / "logs" / "web.log").read_text())]
-        assert len(frozen) == 2 and min(frozen) > 10_000
+        assert len(frozen) >= 2 and min(frozen) > 10_000  # two processes (more if one was restarted)
 
     def test_a_stop_during_start_up_stops_what_had_started(self, tmp_path):
         process, lines, _, _ = start_run_command(tmp_path)

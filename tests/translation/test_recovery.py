@@ -348,3 +348,45 @@ class LostJobsTests:
         first = lost_jobs_resend(older_than_s=10, seen_missing=set())
         assert {row.queue for row in many_translations} == {"translate.en"}
         assert first.missing == {(row.pk, 0) for row in many_translations}  # six, where the window held two
+        assert sorted(lost_jobs_resend(older_than_s=10, seen_missing=first.missing).sent) == [
+            row.pk for row in many_translations
+        ]
+
+    def test_a_look_that_cannot_search_the_broker_keeps_the_suspects_beyond_its_windows(
+        self, many_translations, monkeypatch
+    ):
+        import translation.queues as queues
+        import translation.recovery as recovery
+
+        monkeypatch.setattr(recovery, "LOST_LOOK_PER_QUEUE", 2)
+        self.age(many_translations, 60)
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())  # all six, the queue read to its end
+        Translation.objects.filter(pk=many_translations[5].pk).update(status=TranslationStatus.DONE)  # one came
+        monkeypatch.setattr(queues, "broker_search", lambda *args, **kwargs: None)  # Redis unreachable
+        blind = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
+        assert (blind.sent, blind.missing) == ([], {(row.pk, 0) for row in many_translations[:5]})
+
+    def test_a_job_taken_while_its_queue_is_searched_is_found_among_the_unacknowledged(self, monkeypatch):
+        """Workers move messages from a queue to the unacknowledged ones: one taken after those
+        were read and before its queue was is not called missing."""
+        import json
+        import time as clock
+
+        import translation.queues as queues
+
+        client = redis.Redis.from_url(broker_url(15))
+        messages = {pk: json.dumps({"body": "", "headers": {"argsrepr": f"[{pk}]"}, "properties": {}}) for pk in (1, 2, 3)}
+        for pk in (1, 2, 3):
+            client.lpush("translate.en\x06\x166", messages[pk])
+        real, moved = queues._read_list, []
+
+        def a_worker_takes_job_1_first(connection, key, start, end):
+            if not moved:
+                moved.append(client.rpop("translate.en\x06\x166"))
+                client.hset("unacked", "tag-1", json.dumps([json.loads(messages[1]), "", "translate.en"]))
+                client.zadd("unacked_index", {"tag-1": clock.time()})
+            return real(connection, key, start, end)
+
+        monkeypatch.setattr(queues, "_read_list", a_worker_takes_job_1_first)
+        found = queues.broker_search(["translate.en"], delivered_within_s=60, wanted={"translate.en": {1}})
+        assert moved and 1 in found.ids
