@@ -304,6 +304,12 @@ class Translation(models.Model):
             models.Index(fields=["route"], condition=models.Q(status=1), name="translation_queued_by_route"),
             # Ledger dispatch claims a queue's waiting jobs, oldest first (translations_claim_queued).
             models.Index(fields=["queue", "id"], condition=models.Q(status=1), name="translation_queued_by_queue"),
+            # The reconciler's look for jobs never sent (the broker was down at their commit): a
+            # row is stamped as sent when saved, so this index is empty but for those, and no
+            # insert, claim or store writes it; without it each look walked every queued row.
+            models.Index(
+                fields=["created_at"], condition=models.Q(status=1, enqueued_at__isnull=True), name="translation_never_sent"
+            ),
         ]
         ordering = ["id"]
 
