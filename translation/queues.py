@@ -167,7 +167,8 @@ def _translation_ids(
                 if tags:
                     take(client.execute_command("HMGET", prefix + channel.unacked_key, *tags))
 
-            if unacked:  # first: a few batches per worker, and what the queues need not be searched for
+            if unacked and wanted is not None:
+                # First: a few batches per worker, and what the queues need not be searched for.
                 take_unacked()
             unfound = False
             for queue in queues:
@@ -198,9 +199,10 @@ def _translation_ids(
                 if whole:
                     search.read_whole.add(queue)
                 unfound = unfound or bool(left)
-            if unacked and unfound:
+            if unacked and (wanted is None or unfound):
                 # Workers move messages from the queues to the unacknowledged ones: one taken
-                # after the first read of those and before its queue's read is there now.
+                # after the first read of those (or, reading everything, after none) and before
+                # its queue's read is there now.
                 take_unacked()
             return search.tidy()
     except Exception:
