@@ -202,7 +202,8 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
         if enqueued_at is not None:
             wanted.setdefault(queue, set()).add(pk)
     search = broker_search(
-        sorted(queue for queue in wanted if queue), delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S), wanted=wanted
+        sorted(queue for queue in wanted if queue), wanted=wanted,
+        delivered_within_s=max(older_than_s, UNCLAIMED_AFTER_S),
     ) if wanted else None
     if search is not None and beyond:
         # A queue read to its end (a job of its window was not found, or it holds fewer messages

@@ -375,7 +375,9 @@ class LostJobsTests:
         import translation.queues as queues
 
         client = redis.Redis.from_url(broker_url(15))
-        messages = {pk: json.dumps({"body": "", "headers": {"argsrepr": f"[{pk}]"}, "properties": {}}) for pk in (1, 2, 3)}
+        messages = {
+            pk: json.dumps({"body": "", "headers": {"argsrepr": f"[{pk}]"}, "properties": {}}) for pk in (1, 2, 3)
+        }
         for pk in (1, 2, 3):
             client.lpush("translate.en\x06\x166", messages[pk])
         real, moved = queues._read_list, []
