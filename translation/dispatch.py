@@ -62,7 +62,7 @@ _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
 
 
-def _bell_client():
+def broker_redis():
     """(Redis client, key prefix) of the broker, or None where the broker is not Redis."""
     from cs_portal.celery import app
 
@@ -83,7 +83,7 @@ def bell_ring(queue: str) -> bool:
     """Set ``queue``'s bell; True when it was not set (the caller sends the wake-up). Where the
     bell cannot be read (not Redis, or unreachable) the answer is True: a wake-up too many costs
     a message, a wake-up missing leaves jobs waiting."""
-    found = _bell_client()
+    found = broker_redis()
     if found is None:
         return True
     client, prefix = found
@@ -96,7 +96,7 @@ def bell_ring(queue: str) -> bool:
 
 def bell_clear(queue: str) -> None:
     """Clear ``queue``'s bell, before a worker looks at its queued jobs."""
-    found = _bell_client()
+    found = broker_redis()
     if found is None:
         return
     client, prefix = found

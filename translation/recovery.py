@@ -166,6 +166,51 @@ def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str,
     return handled
 
 
+LOST_LOOK_KEY = "translation.lost-look"
+
+
+def lost_look_turn(worker: str, period_s: float) -> bool:
+    """Whether this reconciler looks for lost jobs now: one reconciler of the fleet looks, the one
+    holding the turn in the broker's Redis (``SET NX``, renewed at each of its looks, expiring
+    after two periods without one). A look reads the database and the broker for every queue;
+    every worker looking each period multiplied that by the fleet's size. The same reconciler
+    looks period after period, so the suspects of its last look are the fleet's: a job missing at
+    two looks in a row is sent again, as before. Where Redis cannot be asked (another broker, an
+    outage), every reconciler looks."""
+    from translation.dispatch import broker_redis
+
+    found = broker_redis()
+    if found is None:
+        return True
+    client, prefix = found
+    key, me, ttl = prefix + LOST_LOOK_KEY, (worker or "-").encode(), max(1, int(period_s * 2000))
+    try:
+        if client.set(key, me, nx=True, px=ttl):
+            return True
+        if client.get(key) == me:
+            client.pexpire(key, ttl)
+            return True
+        return False
+    except Exception:
+        logger.warning("Could not take the turn to look for lost jobs; looking all the same", exc_info=True)
+        return True
+
+
+def lost_look_release(worker: str) -> None:
+    """A reconciler that stops gives up its turn, so that another looks at the next period."""
+    from translation.dispatch import broker_redis
+
+    found = broker_redis()
+    if found is None:
+        return
+    client, prefix = found
+    try:
+        if client.get(prefix + LOST_LOOK_KEY) == (worker or "-").encode():
+            client.delete(prefix + LOST_LOOK_KEY)
+    except Exception:  # it expires after two periods
+        logger.warning("Could not give up the turn to look for lost jobs", exc_info=True)
+
+
 @dataclass
 class Resent:
     sent: list[int] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """The reconciler every worker runs in a thread: hands over the claims of workers whose
 heartbeat went stale (a lost host) a few times a second (the rows of workers that never beat
 once per staleness period), and sends again the queued jobs no queue holds every few seconds
-(``translation.recovery``). Several workers running it at once is safe: each row is taken by one
+(``translation.recovery``; that look by one reconciler of the fleet, ``lost_look_turn``). Several workers running it at once is safe: each row is taken by one
 of them (``SELECT ... FOR UPDATE SKIP LOCKED``), and a job sent twice is done once."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from translation.recovery import dead_workers_handle, lost_jobs_resend
+from translation.recovery import dead_workers_handle, lost_jobs_resend, lost_look_release, lost_look_turn
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,18 @@ class Reconciler(threading.Thread):
                         self._next_orphans = now + settings.WORKER_HEARTBEAT_STALE_S
                     dead_workers_handle(exclude=self.worker, orphans=orphans)
                 if time.monotonic() >= self._next_resend:
-                    self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
-                    self._missing = lost_jobs_resend(
-                        older_than_s=settings.TRANSLATION_LOST_AFTER_S, seen_missing=self._missing
-                    ).missing
+                    period = settings.TRANSLATION_LOST_AFTER_S / 2
+                    self._next_resend = time.monotonic() + period
+                    # One reconciler of the fleet looks, period after period (lost_look_turn).
+                    if lost_look_turn(self.worker, period):
+                        self._missing = lost_jobs_resend(
+                            older_than_s=settings.TRANSLATION_LOST_AFTER_S, seen_missing=self._missing
+                        ).missing
             except Exception:  # the database is down: try again at the next turn
                 logger.warning("Reconciler turn failed", exc_info=True)
                 self._ok_since = None
                 connection.close()
+        lost_look_release(self.worker)
         close_old_connections()
 
     def stop(self) -> None:

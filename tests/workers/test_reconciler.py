@@ -29,3 +29,37 @@ def test_stale_beats_are_looked_for_at_every_turn_and_workers_that_never_beat_on
     full = [at for at, orphans in looks if orphans]
     assert len(looks) > len(full)  # the cheap look in between
     assert all(later - earlier >= 0.2 for earlier, later in zip(full, full[1:], strict=False))
+
+
+def test_one_reconciler_of_the_fleet_looks_for_lost_jobs_until_it_stops(settings, monkeypatch):
+    """The turn is in the broker's Redis: the reconciler that took it keeps it, look after look
+    (so its last look's suspects are the fleet's), and gives it up when it stops."""
+    import threading
+
+    from translation.dispatch import broker_redis
+    from translation.recovery import LOST_LOOK_KEY, Resent
+
+    client, prefix = broker_redis()
+    client.delete(prefix + LOST_LOOK_KEY)
+    settings.TRANSLATION_RECOVERY_EVERY_S = 0.01
+    settings.TRANSLATION_LOST_AFTER_S = 0.1  # a look every 0.05 s
+    looks: list[str] = []
+    monkeypatch.setattr(reconciler, "dead_workers_handle", lambda **kwargs: {})
+    monkeypatch.setattr(reconciler, "lost_jobs_resend",
+                        lambda **kwargs: looks.append(threading.current_thread().worker) or Resent())
+    first, second = reconciler.Reconciler("first@h"), reconciler.Reconciler("second@h")
+    first.start()
+    try:
+        wait_for(lambda: looks, timeout=30, what="the first look")
+        second.start()
+        wait_for(lambda: len(looks) >= 10, timeout=30, what="ten looks")
+        assert set(looks) == {"first@h"}
+        first.stop()
+        first.join(10)
+        before = len(looks)
+        wait_for(lambda: "second@h" in looks[before:], timeout=30, what="the second reconciler to take over")
+    finally:
+        for thread in (first, second):
+            thread.stop()
+            thread.join(10)
+    assert client.get(prefix + LOST_LOOK_KEY) is None  # given up at the stop
