@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
             left = intake.drain(timeout=settings.TRANSLATION_JOB_TIMEOUT_S / 10)
             if left:
                 print(f"{left} claimed job(s) did not finish; the reconciler hands them over", flush=True)
+        from translation.recovery import lost_look_release
+
+        lost_look_release(name)  # the reconciler's turn goes to another worker at once
         heartbeat.stopped()
 
 

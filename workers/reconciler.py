@@ -54,8 +54,12 @@ class Reconciler(threading.Thread):
                         self._missing = lost_jobs_resend(
                             older_than_s=settings.TRANSLATION_LOST_AFTER_S, seen_missing=self._missing
                         ).missing
+                    else:  # another looks: this one's suspects grow old, and count for nothing later
+                        self._missing = set()
             except Exception:  # the database is down: try again at the next turn
                 logger.warning("Reconciler turn failed", exc_info=True)
+                lost_look_release(self.worker)  # a reconciler whose looks fail leaves them to another
+                self._missing = set()
                 self._ok_since = None
                 connection.close()
         lost_look_release(self.worker)
