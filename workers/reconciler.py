@@ -1,8 +1,9 @@
 """The reconciler every worker runs in a thread: hands over the claims of workers whose
 heartbeat went stale (a lost host) a few times a second (the rows of workers that never beat
 once per staleness period), and sends again the queued jobs no queue holds every few seconds
-(``translation.recovery``; that look by one reconciler of the fleet, ``lost_look_turn``). Several workers running it at once is safe: each row is taken by one
-of them (``SELECT ... FOR UPDATE SKIP LOCKED``), and a job sent twice is done once."""
+(``translation.recovery``; that look by one reconciler of the fleet, ``lost_look_turn``).
+Several workers running it at once is safe: each row is taken by one of them (``SELECT ... FOR
+UPDATE SKIP LOCKED``), and a job sent twice is done once."""
 
 from __future__ import annotations
 
