@@ -29,10 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 from functools import partial
-from datetime import datetime, timezone as utc
 
 from django.conf import settings
-from django.utils.dateparse import parse_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +165,9 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
     from django.db import transaction
     from django.utils import timezone
 
-    from translation.claims import _count_claim, _count_gave_up, translations_hold, translations_let_go
+    from translation.claims import (
+        _count_claims, _count_gave_up, _labels_of, claimed_job, translations_hold, translations_let_go,
+    )
 
     now = timezone.now()
     rows: list[dict] = []
@@ -187,117 +187,34 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
         if holder is not None:
             translations_let_go(held, holder)  # the claims were not committed
         raise
-    jobs, failed = [], []
-    for row in sorted(rows, key=lambda row: row["id"]):
-        labels = dict(route_id=row["route_id"], source=row["source_language"], target=row["target_language"],
-                      model=row["model_name"])
-        if row["gave_up"]:
-            _count_gave_up(**labels)
-            failed.append(row)
-            continue
-        _count_claim(**labels, enqueued_at=row["enqueued_at"], now=now)
-        jobs.append(_job_of_claimed(row, now))
+    rows.sort(key=lambda row: row["id"])
+    failed = [row for row in rows if row["gave_up"]]
+    fresh = [row for row in rows if not row["gave_up"]]
+    for row in failed:
+        _count_gave_up(**_labels_of(row))
+    _count_claims(fresh, now)
+    jobs = [claimed_job(row, now) for row in fresh]
     if failed and gave_up is not None:
         try:
-            gave_up([_job_of_claimed(row, now) for row in failed])
+            gave_up([claimed_job(row, now) for row in failed])
         except Exception:  # the claims are committed: they must reach the caller
             logger.warning("Could not report %d job(s) failed by a claim", len(failed), exc_info=True)
     return jobs
 
 
-# The columns a claim returns (the message's through a subquery: SQLite's RETURNING names only
-# the updated table's columns, and an unqualified ``message_id`` there is the claimed row's).
-_CLAIM_COLUMNS = ("id", "attempts", "status", "input_text", "source_language", "target_language", "engine",
-                  "model_name", "precision", "back_translate", "route_id", "created_at", "enqueued_at")
-_CLAIM_DATETIMES = ("created_at", "enqueued_at", "message_created_at")
-
-
 def _claim_queued_rows(queue: str, *, worker: str, limit: int, now) -> list[dict]:
     """One statement: the queue's oldest ``limit`` claimable rows, each claimed as a new attempt
-    or, out of attempts, failed (``gave_up``). SET expressions read the row as it was."""
-    from django.conf import settings
+    or, out of attempts, failed (``translation.claims.claim_picked``)."""
     from django.db import connection
 
-    from cs_portal.portal.models import Message
-    from translation.claims import GAVE_UP, UNFINISHED
-    from translation.models import Translation, TranslationStatus
+    from translation.claims import claim_picked, claim_sql_names
+    from translation.models import TranslationStatus
 
-    quote = connection.ops.quote_name
-    table, messages = quote(Translation._meta.db_table), quote(Message._meta.db_table)
-    c = {field.attname: quote(field.column) for field in Translation._meta.concrete_fields}
-    message_pk, text, saved = (quote(Message._meta.get_field(name).column) for name in ("id", "text", "created_at"))
-    out = f"{c['attempts']} >= %s"  # out of attempts
-    # PostgreSQL locks the rows it picks and skips those another claim holds; SQLite has one
-    # writer at a time.
-    locking = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    before, rest = GAVE_UP.split("{attempts}")
-    between, _ = rest.split("{reason}")
-    gave_up = (f"SUBSTR(%s || CAST({c['attempts']} AS TEXT) || %s || CASE WHEN {c['failure_reason']} = '' "
-               f"THEN %s ELSE {c['failure_reason']} END, 1, 2000)")
-    sql = (
-        f"WITH picked AS MATERIALIZED (SELECT {c['id']} FROM {table} WHERE {c['queue']} = %s "
-        f"AND {c['status']} = %s AND ({c['retry_at']} IS NULL OR {c['retry_at']} <= %s) "
-        f"ORDER BY {c['id']} LIMIT %s{locking}) "
-        f"UPDATE {table} SET "
-        f"{c['status']} = CASE WHEN {out} THEN %s ELSE %s END, "
-        f"{c['failure_reason']} = CASE WHEN {out} THEN {gave_up} ELSE {c['failure_reason']} END, "
-        f"{c['finished_at']} = CASE WHEN {out} THEN %s ELSE {c['finished_at']} END, "
-        f"{c['worker']} = CASE WHEN {out} THEN {c['worker']} ELSE %s END, "
-        f"{c['consumed_from']} = CASE WHEN {out} THEN {c['consumed_from']} ELSE %s END, "
-        f"{c['attempts']} = CASE WHEN {out} THEN {c['attempts']} ELSE {c['attempts']} + 1 END, "
-        f"{c['started_at']} = CASE WHEN {out} THEN {c['started_at']} ELSE NULL END, "
-        f"{c['retry_at']} = NULL, {c['updated_at']} = %s "
-        f"WHERE {c['id']} IN (SELECT {c['id']} FROM picked) "
-        f"RETURNING {', '.join(c[name] for name in _CLAIM_COLUMNS)}, "
-        f"(SELECT m.{text} FROM {messages} m WHERE m.{message_pk} = {c['message_id']}), "
-        f"(SELECT m.{saved} FROM {messages} m WHERE m.{message_pk} = {c['message_id']})"
-    )
-    stamp = connection.ops.adapt_datetimefield_value(now)
-    most = settings.TRANSLATION_MAX_ATTEMPTS
-    params = [
-        queue, TranslationStatus.QUEUED, stamp, limit,
-        most, TranslationStatus.FAILED, TranslationStatus.RUNNING,
-        most, before, between, UNFINISHED,
-        most, stamp,
-        most, worker,
-        most, queue,
-        most,
-        most,
-        stamp,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        found = cursor.fetchall()
-    names = (*_CLAIM_COLUMNS, "message_text", "message_created_at")
-    rows = [_read_row(dict(zip(names, values, strict=True))) for values in found]
-    for row in rows:
-        row["gave_up"] = row["status"] == TranslationStatus.FAILED
-    return rows
-
-
-def _read_row(row: dict) -> dict:
-    """A claimed row's values as Python's (SQLite returns datetimes as text, booleans as 0/1)."""
-    for name in _CLAIM_DATETIMES:
-        value = row[name]
-        if isinstance(value, str):
-            value = parse_datetime(value)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=utc.utc)  # stored in UTC (USE_TZ)
-        row[name] = value
-    row["back_translate"] = bool(row["back_translate"])
-    return row
-
-
-def _job_of_claimed(row: dict, now):
-    from translation.claims import job_of
-
-    return job_of(
-        id=row["id"], attempts=row["attempts"], text=row["input_text"] or row["message_text"] or "",
-        source=row["source_language"], target=row["target_language"], engine=row["engine"], model=row["model_name"],
-        precision=row["precision"], back_translate=row["back_translate"], route_id=row["route_id"],
-        created_at=row["created_at"], enqueued_at=row["enqueued_at"], message_created_at=row["message_created_at"],
-        now=now,
-    )
+    table, c, locking = claim_sql_names()
+    pick = (f"SELECT {c['id']} FROM {table} WHERE {c['queue']} = %s AND {c['status']} = %s "
+            f"AND ({c['retry_at']} IS NULL OR {c['retry_at']} <= %s) ORDER BY {c['id']} LIMIT %s{locking}")
+    params = [queue, TranslationStatus.QUEUED, connection.ops.adapt_datetimefield_value(now), limit]
+    return claim_picked(pick, params, worker=worker, consumed_from=queue, started=False, now=now)
 
 
 def translations_start(jobs: list) -> list:

@@ -1,5 +1,5 @@
-"""The ledger claim's one statement on SQLite (the embedded default), in a process of its own:
-the test session's database is PostgreSQL."""
+"""The claim statements on SQLite (the embedded default), in a process of its own: the test
+session's database is PostgreSQL."""
 
 import json
 import os
@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 from cs_portal.portal.services import api_client_create, conversation_create, message_create_from_customer
+from translation.claims import Delivery, translations_claim
 from translation.dispatch import translations_claim_queued
 from translation.models import Translation, TranslationStatus
 
@@ -31,15 +32,30 @@ Translation.objects.filter(pk__in=[row.pk for row in rows]).update(
     queue="translate.sqlite", status=TranslationStatus.QUEUED, attempts=0, failure_reason="")
 Translation.objects.filter(pk=rows[0].pk).update(attempts=99)
 jobs = translations_claim_queued("translate.sqlite", worker="w@h", limit=5)
+stored = {str(pk): [status, attempts, worker, reason[:26]] for pk, status, attempts, worker, reason in
+          Translation.objects.filter(pk__in=[row.pk for row in rows]).values_list(
+              "pk", "status", "attempts", "worker", "failure_reason")}
+again = len(translations_claim_queued("translate.sqlite", worker="w@h", limit=5))
+# Jobs dispatch: two queued rows by the statement, one running row of a worker that never beat
+# taken over by the ORM's way.
+with override_settings(TRANSLATION_DISPATCH="jobs"):
+    more = [message_create_from_customer(conversation=conversation, text=f"Mi paquete {i} no ha llegado.",
+                                         language="es") for i in range(2)]
+more_rows = list(Translation.objects.filter(message__in=more).order_by("pk"))
+Translation.objects.filter(pk__in=[row.pk for row in more_rows]).update(status=TranslationStatus.QUEUED, attempts=0)
+delivered = translations_claim([Delivery(row.pk, "w2@h", "translate.es") for row in [*more_rows, rows[1]]])
 print(json.dumps({
     "vendor": connection.vendor,
     "rows": [row.pk for row in rows],
     "jobs": [{"id": job.id, "attempt": job.attempt, "text": job.text, "requested": job.requested_at.isoformat(),
               "aware": job.queued_at.tzinfo is not None} for job in jobs],
-    "stored": {str(pk): [status, attempts, worker, reason[:26]] for pk, status, attempts, worker, reason in
-               Translation.objects.filter(pk__in=[row.pk for row in rows]).values_list(
-                   "pk", "status", "attempts", "worker", "failure_reason")},
-    "again": len(translations_claim_queued("translate.sqlite", worker="w@h", limit=5)),
+    "stored": stored,
+    "again": again,
+    "more": [row.pk for row in more_rows],
+    "delivered": {str(pk): [job.attempt, job.text, job.claimed_at.tzinfo is not None] for pk, job in delivered.items()},
+    "delivered_stored": {str(pk): [status, worker, consumed_from, started is not None] for pk, status, worker,
+                         consumed_from, started in Translation.objects.filter(pk__in=delivered).values_list(
+                             "pk", "status", "worker", "consumed_from", "started_at")},
 }))
 """
 
@@ -60,3 +76,10 @@ def test_the_claim_statement_runs_on_sqlite(tmp_path):
     assert found["stored"][str(first)] == [4, 99, "", "Gave up after 99 attempts."]
     assert found["stored"][str(second)][:3] == [2, 1, "w@h"]
     assert found["again"] == 0
+    fourth, fifth = found["more"]
+    assert found["delivered"] == {
+        str(fourth): [1, "Mi paquete 0 no ha llegado.", True],
+        str(fifth): [1, "Mi paquete 1 no ha llegado.", True],
+        str(second): [2, "Mi pedido 1 no ha llegado.", True],  # taken over from a worker that never beat
+    }
+    assert set(map(tuple, found["delivered_stored"].values())) == {(2, "w2@h", "translate.es", True)}

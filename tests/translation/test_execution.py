@@ -76,6 +76,86 @@ class TranslationClaimTests:
         assert job.text == one[0].message.text and job.queued_at == one[0].enqueued_at
         assert {job.source for job in jobs.values()} == {"es", "fr"}
 
+    def test_a_batchs_queued_rows_are_claimed_by_one_statement(self, many_translations):
+        with CaptureQueriesContext(connection) as queries:
+            jobs = translations_claim(deliveries(many_translations, "w9@h"))
+        statements = [query["sql"] for query in queries if "SAVEPOINT" not in query["sql"]]
+        assert len(statements) == 1 and statements[0].startswith("WITH picked")
+        assert list(jobs) == sorted(row.pk for row in many_translations)
+        for row in Translation.objects.filter(pk__in=jobs):
+            job = jobs[row.pk]
+            assert (row.status, row.worker, row.consumed_from, row.attempts) == (
+                TranslationStatus.RUNNING, "w9@h", "translate.en", 1)
+            assert row.started_at == row.updated_at == job.claimed_at and row.retry_at is None
+            assert (job.attempt, job.text, job.queued_at) == (1, row.message.text, row.enqueued_at or row.created_at)
+
+    def test_a_mixed_batch_claims_each_row_by_its_rule_and_counts_it(self, many_translations, settings):
+        from django.utils import timezone
+        from prometheus_client import REGISTRY
+
+        from tests.translation.test_recovery import claimed_by, heartbeat
+        from translation import metrics
+        from translation.claims import _computing, _computing_release
+
+        settings.TRANSLATION_MAX_ATTEMPTS, settings.WORKER_HEARTBEAT_STALE_S = 3, 1
+        queued, spent, busy, gone, done, fresh = many_translations
+        Translation.objects.filter(pk__in=[row.pk for row in many_translations]).update(enqueued_at=timezone.now())
+        heartbeat("busy@h", seconds_ago=0.1)
+        claimed_by([busy], "busy@h")
+        claimed_by([gone], "gone@h")  # never beat: taken over
+        translation_complete(job=claim(done, "w2"), text="stored")
+        Translation.objects.filter(pk=spent.pk).update(attempts=3)
+        taken = (queued, gone, fresh)
+
+        def labels(row):
+            return metrics.job_labels(route_id=row.route_id, source=row.source_language, target=row.target_language,
+                                      model=row.model_name)
+
+        def counts():  # per label set of the rows taken: jobs received, queue waits observed
+            return {
+                tuple(labels(row).values()): (
+                    REGISTRY.get_sample_value("translation_jobs_received_total", labels(row)) or 0,
+                    REGISTRY.get_sample_value("translation_queue_wait_seconds_count", labels(row)) or 0,
+                )
+                for row in taken
+            }
+
+        before = counts()
+        jobs = translations_claim(deliveries(many_translations, "w9@h"), computing=True)
+        try:
+            assert set(jobs) == {row.pk for row in taken}
+            assert all(pk in _computing for pk in jobs)  # listed as this thread's until released
+        finally:
+            _computing_release(jobs)
+        rows = {row.pk: row for row in Translation.objects.filter(pk__in=[row.pk for row in many_translations])}
+        assert (rows[gone.pk].worker, rows[gone.pk].attempts) == ("w9@h", 2)
+        assert (rows[busy.pk].worker, rows[busy.pk].attempts) == ("busy@h", 1)
+        assert (rows[done.pk].status, rows[done.pk].text) == (TranslationStatus.DONE, "stored")
+        assert rows[spent.pk].status == TranslationStatus.FAILED
+        assert rows[spent.pk].failure_reason.startswith("Gave up after 3 attempts.")
+        after = counts()
+        for key, (received, waits) in before.items():
+            claimed_here = sum(1 for row in taken if tuple(labels(row).values()) == key)
+            assert after[key] == (received + claimed_here, waits + claimed_here)
+
+    def test_a_claim_that_fails_halfway_claims_nothing_and_lists_nothing(self, many_translations, monkeypatch):
+        from django.db import OperationalError
+
+        from tests.translation.test_recovery import claimed_by
+        from translation import claims
+
+        claimed_by(many_translations[:1], "gone@h")  # a running row: the second, ORM part of the claim
+
+        def drops(*args, **kwargs):
+            raise OperationalError("the connection dropped")
+
+        monkeypatch.setattr(claims, "_claim_others", drops)
+        with pytest.raises(OperationalError):
+            translations_claim(deliveries(many_translations), computing=True)
+        rows = Translation.objects.filter(pk__in=[row.pk for row in many_translations[1:]])
+        assert {row.status for row in rows} == {TranslationStatus.QUEUED}
+        assert not any(row.pk in claims._computing for row in many_translations)
+
     def test_a_claim_of_running_and_spent_rows_reads_no_row_again(self, many_translations, settings):
         rows = many_translations
         settings.TRANSLATION_MAX_ATTEMPTS = 3
@@ -89,7 +169,7 @@ class TranslationClaimTests:
         with CaptureQueriesContext(connection) as second:
             jobs = translations_claim(deliveries(held[1:] + spent[1:]))
         assert set(jobs) == {row.pk for row in held[1:]}
-        assert len(second) == len(first) + 1  # one more spent row failed, one statement each; no other read
+        assert len(second) == len(first)  # the queued rows' statement fails every spent row; no other read
         failed = Translation.objects.get(pk=spent[1].pk)
         assert failed.status == TranslationStatus.FAILED and "killed its worker" in failed.failure_reason
 
