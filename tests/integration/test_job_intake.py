@@ -187,7 +187,9 @@ def test_a_warm_shutdown_acknowledges_the_jobs_in_the_batcher_before_it_closes(t
         assert done, "the worker stopped before finishing any job"
         assert set(now.values()) <= {TranslationStatus.DONE, TranslationStatus.QUEUED}, text[-3000:]
         waiting = queued_jobs(SHUTDOWN_QUEUE)
-        assert not {f"[{pk}]" for pk in done} & (waiting | unacked_jobs())  # done, and acknowledged
+        done_jobs = {f"[{pk}]" for pk in done}
+        assert not done_jobs & waiting, (done_jobs & waiting, text[-3000:])  # done: not given back
+        assert not done_jobs & unacked_jobs(), text[-3000:]  # and acknowledged
         assert {f"[{pk}]" for pk in now if pk not in done} <= waiting  # the rest wait for a worker
     finally:
         if worker.poll() is None:
