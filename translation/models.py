@@ -310,6 +310,13 @@ class Translation(models.Model):
             models.Index(
                 fields=["created_at"], condition=models.Q(status=1, enqueued_at__isnull=True), name="translation_never_sent"
             ),
+            # The reconciler's look for retried jobs (``translation_requeue``: a message sent again
+            # when the row went back to queued, ``updated_at``): empty but for rows waiting for a
+            # retry, and written only when a row goes back to queued for one.
+            models.Index(
+                fields=["queue", "updated_at"], condition=models.Q(status=1, retry_at__isnull=False),
+                name="translation_retried",
+            ),
         ]
         ordering = ["id"]
 

@@ -254,8 +254,8 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
         # A queue read to its end (a job of its window was not found, or it holds fewer messages
         # than the window) tells of every job of it: its younger ones are looked at now, not at
         # later looks (a broker restarted empty lost them all).
-        for queue in sorted(search.read_whole & beyond.keys()):
-            candidates += _sent_before(cutoff).filter(queue=queue, pk__gt=beyond[queue]).values_list(*CANDIDATE_FIELDS)
+        for queue in sorted(search.read_whole & beyond):
+            candidates += _beyond(queue, cutoff, {pk for pk, of, _, _ in candidates if of == queue})
     held = search.ids if search is not None else (set() if not wanted else None)
     sent_ones = {(pk, attempts) for pk, _, enqueued_at, attempts in candidates if enqueued_at is not None}
     if held is None:  # the broker cannot be searched now: nothing is called lost, nothing forgotten
@@ -300,10 +300,10 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
 # at the end of the queue that workers take from, so the search reads about as many messages as
 # it looks for, where reading the whole queue (a backlog of 100,000 jobs older than the cutoff)
 # cost every worker 1.6 s of CPU per look, every ``TRANSLATION_LOST_AFTER_S / 2`` (measured,
-# docs/benchmarks.md). The younger ones are looked at once these are taken, or sent again. Not
-# so a job retried after a failure (``translation_requeue`` keeps its id and send stamp, Celery
-# pushes its new message behind the backlog): while it waits there, each look reads its queue
-# to the end, as every look did before.
+# docs/benchmarks.md). The younger ones are looked at once these are taken, or sent again. A job
+# retried after a failure keeps its id and first send stamp, but Celery pushes its new message
+# behind the backlog: it is looked for once the window's sends reach its retry (before, a
+# retried job among a queue's oldest made each look read that queue to its end).
 LOST_LOOK_PER_QUEUE = 1000
 
 
@@ -318,19 +318,38 @@ def _sent_before(cutoff):
     return _old(cutoff).filter(enqueued_at__lt=cutoff)
 
 
-def _lost_candidates(cutoff) -> tuple[list[tuple[int, str, object, int]], dict[str, int]]:
+def _lost_candidates(cutoff) -> tuple[list[tuple[int, str, object, int]], set[str]]:
     """(id, queue, enqueued_at, attempts) of the queued rows saved before ``cutoff`` and not sent
-    since: every one never sent (no search needed: its row says so), and the oldest
+    since: every one never sent (no search needed: its row says so), the oldest
     ``LOST_LOOK_PER_QUEUE`` sent ones of each queue (oldest by id, through the index of queued
-    rows by queue). And the queues whose window is full, each with its window's last id."""
+    rows by queue), and the queue's jobs retried before the newest send of that window (their
+    messages went behind the jobs then waiting: once the window reaches them, they are among its
+    messages). And the queues with sent jobs this look leaves for later ones."""
     candidates = list(_old(cutoff).filter(enqueued_at__isnull=True).values_list(*CANDIDATE_FIELDS))
-    sent, beyond = _sent_before(cutoff), {}
+    sent, beyond = _sent_before(cutoff), set()
     for queue in sorted(sent.order_by().values_list("queue", flat=True).distinct()):
-        window = list(sent.filter(queue=queue).order_by("pk").values_list(*CANDIDATE_FIELDS)[:LOST_LOOK_PER_QUEUE])
-        candidates += window
+        of_queue = sent.filter(queue=queue)
+        window = list(of_queue.filter(retry_at__isnull=True).order_by("pk").values_list(*CANDIDATE_FIELDS)[
+            :LOST_LOOK_PER_QUEUE])
+        reached = cutoff
         if len(window) == LOST_LOOK_PER_QUEUE:
-            beyond[queue] = window[-1][0]
+            beyond.add(queue)
+            reached = min(cutoff, max(enqueued_at for _, _, enqueued_at, _ in window))
+        # A retry's message was sent when its row went back to queued (``updated_at``, through the
+        # index of retried rows by queue).
+        retried = list(of_queue.filter(retry_at__isnull=False, updated_at__lt=cutoff, updated_at__lte=reached)
+                       .order_by("updated_at").values_list(*CANDIDATE_FIELDS)[:LOST_LOOK_PER_QUEUE])
+        if len(retried) == LOST_LOOK_PER_QUEUE:
+            beyond.add(queue)
+        candidates += window + retried
     return candidates, beyond
+
+
+def _beyond(queue: str, cutoff, looked: set[int]) -> list[tuple[int, str, object, int]]:
+    """The sent rows of ``queue`` that a look left for later ones (``_lost_candidates``): its
+    younger jobs, and its jobs retried later than its window's newest send."""
+    rows = _sent_before(cutoff).filter(queue=queue).exclude(retry_at__isnull=False, updated_at__gte=cutoff)
+    return [row for row in rows.values_list(*CANDIDATE_FIELDS) if row[0] not in looked]
 
 
 def _queues_wake(candidates) -> Resent:

@@ -109,6 +109,10 @@ class ClaimsReleaseTests:
 class InFlightTests:
     @pytest.fixture(autouse=True)
     def empty_broker(self):
+        """The test broker's database, empty before and after: the messages written here are no
+        worker's (one left in the unacknowledged index would be a later test's, by its id)."""
+        redis.Redis.from_url(broker_url(15)).flushdb()
+        yield
         redis.Redis.from_url(broker_url(15)).flushdb()
 
     def test_jobs_taken_but_unclaimed_are_sent_again_and_waiting_ones_are_not(self, many_translations, sent,
@@ -173,6 +177,10 @@ class ClaimRuleTests:
 class LostJobsTests:
     @pytest.fixture(autouse=True)
     def empty_broker(self):
+        """The test broker's database, empty before and after: the messages written here are no
+        worker's (one left in the unacknowledged index would be a later test's, by its id)."""
+        redis.Redis.from_url(broker_url(15)).flushdb()
+        yield
         redis.Redis.from_url(broker_url(15)).flushdb()
 
     def age(self, rows, seconds: float) -> None:
@@ -312,6 +320,63 @@ class LostJobsTests:
         second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
         assert second.sent == [elsewhere.pk]
         assert second.missing == {(third_en.pk, 0), (fourth_en.pk, 0)}  # the window moved on
+
+    def test_a_job_retried_behind_a_backlog_is_looked_for_once_the_window_reaches_its_retry(
+        self, many_translations, monkeypatch
+    ):
+        """A retried job keeps its id and first send stamp, and Celery pushes its new message
+        behind the jobs then waiting. Looked for among the queue's oldest, it would make each look
+        read the queue to its end; it is looked for once the window's sends reach its retry."""
+        import translation.queues as queues
+        import translation.recovery as recovery
+        from translation.sending import translation_enqueue
+
+        monkeypatch.setattr(recovery, "LOST_LOOK_PER_QUEUE", 2)
+        monkeypatch.setattr(queues, "SEARCH_CHUNK", 2)  # two messages a read, from the oldest end
+        monkeypatch.setattr(queues, "SEARCH_OVERLAP", 0)
+        retried, *backlog = many_translations  # the retried job is the oldest by id
+        for row in [*backlog, retried]:  # the backlog's messages, then the retry's behind them
+            translation_enqueue(translation=row)
+        now = timezone.now()
+        self.age(many_translations, 60)
+        Translation.objects.filter(pk__in=[row.pk for row in backlog[2:]]).update(enqueued_at=now - timedelta(seconds=15))
+        Translation.objects.filter(pk=retried.pk).update(  # as translation_requeue leaves it, 20 s ago
+            retry_at=now - timedelta(seconds=18), updated_at=now - timedelta(seconds=20), attempts=1)
+        searches, search = [], queues.broker_search
+
+        def spied(*args, **kwargs):
+            found = search(*args, **kwargs)
+            searches.append((kwargs["wanted"]["translate.en"], found.read_whole))
+            return found
+
+        monkeypatch.setattr(queues, "broker_search", spied)
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        # The window (the two oldest sends, 60 s ago) is before the retry: only they are looked
+        # for, found in the first read, and the queue is not read to its end.
+        assert searches == [({backlog[0].pk, backlog[1].pk}, set())]
+        assert (first.sent, first.missing) == ([], set())
+        Translation.objects.filter(pk__in=[backlog[0].pk, backlog[1].pk]).update(status=TranslationStatus.DONE)
+        second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
+        assert searches[-1][0] == {backlog[2].pk, backlog[3].pk, retried.pk}  # sends 15 s ago reach the retry's 20
+        assert (second.sent, second.missing) == ([], set())  # found behind the backlog
+
+    def test_a_retried_job_whose_message_was_lost_is_sent_again(self, many_translations):
+        retried = many_translations[0]
+        Translation.objects.exclude(pk=retried.pk).update(status=TranslationStatus.DONE)
+        self.age([retried], 60)
+        Translation.objects.filter(pk=retried.pk).update(  # its retry sent 20 s ago; no queue holds it
+            retry_at=timezone.now() - timedelta(seconds=18), updated_at=timezone.now() - timedelta(seconds=20))
+        first = lost_jobs_resend(older_than_s=10, seen_missing=set())
+        assert (first.sent, first.missing) == ([], {(retried.pk, 0)})
+        assert lost_jobs_resend(older_than_s=10, seen_missing=first.missing).sent == [retried.pk]
+        assert Translation.objects.get(pk=retried.pk).retry_at is None  # sent again now, at once
+
+    def test_a_job_retried_within_the_cutoff_is_left_alone(self, many_translations):
+        retried = many_translations[0]
+        Translation.objects.exclude(pk=retried.pk).update(status=TranslationStatus.DONE)
+        self.age([retried], 60)
+        Translation.objects.filter(pk=retried.pk).update(retry_at=timezone.now(), updated_at=timezone.now())
+        assert lost_jobs_resend(older_than_s=10, seen_missing=set()).missing == set()
 
     def test_a_search_for_given_jobs_reads_a_queue_from_its_oldest_end_until_it_has_found_them(self, monkeypatch):
         """Chunks of five overlapping by two, from the right end of the list (where workers pop)."""
