@@ -31,13 +31,16 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from translation.dispatch import MAX_BACKOFF_S
 from translation.models import Translation, TranslationStatus
 
 logger = logging.getLogger(__name__)
 
 # A job a worker took from the broker and has not claimed after this long is taken as lost: a
-# live worker claims what it took within a batch or two (it prefetches two batches' worth).
-UNCLAIMED_AFTER_S = 60.0
+# live worker claims what it took within a batch or two (it prefetches two batches' worth), and a
+# retry's message, which it holds until its countdown ends (at most MAX_BACKOFF_S), that long
+# after its countdown.
+UNCLAIMED_AFTER_S = 60.0 + MAX_BACKOFF_S
 
 HANDED_OVER = "Its worker {worker} stopped before finishing ({why}); handed over to another worker."
 LOST = "Sent {times} times without reaching a worker (lost by the broker each time)."
@@ -276,6 +279,7 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
             Translation.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk__in=lost, status=TranslationStatus.QUEUED)
             .exclude(enqueued_at__gte=cutoff)  # another reconciler resent it meanwhile
+            .exclude(retry_at__isnull=False, updated_at__gte=cutoff)  # retried meanwhile: a new message
             .only("pk", "resends")
         )
         give_up = [row for row in rows if row.resends >= settings.TRANSLATION_MAX_RESENDS]
@@ -329,12 +333,16 @@ def _lost_candidates(cutoff) -> tuple[list[tuple[int, str, object, int]], set[st
     sent, beyond = _sent_before(cutoff), set()
     for queue in sorted(sent.order_by().values_list("queue", flat=True).distinct()):
         of_queue = sent.filter(queue=queue)
-        window = list(of_queue.filter(retry_at__isnull=True).order_by("pk").values_list(*CANDIDATE_FIELDS)[
+        window = list(of_queue.filter(retry_at__isnull=True).order_by("pk").values_list(*CANDIDATE_FIELDS, "resends")[
             :LOST_LOOK_PER_QUEUE])
         reached = cutoff
         if len(window) == LOST_LOOK_PER_QUEUE:
             beyond.add(queue)
-            reached = min(cutoff, max(enqueued_at for _, _, enqueued_at, _ in window))
+            # How far into the queue the window goes: its newest first send (a job sent again went
+            # ahead of the queue, a fresh stamp on an old id, and says nothing of it).
+            first_sends = [enqueued_at for _, _, enqueued_at, _, resends in window if not resends]
+            reached = min(cutoff, max(first_sends, default=min(row[2] for row in window)))
+        window = [row[:-1] for row in window]
         # A retry's message was sent when its row went back to queued (``updated_at``, through the
         # index of retried rows by queue).
         retried = list(of_queue.filter(retry_at__isnull=False, updated_at__lt=cutoff, updated_at__lte=reached)

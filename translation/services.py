@@ -229,7 +229,7 @@ def translation_retry(*, translation: Translation) -> Translation:
     translation.status, translation.failure_reason, translation.text = TranslationStatus.QUEUED, "", ""
     translation.attempts = 0  # a person decided to try again: a full set of attempts
     _stamp_route(translation, route)
-    translation.started_at = translation.finished_at = None
+    translation.started_at = translation.finished_at = translation.retry_at = None
     translation.enqueued_at = timezone.now()  # sent at commit; a failed send clears it (as for a new request)
     translation.save()
     _on_commit(translation, send=True)

@@ -52,7 +52,8 @@ print(json.dumps({
     "stored": stored,
     "again": again,
     "more": [row.pk for row in more_rows],
-    "delivered": {str(pk): [job.attempt, job.text, job.claimed_at.tzinfo is not None] for pk, job in delivered.items()},
+    "delivered": {str(pk): [job.attempt, job.text, job.queued_at.tzinfo is not None and job.requested_at.tzinfo is not None]
+                  for pk, job in delivered.items()},
     "delivered_stored": {str(pk): [status, worker, consumed_from, started is not None] for pk, status, worker,
                          consumed_from, started in Translation.objects.filter(pk__in=delivered).values_list(
                              "pk", "status", "worker", "consumed_from", "started_at")},

@@ -284,7 +284,7 @@ class LostJobsTests:
         from translation.recovery import UNCLAIMED_AFTER_S
 
         stuck, fresh = many_translations[0], many_translations[1]
-        self.age([stuck, fresh], 120)
+        self.age([stuck, fresh], UNCLAIMED_AFTER_S + 60)
         Translation.objects.exclude(pk__in=[stuck.pk, fresh.pk]).update(status=TranslationStatus.DONE)
         client = redis.Redis.from_url(broker_url(15))
         for tag, row, delivered in (("old", stuck, clock.time() - UNCLAIMED_AFTER_S - 5), ("new", fresh, clock.time() - 1)):
@@ -342,6 +342,9 @@ class LostJobsTests:
         Translation.objects.filter(pk__in=[row.pk for row in backlog[2:]]).update(enqueued_at=now - timedelta(seconds=15))
         Translation.objects.filter(pk=retried.pk).update(  # as translation_requeue leaves it, 20 s ago
             retry_at=now - timedelta(seconds=18), updated_at=now - timedelta(seconds=20), attempts=1)
+        # A job of the window sent again 12 s ago (a fresh stamp on an old id, its message ahead of
+        # the queue) says nothing of how far the window reaches.
+        Translation.objects.filter(pk=backlog[1].pk).update(resends=1, enqueued_at=now - timedelta(seconds=12))
         searches, search = [], queues.broker_search
 
         def spied(*args, **kwargs):
@@ -357,8 +360,10 @@ class LostJobsTests:
         assert (first.sent, first.missing) == ([], set())
         Translation.objects.filter(pk__in=[backlog[0].pk, backlog[1].pk]).update(status=TranslationStatus.DONE)
         second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
-        assert searches[-1][0] == {backlog[2].pk, backlog[3].pk, retried.pk}  # sends 15 s ago reach the retry's 20
-        assert (second.sent, second.missing) == ([], set())  # found behind the backlog
+        # Sends 15 s ago reach the retry's 20: it is looked for, found behind the backlog without
+        # reading the queue to its end.
+        assert searches[-1] == ({backlog[2].pk, backlog[3].pk, retried.pk}, set())
+        assert (second.sent, second.missing) == ([], set())
 
     def test_a_retried_job_whose_message_was_lost_is_sent_again(self, many_translations):
         retried = many_translations[0]
@@ -371,12 +376,18 @@ class LostJobsTests:
         assert lost_jobs_resend(older_than_s=10, seen_missing=first.missing).sent == [retried.pk]
         assert Translation.objects.get(pk=retried.pk).retry_at is None  # sent again now, at once
 
-    def test_a_job_retried_within_the_cutoff_is_left_alone(self, many_translations):
-        retried = many_translations[0]
-        Translation.objects.exclude(pk=retried.pk).update(status=TranslationStatus.DONE)
-        self.age([retried], 60)
+    def test_a_job_retried_within_the_cutoff_is_left_alone(self, many_translations, monkeypatch):
+        import translation.queues as queues
+
+        retried, lost = many_translations[:2]
+        Translation.objects.exclude(pk__in=[retried.pk, lost.pk]).update(status=TranslationStatus.DONE)
+        self.age([retried, lost], 60)
         Translation.objects.filter(pk=retried.pk).update(retry_at=timezone.now(), updated_at=timezone.now())
-        assert lost_jobs_resend(older_than_s=10, seen_missing=set()).missing == set()
+        searches, search = [], queues.broker_search
+        monkeypatch.setattr(queues, "broker_search", lambda *args, **kwargs: searches.append(kwargs["wanted"])
+                            or search(*args, **kwargs))
+        assert lost_jobs_resend(older_than_s=10, seen_missing=set()).missing == {(lost.pk, 0)}
+        assert searches == [{"translate.en": {lost.pk}}]  # its retry's message was sent a moment ago
 
     def test_a_search_for_given_jobs_reads_a_queue_from_its_oldest_end_until_it_has_found_them(self, monkeypatch):
         """Chunks of five overlapping by two, from the right end of the list (where workers pop)."""
