@@ -119,17 +119,21 @@ class QoS(kombu_redis.QoS):
             hub.on_tick.discard(self._acks_on_tick)
         return super().restore_unacked_once(stderr)
 
-    def index(self, messages) -> None:
+    def index(self, messages, raws: list[str] | None = None) -> None:
         """Write ``messages`` (just popped) to the unacked index in one round trip, as ``append``
-        does one at a time."""
+        does one at a time. ``raws``: each message's JSON as it was popped, written as it is
+        instead of encoding the message again (about an eighth of the consumer's time per message in a
+        profile of a burst)."""
         stamp = time()
+        if raws is None:
+            raws = [dumps(message._raw) for message in messages]
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {message.delivery_tag: stamp for message in messages})
             pipe.hset(self.unacked_key, mapping={
-                message.delivery_tag: dumps([
-                    message._raw, message.delivery_info["exchange"], message.delivery_info["routing_key"],
-                ])
-                for message in messages
+                message.delivery_tag: (
+                    f"[{raw}, {dumps(message.delivery_info['exchange'])}, {dumps(message.delivery_info['routing_key'])}]"
+                )
+                for message, raw in zip(messages, raws, strict=True)
             })
             pipe.execute()
 
@@ -211,9 +215,10 @@ class Channel(kombu_redis.Channel):
             self._pop_refused = False
         if not items:
             return
-        messages = [self.Message(loads(bytes_to_str(item)), channel=self) for item in items]
+        raws = [bytes_to_str(item) for item in items]
+        messages = [self.Message(loads(raw), channel=self) for raw in raws]
         try:
-            self.qos.index(messages)
+            self.qos.index(messages, raws)
         except Exception:
             self._push_back(key, items)
             return

@@ -1,6 +1,7 @@
 """The Redis transport (cs_portal/broker.py) against the real test Redis: one client per channel
 and pool, shared by threads, and messages through it arrive whole."""
 
+import json
 import threading
 from contextlib import contextmanager
 
@@ -119,6 +120,13 @@ def test_one_wake_up_takes_as_many_messages_as_the_prefetch_allows_each_indexed_
             connection.drain_events(timeout=5)  # one BRPOP's answer
             assert [message.payload["n"] for message in received] == [0, 1, 2, 3]  # oldest first
             assert broker.llen("test.broker.many") == 6
+            # What a restore puts back: each message as it was popped, its exchange and routing key.
+            prefix = channel.global_keyprefix or ""
+            for message in received:
+                entry = json.loads(broker.hget(prefix + channel.unacked_key, message.delivery_tag))
+                assert entry == [json.loads(json.dumps(message._raw)), message.delivery_info["exchange"],
+                                 message.delivery_info["routing_key"]]
+                assert entry[0]["properties"]["delivery_tag"] == message.delivery_tag
             # Acknowledged from several threads at once: every one is off the index on return.
             threads = [threading.Thread(target=message.ack) for message in received]
             for thread in threads:
@@ -284,7 +292,7 @@ def test_a_wake_up_whose_index_write_fails_puts_the_extra_messages_back_and_lose
         with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)], prefetch_count=5):
             original, tried = channel.qos.index, []
 
-            def failing(messages):
+            def failing(messages, raws=None):
                 tried.append(len(messages))
                 raise ConnectionError("the broker went away mid-pipeline")
 
