@@ -147,26 +147,49 @@ def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str,
 
     handled = {}
     stale = WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__lt=stale_before(), ready=True).exclude(name=exclude)
-    if stale.exists():  # a plain read first: most turns find nobody, and take no lock (SQLite's is global)
+    # A plain read first: most turns find nobody, and take no lock (SQLite's is global).
+    if _rows("stale", exclude, lambda: stale.values_list("pk")[:1]):
         with transaction.atomic():
             for beat in stale.select_for_update(skip_locked=True):
                 handled[beat.name] = worker_lost(worker=beat.name, reason="its heartbeat went stale")
     if not orphans:
         return handled
+
     # The workers holding running rows without a fresh beat, in one query (it runs every second
     # in every worker, so one statement and one row per worker, not per running row).
-    live = WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__gte=stale_before()).values("name")
-    orphaned = (
-        Translation.objects.filter(status=TranslationStatus.RUNNING)
-        .exclude(worker__in=["", exclude, *handled])
-        .exclude(worker__in=live)
-        .order_by()  # the model's ordering by id would make DISTINCT per row
-        .values_list("worker", flat=True)
-        .distinct()
-    )
-    for worker in sorted(orphaned):
+    def orphaned(also_excluded=()):
+        live = WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__gte=stale_before()).values("name")
+        return (
+            Translation.objects.filter(status=TranslationStatus.RUNNING)
+            .exclude(worker__in=["", exclude, *also_excluded])
+            .exclude(worker__in=live)
+            .order_by()  # the model's ordering by id would make DISTINCT per row
+            .values_list("worker")
+            .distinct()
+        )
+
+    found = list(orphaned(handled)) if handled else _rows("orphaned", exclude, orphaned)
+    for (worker,) in sorted(found):
         handled[worker] = (claims_release(worker=worker, reason="its heartbeat went stale"), [])
     return handled
+
+
+# The reconciler's two looks for lost workers, as SQL compiled once per worker name, staleness
+# limit and database: building them through the ORM took 1.1 ms of CPU per look, four looks a
+# second in every worker (measured; the statement itself is a small part of it).
+_COMPILED: dict[tuple, tuple[str, tuple]] = {}
+
+
+def _rows(look: str, exclude: str, queryset) -> list[tuple]:
+    from django.db import connection
+
+    key = (look, exclude, settings.WORKER_HEARTBEAT_STALE_S, connection.vendor, connection.settings_dict["NAME"])
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = queryset().query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(*compiled)
+        return cursor.fetchall()
 
 
 LOST_LOOK_KEY = "translation.lost-look"
