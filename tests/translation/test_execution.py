@@ -89,6 +89,17 @@ class TranslationClaimTests:
             assert row.started_at == row.updated_at == job.claimed_at and row.retry_at is None
             assert (job.attempt, job.text, job.queued_at) == (1, row.message.text, row.enqueued_at or row.created_at)
 
+    def test_a_batch_from_two_queues_claims_each_row_for_the_queue_it_came_from(self, many_translations):
+        first, second = many_translations[:3], many_translations[3:]
+        batch = [Delivery(row.pk, "w9@h", "translate.en") for row in first] + [
+            Delivery(row.pk, "w9@h", "translate.en.other") for row in second]
+        with CaptureQueriesContext(connection) as queries:
+            jobs = translations_claim(batch)
+        assert len([query for query in queries if query["sql"].startswith("WITH picked")]) == 2  # one per queue
+        assert set(jobs) == {row.pk for row in many_translations}
+        taken = dict(Translation.objects.filter(pk__in=jobs).values_list("pk", "consumed_from"))
+        assert taken == {**{row.pk: "translate.en" for row in first}, **{row.pk: "translate.en.other" for row in second}}
+
     def test_a_mixed_batch_claims_each_row_by_its_rule_and_counts_it(self, many_translations, settings):
         from django.utils import timezone
         from prometheus_client import REGISTRY
@@ -402,3 +413,21 @@ class HoldTests:
         assert _computing.get(987654) == (-7, 2)
         translations_let_go([(987654, 2)], holder=-7)
         assert 987654 not in _computing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_another_claim_holds_is_left_out_and_claimed_once_free(many_translations):
+    """Another worker's claim transaction holds a row (``FOR UPDATE``, as a claim locks it): this
+    batch's claim skips it instead of waiting, and takes it at its next delivery once free."""
+    import psycopg
+
+    from tests.conftest import database_url
+
+    held, *rest = many_translations
+    with psycopg.connect(database_url().replace("postgres://", "postgresql://", 1)) as other:
+        other.execute("SELECT id FROM translation_translation WHERE id = %s FOR UPDATE", [held.pk])
+        jobs = translations_claim(deliveries(many_translations, "w9@h"))
+        assert set(jobs) == {row.pk for row in rest}
+        assert Translation.objects.get(pk=held.pk).status == TranslationStatus.QUEUED
+        other.rollback()  # the other claim ends without taking it
+    assert set(translations_claim(deliveries([held], "w9@h"))) == {held.pk}
