@@ -201,6 +201,31 @@ class TranslationCompleteTests:
         translation.refresh_from_db()
         assert (translation.text, translation.worker, translation.status) == ("from w2", "w2", TranslationStatus.DONE)
 
+    def test_a_batchs_stored_jobs_are_counted_per_label_set(self, many_translations):
+        from prometheus_client import REGISTRY
+
+        from translation.execution import translations_complete
+
+        jobs = translations_claim(deliveries(many_translations))
+
+        def counts():
+            found = {}
+            for job in jobs.values():
+                labels = job.labels
+                found[tuple(labels.values())] = tuple(
+                    REGISTRY.get_sample_value(name, labels) or 0 for name in (
+                        "translation_jobs_done_total", "translation_compute_seconds_count",
+                        "translation_end_to_end_seconds_count"))
+            return found
+
+        before = counts()
+        assert translations_complete([(job, "done") for job in jobs.values()]) == set(jobs)
+        after = counts()
+        for key, values in before.items():
+            stored = sum(1 for job in jobs.values() if tuple(job.labels.values()) == key)
+            assert after[key] == tuple(value + stored for value in values)
+        assert sorted(sum(1 for job in jobs.values() if tuple(job.labels.values()) == key) for key in before) == [1, 5]
+
     def test_a_batch_stores_the_rows_whose_claims_hold_and_says_which(self, many_translations):
         from translation.execution import translations_complete
 
