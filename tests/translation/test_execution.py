@@ -441,17 +441,29 @@ class HoldTests:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_row_another_claim_holds_is_left_out_and_claimed_once_free(many_translations):
+def test_a_row_another_claim_holds_is_left_out_and_claimed_once_free():
     """Another worker's claim transaction holds a row (``FOR UPDATE``, as a claim locks it): this
-    batch's claim skips it instead of waiting, and takes it at its next delivery once free."""
+    batch's claim skips it instead of waiting, and takes it at its next delivery once free.
+
+    The rows are committed (another connection must see them), with ids far beyond the
+    sequence's: a message for a row of that id left in the test broker by an earlier session
+    would let the session's worker claim it first."""
+    import time
+
     import psycopg
 
     from tests.conftest import database_url
 
-    held, *rest = many_translations
+    base = 10**12 + time.time_ns() % 10**9
+    rows = Translation.objects.bulk_create([
+        Translation(pk=base + i, input_text=f"Mi pedido {i} no ha llegado.", source_language="es",
+                    target_language="en", queue="translate.en.locks", engine="hf-seq2seq", model_name="x")
+        for i in range(3)
+    ])
+    held, *rest = rows
     with psycopg.connect(database_url().replace("postgres://", "postgresql://", 1)) as other:
         other.execute("SELECT id FROM translation_translation WHERE id = %s FOR UPDATE", [held.pk])
-        jobs = translations_claim(deliveries(many_translations, "w9@h"))
+        jobs = translations_claim(deliveries(rows, "w9@h"))
         assert set(jobs) == {row.pk for row in rest}
         assert Translation.objects.get(pk=held.pk).status == TranslationStatus.QUEUED
         other.rollback()  # the other claim ends without taking it
