@@ -231,11 +231,9 @@ class Benchmark:
             message_create_from_customer(conversation=conversation, text=text, language="es")
 
     def wait_done(self, conversation, count: int, timeout: float) -> list[Translation]:
-        """The conversation's ``count`` rows, once each is done or failed. Each poll asks only
-        for the rows still unfinished, by id: counting the whole conversation's finished rows at
-        every poll (a join over the burst, every quarter second) took more of PostgreSQL's CPU
-        during a 2,048-job burst (1.3 s) than the worker's claims and stores did, on the cores the
-        pipeline it measures needs."""
+        """The conversation's ``count`` rows, once each is done or failed. Each poll asks for the
+        unfinished rows by id (a count over the burst took 1.3 s of PostgreSQL's CPU in a 2,048-job
+        burst: docs/benchmarks.md)."""
         deadline = time.monotonic() + timeout
         rows = Translation.objects.filter(message__conversation=conversation)
         waiting = set(rows.values_list("pk", flat=True))
@@ -381,9 +379,8 @@ class Benchmark:
             route.delete()  # its ledger rows keep their queue and model; their route becomes empty
 
     def vacuum(self) -> None:
-        """On PostgreSQL, vacuum the tables the pipeline writes: each run leaves its deleted rows
-        behind, and where autovacuum is off or behind (a development database) the runs would
-        measure the database's growing heap of dead rows, not the pipeline."""
+        """On PostgreSQL, vacuum the tables the pipeline writes: where autovacuum is off or behind,
+        each run's deleted rows would slow the next."""
         if connection.vendor != "postgresql" or connection.in_atomic_block:  # VACUUM runs outside a transaction
             return
         from cs_portal.portal.models import Conversation, Message
