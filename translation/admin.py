@@ -28,7 +28,7 @@ from translation.services import translation_retry, translation_sample
 class TranslationAdmin(admin.ModelAdmin):
     list_display = [
         "id", "message", "source_language", "target_language", "status", "route", "variant", "queue", "worker",
-        "attempts", "queue_wait", "compute", "reason", "created_at",
+        "attempts", "queue_wait", "compute", "model_time", "reason", "created_at",
     ]
     list_filter = ["status", "target_language", "queue", "source_language"]
     list_select_related = ["message", "route"]
@@ -55,6 +55,10 @@ class TranslationAdmin(admin.ModelAdmin):
     @admin.display(description="compute (s)")
     def compute(self, obj: Translation) -> str:
         return f"{obj.compute_seconds:.3f}" if obj.compute_seconds is not None else "-"
+
+    @admin.display(description="of which the model (s)")
+    def model_time(self, obj: Translation) -> str:
+        return f"{obj.forward_ms / 1000:.3f}" if obj.forward_ms is not None else "-"
 
     @admin.action(description="Retry the selected failed translations")
     def retry_failed(self, request, queryset) -> None:

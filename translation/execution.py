@@ -10,6 +10,7 @@ delivered twice therefore never duplicates or overwrites a done translation.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -53,7 +54,7 @@ def _latest_claims(jobs: list[Job]):
     return Translation.objects.filter(condition, status=TranslationStatus.RUNNING)
 
 
-def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: int) -> set[int]:
+def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: int, forward_ms: float | None) -> set[int]:
     """``UPDATE ... FROM (VALUES (id, attempt, text), ...) ... RETURNING id``: each row is stored
     only while its claim is the latest (same attempt, still running), and the statement says
     which it stored. One statement of plain SQL: Django's ``Case``/``When`` and an OR of 128
@@ -66,7 +67,8 @@ def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: in
     quote = connection.ops.quote_name
     table = quote(Translation._meta.db_table)
     column = {name: quote(Translation._meta.get_field(name).column) for name in
-              ("id", "attempts", "status", "text", "failure_reason", "finished_at", "updated_at", "batch_size")}
+              ("id", "attempts", "status", "text", "failure_reason", "finished_at", "updated_at", "batch_size",
+               "forward_ms")}
     stamp = connection.ops.adapt_datetimefield_value(now)
     if connection.vendor == "postgresql":
         # Three arrays, not three placeholders per row: the statement's text is the same for
@@ -81,27 +83,30 @@ def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: in
         values = [value for job, text in results for value in (job.id, job.attempt, text)]
     sql = (
         f"UPDATE {table} SET {column['status']} = %s, {column['text']} = v.column3, {column['failure_reason']} = '', "
-        f"{column['finished_at']} = %s, {column['updated_at']} = %s, {column['batch_size']} = %s "
+        f"{column['finished_at']} = %s, {column['updated_at']} = %s, {column['batch_size']} = %s, "
+        f"{column['forward_ms']} = %s "
         f"FROM {source} "
         f"WHERE {table}.{column['id']} = v.column1 AND {table}.{column['attempts']} = v.column2 "
         f"AND {table}.{column['status']} = %s "
         f"RETURNING {column['id']}"  # unqualified: SQLite 3.35 refuses a table name here
     )
-    params: list = [TranslationStatus.DONE, stamp, stamp, batch_size, *values, TranslationStatus.RUNNING]
+    params: list = [TranslationStatus.DONE, stamp, stamp, batch_size, forward_ms, *values, TranslationStatus.RUNNING]
     with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {pk for (pk,) in cursor.fetchall()}
 
 
-def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | None = None) -> set[int]:
+def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | None = None,
+                          forward_ms: float | None = None) -> set[int]:
     """Store the results with one UPDATE; returns the ids stored (the others were superseded).
 
-    ``batch_size`` is the number of jobs in the forward pass that made them.
+    ``batch_size`` is the number of jobs in the forward pass that made them, ``forward_ms`` the
+    milliseconds its model call took (unknown: None).
     """
     if not results:
         return set()
     now = timezone.now()
-    done = _store_done(results, now=now, batch_size=batch_size or len(results))
+    done = _store_done(results, now=now, batch_size=batch_size or len(results), forward_ms=forward_ms)
     _count_done([job for job, _ in results if job.id in done], now)
     wanted = [job.id for job, _ in results if job.back_translate and job.id in done]
     if wanted:  # an agent's draft reply: its back-translation, for the agent to check
@@ -168,12 +173,16 @@ def attempts_given_back():
 
 def _translate(engine, texts: list[str], source: str, target: str, glossary, meanwhile: Callable[[], None]):
     """``engine.translate_with_usage``, running ``meanwhile`` while the model computes where the
-    engine computes in another process (``workers.engine_process``), else before."""
+    engine computes in another process (``workers.engine_process``), else before. Returns the
+    outputs, the tokens used and the seconds the model call took (``meanwhile`` left out where
+    it runs first)."""
     overlapping = getattr(engine, "translate_with_usage_while", None)
     if overlapping is None:
         meanwhile()
-        return engine.translate_with_usage(texts, source, target, glossary)
-    return overlapping(texts, source, target, glossary, meanwhile=meanwhile)
+        began = time.perf_counter()
+        return (*engine.translate_with_usage(texts, source, target, glossary), time.perf_counter() - began)
+    began = time.perf_counter()
+    return (*overlapping(texts, source, target, glossary, meanwhile=meanwhile), time.perf_counter() - began)
 
 
 def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure | None:
@@ -240,16 +249,19 @@ def _run_claimed(
             engine = engines(spec)
         except Exception as exc:  # the model does not load: every job of the group, the same way
             results: list = [exc] * len(group)
+            forward_ms = None
         else:
             glossary = glossary_for(target)
-            usage = TokenUsage()
+            usage, took = TokenUsage(), [0.0]  # took: the model calls' seconds (several where a bad input is isolated)
 
-            def translate(texts, engine=engine, usage=usage, pair=(source, target), glossary=glossary):
-                outputs, used = _translate(engine, texts, *pair, glossary, meanwhile=start)
+            def translate(texts, engine=engine, usage=usage, took=took, pair=(source, target), glossary=glossary):
+                outputs, used, seconds = _translate(engine, texts, *pair, glossary, meanwhile=start)
                 usage.add(used)
+                took[0] += seconds
                 return outputs
 
             results = run_isolated([job.text for job in group], translate)
+            forward_ms = round(took[0] * 1000, 1)
             metrics.batch_size.labels(model=spec.model).observe(len(group))
             token_labels = {"model": spec.model, "source": source, "target": target}
             metrics.input_tokens.labels(**token_labels).inc(usage.input_tokens)
@@ -262,7 +274,8 @@ def _run_claimed(
                 to_store.append((job, result))
             else:
                 outcomes[job.id] = settled
-        stored = _while_database_returns(partial(translations_complete, to_store, batch_size=len(group)))
+        stored = _while_database_returns(partial(translations_complete, to_store, batch_size=len(group),
+                                                 forward_ms=forward_ms))
         outcomes.update({job.id: RunOutcome.DONE if job.id in stored else RunOutcome.SKIPPED for job, _ in to_store})
     return outcomes
 

@@ -278,6 +278,10 @@ class Translation(models.Model):
         default=0, help_text="Times the job was sent again: handed over from a dead worker, or lost by the broker."
     )
     batch_size = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs in the forward pass that made it.")
+    forward_ms = models.FloatField(
+        null=True, blank=True,
+        help_text="Milliseconds the model took to make it: its batch's model call, timed by the worker.",
+    )
 
     # Latency splits into queue wait (started - enqueued) and compute (finished - started).
     created_at = models.DateTimeField(auto_now_add=True)

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
 from translation.routing import Route, pinned_route
 from translation.tiny_models import corpus_lines, write_benchmark_model
+from workers.benchmark_figures import Figures, light_interval, model_share, percentile
 from workers.cpu_usage import cpu_by_part, processes, unmatched_by_name
 from workers.lifecycle import stop_process, wait_until_consuming
 
@@ -43,48 +43,6 @@ def spanish_texts() -> list[str]:
     lose every placeholder of a protected span, so each such text would be translated twice,
     which a trained model rarely needs (translation/protection.py)."""
     return corpus_lines()[16:32]
-
-
-def light_interval(batch1_rate: float) -> float:
-    """Seconds between light-load jobs: well below what one job at a time can serve."""
-    return max(0.05, 4 / batch1_rate)
-
-
-def model_share(model_cpu_s: float, cores: int, elapsed_s: float) -> float:
-    """The fraction of ``cores`` x ``elapsed_s`` the model's processes computed."""
-    return model_cpu_s / (cores * elapsed_s) if cores > 0 and elapsed_s > 0 else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-@dataclass
-class Figures:
-    limit: float = 0.0  # sentences/s, raw batched model
-    raw_batch1: float = 0.0  # sentences/s, raw model one at a time
-    model_ms: float = 0.0  # one sentence's forward pass alone, at the light load's pace (mean)
-    model_ms_p95: float = 0.0  # the same, its p95
-    model_ms_back_to_back: float = 0.0  # the same, one right after another
-    light_interval: float = 0.5  # seconds between light-load jobs
-    pipeline: float = 0.0
-    batch1: float = 0.0
-    mean_batch: float = 0.0
-    light: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p95, p99 in ms
-    saturated: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    # The model's share of the cores during the burst (0: not measured, no /proc): its engine
-    # processes' CPU over cores x the burst's time. A shared host's speed drifts over minutes and
-    # moves the pipeline's ratio to a limit measured before and after it; this share it does not
-    # move (docs/benchmarks.md, 2026-11-28). With full batches it is that ratio on a steady host.
-    model_share: float = 0.0
-
-    def last_line(self) -> str:
-        return (
-            f"limit={self.limit:.1f} pipeline={self.pipeline:.1f} batch1={self.batch1:.1f} "
-            f"vs_limit={self.pipeline / self.limit:.3f} vs_batch1={self.pipeline / self.batch1:.2f} "
-            f"p95_light_ms={self.light[1]:.1f} mean_batch={self.mean_batch:.1f}"
-        )
 
 
 class Benchmark:
@@ -252,13 +210,14 @@ class Benchmark:
 
     @staticmethod
     def latency_parts(rows: list[Translation]) -> dict[str, list[float]]:
-        """Saved -> claimed by the worker -> stored, in ms, per job."""
+        """Saved -> claimed by the worker -> stored, in ms, per job; and the model call's own time."""
         def ms(later, earlier) -> float:
             return (later - earlier).total_seconds() * 1000
 
         return {
             "commit, send, broker, worker and batcher wait": [ms(r.started_at, r.created_at) for r in rows],
             "claim, model and store": [ms(r.finished_at, r.started_at) for r in rows],
+            "of which the model call": [r.forward_ms for r in rows if r.forward_ms is not None] or [0.0],
         }
 
     @staticmethod
@@ -266,10 +225,14 @@ class Benchmark:
         """Per job, from its row's save to its stored result; for a burst saved in one transaction,
         from ``visible_from`` (the commit) at the earliest: until then no worker can see a row, and
         saving the burst's other messages is the benchmark's setup, not the pipeline's time."""
-        return [
-            (row.finished_at - max(row.created_at, visible_from or row.created_at)).total_seconds() * 1000
-            for row in rows if row.finished_at
-        ]
+        return [(row.finished_at - max(row.created_at, visible_from or row.created_at)).total_seconds() * 1000
+                for row in rows if row.finished_at]
+
+    @classmethod
+    def beyond_model_ms(cls, rows: list[Translation]) -> list[float]:
+        """Per job made by the model, its latency less its own model call: the pipeline's part."""
+        made = [row for row in rows if row.finished_at and row.forward_ms is not None]
+        return [latency - row.forward_ms for latency, row in zip(cls.latencies_ms(made), made, strict=True)]
 
     def burst(self, conversation, count: int, worker: subprocess.Popen) -> tuple[float, list[Translation], datetime]:
         """``count`` jobs sent at once (one commit); sentences/s from the commit to the last result,
@@ -421,10 +384,13 @@ class Benchmark:
                         time.sleep(interval)
                     rows = self.wait_done(light, LIGHT_LOAD_JOBS, timeout=120)
                     figures.light = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
+                    beyond = self.beyond_model_ms(rows) or [0.0]
+                    figures.light_beyond_model = (percentile(beyond, 50), percentile(beyond, 95))
                     self.say("  light load, median parts: " + ", ".join(
                         f"{name} {statistics.median(values):.1f} ms" for name, values in self.latency_parts(rows).items()))
                     self.say(f"  light load ({1 / interval:.0f} jobs/s): p50 {figures.light[0]:.1f} ms, "
-                             f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms")
+                             f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms; beyond each job's own "
+                             f"model call p50 {figures.light_beyond_model[0]:.1f} ms, p95 {figures.light_beyond_model[1]:.1f} ms")
                     saturated = self.new_conversation(client)
                     figures.pipeline, rows, committed = self.burst(saturated, self.jobs, worker)
                     figures.model_share = self.model_share

@@ -1,4 +1,4 @@
-"""The claim statements on SQLite (the embedded default), in a process of its own: the test
+"""The claim and store statements on SQLite (the embedded default), in a process of its own: the test
 session's database is PostgreSQL."""
 
 import json
@@ -19,6 +19,7 @@ from django.test import override_settings
 from cs_portal.portal.services import api_client_create, conversation_create, message_create_from_customer
 from translation.claims import Delivery, translations_claim
 from translation.dispatch import translations_claim_queued
+from translation.execution import translations_complete
 from translation.models import Translation, TranslationStatus
 
 call_command("migrate", verbosity=0)
@@ -44,8 +45,16 @@ with override_settings(TRANSLATION_DISPATCH="jobs"):
 more_rows = list(Translation.objects.filter(message__in=more).order_by("pk"))
 Translation.objects.filter(pk__in=[row.pk for row in more_rows]).update(status=TranslationStatus.QUEUED, attempts=0)
 delivered = translations_claim([Delivery(row.pk, "w2@h", "translate.es") for row in [*more_rows, rows[1]]])
+delivered_stored = {str(pk): [status, worker, consumed_from, started is not None] for pk, status, worker,
+                    consumed_from, started in Translation.objects.filter(pk__in=delivered).values_list(
+                        "pk", "status", "worker", "consumed_from", "started_at")}
+# The store's statement (a VALUES list on SQLite), with the forward pass's size and time.
+completed = translations_complete([(job, "Done " + str(pk)) for pk, job in delivered.items()], batch_size=3, forward_ms=7.5)
 print(json.dumps({
     "vendor": connection.vendor,
+    "completed": sorted(completed),
+    "done": sorted([pk, status, text, size, took] for pk, status, text, size, took in Translation.objects.filter(
+        pk__in=delivered).values_list("pk", "status", "text", "batch_size", "forward_ms")),
     "rows": [row.pk for row in rows],
     "jobs": [{"id": job.id, "attempt": job.attempt, "text": job.text, "requested": job.requested_at.isoformat(),
               "aware": job.queued_at.tzinfo is not None} for job in jobs],
@@ -54,14 +63,12 @@ print(json.dumps({
     "more": [row.pk for row in more_rows],
     "delivered": {str(pk): [job.attempt, job.text, job.queued_at.tzinfo is not None and job.requested_at.tzinfo is not None]
                   for pk, job in delivered.items()},
-    "delivered_stored": {str(pk): [status, worker, consumed_from, started is not None] for pk, status, worker,
-                         consumed_from, started in Translation.objects.filter(pk__in=delivered).values_list(
-                             "pk", "status", "worker", "consumed_from", "started_at")},
+    "delivered_stored": delivered_stored,
 }))
 """
 
 
-def test_the_claim_statement_runs_on_sqlite(tmp_path):
+def test_the_claim_and_store_statements_run_on_sqlite(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     env.update(DJANGO_SETTINGS_MODULE="cs_portal.settings", DATA_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -84,3 +91,5 @@ def test_the_claim_statement_runs_on_sqlite(tmp_path):
         str(second): [2, "Mi pedido 1 no ha llegado.", True],  # taken over from a worker that never beat
     }
     assert set(map(tuple, found["delivered_stored"].values())) == {(2, "w2@h", "translate.es", True)}
+    assert found["completed"] == sorted([second, fourth, fifth])
+    assert found["done"] == sorted([pk, 3, f"Done {pk}", 3, 7.5] for pk in (second, fourth, fifth))

@@ -79,13 +79,13 @@ class TranslationCompleteTests:
         odd = ["", "NULL", "{a,b}", "back\\slash, \"comma\"", "line\nbreak\ttab", "注文 🚚 {}"]
         texts = {pk: f"it's 100% {pk}; \"quoted\" -- $1 %s {odd[i % len(odd)]}" for i, pk in enumerate(jobs)}
         texts[next(iter(jobs))] = "NULL"
-        stored = translations_complete([(job, texts[pk]) for pk, job in jobs.items()], batch_size=6)
+        stored = translations_complete([(job, texts[pk]) for pk, job in jobs.items()], batch_size=6, forward_ms=12.5)
         assert stored == set(jobs) - {superseded}
         for row in Translation.objects.filter(pk__in=jobs):
             if row.pk == superseded:
-                assert (row.status, row.text, row.worker) == (TranslationStatus.RUNNING, "", "w2")
+                assert (row.status, row.text, row.worker, row.forward_ms) == (TranslationStatus.RUNNING, "", "w2", None)
             else:
-                assert (row.status, row.text, row.batch_size) == (TranslationStatus.DONE, texts[row.pk], 6)
+                assert (row.status, row.text, row.batch_size, row.forward_ms) == (TranslationStatus.DONE, texts[row.pk], 6, 12.5)
 
     def test_failure_after_done_is_ignored(self, translation):
         job = claim(translation)
@@ -162,6 +162,20 @@ class TranslationRunBatchTests:
         translation_run_batch(list(reversed(deliveries(many_translations))), engines=lambda spec: Echo())
         for row in Translation.objects.filter(pk__in=[r.pk for r in many_translations]).select_related("message"):
             assert row.text == f"{row.source_language}>en:{row.message.text}"
+
+    def test_each_row_keeps_its_model_calls_time(self, many_translations):
+        """The model's time is each group's own call, not the batch's whole run (the claim, the
+        other group's call, the store): the Spanish pair's call takes 60 ms, the French one 5."""
+        import time
+
+        class Slow(StandInEngine):
+            def translate(self, texts, source, target, glossary=None):
+                time.sleep(0.06 if source == "es" else 0.005)
+                return list(texts)
+
+        translation_run_batch(deliveries(many_translations), engines=lambda spec: Slow())
+        took = {row.source_language: row.forward_ms for row in Translation.objects.filter(pk__in=[r.pk for r in many_translations])}
+        assert 60 <= took["es"] < 1000 and 5 <= took["fr"] < 60
 
     def test_the_forward_pass_sees_the_batch_in_the_batchers_order(self, many_translations):
         seen = []

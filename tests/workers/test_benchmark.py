@@ -39,6 +39,18 @@ class BenchmarkFiguresTests:
         # A light-load job commits on its own: from its save.
         assert Benchmark.latencies_ms(rows) == [22000.0, 2000.0]
 
+    def test_the_pipelines_part_of_a_light_job_is_its_latency_less_its_own_model_call(self):
+        from datetime import datetime, timedelta, timezone
+
+        from translation.models import Translation
+        from workers.benchmark import Benchmark
+
+        saved = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+        made = Translation(created_at=saved, finished_at=saved + timedelta(milliseconds=95), forward_ms=70.5)
+        failed_at_once = Translation(created_at=saved, finished_at=saved, forward_ms=None)  # no model call
+        unfinished = Translation(created_at=saved, finished_at=None, forward_ms=None)
+        assert Benchmark.beyond_model_ms([made, failed_at_once, unfinished]) == [24.5]
+
     def test_the_models_share_of_the_cores_is_its_cpu_over_cores_times_the_burst(self):
         from workers.benchmark import model_share
 

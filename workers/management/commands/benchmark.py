@@ -61,6 +61,8 @@ class Command(BaseCommand):
             + f"  light load p50/p95/p99      {figures.light[0]:.1f} / {figures.light[1]:.1f} / {figures.light[2]:.1f} ms"
             f"   (one forward pass alone at that pace: {figures.model_ms:.1f} ms, p95 {figures.model_ms_p95:.1f} ms; back to back: "
             f"{figures.model_ms_back_to_back:.1f} ms)\n"
+            f"    beyond each job's own model call, p50/p95   {figures.light_beyond_model[0]:.1f} / {figures.light_beyond_model[1]:.1f} ms"
+            "   (what the pipeline adds, timed in the same run as the model)\n"
             f"  saturation p50/p95/p99      {figures.saturated[0]:.0f} / {figures.saturated[1]:.0f} / {figures.saturated[2]:.0f} ms"
         )
         self.say(figures.last_line())
