@@ -263,6 +263,7 @@ def _run_claimed(
             results = run_isolated([job.text for job in group], translate)
             forward_ms = round(took[0] * 1000, 1)
             metrics.batch_size.labels(model=spec.model).observe(len(group))
+            metrics.forward_seconds.labels(model=spec.model).observe(took[0])
             token_labels = {"model": spec.model, "source": source, "target": target}
             metrics.input_tokens.labels(**token_labels).inc(usage.input_tokens)
             metrics.output_tokens.labels(**token_labels).inc(usage.output_tokens)

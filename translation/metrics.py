@@ -66,6 +66,11 @@ end_to_end_seconds = Histogram(
 batch_size = Histogram(
     "translation_batch_size", "Jobs per forward pass.", ("model",), buckets=BATCH_SIZE_BUCKETS
 )
+forward_seconds = Histogram(
+    "translation_forward_seconds",
+    "A batch's model call, per group that shares a forward pass (the halves' calls added up where a bad input was isolated).",
+    ("model",), buckets=LATENCY_BUCKETS,
+)
 task_events_dropped = Counter(
     "translation_worker_task_events_dropped",
     "Task events of ledger jobs that never reached Flower: the broker did not take them, or it took none for so long that "

@@ -120,6 +120,11 @@ class AdminChangeTests:
         results = page[page.index('id="sample-results"'):]
         assert sample.text in results.replace("&#x27;", "'").replace("&quot;", '"')
         assert f'<td class="latency">{round(sample.latency_seconds * 1000)} ms</td>' in results
+        from decimal import ROUND_HALF_UP, Decimal
+
+        model_ms = Decimal(str(sample.forward_ms)).quantize(Decimal(1), ROUND_HALF_UP)  # as floatformat rounds
+        assert sample.forward_ms > 0
+        assert f'<td class="model-time">{model_ms} ms</td>' in results  # the model's part of it
 
 
 @pytest.mark.django_db(transaction=False)

@@ -173,9 +173,17 @@ class TranslationRunBatchTests:
                 time.sleep(0.06 if source == "es" else 0.005)
                 return list(texts)
 
+        from translation import metrics
+
+        def observed() -> float:  # the model call histogram's sum, every model together
+            return sum(sample.value for family in metrics.forward_seconds.collect() for sample in family.samples
+                       if sample.name.endswith("_sum"))
+
+        before = observed()
         translation_run_batch(deliveries(many_translations), engines=lambda spec: Slow())
         took = {row.source_language: row.forward_ms for row in Translation.objects.filter(pk__in=[r.pk for r in many_translations])}
         assert 60 <= took["es"] < 1000 and 5 <= took["fr"] < 60
+        assert observed() - before == pytest.approx((took["es"] + took["fr"]) / 1000, abs=0.001)  # one observation per call
 
     def test_the_forward_pass_sees_the_batch_in_the_batchers_order(self, many_translations):
         seen = []
