@@ -173,16 +173,16 @@ def attempts_given_back():
 
 def _translate(engine, texts: list[str], source: str, target: str, glossary, meanwhile: Callable[[], None]):
     """``engine.translate_with_usage``, running ``meanwhile`` while the model computes where the
-    engine computes in another process (``workers.engine_process``), else before. Returns the
-    outputs, the tokens used and the seconds the model call took (``meanwhile`` left out where
-    it runs first)."""
+    engine computes in another process (``workers.engine_process``, which times the model call
+    itself), else before; the usage's ``seconds`` are the model call's alone."""
     overlapping = getattr(engine, "translate_with_usage_while", None)
-    if overlapping is None:
-        meanwhile()
-        began = time.perf_counter()
-        return (*engine.translate_with_usage(texts, source, target, glossary), time.perf_counter() - began)
+    if overlapping is not None:
+        return overlapping(texts, source, target, glossary, meanwhile=meanwhile)
+    meanwhile()
     began = time.perf_counter()
-    return (*overlapping(texts, source, target, glossary, meanwhile=meanwhile), time.perf_counter() - began)
+    outputs, usage = engine.translate_with_usage(texts, source, target, glossary)
+    usage.seconds = time.perf_counter() - began
+    return outputs, usage
 
 
 def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure | None:
@@ -252,18 +252,18 @@ def _run_claimed(
             forward_ms = None
         else:
             glossary = glossary_for(target)
-            usage, took = TokenUsage(), [0.0]  # took: the model calls' seconds (several where a bad input is isolated)
+            usage = TokenUsage()  # the calls that answered, added up (several where a bad input is isolated)
 
-            def translate(texts, engine=engine, usage=usage, took=took, pair=(source, target), glossary=glossary):
-                outputs, used, seconds = _translate(engine, texts, *pair, glossary, meanwhile=start)
+            def translate(texts, engine=engine, usage=usage, pair=(source, target), glossary=glossary):
+                outputs, used = _translate(engine, texts, *pair, glossary, meanwhile=start)
                 usage.add(used)
-                took[0] += seconds
                 return outputs
 
             results = run_isolated([job.text for job in group], translate)
-            forward_ms = round(took[0] * 1000, 1)
+            forward_ms = round(usage.seconds * 1000, 1) if usage.seconds else None  # None: no call answered
             metrics.batch_size.labels(model=spec.model).observe(len(group))
-            metrics.forward_seconds.labels(model=spec.model).observe(took[0])
+            if usage.seconds:
+                metrics.forward_seconds.labels(model=spec.model).observe(usage.seconds)
             token_labels = {"model": spec.model, "source": source, "target": target}
             metrics.input_tokens.labels(**token_labels).inc(usage.input_tokens)
             metrics.output_tokens.labels(**token_labels).inc(usage.output_tokens)

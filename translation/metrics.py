@@ -68,7 +68,8 @@ batch_size = Histogram(
 )
 forward_seconds = Histogram(
     "translation_forward_seconds",
-    "A batch's model call, per group that shares a forward pass (the halves' calls added up where a bad input was isolated).",
+    "A batch's model call, per group that shares a forward pass, timed where the model runs (where a bad input was "
+    "isolated, the calls that answered, added up).",
     ("model",), buckets=LATENCY_BUCKETS,
 )
 task_events_dropped = Counter(

@@ -280,7 +280,10 @@ class Translation(models.Model):
     batch_size = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs in the forward pass that made it.")
     forward_ms = models.FloatField(
         null=True, blank=True,
-        help_text="Milliseconds the model took to make it: its batch's model call, timed by the worker.",
+        help_text=(
+            "Milliseconds its group's model call took, timed where the model runs (no load, no hand-over to an engine "
+            "process); where a bad input was isolated, the calls that answered, added up."
+        ),
     )
 
     # Latency splits into queue wait (started - enqueued) and compute (finished - started).

@@ -353,7 +353,10 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 engine = engine_for(spec)
                 if changed:  # its memory, for the worker's report, whatever the call then answers
                     connection.send(("loaded", _memory_of(engine)))
-                connection.send(("ok", engine.translate_with_usage(*arguments)))
+                began = time.perf_counter()  # the model call alone: no load, no hand-over through the pipe
+                outputs, usage = engine.translate_with_usage(*arguments)
+                usage.seconds = time.perf_counter() - began
+                connection.send(("ok", (outputs, usage)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
         if changed:

@@ -62,6 +62,16 @@ class EngineProcessTests:
         # The failed call's answer was read: the next call gets its own.
         assert engine.translate(["Gracias."], "es", "en") == engine_for(spec).translate(["Gracias."], "es", "en")
 
+    def test_the_usage_times_the_model_call_in_the_child_not_the_work_done_meanwhile(self, engines):
+        """The row's ``forward_ms`` is the model's time: what the worker does meanwhile (the batch's
+        start stamp, a database write) is not in it."""
+        import time
+
+        process, spec = engines
+        outputs, usage = process.engine(spec).translate_with_usage_while(["Hola."], "es", "en",
+                                                                        meanwhile=lambda: time.sleep(1.0))
+        assert outputs and 0 < usage.seconds < 1.0
+
     def test_a_model_that_does_not_load_fails_the_start_with_the_reason(self):
         process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en")])
         with pytest.raises(RuntimeError, match="loading models failed"):

@@ -37,14 +37,17 @@ class EngineSpec:
 
 @dataclass
 class TokenUsage:
-    """Tokens a translate call read and generated (for the worker's metrics)."""
+    """Tokens a translate call read and generated, and the seconds the model call took, timed
+    where the engine runs (for the worker's metrics and the row's ``forward_ms``)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
+    seconds: float = 0.0
 
     def add(self, other: TokenUsage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+        self.seconds += other.seconds
 
 
 class TranslationEngine(ABC):

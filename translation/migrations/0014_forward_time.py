@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='translation',
             name='forward_ms',
-            field=models.FloatField(blank=True, help_text="Milliseconds the model took to make it: its batch's model call, timed by the worker.", null=True),
+            field=models.FloatField(blank=True, help_text="Milliseconds its group's model call took, timed where the model runs (no load, no hand-over to an engine process); where a bad input was isolated, the calls that answered, added up.", null=True),
         ),
     ]
