@@ -10,7 +10,6 @@ delivered twice therefore never duplicates or overwrites a done translation.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -25,7 +24,7 @@ from django.utils import timezone
 from translation import metrics
 from translation.batching import run_isolated
 from translation.claims import GAVE_UP, Delivery, Job, _computing_release, _fail_rows, translations_claim
-from translation.engines import EngineError, EngineSpec, TokenUsage, TranslationEngine, engine_for
+from translation.engines import EngineError, EngineSpec, TokenUsage, TranslationEngine, engine_for, translate_timed
 from translation.models import Translation, TranslationStatus
 from translation.selectors import glossary_for
 
@@ -179,10 +178,7 @@ def _translate(engine, texts: list[str], source: str, target: str, glossary, mea
     if overlapping is not None:
         return overlapping(texts, source, target, glossary, meanwhile=meanwhile)
     meanwhile()
-    began = time.perf_counter()
-    outputs, usage = engine.translate_with_usage(texts, source, target, glossary)
-    usage.seconds = time.perf_counter() - began
-    return outputs, usage
+    return translate_timed(engine, texts, source, target, glossary)
 
 
 def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure | None:

@@ -214,11 +214,12 @@ class Benchmark:
         def ms(later, earlier) -> float:
             return (later - earlier).total_seconds() * 1000
 
-        return {
+        parts = {
             "commit, send, broker, worker and batcher wait": [ms(r.started_at, r.created_at) for r in rows],
             "claim, model and store": [ms(r.finished_at, r.started_at) for r in rows],
-            "of which the model call": [r.forward_ms for r in rows if r.forward_ms is not None] or [0.0],
+            "of which the model call": [r.forward_ms for r in rows if r.forward_ms is not None],
         }
+        return {name: values for name, values in parts.items() if values}
 
     @staticmethod
     def latencies_ms(rows: list[Translation], visible_from=None) -> list[float]:
@@ -384,7 +385,9 @@ class Benchmark:
                         time.sleep(interval)
                     rows = self.wait_done(light, LIGHT_LOAD_JOBS, timeout=120)
                     figures.light = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
-                    beyond = self.beyond_model_ms(rows) or [0.0]
+                    beyond = self.beyond_model_ms(rows)
+                    if not beyond:  # every light job failed before its model call: nothing to judge
+                        raise RuntimeError("no light-load job reached the model; see the benchmark worker's log")
                     figures.light_beyond_model = (percentile(beyond, 50), percentile(beyond, 95))
                     self.say("  light load, median parts: " + ", ".join(
                         f"{name} {statistics.median(values):.1f} ms" for name, values in self.latency_parts(rows).items()))

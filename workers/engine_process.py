@@ -307,7 +307,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     import signal
 
-    from translation.engines import engine_for, engine_unload, loaded_engines
+    from translation.engines import engine_for, engine_unload, loaded_engines, translate_timed
     from workers.frozen_heap import freeze_heap
     from workers.lifecycle import die_with_parent
 
@@ -353,10 +353,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
                 engine = engine_for(spec)
                 if changed:  # its memory, for the worker's report, whatever the call then answers
                     connection.send(("loaded", _memory_of(engine)))
-                began = time.perf_counter()  # the model call alone: no load, no hand-over through the pipe
-                outputs, usage = engine.translate_with_usage(*arguments)
-                usage.seconds = time.perf_counter() - began
-                connection.send(("ok", (outputs, usage)))
+                connection.send(("ok", translate_timed(engine, *arguments)))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
         if changed:

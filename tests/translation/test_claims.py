@@ -14,11 +14,6 @@ from translation.models import Translation, TranslationStatus
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def translation(queued_translation):
-    return queued_translation
-
-
 class TranslationClaimTests:
     def test_claim_marks_the_row_running_for_the_worker(self, translation):
         job = claim(translation)

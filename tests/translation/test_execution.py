@@ -19,11 +19,6 @@ from tests.stand_ins import StandInEngine
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def translation(queued_translation):
-    return queued_translation
-
-
 def claim(translation, worker="w1"):
     return translation_claim(translation_id=translation.pk, worker=worker, consumed_from="translate.en")
 

@@ -15,15 +15,8 @@ from translation.recovery import LOST, lost_jobs_resend
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.usefixtures("empty_broker")  # conftest: the test broker emptied before and after
 class LostJobsTests:
-    @pytest.fixture(autouse=True)
-    def empty_broker(self):
-        """The test broker's database, empty before and after: the messages written here are no
-        worker's (one left in the unacknowledged index would be a later test's, by its id)."""
-        redis.Redis.from_url(broker_url(15)).flushdb()
-        yield
-        redis.Redis.from_url(broker_url(15)).flushdb()
-
     def age(self, rows, seconds: float) -> None:
         past = timezone.now() - timedelta(seconds=seconds)
         Translation.objects.filter(pk__in=[row.pk for row in rows]).update(created_at=past, enqueued_at=past)

@@ -85,15 +85,8 @@ class ClaimsReleaseTests:
         assert dead_workers_handle(exclude="me@h") == {}
 
 
+@pytest.mark.usefixtures("empty_broker")  # conftest: the test broker emptied before and after
 class InFlightTests:
-    @pytest.fixture(autouse=True)
-    def empty_broker(self):
-        """The test broker's database, empty before and after: the messages written here are no
-        worker's (one left in the unacknowledged index would be a later test's, by its id)."""
-        redis.Redis.from_url(broker_url(15)).flushdb()
-        yield
-        redis.Redis.from_url(broker_url(15)).flushdb()
-
     def test_jobs_taken_but_unclaimed_are_sent_again_and_waiting_ones_are_not(self, many_translations, sent,
                                                                               django_capture_on_commit_callbacks):
         from translation.recovery import in_flight_resend

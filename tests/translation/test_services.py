@@ -15,11 +15,6 @@ from translation.routing import routes_changed  # noqa: E402
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def translation(queued_translation):
-    return queued_translation
-
-
 class TranslationRequestTests:
     def test_pair_without_route_is_recorded_failed_with_the_reason(self, api_client_key):
         LanguageRoute.objects.filter(target_language="en").delete()

@@ -3,7 +3,9 @@
 Engines import neither Django nor Celery; they take texts and return texts.
 """
 
-from translation.engines.base import EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair
+from translation.engines.base import (
+    EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair, translate_timed,
+)
 from translation.engines.registry import engine_for, engine_unload, loaded_engines
 
 __all__ = [
@@ -11,6 +13,7 @@ __all__ = [
     "EngineSpec",
     "InputTooLong",
     "TokenUsage",
+    "translate_timed",
     "TranslationEngine",
     "UnsupportedPair",
     "engine_for",
