@@ -28,7 +28,7 @@ from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
 from translation.routing import Route, pinned_route
 from translation.tiny_models import corpus_lines, write_benchmark_model
-from workers.benchmark_figures import Figures, light_interval, model_share, percentile
+from workers.benchmark_figures import Figures, light_interval, model_share, overlap, percentile
 from workers.cpu_usage import cpu_by_part, processes, unmatched_by_name
 from workers.lifecycle import stop_process, wait_until_consuming
 
@@ -281,9 +281,13 @@ class Benchmark:
             gaps.append(((started - free_since).total_seconds(), (started - committed).total_seconds()))
             free_since = max(free_since, finished)
         idle, (longest, longest_until) = sum(max(0.0, gap) for gap, _ in gaps), max(gaps)
+        # How long every lane had a batch, and how long only some had (a burst's start and end).
+        side_by_side = overlap([((started - committed).total_seconds(), (finished - committed).total_seconds())
+                                for started, finished in spans], 0.0, elapsed)
         self.say(f"  where the time goes: {elapsed:.2f}s in all; sending {sending:.2f}s; "
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
+                 f"batches at once: {', '.join(f'{k} for {side_by_side[k]:.2f}s' for k in sorted(side_by_side))}; "
                  f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
         self.model_share = 0.0
         if stamps["cpu"] is not None and cpu_after is not None:  # None: no /proc (not Linux)

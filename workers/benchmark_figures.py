@@ -16,6 +16,23 @@ def model_share(model_cpu_s: float, cores: int, elapsed_s: float) -> float:
     return model_cpu_s / (cores * elapsed_s) if cores > 0 and elapsed_s > 0 else 0.0
 
 
+def overlap(spans: list[tuple[float, float]], start: float, end: float) -> dict[int, float]:
+    """Seconds of ``start``..``end`` during which exactly k of ``spans`` (start, end) ran, by k:
+    how much of a burst every lane computed, and how much only some of them did."""
+    edges = sorted([(max(a, start), 1) for a, b in spans if b > start and a < end]
+                   + [(min(b, end), -1) for a, b in spans if b > start and a < end])
+    seconds: dict[int, float] = {}
+    running, at = 0, start
+    for moment, step in edges:
+        if moment > at:
+            seconds[running] = seconds.get(running, 0.0) + moment - at
+            at = moment
+        running += step
+    if end > at:
+        seconds[running] = seconds.get(running, 0.0) + end - at
+    return seconds
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]

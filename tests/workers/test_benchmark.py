@@ -57,3 +57,13 @@ class BenchmarkFiguresTests:
         assert model_share(3.0, 2, 2.0) == 0.75
         assert model_share(3.0, 2, 0.0) == 0.0  # no burst measured
         assert model_share(3.0, 0, 2.0) == 0.0
+
+    def test_how_long_each_number_of_batches_ran_at_once(self):
+        from workers.benchmark_figures import overlap
+
+        # Two lanes: one batch alone at first, then both, then the last one alone, then none.
+        spans = [(0.0, 2.0), (1.0, 3.0), (3.0, 3.5)]
+        assert overlap(spans, 0.0, 4.0) == {1: 2.5, 2: 1.0, 0: 0.5}
+        # Spans reaching outside the burst count only inside it; none at all is idle throughout.
+        assert overlap([(-1.0, 0.5), (0.75, 9.0)], 0.0, 1.0) == {1: 0.75, 0: 0.25}
+        assert overlap([], 0.0, 1.0) == {0: 1.0}
