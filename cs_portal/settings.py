@@ -207,6 +207,13 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # Two one-thread lanes computed half as much again as one two-thread process on the slower
 # 2-core benchmark machine. GPU workers always run one.
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
+# Freed memory an engine process keeps for its next batches instead of giving it back to the
+# system after each one (workers/native_heap.py: page faults cost a CPU batch 4-5 %); a batch's
+# peak memory then stays with the process while it is idle. 0: glibc's own behaviour.
+TRANSLATION_ENGINE_HEAP_KEEP_MB = env.int("TRANSLATION_ENGINE_HEAP_KEEP_MB", default=1024)
+if not 0 <= TRANSLATION_ENGINE_HEAP_KEEP_MB <= 2047:
+    raise environ.ImproperlyConfigured(
+        f"TRANSLATION_ENGINE_HEAP_KEEP_MB must be 0..2047 (MiB), not {TRANSLATION_ENGINE_HEAP_KEEP_MB}")
 # A model that no route of a worker's queues names any more (an admin changed the route's
 # model or precision) is unloaded once no batch has used it for this long, its memory given
 # back (workers/loaded_models.py); 0 keeps every model loaded until the worker stops.

@@ -74,7 +74,11 @@ def lane_layout(device: str, requested: int, cores: int = 0) -> tuple[int, int]:
 def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine") -> list[EngineProcess]:
     """``count`` engine processes, their models loading side by side; returns once every one is
     ready. If one fails, none is left running."""
-    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}") for lane in range(count)]
+    from django.conf import settings
+
+    keep = settings.TRANSLATION_ENGINE_HEAP_KEEP_MB * 2**20
+    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}", heap_keep_bytes=keep)
+               for lane in range(count)]
     try:
         for engine in engines:
             engine.launch()
@@ -140,19 +144,22 @@ class RemoteEngine:
 
 
 class EngineProcess:
-    def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine") -> None:
-        """``threads``: the CPU threads each forward pass may use (0: torch's default, one per core)."""
+    def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine", heap_keep_bytes: int = 0) -> None:
+        """``threads``: the CPU threads each forward pass may use (0: torch's default, one per core);
+        ``heap_keep_bytes``: the freed memory the child keeps for its next batches
+        (``workers.native_heap``; 0: the C library's default)."""
         # spawn, not fork: the child starts clean of the parent's threads, locks and (on GPU
         # hosts) CUDA state, which a fork would copy broken (pytorch#68861).
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_end, warmups, threads), name=name, daemon=True)
+        self._process = context.Process(target=_serve, args=(child_end, warmups, threads, heap_keep_bytes), name=name, daemon=True)
         self._lock = threading.Lock()
         # Its loaded models: those warmed at start, one loaded with its first batch (a route
         # changed since), less those unloaded. Changed only by the lane's own thread.
         self.memory: dict[EngineSpec, ModelMemory] = {}
         self.last_used: dict[EngineSpec, float] = {}  # monotonic, per loaded model
         self.threads = 0  # the threads its forward passes use, once ready
+        self.heap_kept = False  # whether the child keeps freed memory (once ready)
         # Told when ``memory`` changed (the worker's report of its models).
         self.on_change: Callable[[], None] | None = None
         # Told True when a call starts loading a model (its call may then take up to
@@ -175,7 +182,7 @@ class EngineProcess:
         kind, value = self._receive()
         if kind == "error":
             raise value
-        self.memory, self.threads = value
+        self.memory, self.threads, self.heap_kept = value
         now = time.monotonic()
         self.last_used = dict.fromkeys(self.memory, now)
         return self.memory
@@ -303,15 +310,17 @@ class EngineProcess:
             self._process.join()
 
 
-def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
+def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes: int = 0) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     import signal
 
     from translation.engines import engine_for, engine_unload, loaded_engines, translate_timed
     from workers.frozen_heap import freeze_heap
     from workers.lifecycle import die_with_parent
+    from workers.native_heap import keep_freed_memory
 
     die_with_parent()
+    heap_kept = keep_freed_memory(heap_keep_bytes)  # before the models: their loading allocates too
     # Ctrl-C in a terminal reaches the whole process group; the worker decides when this
     # process stops (it tells it, or it dies with it), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -328,7 +337,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0) -> None:
     import torch
 
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
-    connection.send(("ready", (memory, torch.get_num_threads())))
+    connection.send(("ready", (memory, torch.get_num_threads(), heap_kept)))
     while True:
         try:
             request = connection.recv()
@@ -389,8 +398,9 @@ def _free_memory(device: str) -> None:
     """Return an unloaded model's memory: collect its tensors now, give a GPU's cached blocks
     back to the driver (other processes, the next model), and the C heap's free pages back to
     the system (glibc keeps them otherwise: int8 weights are copies on that heap)."""
-    import ctypes
     import gc
+
+    from workers.native_heap import trim
 
     gc.unfreeze()  # the unloaded model's objects were frozen with the rest; the caller freezes again
     gc.collect()
@@ -398,10 +408,7 @@ def _free_memory(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim()
 
 
 def _picklable(exc: Exception) -> Exception:

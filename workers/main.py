@@ -235,7 +235,9 @@ def start_device_loop(
     from workers.loaded_models import LoadedModels
 
     if threads:
-        print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s)", flush=True)
+        kept = (f", each keeping up to {settings.TRANSLATION_ENGINE_HEAP_KEEP_MB} MiB of freed memory for its next batches"
+                if engines[0].heap_kept else "")
+        print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s){kept}", flush=True)
     # What the lanes hold (every lane's own part included), reported now and as routes change it.
     # Without a heartbeat it cannot tell which queues it serves: it unloads nothing.
     models = LoadedModels(engines, device=device, queues=lambda: heartbeat.queues if heartbeat is not None else [],

@@ -87,6 +87,7 @@ class ModelsLoadedLaterTests:
     def lane(self, tiny_models):
         process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en)), "es", "en")])
         process.start()
+        assert not process.heap_kept  # not asked to: glibc's own behaviour
         changes = []
         process.on_change = lambda: changes.append(dict(process.memory))
         process.loads = []
@@ -180,6 +181,8 @@ class CpuLanesTests:
             expected = engine_for(spec).translate(texts, "es", "fr")
             assert [lane.engine(spec).translate(texts, "es", "fr") for lane in lanes] == [expected, expected]
             assert [lane.threads for lane in lanes] == [1, 1]
+            # The worker's lanes keep freed memory for their next batches (the setting's default).
+            assert [lane.heap_kept for lane in lanes] == [True, True]
         finally:
             for lane in lanes:
                 lane.stop()
