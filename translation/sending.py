@@ -121,6 +121,10 @@ class SendSettings(NamedTuple):
     reply_to: str
     origin: str  # the sending process's node name, as Celery's message carries it
     ignore_result: bool
+    # The worker's task these sends run in, if any (a job requested by a task, as a pool thread
+    # runs it): its id is their parent, its root their root, as Celery's send_task takes them.
+    parent_id: str | None = None
+    root_id: str | None = None
 
     @classmethod
     def now(cls) -> SendSettings:
@@ -129,8 +133,11 @@ class SendSettings(NamedTuple):
         from cs_portal.celery import app
         from translation.tasks import translate
 
+        parent = app.current_worker_task
+        parent_id = parent.request.id if parent is not None else None
+        root_id = (parent.request.root_id or parent_id) if parent is not None else None
         return cls(bool(app.conf.task_always_eager), bool(app.conf.task_send_sent_event), app.thread_oid,
-                   anon_nodename(), translate.ignore_result)
+                   anon_nodename(), translate.ignore_result, parent_id, root_id)
 
 
 def _send_job(translation: Translation, *, urgent: bool, sent_at, producer=None, declare=None,
@@ -167,7 +174,8 @@ def _send_job(translation: Translation, *, urgent: bool, sent_at, producer=None,
     task_id = uuid()
     message = app.amqp.create_task_message(
         task_id, TRANSLATE_TASK, [translation.pk], hints, reply_to=send.reply_to,
-        create_sent_event=send.sent_event, root_id=task_id, ignore_result=send.ignore_result,
+        create_sent_event=send.sent_event, root_id=send.root_id or task_id, parent_id=send.parent_id,
+        ignore_result=send.ignore_result,
         origin=send.origin, **shown,
     )
     if producer is None:  # a send of its own; a batch's sends share the batch's producer

@@ -205,3 +205,28 @@ class JobMessageTests:
         assert {k: v for k, v in sent.properties.items() if k not in own} == \
             {k: v for k, v in reference.properties.items() if k not in own}
         assert (sent.content_type, sent.content_encoding) == (reference.content_type, reference.content_encoding)
+
+    def test_a_job_sent_from_a_task_names_that_task_as_its_parent_as_apply_async_does(self, queued_translation):
+        """A job requested while a worker runs a task (a back-translation asked for by a store in
+        a worker without a batcher): its message's parent is that task, its root that task's root."""
+        from celery._state import _task_stack
+        from kombu import Connection
+
+        from translation import sending
+        from translation.tasks import translate
+
+        row = queued_translation
+        translate.push_request(id="parent-task", root_id="root-task", called_directly=False)
+        _task_stack.push(translate)
+        try:
+            with Connection("memory://") as connection:
+                sending._send_job(row, urgent=False, sent_at=row.created_at, producer=connection.Producer())
+                sent = connection.SimpleQueue(row.queue).get(timeout=1)
+                translate.apply_async(args=sent.payload[0], kwargs=sent.payload[1], queue=row.queue,
+                                      connection=connection)
+                reference = connection.SimpleQueue(row.queue).get(timeout=1)
+        finally:
+            _task_stack.pop()
+            translate.pop_request()
+        assert (sent.headers["parent_id"], sent.headers["root_id"]) == ("parent-task", "root-task")
+        assert (reference.headers["parent_id"], reference.headers["root_id"]) == ("parent-task", "root-task")
