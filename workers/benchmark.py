@@ -197,6 +197,8 @@ class Benchmark:
         waiting = set(rows.values_list("pk", flat=True))
         if len(waiting) != count:
             raise RuntimeError(f"expected {count} jobs, found {len(waiting)}")
+        if not waiting:
+            return []
         unfinished = (Translation.objects.filter(pk__range=(min(waiting), max(waiting)))
                       .exclude(status__in=[TranslationStatus.DONE, TranslationStatus.FAILED]).values_list("pk", flat=True))
         while time.monotonic() < deadline:

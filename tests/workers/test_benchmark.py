@@ -67,3 +67,11 @@ class BenchmarkFiguresTests:
         # Spans reaching outside the burst count only inside it; none at all is idle throughout.
         assert overlap([(-1.0, 0.5), (0.75, 9.0)], 0.0, 1.0) == {1: 0.75, 0: 0.25}
         assert overlap([], 0.0, 1.0) == {0: 1.0}
+
+    def test_waiting_for_no_jobs_returns_at_once(self, api_client_key):
+        from cs_portal.portal.services import conversation_create
+        from workers.benchmark import Benchmark
+
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Benchmark")
+        assert Benchmark.__new__(Benchmark).wait_done(conversation, 0, timeout=1) == []
