@@ -207,9 +207,10 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # Two one-thread lanes computed half as much again as one two-thread process on the slower
 # 2-core benchmark machine. GPU workers always run one.
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
-# Freed memory an engine process keeps for its next batches instead of giving it back to the
-# system after each one (workers/native_heap.py: page faults cost a CPU batch 4-5 %); a batch's
-# peak memory then stays with the process while it is idle. 0: glibc's own behaviour.
+# An engine process stops giving the memory a batch frees back to the system after each batch
+# (workers/native_heap.py: the page faults cost a CPU batch about 5 %): blocks up to this size
+# come from its heap, and up to this much may stay free at the heap's top, so a batch's peak
+# memory stays with the process while it is idle. 0: glibc's own behaviour.
 TRANSLATION_ENGINE_HEAP_KEEP_MB = env.int("TRANSLATION_ENGINE_HEAP_KEEP_MB", default=1024)
 if not 0 <= TRANSLATION_ENGINE_HEAP_KEEP_MB <= 2047:
     raise environ.ImproperlyConfigured(

@@ -283,13 +283,17 @@ class Benchmark:
             gaps.append(((started - free_since).total_seconds(), (started - committed).total_seconds()))
             free_since = max(free_since, finished)
         idle, (longest, longest_until) = sum(max(0.0, gap) for gap, _ in gaps), max(gaps)
-        # How long every lane had a batch, and how long only some had (a burst's start and end).
-        side_by_side = overlap([((started - committed).total_seconds(), (finished - committed).total_seconds())
-                                for started, finished in spans], 0.0, elapsed)
+        # How long every lane ran a forward pass, and how long only some did (a burst's start and
+        # end): each pass as its model call's time just before its store (a ledger claim can
+        # feed several passes: claim-to-store spans would overlap).
+        passes = [((finished - committed).total_seconds() - members[0].forward_ms / 1000,
+                   (finished - committed).total_seconds()) for (_, finished), members in batches.items()
+                  if members[0].forward_ms]
+        side_by_side = overlap(passes, 0.0, elapsed)
         self.say(f"  where the time goes: {elapsed:.2f}s in all; sending {sending:.2f}s; "
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
-                 f"batches at once: {', '.join(f'{k} for {side_by_side[k]:.2f}s' for k in sorted(side_by_side))}; "
+                 f"forward passes at once: {', '.join(f'{k} for {side_by_side[k]:.2f}s' for k in sorted(side_by_side))}; "
                  f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
         self.model_share = 0.0
         if stamps["cpu"] is not None and cpu_after is not None:  # None: no /proc (not Linux)

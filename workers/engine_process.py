@@ -317,7 +317,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
     from translation.engines import engine_for, engine_unload, loaded_engines, translate_timed
     from workers.frozen_heap import freeze_heap
     from workers.lifecycle import die_with_parent
-    from workers.native_heap import keep_freed_memory
+    from workers.native_heap import keep_freed_memory, trim
 
     die_with_parent()
     heap_kept = keep_freed_memory(heap_keep_bytes)  # before the models: their loading allocates too
@@ -336,6 +336,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
         return
     import torch
 
+    trim()  # what loading the models freed is not a batch's: given back, not kept
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
     connection.send(("ready", (memory, torch.get_num_threads(), heap_kept)))
     while True:
@@ -346,8 +347,9 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
         if request is None:
             return
         kind, spec, *arguments = request
-        # A model loaded or unloaded, or a load that failed: the heap is frozen again once the
-        # answer is sent and the call's exception dropped (a failed load's objects are garbage).
+        # A model loaded or unloaded, or a load that failed: the C heap is trimmed and the Python
+        # heap frozen again once the answer is sent and the call's exception dropped (a failed
+        # load's objects are garbage).
         changed = kind in ("unload", "warm") or spec not in loaded_engines()
         try:
             if kind == "unload":
@@ -366,6 +368,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
         if changed:
+            trim()  # a load's leftovers are not kept for the batches (an unload's: given back already)
             freeze_heap()
 
 

@@ -235,7 +235,7 @@ def start_device_loop(
     from workers.loaded_models import LoadedModels
 
     if threads:
-        kept = (f", each keeping up to {settings.TRANSLATION_ENGINE_HEAP_KEEP_MB} MiB of freed memory for its next batches"
+        kept = (f", each keeping the memory its batches free (blocks up to {settings.TRANSLATION_ENGINE_HEAP_KEEP_MB} MiB)"
                 if engines[0].heap_kept else "")
         print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s){kept}", flush=True)
     # What the lanes hold (every lane's own part included), reported now and as routes change it.

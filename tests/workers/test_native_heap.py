@@ -7,8 +7,9 @@ import sys
 from tests.conftest import ROOT
 
 # Run in a process of its own: the settings stay with the process that takes them. It mallocs
-# and frees an 8 MiB block, the size of a batch's activations, and prints glibc's account
-# (mallinfo2): bytes in mapped blocks while it is held, and the heap's size once it is freed.
+# and frees a 48 MiB block (a large vocabulary's logits for a batch; above the largest mmap
+# threshold older glibc releases take) and prints glibc's account (mallinfo2): bytes in mapped
+# blocks while it is held, and the heap's size once it is freed.
 PROBE = """
 import ctypes, sys
 from workers.native_heap import keep_freed_memory
@@ -22,11 +23,11 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 kept = keep_freed_memory(int(sys.argv[1]))
-block = libc.malloc(8 << 20)
-ctypes.memset(block, 1, 8 << 20)
+block = libc.malloc(48 << 20)
+ctypes.memset(block, 1, 48 << 20)
 mapped = libc.mallinfo2().hblkhd
 libc.free(block)
-print(kept, mapped >= 8 << 20, libc.mallinfo2().arena >= 8 << 20)
+print(kept, mapped >= 48 << 20, libc.mallinfo2().arena >= 48 << 20)
 """
 
 
@@ -52,3 +53,31 @@ class NativeHeapTests:
                                 capture_output=True, text=True)
         assert result.returncode != 0
         assert "TRANSLATION_ENGINE_HEAP_KEEP_MB must be 0..2047 (MiB), not 4096" in result.stderr
+
+    def test_a_c_library_that_refuses_a_large_mmap_threshold_gets_the_largest_it_takes(self, monkeypatch):
+        """Older glibc releases refuse an mmap threshold above 32 MiB: the setting falls back to
+        that, still keeping the heap's top; one that refuses everything changes nothing."""
+        from workers import native_heap
+
+        class OlderLibc:
+            def __init__(self, refuse_all: bool = False) -> None:
+                self.set, self.refuse_all = [], refuse_all
+
+                def mallopt(parameter, value):
+                    refused = refuse_all or (parameter == native_heap.M_MMAP_THRESHOLD
+                                             and value > native_heap.MMAP_THRESHOLD_OLD_MAX)
+                    if not refused:
+                        self.set.append((parameter, value))
+                    return 0 if refused else 1
+
+                self.mallopt = mallopt
+
+        older = OlderLibc()
+        monkeypatch.setattr(native_heap, "_libc", lambda: older)
+        assert native_heap.keep_freed_memory(1 << 30)
+        assert older.set == [(native_heap.M_MMAP_THRESHOLD, 32 << 20), (native_heap.M_TRIM_THRESHOLD, 1 << 30)]
+
+        refusing = OlderLibc(refuse_all=True)
+        monkeypatch.setattr(native_heap, "_libc", lambda: refusing)
+        assert not native_heap.keep_freed_memory(1 << 30)
+        assert refusing.set == []
