@@ -230,3 +230,15 @@ class JobMessageTests:
             translate.pop_request()
         assert (sent.headers["parent_id"], sent.headers["root_id"]) == ("parent-task", "root-task")
         assert (reference.headers["parent_id"], reference.headers["root_id"]) == ("parent-task", "root-task")
+
+        # A parent with no root of its own (sent outside any task) is the root.
+        translate.push_request(id="first-task", root_id=None, called_directly=False)
+        _task_stack.push(translate)
+        try:
+            with Connection("memory://") as connection:
+                sending._send_job(row, urgent=False, sent_at=row.created_at, producer=connection.Producer())
+                sent = connection.SimpleQueue(row.queue).get(timeout=1)
+        finally:
+            _task_stack.pop()
+            translate.pop_request()
+        assert (sent.headers["parent_id"], sent.headers["root_id"]) == ("first-task", "first-task")
