@@ -54,6 +54,17 @@ def processes(proc: Path = PROC) -> dict[int, ProcessTime] | None:
     return found
 
 
+def cpu_seconds(pids, proc: Path = PROC) -> float | None:
+    """The CPU time of the processes ``pids`` together; None where one cannot be read."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        try:
+            total += parse_stat((proc / str(pid) / "stat").read_text(), ticks).seconds
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
 Part = Callable[[ProcessTime], bool]
 
 

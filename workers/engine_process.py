@@ -187,6 +187,10 @@ class EngineProcess:
         self.last_used = dict.fromkeys(self.memory, now)
         return self.memory
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def engine(self, spec: EngineSpec) -> RemoteEngine:
         return RemoteEngine(self, spec)
 

@@ -75,3 +75,15 @@ def test_everything_else_is_named_by_process():
     after = {1: ProcessTime(1, 0, "postgres", 2.0), 2: ProcessTime(2, 0, "cron", 1.5), 3: ProcessTime(3, 0, "cron", 0.25)}
     named = unmatched_by_name(before, after, {"PostgreSQL": lambda p: p.name == "postgres"})
     assert named == {"cron": 0.75}
+
+
+def test_the_cpu_of_some_processes_together_and_none_when_one_cannot_be_read(tmp_path):
+    from workers.cpu_usage import cpu_seconds
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid, utime, stime in ((11, 2 * ticks, ticks), (12, ticks, 0)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(stat_line(pid, "python", 1, utime, stime))
+    assert cpu_seconds([11, 12], proc=tmp_path) == 4.0
+    assert cpu_seconds([11, 13], proc=tmp_path) is None  # 13 ended
+    assert cpu_seconds([os.getpid()]) > 0  # this process, from the real /proc
