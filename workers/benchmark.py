@@ -45,6 +45,11 @@ def spanish_texts() -> list[str]:
     return corpus_lines()[16:32]
 
 
+def cpu_note(cpu_ms: float | None) -> str:
+    """The raw model's CPU per sentence, as its lines print it ("" without /proc)."""
+    return "" if cpu_ms is None else f", its CPU {cpu_ms:.2f} ms per sentence"
+
+
 class Benchmark:
     def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
                  precision: str = "fp32", lanes: int | None = None, dispatch: str | None = None) -> None:
@@ -86,8 +91,8 @@ class Benchmark:
                 engines[0].call(spec, [self.texts[i % len(self.texts)]], "es", self.target)
             elapsed = time.perf_counter() - started
             figures.raw_batch1, figures.model_ms_back_to_back = singles / elapsed, elapsed / singles * 1000
-            self.say(f"  raw model: {figures.limit:.1f} sent/s at batch {self.batch_size} (the better of two rounds"
-                     f"{self.cpu_note()}), "
+            self.say(f"  raw model: {figures.limit:.1f} sent/s at batch {self.batch_size}{cpu_note(self.limit_cpu_ms)} "
+                     f"(the better of two rounds), "
                      f"{figures.raw_batch1:.1f} sent/s one at a time ({figures.model_ms_back_to_back:.1f} ms each)")
             # The model time the light load is judged against: one sentence at the light load's
             # pace. After an idle pause a forward pass takes longer than back to back (measured
@@ -114,9 +119,6 @@ class Benchmark:
         from translation.engines import EngineSpec
 
         return EngineSpec("hf-seq2seq", str(self.model_dir), precision=self.precision, device=self.device)
-
-    def cpu_note(self) -> str:
-        return "" if self.limit_cpu_ms is None else f"; its CPU {self.limit_cpu_ms:.2f} ms per sentence"
 
     def batched_rate(self, engines, spec) -> tuple[float, float | None]:
         """Sentences/s of every lane computing full batches side by side (at least two each), and
@@ -165,8 +167,7 @@ class Benchmark:
             for engine in engines:
                 engine.stop()
         gc.collect()
-        cpu = "" if cpu_ms is None else f", its CPU {cpu_ms:.2f} ms per sentence"
-        self.say(f"  raw model again, after the pipelines: {again:.1f} sent/s at batch {self.batch_size}{cpu} "
+        self.say(f"  raw model again, after the pipelines: {again:.1f} sent/s at batch {self.batch_size}{cpu_note(cpu_ms)} "
                  f"(before them: {figures.limit:.1f}); the limit is the higher")
         if again > figures.limit:
             figures.limit, self.limit_cpu_ms = again, cpu_ms

@@ -372,7 +372,8 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
         if changed:
-            trim()  # a load's leftovers are not kept for the batches (an unload's: given back already)
+            if kind != "unload":  # an unload gave its memory back already (_free_memory)
+                trim()  # a load's leftovers are not kept for the batches
             freeze_heap()
 
 
