@@ -205,8 +205,17 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 # share of the cores (0: one per core, at most 4). They share the checkpoint's weights mapped
 # from its file; converted weights (int8) are a copy per lane, which 1 avoids for a large model.
 # Two one-thread lanes computed half as much again as one two-thread process on the slower
-# 2-core benchmark machine. GPU workers always run one.
+# 2-core benchmark machine.
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
+if TRANSLATION_CPU_LANES < 0:
+    raise environ.ImproperlyConfigured(f"TRANSLATION_CPU_LANES must be 0 (one per core) or more, not {TRANSLATION_CPU_LANES}")
+# A GPU worker's lanes: instances of its models on its one card (Triton's instance_group count),
+# each an engine process with its own CUDA context and its own copy of the weights on the card,
+# computing batches side by side, so that the card computes while one lane launches kernels,
+# claims or stores. A placement plan's "lanes" sets it per worker.
+TRANSLATION_GPU_LANES = env.int("TRANSLATION_GPU_LANES", default=1)
+if not 1 <= TRANSLATION_GPU_LANES <= 8:
+    raise environ.ImproperlyConfigured(f"TRANSLATION_GPU_LANES must be 1..8, not {TRANSLATION_GPU_LANES}")
 # An engine process stops giving the memory a batch frees back to the system after each batch
 # (workers/native_heap.py: the page faults cost a CPU batch about 5 %): blocks up to this size
 # come from its heap, and up to this much may stay free at the heap's top, so a batch's peak

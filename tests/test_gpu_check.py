@@ -117,7 +117,7 @@ TEST_SETTINGS = {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", 
 
 
 class RehearsalTests:
-    @pytest.mark.timeout(600)  # five benchmark steps: about four minutes on the 2-core machines
+    @pytest.mark.timeout(900)  # six steps, four of them benchmarks: about five minutes on the 2-core machines
     def test_every_step_runs_on_the_cpu_and_reports(self, tmp_path):
         reports = tmp_path / "reports"
         reports.mkdir()
@@ -127,8 +127,8 @@ class RehearsalTests:
         # Its own SQLite ledger and redis-server, in its scratch folder, gone at the end.
         assert leftovers(tmp_path) == []
         assert sorted(path.name for path in reports.iterdir()) == [
-            "benchmark-tiny-fp32-b256-ledger.txt", "benchmark-tiny-fp32-b256.txt", "benchmark-tiny-fp32.txt", "drift.txt",
-            "gpu.txt", "summary.txt", "tests.txt",
+            "benchmark-tiny-fp32-b256-ledger.txt", "benchmark-tiny-fp32-b256.txt", "benchmark-tiny-fp32-lanes1-ledger.txt",
+            "benchmark-tiny-fp32.txt", "drift.txt", "gpu.txt", "summary.txt", "tests.txt",
         ]
         summary = (reports / "summary.txt").read_text()
         assert "0 step(s) failed" in summary
@@ -139,6 +139,10 @@ class RehearsalTests:
         # The larger batch reached the benchmark: its raw model runs at 256, not the default 128.
         assert re.search(r"raw model: [\d.]+ sent/s at batch 256[^\n]* \(the better of two rounds\)",
                          (reports / "benchmark-tiny-fp32-b256.txt").read_text())
+        # The lanes reached both the raw model and the worker.
+        one_lane = (reports / "benchmark-tiny-fp32-lanes1-ledger.txt").read_text()
+        assert re.search(r"benchmark-tiny-fp32-lanes1-ledger: limit=[\d.]+ pipeline=[\d.]+ ", summary)
+        assert "1 lane(s) of " in one_lane
         assert re.search(r"tests: \d+ passed", summary)
         assert re.search(r"drift: int8 +[\d.]+%", summary)
 
@@ -189,7 +193,7 @@ class RehearsalTests:
         ran = {"cuda": re.findall(r"^  step ([\w-]+)", cuda, re.MULTILINE),
                "cpu": re.findall(r"^  step ([\w-]+)", cpu.split("\nfi\n", 1)[0], re.MULTILINE)}
         assert accepted == ran
-        assert len(ran["cuda"]) == 6 and len(ran["cpu"]) == 5
+        assert len(ran["cuda"]) == 7 and len(ran["cpu"]) == 6
 
     def test_bad_arguments_are_refused_before_anything_runs(self, tmp_path):
         assert "--jobs is a positive number, not 'many'" in gpu_check("--jobs", "many", tmp_path=tmp_path).stdout

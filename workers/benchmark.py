@@ -1,6 +1,6 @@
 """The serving benchmark: the full pipeline against the raw batched model and batch-1 serving.
 
-(a) limit: the raw model, in engine processes laid out as the worker's (its CPU lanes), on
+(a) limit: the raw model, in engine processes laid out as the worker's (its lanes), on
     batches of the configured size;
 (b) pipeline: ORM -> Celery -> Redis -> a batching worker process -> database;
 (c) batch1: the same pipeline with one job per forward pass (``--no-batching``).
@@ -53,15 +53,18 @@ def cpu_note(cpu_ms: float | None) -> str:
 class Benchmark:
     def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
                  precision: str = "fp32", lanes: int | None = None, dispatch: str | None = None) -> None:
-        from workers.engine_process import lane_layout
+        from workers.engine_process import default_lanes, lane_layout
 
         self.model, self.jobs, self.say = model, jobs, say
         self.device, self.precision = device, precision  # device: "cpu" or "cuda" (the first GPU)
-        # The worker's layout: CPU lanes (``TRANSLATION_CPU_LANES`` unless given), one on a GPU.
-        requested = settings.TRANSLATION_CPU_LANES if lanes is None else lanes
+        # The worker's layout: its lanes (``TRANSLATION_CPU_LANES`` or ``TRANSLATION_GPU_LANES``
+        # unless given), the raw model's too.
+        requested = default_lanes(device) if lanes is None else lanes
         self.lanes, self.threads = lane_layout(device, requested)
-        # How the summary names the layout: ", 2 lane(s) of 1 thread(s)" on a CPU.
-        self.layout = f", {self.lanes} lane(s) of {self.threads} thread(s)" if device == "cpu" else ""
+        # How the summary names the layout: ", 2 lane(s) of 1 thread(s)" on a CPU, ", 2 lanes" on a
+        # GPU running more than one.
+        self.layout = (f", {self.lanes} lane(s) of {self.threads} thread(s)" if device == "cpu"
+                       else f", {self.lanes} lanes" if self.lanes > 1 else "")
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
         self.limit_cpu_ms: float | None = None  # the model's CPU per sentence at the limit
         self.texts = spanish_texts()
@@ -180,8 +183,7 @@ class Benchmark:
                    PYTHONUNBUFFERED="1", **{FIXED_OUTPUT_TOKENS_VARIABLE: str(FIXED_OUTPUT_TOKENS)})
         command = [sys.executable, "-m", "workers.main", "--queues", self.queue, "--name", name,
                    "--loglevel", "WARNING", "--device", "cuda:0" if self.device == "cuda" else "cpu"]
-        if self.device == "cpu":
-            command.append(f"--lanes={self.lanes}")
+        command.append(f"--lanes={self.lanes}")
         if not batching:
             command.append("--no-batching")
         log = (settings.DATA_DIR / "logs" / "benchmark-worker.log")

@@ -13,8 +13,9 @@ LOADED_MODELS: list[dict] = []
 
 
 def lanes_note(model: dict) -> str:
-    """How a CPU worker's lanes hold a loaded model: the weights mapped from the checkpoint's
-    files once for all of them, the rest (converted or quantized weights) once per lane."""
+    """How a worker's lanes hold a loaded model: on a CPU, the weights mapped from the
+    checkpoint's files once for all of them, the rest (converted or quantized weights) once per
+    lane; on a GPU, a copy per lane in the card's memory."""
     lanes = model.get("copies", 1)
     if lanes <= 1:
         return ""

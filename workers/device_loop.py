@@ -5,9 +5,12 @@ Celery's pool threads, for the few messages that take Celery's own path); each l
 batches from the batcher, runs each through the execution layer (one claim, one forward pass
 per group in its engine process, one write) and answers every job's future.
 
-A GPU worker runs one loop. A CPU worker runs one per lane (``TRANSLATION_CPU_LANES``): each
-lane is an engine process of its own with a share of the cores, so two batches compute side by
-side, the CTranslate2 way (``inter_threads`` × ``intra_threads``). On the 2-core benchmark
+A worker runs one loop per lane. On a CPU (``TRANSLATION_CPU_LANES``) each lane is an engine
+process of its own with a share of the cores, so two batches compute side by side, the
+CTranslate2 way (``inter_threads`` × ``intra_threads``). On a GPU (``TRANSLATION_GPU_LANES``,
+one by default) each lane is an instance of the models on the card, Triton's way
+(``instance_group`` ``count``): one lane's forward pass computes while another claims, stores,
+or launches its own kernels. On the 2-core benchmark
 machine two one-thread lanes computed 247 sentences/s at batch 128 where one two-thread
 process computed 160-173: a forward pass split over two threads waits for the slower of them at
 every step, and on shared cores one of them is often not running.

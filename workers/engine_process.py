@@ -33,6 +33,9 @@ CALL_TIMEOUT_S = 300
 # is a process with its own copy of whatever weights are not mapped from the checkpoint, and
 # its own runtime; past four, a lane's own threads serve large models better).
 MAX_AUTO_LANES = 4
+# Model instances one GPU worker may run on its card (each a process with its own CUDA context
+# and its own copy of the weights in the card's memory).
+MAX_GPU_LANES = 8
 
 
 def cpu_lanes(requested: int, cores: int) -> tuple[int, int]:
@@ -64,11 +67,35 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return cores
 
 
+def gpu_lanes(requested: int, cores: int) -> tuple[int, int]:
+    """How a GPU worker runs its card: (engine processes, torch threads each).
+
+    Each lane is an instance of the models on the one card, as Triton's ``instance_group``
+    ``count`` makes several instances of a model per GPU: while one lane launches its kernels,
+    claims or stores, another's forward pass keeps the card busy (on an H200, ``generate`` at
+    batch 128 kept the card computing for 17-47 ms of a 110-180 ms call; docs/benchmarks.md).
+    ``requested`` 0 or 1: one lane on torch's own threads. More: each lane a share of the
+    cores, so that N processes do not each start a thread per core.
+    """
+    if not 0 <= requested <= MAX_GPU_LANES:
+        raise ValueError(f"the number of GPU lanes must be from 1 to {MAX_GPU_LANES}, not {requested}")
+    lanes = max(1, requested)
+    return (1, 0) if lanes == 1 else (lanes, max(1, max(1, cores) // lanes))
+
+
 def lane_layout(device: str, requested: int, cores: int = 0) -> tuple[int, int]:
-    """(lanes, torch threads each) of a worker on ``device``: ``cpu_lanes`` over ``cores`` (0: the
-    usable ones) on a CPU; one lane with torch's default threads on a GPU, which computes one
-    batch at a time."""
-    return cpu_lanes(requested, cores or usable_cores()) if device == "cpu" else (1, 0)
+    """(lanes, torch threads each) of a worker on ``device``: ``cpu_lanes`` or ``gpu_lanes``
+    over ``cores`` (0: the usable ones)."""
+    usable = cores or usable_cores()
+    return cpu_lanes(requested, usable) if device == "cpu" else gpu_lanes(requested, usable)
+
+
+def default_lanes(device: str) -> int:
+    """The lanes a worker on ``device`` runs unless told: ``TRANSLATION_CPU_LANES`` on a CPU,
+    ``TRANSLATION_GPU_LANES`` on a GPU."""
+    from django.conf import settings
+
+    return settings.TRANSLATION_CPU_LANES if device == "cpu" else settings.TRANSLATION_GPU_LANES
 
 
 def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine") -> list[EngineProcess]:

@@ -17,6 +17,8 @@ import socket
 import sys
 import time
 
+from workers.engine_process import MAX_GPU_LANES
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.split("\n")[0])
@@ -34,12 +36,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lanes", type=int, default=None,
-        help="CPU only: engine processes computing batches side by side, each with a share of the cores "
-             "(default $TRANSLATION_CPU_LANES; 0: one per core, at most 4)",
+        help="engine processes computing batches side by side: on a CPU each with a share of the cores "
+             "(default $TRANSLATION_CPU_LANES; 0: one per core, at most 4); on a GPU, instances of the models "
+             "on the one card, 1 to 8 (default $TRANSLATION_GPU_LANES, 1)",
     )
     parser.add_argument(
         "--cores", type=int, default=0,
-        help="CPU only: the cores this worker's lanes share (default 0: every core it may run on)",
+        help="the cores this worker's lanes share (default 0: every core it may run on); a GPU worker's lanes, "
+             "when more than one, split them for their CPU work",
     )
     parser.add_argument("--name", default="", help="worker name (default: translate-<device>@<host>)")
     parser.add_argument(
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.lanes is not None and args.lanes < 0:
         raise SystemExit(f"--lanes must be 0 (one per core) or more, not {args.lanes}")
+    if args.lanes is not None and args.device != "cpu" and args.lanes > MAX_GPU_LANES:
+        raise SystemExit(f"--lanes on a GPU must be from 1 to {MAX_GPU_LANES} (instances of the models on the card), "
+                         f"not {args.lanes}")
     if args.cores < 0:
         raise SystemExit(f"--cores must be 0 (every core) or more, not {args.cores}")
     # One process, its own metrics port: the web's multiprocess files are not for it.
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("No queues to consume: no enabled route (add one in the admin, or run `manage.py import_routes`)")
     from django.conf import settings
 
+    from workers.engine_process import default_lanes
     from workers.heartbeat import Heartbeat
 
     name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         lanes = start_device_loop(
             settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat,
-            metrics, lanes=settings.TRANSLATION_CPU_LANES if args.lanes is None else args.lanes, cores=args.cores,
+            metrics, lanes=default_lanes(args.device) if args.lanes is None else args.lanes, cores=args.cores,
         )
     except BaseException as exc:
         if not isinstance(exc, (SystemExit, KeyboardInterrupt)):  # not a requested stop: say why
@@ -218,7 +226,7 @@ def _exit_during_start_up(signum, frame) -> None:
 def start_device_loop(
     settings, warmups, batching: bool, heartbeat=None, metrics=None, *, lanes: int = 1, cores: int = 0
 ) -> int:
-    """Load the models in the engine processes (one per lane; a GPU worker has one), start the
+    """Load the models in the engine processes (one per lane), start the
     batcher and a device loop per lane, and route this process's jobs through them. Without
     batching, every batch holds one job. Returns the number of lanes."""
     from translation.batching import Batcher, BatchPolicy
@@ -234,7 +242,10 @@ def start_device_loop(
     from workers.control import lanes_note  # also registers the "models" inspect command
     from workers.loaded_models import LoadedModels
 
-    if threads:
+    if device != "cpu" and count > 1:
+        print(f"  {count} lanes on the card, each an instance of the models with {engines[0].threads} CPU thread(s)",
+              flush=True)
+    elif threads:
         kept = (f", each keeping the memory its batches free (blocks up to {settings.TRANSLATION_ENGINE_HEAP_KEEP_MB} MiB)"
                 if engines[0].heap_kept else "")
         print(f"  {count} lane(s) of {engines[0].threads} CPU thread(s){kept}", flush=True)

@@ -10,6 +10,9 @@ A plan is a JSON file (``PLACEMENT_FILE``, by default ``docker/placement.json``)
 A GPU may serve several languages; a language may be served by several GPUs (they all consume
 its queue). On a machine without a GPU the plan becomes one CPU worker for all its queues.
 Each worker serves Prometheus metrics on its ``metrics_port`` (default: 9200 + its position).
+A GPU worker's ``lanes`` (1 to 8, default ``TRANSLATION_GPU_LANES``) are instances of its models
+on its card, computing batches side by side (Triton's ``instance_group`` ``count``); a CPU
+entry's are its CPU lanes (0: one per core).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from workers.engine_process import MAX_GPU_LANES
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda:(\d+|GPU-[0-9a-fA-F-]+))$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
@@ -37,6 +42,17 @@ class Placement:
     device: str  # "cpu" or "cuda:N" (an index or a GPU UUID)
     queues: tuple[str, ...]
     metrics_port: int = 9200
+    lanes: int | None = None  # None: the worker's setting (TRANSLATION_GPU_LANES, TRANSLATION_CPU_LANES)
+
+    def worker_arguments(self, *, host: str, cores: int = 0) -> list[str]:
+        """The arguments of ``python -m workers.main`` for this entry on ``host``; ``cores``: the
+        share of the machine's cores its lanes split (0: every usable core)."""
+        return [
+            "--device", self.device, "--queues", ",".join(self.queues), "--name", f"{self.name}@{host}",
+            f"--metrics-port={self.metrics_port}",
+            *([f"--lanes={self.lanes}"] if self.lanes is not None else []),
+            *([f"--cores={cores}"] if cores else []),
+        ]
 
 
 def parse_placement(data: object, *, source: str = "the placement plan") -> list[Placement]:
@@ -47,7 +63,7 @@ def parse_placement(data: object, *, source: str = "the placement plan") -> list
         where = f"{source}, worker {index + 1}"
         if not isinstance(entry, dict):
             raise PlacementError(f"{where}: expected an object")
-        unknown = set(entry) - {"name", "device", "queues", "metrics_port"}
+        unknown = set(entry) - {"name", "device", "queues", "metrics_port", "lanes"}
         if unknown:
             raise PlacementError(f"{where}: unknown keys {sorted(unknown)}")
         name, device, queues = entry.get("name", ""), entry.get("device", ""), entry.get("queues")
@@ -70,11 +86,17 @@ def parse_placement(data: object, *, source: str = "the placement plan") -> list
             raise PlacementError(f"{where}: metrics_port {port!r} must be a port number from 1024 to 65535")
         if port in ports:
             raise PlacementError(f"{where}: metrics_port {port} is already another worker's")
+        lanes = entry.get("lanes")
+        if lanes is not None:
+            low, high = (0, 64) if device == "cpu" else (1, MAX_GPU_LANES)
+            if not isinstance(lanes, int) or isinstance(lanes, bool) or not low <= lanes <= high:
+                what = "CPU lanes (0: one per core)" if device == "cpu" else "instances of its models on the card"
+                raise PlacementError(f"{where}: lanes {lanes!r} must be from {low} to {high} ({what})")
         names.add(name)
         devices.add(device)
         ports.add(port)
         placements.append(
-            Placement(name=name, device=device, queues=tuple(dict.fromkeys(queues)), metrics_port=port)
+            Placement(name=name, device=device, queues=tuple(dict.fromkeys(queues)), metrics_port=port, lanes=lanes)
         )
     return placements
 
@@ -92,7 +114,8 @@ def load_placement(path: Path) -> list[Placement]:
 def for_this_machine(plan: list[Placement], gpu_count: int, *, cpu_workers: int = 1) -> list[Placement]:
     """The plan as this machine can run it: GPU entries beyond its GPUs are an error; with no
     GPU at all, ``cpu_workers`` CPU workers (one by default) each consume every queue of the
-    plan, hot standbys of each other."""
+    plan, hot standbys of each other, on the CPU lanes of the settings (a GPU entry's lanes are
+    instances on its card)."""
     if gpu_count == 0:
         queues = tuple(dict.fromkeys(queue for placement in plan for queue in placement.queues))
         return [

@@ -11,11 +11,14 @@ from tests.conftest import ROOT
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
 from workers.engine_process import (
     MAX_AUTO_LANES,
+    MAX_GPU_LANES,
     EngineProcess,
     EngineProcessDied,
     ModelMemory,
     Warmup,
     cpu_lanes,
+    default_lanes,
+    gpu_lanes,
     lane_layout,
     start_lanes,
     usable_cores,
@@ -213,9 +216,23 @@ class CpuLanesTests:
         # a lane that had to copy a page of the file holds that page itself
         assert ModelMemory.held_together([ModelMemory(100, 80), ModelMemory(100, 76)]) == 80 + 20 + 24
 
-    def test_a_gpu_worker_runs_one_lane_on_torchs_own_threads(self):
-        assert lane_layout("cuda", 4, cores=16) == (1, 0)
+    def test_a_gpu_worker_runs_one_lane_on_torchs_own_threads_unless_told(self):
+        assert lane_layout("cuda", 0, cores=16) == (1, 0)
+        assert lane_layout("cuda", 1, cores=16) == (1, 0)
         assert lane_layout("cpu", 0, cores=2) == (2, 1)
+
+    @pytest.mark.parametrize(("requested", "cores", "layout"), [(2, 16, (2, 8)), (3, 16, (3, 5)), (4, 2, (4, 1))])
+    def test_gpu_lanes_split_the_cores_for_their_cpu_work(self, requested, cores, layout):
+        assert lane_layout("cuda", requested, cores=cores) == layout
+
+    @pytest.mark.parametrize("requested", [-1, MAX_GPU_LANES + 1])
+    def test_gpu_lanes_out_of_range_are_refused(self, requested):
+        with pytest.raises(ValueError, match=f"GPU lanes must be from 1 to {MAX_GPU_LANES}, not {requested}"):
+            gpu_lanes(requested, 16)
+
+    def test_each_device_takes_its_own_setting(self, settings):
+        settings.TRANSLATION_CPU_LANES, settings.TRANSLATION_GPU_LANES = 3, 2
+        assert (default_lanes("cpu"), default_lanes("cuda")) == (3, 2)
 
 
 def mapped(pid: int, path: str) -> tuple[int, int, int]:

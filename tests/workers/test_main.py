@@ -3,7 +3,7 @@ import os
 import pytest
 
 from workers.control import lanes_note
-from workers.main import parse_args, pin_device, prefetch
+from workers.main import main, parse_args, pin_device, prefetch
 
 
 class PinDeviceTests:
@@ -36,6 +36,11 @@ class ParseArgsTests:
         assert (args.lanes, args.cores) == (None, 0)
         args = parse_args(["--queues", "translate.en", "--lanes", "2", "--cores", "4"])
         assert (args.lanes, args.cores) == (2, 4)
+
+
+    def test_gpu_lanes_beyond_the_cards_limit_are_refused_before_anything_loads(self):
+        with pytest.raises(SystemExit, match="--lanes on a GPU must be from 1 to 8"):
+            main(["--queues", "translate.en", "--device", "cuda:0", "--lanes", "9"])
 
 
 class PrefetchTests:

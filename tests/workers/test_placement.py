@@ -35,6 +35,13 @@ class ParsePlacementTests:
                 "a second worker named 'a'",
             ),
             ([{"name": "g", "device": "cuda:0", "queues": ["translate.en"], "metrics_port": 80}], "metrics_port 80 must be"),
+            ([{"name": "g", "device": "cuda:0", "queues": ["translate.en"], "lanes": 0}],
+             "worker 1: lanes 0 must be from 1 to 8 (instances of its models on the card)"),
+            ([{"name": "g", "device": "cuda:0", "queues": ["translate.en"], "lanes": 9}], "lanes 9 must be from 1 to 8"),
+            ([{"name": "g", "device": "cuda:0", "queues": ["translate.en"], "lanes": "2"}], "lanes '2' must be from 1 to 8"),
+            ([{"name": "g", "device": "cuda:0", "queues": ["translate.en"], "lanes": True}], "lanes True must be from 1"),
+            ([{"name": "g", "device": "cpu", "queues": ["translate.en"], "lanes": -1}],
+             "lanes -1 must be from 0 to 64 (CPU lanes (0: one per core))"),
             (
                 [{"name": "a", "device": "cuda:0", "queues": ["translate.en"], "metrics_port": 9300},
                  {"name": "b", "device": "cuda:1", "queues": ["translate.es"], "metrics_port": 9300}],
@@ -51,6 +58,26 @@ class ParsePlacementTests:
         assert [p.metrics_port for p in parse_placement(PLAN)] == [9200, 9201]
         [placement] = parse_placement({"workers": [{"name": "a", "device": "cpu", "queues": ["translate.en"], "metrics_port": 9400}]})
         assert placement.metrics_port == 9400
+
+    def test_a_gpu_may_run_several_instances_of_its_models(self):
+        plan = parse_placement({"workers": [
+            {"name": "gpu0", "device": "cuda:0", "queues": ["translate.en"], "lanes": 3},
+            {"name": "gpu1", "device": "cuda:1", "queues": ["translate.es"]},
+        ]})
+        assert [p.lanes for p in plan] == [3, None]  # None: the worker's setting
+        assert plan[0].worker_arguments(host="h1", cores=8) == [
+            "--device", "cuda:0", "--queues", "translate.en", "--name", "gpu0@h1", "--metrics-port=9200", "--lanes=3",
+            "--cores=8",
+        ]
+        assert plan[1].worker_arguments(host="h1") == [
+            "--device", "cuda:1", "--queues", "translate.es", "--name", "gpu1@h1", "--metrics-port=9201",
+        ]
+
+    def test_without_a_gpu_the_cpu_worker_keeps_its_own_lanes(self):
+        plan = parse_placement({"workers": [{"name": "gpu0", "device": "cuda:0", "queues": ["translate.en"], "lanes": 4}]})
+        [cpu] = for_this_machine(plan, gpu_count=0)
+        assert (cpu.device, cpu.lanes) == ("cpu", None)
+        assert "--lanes" not in " ".join(cpu.worker_arguments(host="h"))
 
     def test_gpu_uuids_are_accepted(self):
         [placement] = parse_placement({"workers": [{"name": "a", "device": "cuda:GPU-8f6e2a1c-1d2e", "queues": ["translate.en"]}]})

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from translation.tiny_models import BENCHMARK_SHAPES
 from workers.benchmark import Benchmark
+from workers.engine_process import MAX_GPU_LANES
 
 
 class Command(BaseCommand):
@@ -17,7 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
         parser.add_argument(
             "--lanes", type=int, default=None,
-            help="CPU lanes of the worker and of the raw model (default $TRANSLATION_CPU_LANES; 0: one per core)",
+            help="lanes of the worker and of the raw model: on a CPU engine processes with a share of the cores "
+                 "(default $TRANSLATION_CPU_LANES; 0: one per core); on a GPU instances of the model on the card, "
+                 "1 to 8 (default $TRANSLATION_GPU_LANES)",
         )
 
         parser.add_argument(
@@ -36,6 +39,8 @@ class Command(BaseCommand):
             raise CommandError("--jobs must be between 1 and 100000.")
         if lanes is not None and not 0 <= lanes <= 64:
             raise CommandError("--lanes must be between 0 (one per core) and 64.")
+        if lanes is not None and device == "cuda" and not 1 <= lanes <= MAX_GPU_LANES:
+            raise CommandError(f"--lanes on cuda must be from 1 to {MAX_GPU_LANES} (instances of the model on the card).")
         if device == "cuda":
             import torch
 

@@ -55,17 +55,17 @@ class Command(BaseCommand):
                 )
         host = socket.gethostname()
         # CPU workers on one machine share its cores (hot standbys of each other still compute
-        # side by side): each gets its share, split into its lanes.
-        on_cpu = [placement for placement in placements if placement.device == "cpu"]
-        cpu_share = [f"--cores={max(1, usable_cores() // len(on_cpu))}"] if len(on_cpu) > 1 else []
+        # side by side): each gets its share, split into its lanes. So do GPU workers, for the
+        # CPU work of their lanes where they run several.
+        on_cpu = sum(1 for placement in placements if placement.device == "cpu")
+        on_gpu = len(placements) - on_cpu
+        share = {"cpu": max(1, usable_cores() // on_cpu) if on_cpu > 1 else 0,
+                 "gpu": max(1, usable_cores() // on_gpu) if on_gpu > 1 else 0}
         workers = {
             placement.name: Child(
                 name=f"{placement.name}@{host}",
-                command=[
-                    sys.executable, "-m", "workers.main", "--device", placement.device,
-                    "--queues", ",".join(placement.queues), "--name", f"{placement.name}@{host}",
-                    f"--metrics-port={placement.metrics_port}", *(cpu_share if placement.device == "cpu" else []),
-                ],
+                command=[sys.executable, "-m", "workers.main", *placement.worker_arguments(
+                    host=host, cores=share["cpu" if placement.device == "cpu" else "gpu"])],
                 log=settings.DATA_DIR / "logs" / f"worker-{placement.name}.log",
                 stop_timeout_s=WORKER_STOP_TIMEOUT_S,
             )
@@ -76,8 +76,9 @@ class Command(BaseCommand):
             for placement in placements:
                 child = workers[placement.name]
                 child.start(_environment())
+                lanes = f" in {placement.lanes} lanes" if placement.lanes and placement.device != "cpu" else ""
                 self.say(
-                    f"  {child.name}: {placement.device}, queues {', '.join(placement.queues)}, "
+                    f"  {child.name}: {placement.device}{lanes}, queues {', '.join(placement.queues)}, "
                     f"metrics :{placement.metrics_port} (pid {child.process.pid}, log {child.log})"
                 )
             self.wait_ready(workers.values())
