@@ -17,10 +17,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from translation.engines import EngineSpec, TokenUsage
+
+if TYPE_CHECKING:
+    from workers.idle_cores import IdleCores
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +105,16 @@ def default_lanes(device: str) -> int:
 
 def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine") -> list[EngineProcess]:
     """``count`` engine processes, their models loading side by side; returns once every one is
-    ready. If one fails, none is left running."""
+    ready. If one fails, none is left running. CPU lanes (``threads`` set) lend each other their
+    idle cores (``workers.idle_cores``) unless ``TRANSLATION_CPU_LEND_IDLE_CORES`` is off."""
     from django.conf import settings
 
+    from workers.idle_cores import IdleCores
+
     keep = settings.TRANSLATION_ENGINE_HEAP_KEEP_MB * 2**20
-    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}", heap_keep_bytes=keep)
+    lending = count > 1 and threads > 0 and settings.TRANSLATION_CPU_LEND_IDLE_CORES
+    idle_cores = IdleCores(multiprocessing.get_context("spawn"), count * threads) if lending else None
+    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}", heap_keep_bytes=keep, idle_cores=idle_cores)
                for lane in range(count)]
     try:
         for engine in engines:
@@ -171,16 +181,20 @@ class RemoteEngine:
 
 
 class EngineProcess:
-    def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine", heap_keep_bytes: int = 0) -> None:
+    def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine", heap_keep_bytes: int = 0,
+                 idle_cores: IdleCores | None = None) -> None:
         """``threads``: the CPU threads each forward pass may use (0: torch's default, one per core);
         ``heap_keep_bytes``: the freed memory the child keeps for its next batches
-        (``workers.native_heap``; 0: the C library's default)."""
+        (``workers.native_heap``; 0: the C library's default); ``idle_cores``: what the lanes
+        share to lend each other their idle cores (``workers.idle_cores``; None: no lending)."""
         # spawn, not fork: the child starts clean of the parent's threads, locks and (on GPU
         # hosts) CUDA state, which a fork would copy broken (pytorch#68861).
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_end, warmups, threads, heap_keep_bytes), name=name, daemon=True)
+        self._process = context.Process(target=_serve, args=(child_end, warmups, threads, heap_keep_bytes, idle_cores),
+                                        name=name, daemon=True)
         self._lock = threading.Lock()
+        self.idle_cores = idle_cores
         # Its loaded models: those warmed at start, one loaded with its first batch (a route
         # changed since), less those unloaded. Changed only by the lane's own thread.
         self.memory: dict[EngineSpec, ModelMemory] = {}
@@ -341,13 +355,15 @@ class EngineProcess:
             self._process.join()
 
 
-def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes: int = 0) -> None:
+def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes: int = 0,
+           idle_cores: IdleCores | None = None) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     import signal
 
     from translation.engines import engine_for, engine_unload, loaded_engines, translate_timed
     from workers.frozen_heap import freeze_heap
     from workers.lifecycle import die_with_parent
+    from workers.idle_cores import Lending
     from workers.native_heap import keep_freed_memory, trim
 
     die_with_parent()
@@ -369,7 +385,9 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
 
     trim()  # what loading the models freed is not a batch's: given back, not kept
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
-    connection.send(("ready", (memory, torch.get_num_threads(), heap_kept)))
+    own = torch.get_num_threads()
+    lending = Lending(idle_cores, own) if idle_cores is not None else None
+    connection.send(("ready", (memory, own, heap_kept)))
     while True:
         try:
             request = connection.recv()
@@ -395,7 +413,9 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                 engine = engine_for(spec)
                 if changed:  # its memory, for the worker's report, whatever the call then answers
                     connection.send(("loaded", _memory_of(engine)))
-                connection.send(("ok", translate_timed(engine, *arguments)))
+                with lending.batch(len(arguments[0])) if lending is not None else nullcontext():
+                    answer = translate_timed(engine, *arguments)
+                connection.send(("ok", answer))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
         if changed:

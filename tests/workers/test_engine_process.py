@@ -186,9 +186,22 @@ class CpuLanesTests:
             assert [lane.threads for lane in lanes] == [1, 1]
             # The worker's lanes keep freed memory for their next batches (the setting's default).
             assert [lane.heap_kept for lane in lanes] == [True, True]
+            # and lend each other their idle cores, counting busy lanes together (nothing computes now).
+            assert lanes[0].idle_cores is lanes[1].idle_cores
+            assert (lanes[0].idle_cores.cores, lanes[0].idle_cores.busy.value) == (2, 0)
         finally:
             for lane in lanes:
                 lane.stop()
+
+    def test_lanes_lend_no_cores_when_told_not_to_nor_alone(self, tiny_models, settings):
+        spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        [alone] = start_lanes([Warmup(spec, "es", "en")], count=1, threads=1)
+        alone.stop()
+        settings.TRANSLATION_CPU_LEND_IDLE_CORES = False
+        lanes = start_lanes([Warmup(spec, "es", "en")], count=2, threads=1)
+        for lane in lanes:
+            lane.stop()
+        assert [alone.idle_cores, *(lane.idle_cores for lane in lanes)] == [None, None, None]
 
     def test_lanes_share_the_weights_mapped_from_the_checkpoint(self, tiny_models):
         spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))

@@ -4,11 +4,14 @@ Engines import neither Django nor Celery; they take texts and return texts.
 """
 
 from translation.engines.base import (
-    EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair, translate_timed,
+    EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair, between_steps,
+    between_steps_call, translate_timed,
 )
 from translation.engines.registry import engine_for, engine_unload, loaded_engines
 
 __all__ = [
+    "between_steps",
+    "between_steps_call",
     "EngineError",
     "EngineSpec",
     "InputTooLong",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -60,6 +62,27 @@ def translate_timed(
     outputs, usage = engine.translate_with_usage(texts, source, target, glossary)
     usage.seconds = time.perf_counter() - began
     return outputs, usage
+
+
+# What an engine calls between the decoding steps of a batch, per thread (an engine process's
+# CPU lanes resize their threads to the cores idle now: workers/idle_cores.py).
+_steps = threading.local()
+
+
+@contextmanager
+def between_steps_call(hook: Callable[[], None]) -> Iterator[None]:
+    """Have engines call ``hook`` between the decoding steps of this thread's batches, until the
+    block ends."""
+    _steps.hook = hook
+    try:
+        yield
+    finally:
+        _steps.hook = None
+
+
+def between_steps() -> Callable[[], None] | None:
+    """The hook this thread's batches call between decoding steps, if any."""
+    return getattr(_steps, "hook", None)
 
 
 class TranslationEngine(ABC):

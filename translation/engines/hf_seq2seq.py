@@ -11,7 +11,9 @@ from functools import partial
 from enum import Enum
 
 from translation import languages
-from translation.engines.base import EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair
+from translation.engines.base import (
+    EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair, between_steps,
+)
 from translation.protection import translate_protected
 from translation.segmentation import join_sentences, split_sentences
 
@@ -197,6 +199,9 @@ class HFSeq2SeqEngine(TranslationEngine):
             if self._fixed_output_tokens:
                 limits = [self._fixed_output_tokens] * len(lengths)
                 generate_args["min_new_tokens"] = self._fixed_output_tokens
+            hook = between_steps()
+            if hook is not None:  # called after each decoding step (this process's lanes resize their threads)
+                generate_args["stopping_criteria"] = _step_hook(hook)
             encoded = encoded.to(self.spec.device)
             try:
                 with torch.inference_mode():
@@ -258,6 +263,19 @@ class HFSeq2SeqEngine(TranslationEngine):
             inside = sum(size for address, size in weights if mapping.start <= address and address + size <= mapping.end)
             shared += max(0, inside - mapping.copied)
         return shared
+
+
+def _step_hook(hook):
+    """A generate stopping criterion that stops nothing and calls ``hook`` after every step."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StepHook(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            hook()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StepHook()])
 
 
 @dataclass(frozen=True)
