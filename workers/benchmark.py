@@ -83,7 +83,7 @@ class Benchmark:
 
         spec = self.spec()
         engines = start_lanes([Warmup(spec, "es", self.target)], count=self.lanes, threads=self.threads,
-                              name="benchmark-engine")
+                              name="benchmark-engine", device=self.device)
         try:
             # Two rounds, the better one: a lane's first batches run slower (allocations, caches).
             figures.limit, self.limit_cpu_ms = max((self.batched_rate(engines, spec) for _ in range(2)),
@@ -163,7 +163,7 @@ class Benchmark:
 
         spec = self.spec()
         engines = start_lanes([Warmup(spec, "es", self.target)], count=self.lanes, threads=self.threads,
-                              name="benchmark-engine")
+                              name="benchmark-engine", device=self.device)
         try:
             again, cpu_ms = self.batched_rate(engines, spec)
         finally:

@@ -103,16 +103,17 @@ def default_lanes(device: str) -> int:
     return settings.TRANSLATION_CPU_LANES if device == "cpu" else settings.TRANSLATION_GPU_LANES
 
 
-def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine") -> list[EngineProcess]:
-    """``count`` engine processes, their models loading side by side; returns once every one is
-    ready. If one fails, none is left running. CPU lanes (``threads`` set) lend each other their
-    idle cores (``workers.idle_cores``) unless ``TRANSLATION_CPU_LEND_IDLE_CORES`` is off."""
+def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine",
+                device: str = "cpu") -> list[EngineProcess]:
+    """``count`` engine processes on ``device``, their models loading side by side; returns once
+    every one is ready. If one fails, none is left running. CPU lanes lend each other their idle
+    cores (``workers.idle_cores``) unless ``TRANSLATION_CPU_LEND_IDLE_CORES`` is off."""
     from django.conf import settings
 
     from workers.idle_cores import IdleCores
 
     keep = settings.TRANSLATION_ENGINE_HEAP_KEEP_MB * 2**20
-    lending = count > 1 and threads > 0 and settings.TRANSLATION_CPU_LEND_IDLE_CORES
+    lending = device == "cpu" and count > 1 and threads > 0 and settings.TRANSLATION_CPU_LEND_IDLE_CORES
     idle_cores = IdleCores(multiprocessing.get_context("spawn"), count * threads) if lending else None
     engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}", heap_keep_bytes=keep, idle_cores=idle_cores)
                for lane in range(count)]

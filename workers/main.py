@@ -238,7 +238,7 @@ def start_device_loop(
 
     device = os.environ.get("TRANSLATION_DEVICE", "cpu")
     count, threads = lane_layout(device, lanes, cores)
-    engines = start_lanes(warmups, count=count, threads=threads)
+    engines = start_lanes(warmups, count=count, threads=threads, device=device)
     from workers.control import lanes_note  # also registers the "models" inspect command
     from workers.loaded_models import LoadedModels
 

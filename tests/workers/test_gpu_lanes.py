@@ -17,7 +17,7 @@ class GpuLaneTests:
     def test_two_lanes_on_one_card_translate_side_by_side_each_with_its_copy(self, tiny_models):
         spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100), precision="fp16", device="cuda")
         count, threads = lane_layout("cuda", 2, cores=4)
-        lanes = start_lanes([Warmup(spec, "es", "en")], count=count, threads=threads)
+        lanes = start_lanes([Warmup(spec, "es", "en")], count=count, threads=threads, device="cuda")
         try:
             texts = ["Hola, mi pedido no ha llegado.", "Gracias. Adiós."] * 32
             outputs: list = [None] * count
@@ -38,6 +38,7 @@ class GpuLaneTests:
             memories = [lane.memory[spec] for lane in lanes]
             assert all(memory.total > 0 and memory.shared == 0 for memory in memories)
             assert len({lane.pid for lane in lanes}) == 2
+            assert [lane.idle_cores for lane in lanes] == [None, None]  # CPU lanes lend their cores, not these
         finally:
             for lane in lanes:
                 lane.stop()
