@@ -209,9 +209,9 @@ TRANSLATION_MAX_BATCH_TOKENS = env.int("TRANSLATION_MAX_BATCH_TOKENS", default=8
 TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
 if TRANSLATION_CPU_LANES < 0:
     raise environ.ImproperlyConfigured(f"TRANSLATION_CPU_LANES must be 0 (one per core) or more, not {TRANSLATION_CPU_LANES}")
-# A CPU lane computing a batch of 16 jobs or more while other lanes have none takes their cores
-# too, checked between its decoding steps, and gives them back when they start one
-# (workers/idle_cores.py): a burst's last batch, a quiet hour's batches.
+# A CPU lane computing a batch of 16 jobs or more takes the cores that idle lanes leave (cores /
+# busy lanes threads), counted after each decoding step, so a lane that starts a batch gets its
+# core back within a step (workers/idle_cores.py): a burst's last batch, a quiet hour's batches.
 TRANSLATION_CPU_LEND_IDLE_CORES = env.bool("TRANSLATION_CPU_LEND_IDLE_CORES", default=True)
 # A GPU worker's lanes: instances of its models on its one card (Triton's instance_group count),
 # each an engine process with its own CUDA context and its own copy of the weights on the card,

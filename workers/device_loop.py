@@ -10,8 +10,8 @@ process of its own with a share of the cores, so two batches compute side by sid
 CTranslate2 way (``inter_threads`` × ``intra_threads``). On a GPU (``TRANSLATION_GPU_LANES``,
 one by default) each lane is an instance of the models on the card, Triton's way
 (``instance_group`` ``count``): one lane's forward pass computes while another claims, stores,
-or launches its own kernels. On the 2-core benchmark
-machine two one-thread lanes computed 247 sentences/s at batch 128 where one two-thread
+or launches its own kernels. On a CPU, on the 2-core benchmark
+machine, two one-thread lanes computed 247 sentences/s at batch 128 where one two-thread
 process computed 160-173: a forward pass split over two threads waits for the slower of them at
 every step, and on shared cores one of them is often not running.
 """

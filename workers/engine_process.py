@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from translation.engines import EngineSpec, TokenUsage
 
 if TYPE_CHECKING:
-    from workers.idle_cores import IdleCores
+    from workers.idle_cores import LaneCores
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +79,12 @@ def gpu_lanes(requested: int, cores: int) -> tuple[int, int]:
     ``count`` makes several instances of a model per GPU: while one lane launches its kernels,
     claims or stores, another's forward pass keeps the card busy (on an H200, ``generate`` at
     batch 128 kept the card computing for 17-47 ms of a 110-180 ms call; docs/benchmarks.md).
-    ``requested`` 0 or 1: one lane on torch's own threads. More: each lane a share of the
-    cores, so that N processes do not each start a thread per core.
+    ``requested`` 1: one lane on torch's own threads. More: each lane a share of the cores, so
+    that N processes do not each start a thread per core.
     """
-    if not 0 <= requested <= MAX_GPU_LANES:
+    if not 1 <= requested <= MAX_GPU_LANES:
         raise ValueError(f"the number of GPU lanes must be from 1 to {MAX_GPU_LANES}, not {requested}")
-    lanes = max(1, requested)
-    return (1, 0) if lanes == 1 else (lanes, max(1, max(1, cores) // lanes))
+    return (1, 0) if requested == 1 else (requested, max(1, max(1, cores) // requested))
 
 
 def lane_layout(device: str, requested: int, cores: int = 0) -> tuple[int, int]:
@@ -114,8 +113,9 @@ def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = 
 
     keep = settings.TRANSLATION_ENGINE_HEAP_KEEP_MB * 2**20
     lending = device == "cpu" and count > 1 and threads > 0 and settings.TRANSLATION_CPU_LEND_IDLE_CORES
-    idle_cores = IdleCores(multiprocessing.get_context("spawn"), count * threads) if lending else None
-    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}", heap_keep_bytes=keep, idle_cores=idle_cores)
+    idle_cores = IdleCores(multiprocessing.get_context("spawn"), count * threads, count) if lending else None
+    engines = [EngineProcess(warmups, threads=threads, name=f"{name}-{lane}", heap_keep_bytes=keep,
+                             idle_cores=idle_cores.lane(lane) if idle_cores is not None else None)
                for lane in range(count)]
     try:
         for engine in engines:
@@ -183,11 +183,12 @@ class RemoteEngine:
 
 class EngineProcess:
     def __init__(self, warmups: list[Warmup], *, threads: int = 0, name: str = "engine", heap_keep_bytes: int = 0,
-                 idle_cores: IdleCores | None = None) -> None:
+                 idle_cores: LaneCores | None = None) -> None:
         """``threads``: the CPU threads each forward pass may use (0: torch's default, one per core);
         ``heap_keep_bytes``: the freed memory the child keeps for its next batches
-        (``workers.native_heap``; 0: the C library's default); ``idle_cores``: what the lanes
-        share to lend each other their idle cores (``workers.idle_cores``; None: no lending)."""
+        (``workers.native_heap``; 0: the C library's default); ``idle_cores``: this lane's place
+        in what the lanes share to lend each other their idle cores (``workers.idle_cores``;
+        None: no lending)."""
         # spawn, not fork: the child starts clean of the parent's threads, locks and (on GPU
         # hosts) CUDA state, which a fork would copy broken (pytorch#68861).
         context = multiprocessing.get_context("spawn")
@@ -357,7 +358,7 @@ class EngineProcess:
 
 
 def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes: int = 0,
-           idle_cores: IdleCores | None = None) -> None:
+           idle_cores: LaneCores | None = None) -> None:
     """The child's main loop: load and warm every model, then translate what the parent sends."""
     import signal
 
@@ -406,15 +407,17 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                 engine_unload(spec)
                 _free_memory(spec.device)
                 connection.send(("ok", None))
-            elif kind == "warm":
-                connection.send(("ok", _warm_up(spec, *arguments)))
+            elif kind == "warm":  # a load counts as busy: other lanes do not borrow this lane's cores
+                with lending.batch(0) if lending is not None else nullcontext():
+                    memory = _warm_up(spec, *arguments)
+                connection.send(("ok", memory))
             else:
-                if changed:  # a model no route named at start loads with its first batch: said first
-                    connection.send(("loading", None))
-                engine = engine_for(spec)
-                if changed:  # its memory, for the worker's report, whatever the call then answers
-                    connection.send(("loaded", _memory_of(engine)))
                 with lending.batch(len(arguments[0])) if lending is not None else nullcontext():
+                    if changed:  # a model no route named at start loads with its first batch: said first
+                        connection.send(("loading", None))
+                    engine = engine_for(spec)
+                    if changed:  # its memory, for the worker's report, whatever the call then answers
+                        connection.send(("loaded", _memory_of(engine)))
                     answer = translate_timed(engine, *arguments)
                 connection.send(("ok", answer))
         except Exception as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 # Batches smaller than this keep their lane's own threads: one sentence computed no faster on
 # two threads, and the threads' start-up and synchronisation cost more than they win.
@@ -25,44 +26,58 @@ MIN_BATCH = 16
 
 
 class IdleCores:
-    """The count of lanes computing a batch, shared by a worker's engine processes (made by the
-    parent, handed to each child as it starts), and the cores the lanes have together."""
+    """Which of a worker's CPU lanes compute a batch now: a byte per lane in memory their engine
+    processes share (made by the parent, handed to each child as it starts), and the cores the
+    lanes have together. Each lane writes only its own byte, so no lock is taken: a process
+    killed at any point cannot leave the others waiting on one."""
 
-    def __init__(self, context, cores: int) -> None:
-        self.busy = context.Value("i", 0)
+    def __init__(self, context, cores: int, lanes: int) -> None:
+        self.slots = context.RawArray("b", lanes)
         self.cores = cores
+
+    def lane(self, index: int) -> LaneCores:
+        return LaneCores(self, index)
+
+    def busy(self) -> int:
+        return sum(self.slots)
+
+
+@dataclass(frozen=True)
+class LaneCores:
+    """One lane's place in ``IdleCores``."""
+
+    shared: IdleCores
+    index: int
 
 
 class Lending:
     """One engine process's side of ``IdleCores``: the threads its batches run."""
 
-    def __init__(self, shared: IdleCores, own: int) -> None:
-        self.shared, self.own, self.current = shared, own, own
+    def __init__(self, lane: LaneCores, own: int) -> None:
+        self.lane, self.own, self.current = lane, own, own
 
     @contextmanager
     def batch(self, size: int) -> Iterator[None]:
-        """Count this lane busy while a batch of ``size`` jobs computes; a large one borrows the
-        idle lanes' cores, checked again between its decoding steps."""
+        """Count this lane busy while a batch of ``size`` jobs computes (0: a model loading or
+        warming up, which borrows nothing); a batch of ``MIN_BATCH`` or more borrows the idle
+        lanes' cores, checked again after each of its decoding steps."""
         from translation.engines import between_steps_call
 
-        busy = self.shared.busy
-        with busy.get_lock():
-            busy.value += 1
-        borrowing = size >= MIN_BATCH
+        slots, index = self.lane.shared.slots, self.lane.index
+        slots[index] = 1
         try:
-            if borrowing:  # from its first step on: the encoder runs on the lane's own threads
+            if size >= MIN_BATCH:  # from its first step on: the encoder runs on the lane's own threads
                 with between_steps_call(self.adjust):
                     yield
             else:
                 yield
         finally:
-            with busy.get_lock():
-                busy.value -= 1
+            slots[index] = 0
             self._use(self.own)
 
     def adjust(self) -> None:
         """Take the threads that the lanes busy now leave: the lane's own share at least."""
-        self._use(max(self.own, self.shared.cores // max(1, self.shared.busy.value)))
+        self._use(max(self.own, self.lane.shared.cores // max(1, self.lane.shared.busy())))
 
     def _use(self, threads: int) -> None:
         if threads != self.current:

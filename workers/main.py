@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--lanes", type=int, default=None,
         help="engine processes computing batches side by side: on a CPU each with a share of the cores "
              "(default $TRANSLATION_CPU_LANES; 0: one per core, at most 4); on a GPU, instances of the models "
-             "on the one card, 1 to 8 (default $TRANSLATION_GPU_LANES, 1)",
+             f"on the one card, 1 to {MAX_GPU_LANES} (default $TRANSLATION_GPU_LANES, 1)",
     )
     parser.add_argument(
         "--cores", type=int, default=0,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.lanes is not None and args.lanes < 0:
         raise SystemExit(f"--lanes must be 0 (one per core) or more, not {args.lanes}")
-    if args.lanes is not None and args.device != "cpu" and args.lanes > MAX_GPU_LANES:
+    if args.lanes is not None and args.device != "cpu" and not 1 <= args.lanes <= MAX_GPU_LANES:
         raise SystemExit(f"--lanes on a GPU must be from 1 to {MAX_GPU_LANES} (instances of the models on the card), "
                          f"not {args.lanes}")
     if args.cores < 0:

@@ -30,7 +30,7 @@ last_batch_timestamp = Gauge(
     "translation_worker_last_batch_timestamp_seconds", "When the worker's last batch ended (Unix time).", WORKER
 )
 lane_batches = Counter(
-    "translation_worker_lane_batches", "Batches each lane (engine process) computed; a CPU worker runs several.",
+    "translation_worker_lane_batches", "Batches each lane (engine process) computed; a worker may run several.",
     ("worker", "lane"),
 )
 ledger_wakeups = Counter(

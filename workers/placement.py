@@ -74,7 +74,7 @@ def parse_placement(data: object, *, source: str = "the placement plan") -> list
         if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
             raise PlacementError(f"{where}: device {device!r} must be 'cpu', 'cuda:N' or 'cuda:GPU-<uuid>'")
         if device != "cpu" and device in devices:
-            # One process per GPU: two would each load every model into the same card's memory.
+            # One worker per GPU: its lanes are the instances of its models on the card ("lanes").
             raise PlacementError(f"{where}: {device} already has a worker; give it more queues instead")
         if not isinstance(queues, list) or not queues:
             raise PlacementError(f"{where}: queues must be a non-empty list")

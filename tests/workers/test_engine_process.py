@@ -187,8 +187,9 @@ class CpuLanesTests:
             # The worker's lanes keep freed memory for their next batches (the setting's default).
             assert [lane.heap_kept for lane in lanes] == [True, True]
             # and lend each other their idle cores, counting busy lanes together (nothing computes now).
-            assert lanes[0].idle_cores is lanes[1].idle_cores
-            assert (lanes[0].idle_cores.cores, lanes[0].idle_cores.busy.value) == (2, 0)
+            assert lanes[0].idle_cores.shared is lanes[1].idle_cores.shared
+            assert [lane.idle_cores.index for lane in lanes] == [0, 1]
+            assert (lanes[0].idle_cores.shared.cores, lanes[0].idle_cores.shared.busy()) == (2, 0)
         finally:
             for lane in lanes:
                 lane.stop()
@@ -230,7 +231,6 @@ class CpuLanesTests:
         assert ModelMemory.held_together([ModelMemory(100, 80), ModelMemory(100, 76)]) == 80 + 20 + 24
 
     def test_a_gpu_worker_runs_one_lane_on_torchs_own_threads_unless_told(self):
-        assert lane_layout("cuda", 0, cores=16) == (1, 0)
         assert lane_layout("cuda", 1, cores=16) == (1, 0)
         assert lane_layout("cpu", 0, cores=2) == (2, 1)
 
@@ -238,7 +238,7 @@ class CpuLanesTests:
     def test_gpu_lanes_split_the_cores_for_their_cpu_work(self, requested, cores, layout):
         assert lane_layout("cuda", requested, cores=cores) == layout
 
-    @pytest.mark.parametrize("requested", [-1, MAX_GPU_LANES + 1])
+    @pytest.mark.parametrize("requested", [-1, 0, MAX_GPU_LANES + 1])
     def test_gpu_lanes_out_of_range_are_refused(self, requested):
         with pytest.raises(ValueError, match=f"GPU lanes must be from 1 to {MAX_GPU_LANES}, not {requested}"):
             gpu_lanes(requested, 16)

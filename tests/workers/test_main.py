@@ -39,8 +39,9 @@ class ParseArgsTests:
 
 
     def test_gpu_lanes_beyond_the_cards_limit_are_refused_before_anything_loads(self):
-        with pytest.raises(SystemExit, match="--lanes on a GPU must be from 1 to 8"):
-            main(["--queues", "translate.en", "--device", "cuda:0", "--lanes", "9"])
+        for lanes in ("9", "0"):
+            with pytest.raises(SystemExit, match=f"--lanes on a GPU must be from 1 to 8 .*, not {lanes}"):
+                main(["--queues", "translate.en", "--device", "cuda:0", "--lanes", lanes])
 
 
 class PrefetchTests:

@@ -73,11 +73,12 @@ _steps = threading.local()
 def between_steps_call(hook: Callable[[], None]) -> Iterator[None]:
     """Have engines call ``hook`` between the decoding steps of this thread's batches, until the
     block ends."""
+    outer = getattr(_steps, "hook", None)
     _steps.hook = hook
     try:
         yield
     finally:
-        _steps.hook = None
+        _steps.hook = outer
 
 
 def between_steps() -> Callable[[], None] | None:

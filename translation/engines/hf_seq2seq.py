@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from enum import Enum
 
 from translation import languages
@@ -267,15 +267,26 @@ class HFSeq2SeqEngine(TranslationEngine):
 
 def _step_hook(hook):
     """A generate stopping criterion that stops nothing and calls ``hook`` after every step."""
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([_step_hook_type()(hook)])
+
+
+@cache
+def _step_hook_type():
+    """The criterion's class, made once (transformers and torch load only with a model)."""
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteria
 
     class StepHook(StoppingCriteria):
+        def __init__(self, hook) -> None:
+            self.hook = hook
+
         def __call__(self, input_ids, scores, **kwargs):
-            hook()
+            self.hook()
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-    return StoppingCriteriaList([StepHook()])
+    return StepHook
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ class Command(BaseCommand):
             "--lanes", type=int, default=None,
             help="lanes of the worker and of the raw model: on a CPU engine processes with a share of the cores "
                  "(default $TRANSLATION_CPU_LANES; 0: one per core); on a GPU instances of the model on the card, "
-                 "1 to 8 (default $TRANSLATION_GPU_LANES)",
+                 f"1 to {MAX_GPU_LANES} (default $TRANSLATION_GPU_LANES)",
         )
 
         parser.add_argument(

@@ -76,7 +76,8 @@ class Command(BaseCommand):
             for placement in placements:
                 child = workers[placement.name]
                 child.start(_environment())
-                lanes = f" in {placement.lanes} lanes" if placement.lanes and placement.device != "cpu" else ""
+                gpu_lanes = placement.lanes or settings.TRANSLATION_GPU_LANES
+                lanes = f" in {gpu_lanes} lanes" if placement.device != "cpu" and gpu_lanes > 1 else ""
                 self.say(
                     f"  {child.name}: {placement.device}{lanes}, queues {', '.join(placement.queues)}, "
                     f"metrics :{placement.metrics_port} (pid {child.process.pid}, log {child.log})"
