@@ -53,7 +53,7 @@ def cpu_note(cpu_ms: float | None) -> str:
 class Benchmark:
     def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
                  precision: str = "fp32", lanes: int | None = None, dispatch: str | None = None) -> None:
-        from workers.engine_process import default_lanes, lane_layout
+        from workers.lane_layout import default_lanes, lane_layout
 
         self.model, self.jobs, self.say = model, jobs, say
         self.device, self.precision = device, precision  # device: "cpu" or "cuda" (the first GPU)

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from workers.engine_process import MAX_GPU_LANES
+from workers.lane_layout import MAX_GPU_LANES
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("No queues to consume: no enabled route (add one in the admin, or run `manage.py import_routes`)")
     from django.conf import settings
 
-    from workers.engine_process import default_lanes
+    from workers.lane_layout import default_lanes
     from workers.heartbeat import Heartbeat
 
     name = args.name or f"translate-{args.device.replace(':', '')}@{socket.gethostname()}"
@@ -234,7 +234,8 @@ def start_device_loop(
     from translation.execution import use_batcher
     from workers.ledger_intake import LedgerIntake
     from workers.device_loop import DeviceLoop
-    from workers.engine_process import lane_layout, start_lanes
+    from workers.engine_process import start_lanes
+    from workers.lane_layout import lane_layout
 
     device = os.environ.get("TRANSLATION_DEVICE", "cpu")
     count, threads = lane_layout(device, lanes, cores)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.engine_process import MAX_GPU_LANES
+from workers.lane_layout import MAX_GPU_LANES
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda:(\d+|GPU-[0-9a-fA-F-]+))$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")

@@ -9,20 +9,8 @@ import pytest
 
 from tests.conftest import ROOT
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
-from workers.engine_process import (
-    MAX_AUTO_LANES,
-    MAX_GPU_LANES,
-    EngineProcess,
-    EngineProcessDied,
-    ModelMemory,
-    Warmup,
-    cpu_lanes,
-    default_lanes,
-    gpu_lanes,
-    lane_layout,
-    start_lanes,
-    usable_cores,
-)
+from workers.engine_process import EngineProcess, EngineProcessDied, ModelMemory, Warmup, start_lanes
+from workers.lane_layout import MAX_AUTO_LANES, MAX_GPU_LANES, cpu_lanes, default_lanes, gpu_lanes, lane_layout, usable_cores
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from translation.engines import EngineSpec
-from workers.engine_process import Warmup, lane_layout, start_lanes
+from workers.engine_process import Warmup, start_lanes
+from workers.lane_layout import lane_layout
 
 NO_GPU = "needs a CUDA device: GPU lanes are instances of the models on a card (none on this machine)"
 

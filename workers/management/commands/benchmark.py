@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from translation.tiny_models import BENCHMARK_SHAPES
 from workers.benchmark import Benchmark
-from workers.engine_process import MAX_GPU_LANES
+from workers.lane_layout import MAX_GPU_LANES
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from cs_portal.embedded import port_is_free
 from workers.control import lanes_note
-from workers.engine_process import usable_cores
+from workers.lane_layout import usable_cores
 from workers.lifecycle import Child, StopRequested, install_stop_signals, raise_if_stop_requested
 from workers.placement import PlacementError, for_this_machine, gpu_count, load_placement
 
