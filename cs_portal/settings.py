@@ -213,6 +213,12 @@ if TRANSLATION_CPU_LANES < 0:
 # busy lanes threads), counted after each decoding step, so a lane that starts a batch gets its
 # core back within a step (workers/idle_cores.py): a burst's last batch, a quiet hour's batches.
 TRANSLATION_CPU_LEND_IDLE_CORES = env.bool("TRANSLATION_CPU_LEND_IDLE_CORES", default=True)
+# Each engine process computes one full batch of every model it loads before the worker
+# consumes (the largest batch size of the model's routes, within MAX_BATCH_SIZE and
+# MAX_BATCH_TOKENS): the memory a batch of that size needs is in place before the first burst,
+# which otherwise computed about a sixth slower (workers/engine_process.py). Off: the warm-up is
+# one sentence, the canary.
+TRANSLATION_WARMUP_FULL_BATCH = env.bool("TRANSLATION_WARMUP_FULL_BATCH", default=True)
 # A GPU worker's lanes: instances of its models on its one card (Triton's instance_group count),
 # each an engine process with its own CUDA context and its own copy of the weights on the card,
 # computing batches side by side, so that the card computes while one lane launches kernels,

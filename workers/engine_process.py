@@ -81,11 +81,13 @@ class ModelMemory:
 
 @dataclass(frozen=True)
 class Warmup:
-    """A model to load at start and the language pair to prove it with."""
+    """A model to load at start, the language pair to prove it with, and the size of the full
+    batch it then computes (1: the proof only)."""
 
     spec: EngineSpec
     source: str
     target: str
+    batch: int = 1
 
 
 class RemoteEngine:
@@ -134,6 +136,8 @@ class EngineProcess:
         self.last_used: dict[EngineSpec, float] = {}  # monotonic, per loaded model
         self.threads = 0  # the threads its forward passes use, once ready
         self.heap_kept = False  # whether the child keeps freed memory (once ready)
+        # Per model warmed with a full batch at start: its size and seconds (None: it failed).
+        self.full_batches: dict[EngineSpec, tuple[int, float | None]] = {}
         # Told when ``memory`` changed (the worker's report of its models).
         self.on_change: Callable[[], None] | None = None
         # Told True when a call starts loading a model (its call may then take up to
@@ -156,7 +160,7 @@ class EngineProcess:
         kind, value = self._receive()
         if kind == "error":
             raise value
-        self.memory, self.threads, self.heap_kept = value
+        self.memory, self.threads, self.heap_kept, self.full_batches = value
         now = time.monotonic()
         self.last_used = dict.fromkeys(self.memory, now)
         return self.memory
@@ -208,10 +212,11 @@ class EngineProcess:
         return value
 
     def warm(self, warmup: Warmup) -> ModelMemory:
-        """Load ``warmup``'s model in the child and prove it with the warm-up sentence, as at a
-        start (a route named it since); returns its memory. Its errors are raised here."""
+        """Load ``warmup``'s model in the child, prove it with the warm-up sentence and compute its
+        full batch, as at a start (a route named it since); returns its memory. Its errors are
+        raised here."""
         with self._lock:
-            self._send(("warm", warmup.spec, warmup.source, warmup.target))
+            self._send(("warm", warmup.spec, warmup.source, warmup.target, warmup.batch))
             self._loading(True)
             try:
                 kind, value = self._answer(START_TIMEOUT_S, what="load a model")
@@ -318,9 +323,18 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
 
     trim()  # what loading the models freed is not a batch's: given back, not kept
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
+    # After the trim: the memory a full batch takes stays for the batches.
+    full_batches = {warmup.spec: (warmup.batch, _full_batch(warmup.spec, warmup.source, warmup.target, warmup.batch))
+                    for warmup in warmups if warmup.batch > 1}
     own = torch.get_num_threads()
     lending = Lending(idle_cores, own) if idle_cores is not None else None
-    connection.send(("ready", (memory, own, heap_kept)))
+
+    def busy(size: int):
+        """This lane computes ``size`` jobs (0: a model loading), for the lanes that lend their
+        idle cores."""
+        return lending.batch(size) if lending is not None else nullcontext()
+
+    connection.send(("ready", (memory, own, heap_kept, full_batches)))
     while True:
         try:
             request = connection.recv()
@@ -339,11 +353,16 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                 _free_memory(spec.device)
                 connection.send(("ok", None))
             elif kind == "warm":  # a load counts as busy: other lanes do not borrow this lane's cores
-                with lending.batch(0) if lending is not None else nullcontext():
-                    memory = _warm_up(spec, *arguments)
+                source, target, batch = arguments
+                with busy(0):
+                    memory = _warm_up(spec, source, target)
+                    trim()  # as at the start: the load's leftovers go, the full batch's memory stays
+                    freeze_heap()
+                    changed = False
+                    _full_batch(spec, source, target, batch)
                 connection.send(("ok", memory))
             else:
-                with lending.batch(len(arguments[0])) if lending is not None else nullcontext():
+                with busy(len(arguments[0])):
                     if changed:  # a model no route named at start loads with its first batch: said first
                         connection.send(("loading", None))
                     engine = engine_for(spec)
@@ -372,6 +391,35 @@ def _warm_up(spec: EngineSpec, source: str, target: str) -> ModelMemory:
         _free_memory(spec.device)
         raise
     return _memory_of(engine)
+
+
+# The sentence of a full batch at start: a customer's message of a usual length (about 20 tokens).
+FULL_BATCH_TEXT = "Hello, I ordered a pair of shoes two weeks ago and they still have not arrived."
+
+
+def _full_batch(spec: EngineSpec, source: str, target: str, size: int) -> float | None:
+    """Compute one batch of ``size`` sentences: the memory a full batch needs (its activations,
+    the decoder's cache, a GPU allocator's blocks) is taken now and kept (the C heap keeps what a
+    batch frees: workers/native_heap.py), not in the first burst of jobs, which computed about a
+    sixth slower than the next on the 2-core machine (docs/benchmarks.md). A batch that does not
+    compute (a card too small for it) is logged; its route's batches will be split as they fail.
+    Returns its seconds; None when it failed or there was none to compute (``size`` 1)."""
+    if size <= 1:
+        return None
+    from translation.engines import engine_for
+
+    started = time.monotonic()
+    try:
+        engine_for(spec).translate([FULL_BATCH_TEXT] * size, source, target)
+        return time.monotonic() - started
+    except Exception as exc:
+        logger.warning("%s: a full batch of %d did not compute at start (%s: %s); batches that size will be split",
+                       spec.model, size, type(exc).__name__, exc)
+        if spec.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        return None
 
 
 def _memory_of(engine) -> ModelMemory:

@@ -5,12 +5,14 @@
 
 ``--device cuda:N`` sets CUDA_VISIBLE_DEVICES=N before torch is imported, so the process
 sees exactly one GPU (as ``cuda``). The worker loads every model that a route on its queues
-names, runs one warm-up translation through each, and only then starts consuming.
+names, runs one warm-up translation through each and then one full batch (the memory a batch
+of that size needs is in place before the first burst), and only then starts consuming.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import socket
@@ -239,6 +241,8 @@ def start_device_loop(
 
     device = os.environ.get("TRANSLATION_DEVICE", "cpu")
     count, threads = lane_layout(device, lanes, cores)
+    if not batching:  # every batch holds one job: no full batch to prepare for
+        warmups = [dataclasses.replace(warmup, batch=1) for warmup in warmups]
     engines = start_lanes(warmups, count=count, threads=threads, device=device)
     from workers.control import lanes_note  # also registers the "models" inspect command
     from workers.loaded_models import LoadedModels
@@ -258,6 +262,11 @@ def start_device_loop(
     for loaded in models.report():
         print(f"  loaded {loaded['model']} [{loaded['precision']}] on {loaded['device']}: "
               f"{loaded['memory_mib']:.1f} MiB{lanes_note(loaded)}", flush=True)
+    for spec, (size, _) in engines[0].full_batches.items():
+        took = [engine.full_batches[spec][1] for engine in engines]
+        print(f"  {spec.model}: a full batch of {size} computed at start in {max(took):.1f}s" if None not in took else
+              f"  {spec.model}: a full batch of {size} did not compute at start (see the log); batches that size "
+              "will be split", flush=True)
     if batching:
         policy = BatchPolicy(
             max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,

@@ -24,6 +24,33 @@ def engines(tiny_models):
 
 
 class EngineProcessTests:
+    def test_a_full_batch_computes_at_start_and_the_worker_learns_how_long_it_took(self, tiny_models):
+        spec = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en))
+        process = EngineProcess([Warmup(spec, "es", "en", batch=32)])
+        try:
+            process.start()
+            size, seconds = process.full_batches[spec]
+            assert size == 32 and seconds is not None and seconds > 0
+            # A model warmed later (a route changed) computes its full batch too, and serves after.
+            other = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+            assert process.warm(Warmup(other, "es", "en", batch=16)).total > 0
+            assert process.engine(other).translate(["Hola."], "es", "en") == engine_for(other).translate(["Hola."], "es", "en")
+        finally:
+            process.stop()
+
+    def test_a_warm_up_of_one_sentence_computes_no_full_batch(self, engines):
+        process, _ = engines
+        assert process.full_batches == {}
+
+    def test_a_full_batch_that_fails_is_logged_not_raised(self, caplog):
+        from workers.engine_process import _full_batch
+
+        spec = EngineSpec("hf-seq2seq", "/nonexistent/model")
+        with caplog.at_level("WARNING", logger="workers.engine_process"):
+            assert _full_batch(spec, "es", "en", 8) is None
+        assert "a full batch of 8 did not compute at start" in caplog.text
+        assert _full_batch(spec, "es", "en", 1) is None  # one sentence: the canary's, nothing more
+
     def test_translations_equal_the_in_process_engine(self, engines):
         process, spec = engines
         texts = ["Hola, mi pedido no ha llegado.", "Gracias. Adiós."]
