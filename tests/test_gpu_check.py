@@ -137,8 +137,11 @@ class RehearsalTests:
         assert re.search(r"benchmark-tiny-fp32-b256-ledger: limit=[\d.]+ pipeline=[\d.]+ ", summary)
         assert "ledger dispatch" in (reports / "benchmark-tiny-fp32-b256-ledger.txt").read_text()
         # The larger batch reached the benchmark: its raw model runs at 256, not the default 128.
-        assert re.search(r"raw model: [\d.]+ sent/s at batch 256[^\n]* \(the better of two rounds\)",
-                         (reports / "benchmark-tiny-fp32-b256.txt").read_text())
+        larger = (reports / "benchmark-tiny-fp32-b256.txt").read_text()
+        assert re.search(r"raw model: [\d.]+ sent/s at batch 256[^\n]* \(the better of two rounds", larger)
+        # And each saturation burst ran between two raw rounds at that size.
+        assert len(re.findall(r"^  raw model: [\d.]+ sent/s at batch 256", larger, re.MULTILINE)) == 1 + 1 + 3
+        assert "saturation round 3/3" in larger
         # The lanes reached both the raw model and the worker.
         one_lane = (reports / "benchmark-tiny-fp32-lanes1-ledger.txt").read_text()
         assert re.search(r"benchmark-tiny-fp32-lanes1-ledger: limit=[\d.]+ pipeline=[\d.]+ ", summary)

@@ -1,7 +1,8 @@
 """The serving benchmark: the full pipeline against the raw batched model and batch-1 serving.
 
 (a) limit: the raw model, in engine processes laid out as the worker's (its lanes), on
-    batches of the configured size;
+    batches of the configured size (workers/benchmark_raw.py), measured again beside each
+    saturation burst;
 (b) pipeline: ORM -> Celery -> Redis -> a batching worker process -> database;
 (c) batch1: the same pipeline with one job per forward pass (``--no-batching``).
 Outputs are forced to FIXED_OUTPUT_TOKENS so that random weights time like a real model.
@@ -9,7 +10,6 @@ Outputs are forced to FIXED_OUTPUT_TOKENS so that random weights time like a rea
 
 from __future__ import annotations
 
-import gc
 import os
 import statistics
 import subprocess
@@ -27,35 +27,26 @@ from django.test import override_settings
 from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
 from translation.models import Translation, TranslationStatus
 from translation.routing import Route, pinned_route
-from translation.tiny_models import corpus_lines, write_benchmark_model
-from workers.benchmark_figures import Figures, light_interval, model_share, overlap, percentile
-from workers.cpu_usage import cpu_by_part, cpu_seconds, processes, unmatched_by_name
+from translation.tiny_models import write_benchmark_model
+from workers.benchmark_figures import Figures, Round, median_round, model_share, overlap, percentile
+from workers.benchmark_raw import RawModel, spanish_texts
+from workers.cpu_usage import cpu_by_part, processes, unmatched_by_name
 from workers.lifecycle import stop_process, wait_until_consuming
 
 FIXED_OUTPUT_TOKENS = 20
 LIGHT_LOAD_JOBS = 40
 BATCH1_PIPELINE_JOBS = 100
+SATURATION_ROUNDS = 3  # bursts at saturation, each between two rounds of the raw model
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def spanish_texts() -> list[str]:
-    """The corpus's Spanish support sentences, without order numbers or addresses: random weights
-    lose every placeholder of a protected span, so each such text would be translated twice,
-    which a trained model rarely needs (translation/protection.py)."""
-    return corpus_lines()[16:32]
-
-
-def cpu_note(cpu_ms: float | None) -> str:
-    """The raw model's CPU per sentence, as its lines print it ("" without /proc)."""
-    return "" if cpu_ms is None else f", its CPU {cpu_ms:.2f} ms per sentence"
 
 
 class Benchmark:
     def __init__(self, *, model: str, jobs: int, say: Callable[[str], None], device: str = "cpu",
-                 precision: str = "fp32", lanes: int | None = None, dispatch: str | None = None) -> None:
+                 precision: str = "fp32", lanes: int | None = None, dispatch: str | None = None,
+                 rounds: int = SATURATION_ROUNDS) -> None:
         from workers.lane_layout import default_lanes, lane_layout
 
-        self.model, self.jobs, self.say = model, jobs, say
+        self.model, self.jobs, self.say, self.rounds = model, jobs, say, rounds
         self.device, self.precision = device, precision  # device: "cpu" or "cuda" (the first GPU)
         # The worker's layout: its lanes (``TRANSLATION_CPU_LANES`` or ``TRANSLATION_GPU_LANES``
         # unless given), the raw model's too.
@@ -66,7 +57,6 @@ class Benchmark:
         self.layout = (f", {self.lanes} lane(s) of {self.threads} thread(s)" if device == "cpu"
                        else f", {self.lanes} lanes" if self.lanes > 1 else "")
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
-        self.limit_cpu_ms: float | None = None  # the model's CPU per sentence at the limit
         self.texts = spanish_texts()
         self.target = settings.DEFAULT_AGENT_LANGUAGE
         self.queue = f"translate.{self.target}.benchmark"
@@ -74,106 +64,10 @@ class Benchmark:
         # How jobs reach the worker (translation/dispatch.py): the settings' unless given.
         self.dispatch = dispatch or settings.TRANSLATION_DISPATCH
 
-    # --- (a) the raw model -----------------------------------------------------------------
-    def measure_model(self, figures: Figures) -> None:
-        """The raw model as the worker lays it out: its engine processes (one per lane, each with
-        its share of the cores) computing full batches side by side, nothing else running. One
-        sentence at a time goes through one lane, as a lone job does in the pipeline."""
-        from workers.engine_process import Warmup, start_lanes
-
-        spec = self.spec()
-        engines = start_lanes([Warmup(spec, "es", self.target)], count=self.lanes, threads=self.threads,
-                              name="benchmark-engine", device=self.device)
-        try:
-            # Two rounds, the better one: a lane's first batches run slower (allocations, caches).
-            figures.limit, self.limit_cpu_ms = max((self.batched_rate(engines, spec) for _ in range(2)),
-                                                   key=lambda rate_and_cpu: rate_and_cpu[0])
-            singles = 20
-            started = time.perf_counter()
-            for i in range(singles):
-                engines[0].call(spec, [self.texts[i % len(self.texts)]], "es", self.target)
-            elapsed = time.perf_counter() - started
-            figures.raw_batch1, figures.model_ms_back_to_back = singles / elapsed, elapsed / singles * 1000
-            self.say(f"  raw model: {figures.limit:.1f} sent/s at batch {self.batch_size}{cpu_note(self.limit_cpu_ms)} "
-                     f"(the better of two rounds), "
-                     f"{figures.raw_batch1:.1f} sent/s one at a time ({figures.model_ms_back_to_back:.1f} ms each)")
-            # The model time the light load is judged against: one sentence at the light load's
-            # pace. After an idle pause a forward pass takes longer than back to back (measured
-            # on the 2-core machine: 159 against 111 ms with one thread, 155 against 141 with two).
-            figures.light_interval = light_interval(figures.raw_batch1)
-            paced = []
-            for i in range(singles):
-                time.sleep(figures.light_interval)
-                started = time.perf_counter()
-                engines[0].call(spec, [self.texts[i % len(self.texts)]], "es", self.target)
-                paced.append((time.perf_counter() - started) * 1000)
-            figures.model_ms = statistics.fmean(paced)
-            # The target compares the pipeline's p95 with the mean: the model's own spread counts
-            # against it. Its p95 is printed beside, to tell the two apart.
-            figures.model_ms_p95 = percentile(paced, 95)
-            self.say(f"  raw model at the light load's pace (one every {figures.light_interval:.2f} s): "
-                     f"{figures.model_ms:.1f} ms each (p95 {figures.model_ms_p95:.1f} ms)")
-        finally:
-            for engine in engines:
-                engine.stop()
-        gc.collect()
-
     def spec(self):
         from translation.engines import EngineSpec
 
         return EngineSpec("hf-seq2seq", str(self.model_dir), precision=self.precision, device=self.device)
-
-    def batched_rate(self, engines, spec) -> tuple[float, float | None]:
-        """Sentences/s of every lane computing full batches side by side (at least two each), and
-        the lanes' CPU per sentence in ms (None without /proc): beside the burst's, it tells a
-        model slowed by what runs beside it from the time that runs beside it."""
-        import threading
-
-        per_lane = max(2, self.jobs // self.batch_size // self.lanes)
-        failures: list[BaseException] = []
-
-        def batches(engine, lane: int) -> None:
-            try:
-                for i in range(per_lane):
-                    start = (lane * per_lane + i) * self.batch_size
-                    engine.call(spec, [self.texts[(start + j) % len(self.texts)] for j in range(self.batch_size)],
-                                "es", self.target)
-            except BaseException as exc:  # the figure would count batches that never ran
-                failures.append(exc)
-
-        threads = [threading.Thread(target=batches, args=(engine, lane)) for lane, engine in enumerate(engines)]
-        cpu_before = cpu_seconds(engine.pid for engine in engines)
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed, cpu_after = time.perf_counter() - started, cpu_seconds(engine.pid for engine in engines)
-        if failures:
-            raise RuntimeError(f"the raw model failed in a lane: {failures[0]}") from failures[0]
-        sentences = self.lanes * per_lane * self.batch_size
-        cpu_ms = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / sentences * 1000
-        return sentences / elapsed, cpu_ms
-
-    def measure_limit_again(self, figures: Figures) -> None:
-        """The raw batched model once more, after the pipelines: this machine's speed drifts over
-        minutes, and the limit is the best the model showed in the run (so the ratio to it errs
-        low, never high)."""
-        from workers.engine_process import Warmup, start_lanes
-
-        spec = self.spec()
-        engines = start_lanes([Warmup(spec, "es", self.target)], count=self.lanes, threads=self.threads,
-                              name="benchmark-engine", device=self.device)
-        try:
-            again, cpu_ms = self.batched_rate(engines, spec)
-        finally:
-            for engine in engines:
-                engine.stop()
-        gc.collect()
-        self.say(f"  raw model again, after the pipelines: {again:.1f} sent/s at batch {self.batch_size}{cpu_note(cpu_ms)} "
-                 f"(before them: {figures.limit:.1f}); the limit is the higher")
-        if again > figures.limit:
-            figures.limit, self.limit_cpu_ms = again, cpu_ms
 
     # --- the pipeline ----------------------------------------------------------------------
     def start_worker(self, *, batching: bool) -> subprocess.Popen:
@@ -385,50 +279,36 @@ class Benchmark:
         self.say(f"  vacuumed {', '.join(tables)} in {time.monotonic() - started:.1f}s")
 
     def run(self) -> Figures:
-        from cs_portal.celery import app
-        from cs_portal.portal.services import api_client_create
-
         figures = Figures()
         self.model_dir = write_benchmark_model(settings.MODELS_DIR, self.model, progress=self.say)
         os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(FIXED_OUTPUT_TOKENS)
         self.say(f"[1/3] Raw model ({self.model}, {self.precision} on {self.device}{self.layout}, "
                  f"{FIXED_OUTPUT_TOKENS} output tokens) ...")
-        self.measure_model(figures)
+        raw = RawModel.start(self.spec(), lanes=self.lanes, threads=self.threads, batch_size=self.batch_size,
+                             jobs=self.jobs, target=self.target, say=self.say)
+        try:
+            raw.measure(figures)
+            self.pipelines(figures, raw)
+        finally:
+            raw.stop()
+        return figures
+
+    def pipelines(self, figures: Figures, raw: RawModel) -> None:
+        from cs_portal.celery import app
+        from cs_portal.portal.services import api_client_create
 
         saved_options = dict(app.conf.broker_transport_options)
         app.conf.broker_transport_options = {**saved_options, "global_keyprefix": self.prefix}
         client, _ = api_client_create(name=f"benchmark-{os.getpid()}-{time.time_ns()}")
         try:
             with self.benchmark_route(), override_settings(TRANSLATION_DISPATCH=self.dispatch):
-                self.say("[2/3] Pipeline with batching: light load, then saturation ...")
+                self.say("[2/3] Pipeline with batching: light load, then saturation "
+                         f"({self.rounds} burst(s), each between two rounds of the raw model) ...")
                 self.vacuum()
                 worker = self.start_worker(batching=True)
                 try:
-                    light = self.new_conversation(client)
-                    interval = figures.light_interval
-                    for i in range(LIGHT_LOAD_JOBS):
-                        with transaction.atomic():
-                            self.send(light, 1, offset=i)
-                        time.sleep(interval)
-                    rows = self.wait_done(light, LIGHT_LOAD_JOBS, timeout=120)
-                    figures.light = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
-                    beyond = self.beyond_model_ms(rows)
-                    if not beyond:  # every light job failed before its model call: nothing to judge
-                        raise RuntimeError("no light-load job reached the model; see the benchmark worker's log")
-                    figures.light_beyond_model = (percentile(beyond, 50), percentile(beyond, 95))
-                    self.say("  light load, median parts: " + ", ".join(
-                        f"{name} {statistics.median(values):.1f} ms" for name, values in self.latency_parts(rows).items()))
-                    self.say(f"  light load ({1 / interval:.0f} jobs/s): p50 {figures.light[0]:.1f} ms, "
-                             f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms; beyond each job's own "
-                             f"model call p50 {figures.light_beyond_model[0]:.1f} ms, p95 {figures.light_beyond_model[1]:.1f} ms")
-                    saturated = self.new_conversation(client)
-                    figures.pipeline, rows, committed = self.burst(saturated, self.jobs, worker)
-                    figures.model_share = self.model_share
-                    figures.saturated = tuple(percentile(self.latencies_ms(rows, committed), q) for q in (50, 95, 99))
-                    executions = sum(1 / row.batch_size for row in rows if row.batch_size)
-                    figures.mean_batch = len(rows) / executions if executions else 0.0
-                    self.say(f"  saturation ({self.jobs} jobs at once): {figures.pipeline:.1f} sent/s, "
-                             f"mean batch {figures.mean_batch:.1f}, p95 {figures.saturated[1]:.0f} ms")
+                    self.light_load(figures, client)
+                    self.saturation(figures, client, worker, raw)
                 finally:
                     self.stop_worker(worker)
                 self.say("[3/3] Pipeline with one job per forward pass ...")
@@ -439,9 +319,51 @@ class Benchmark:
                     self.say(f"  batch-1 pipeline ({count} jobs at once): {figures.batch1:.1f} sent/s")
                 finally:
                     self.stop_worker(worker)
-                self.measure_limit_again(figures)
         finally:
             app.conf.broker_transport_options = saved_options
             client.customers.all().delete()
             client.delete()
-        return figures
+
+    def light_load(self, figures: Figures, client) -> None:
+        """One job at a time, well below what one job at a time can serve: latency, and its parts."""
+        light = self.new_conversation(client)
+        interval = figures.light_interval
+        for i in range(LIGHT_LOAD_JOBS):
+            with transaction.atomic():
+                self.send(light, 1, offset=i)
+            time.sleep(interval)
+        rows = self.wait_done(light, LIGHT_LOAD_JOBS, timeout=120)
+        figures.light = tuple(percentile(self.latencies_ms(rows), q) for q in (50, 95, 99))
+        beyond = self.beyond_model_ms(rows)
+        if not beyond:  # every light job failed before its model call: nothing to judge
+            raise RuntimeError("no light-load job reached the model; see the benchmark worker's log")
+        figures.light_beyond_model = (percentile(beyond, 50), percentile(beyond, 95))
+        self.say("  light load, median parts: " + ", ".join(
+            f"{name} {statistics.median(values):.1f} ms" for name, values in self.latency_parts(rows).items()))
+        self.say(f"  light load ({1 / interval:.0f} jobs/s): p50 {figures.light[0]:.1f} ms, "
+                 f"p95 {figures.light[1]:.1f} ms, p99 {figures.light[2]:.1f} ms; beyond each job's own "
+                 f"model call p50 {figures.light_beyond_model[0]:.1f} ms, p95 {figures.light_beyond_model[1]:.1f} ms")
+
+    def saturation(self, figures: Figures, client, worker: subprocess.Popen, raw: RawModel) -> None:
+        """``rounds`` bursts of ``jobs`` at once, each between two rounds of the raw model (a
+        round after one burst is the round before the next). A shared host's speed drifts over
+        minutes: each burst is judged against the model measured seconds from it, and the figures
+        are those of the round whose ratio is the median."""
+        rounds, bursts = [], []
+        before = raw.limit_round()
+        for number in range(1, self.rounds + 1):
+            rate, rows, committed = self.burst(self.new_conversation(client), self.jobs, worker)
+            after = raw.limit_round()
+            rounds.append(Round(rate, before, after))
+            bursts.append((rows, committed, self.model_share))
+            self.say(f"  saturation round {number}/{self.rounds} ({self.jobs} jobs at once): {rate:.1f} sent/s, "
+                     f"{rounds[-1].ratio:.1%} of the better raw round beside it ({rounds[-1].limit:.1f})")
+            before = after
+        chosen = median_round(rounds)
+        rows, committed, figures.model_share = bursts[chosen]
+        figures.rounds, figures.limit, figures.pipeline = tuple(rounds), rounds[chosen].limit, rounds[chosen].pipeline
+        figures.saturated = tuple(percentile(self.latencies_ms(rows, committed), q) for q in (50, 95, 99))
+        executions = sum(1 / row.batch_size for row in rows if row.batch_size)
+        figures.mean_batch = len(rows) / executions if executions else 0.0
+        self.say(f"  saturation: round {chosen + 1} has the median ratio; mean batch {figures.mean_batch:.1f}, "
+                 f"p95 {figures.saturated[1]:.0f} ms")

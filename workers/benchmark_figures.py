@@ -38,15 +38,45 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+@dataclass(frozen=True)
+class Round:
+    """One saturation burst (``pipeline``, sentences/s) between two rounds of the raw batched
+    model, the one just ``before`` it and the one just ``after``: a shared host's speed drifts
+    over minutes, so the burst is compared with the model measured seconds from it, and with the
+    better of those two rounds (the ratio errs low, never high)."""
+
+    pipeline: float
+    before: float
+    after: float
+
+    @property
+    def limit(self) -> float:
+        return max(self.before, self.after)
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline / self.limit if self.limit > 0 else 0.0
+
+
+def median_round(rounds: list[Round]) -> int:
+    """The index of the round whose ratio to its limit is the median; of an even number, the
+    lower of the middle two."""
+    if not rounds:
+        raise ValueError("no rounds measured")
+    order = sorted(range(len(rounds)), key=lambda index: rounds[index].ratio)
+    return order[(len(order) - 1) // 2]
+
+
 @dataclass
 class Figures:
-    limit: float = 0.0  # sentences/s, raw batched model
+    limit: float = 0.0  # sentences/s, raw batched model (the median round's, beside its burst)
     raw_batch1: float = 0.0  # sentences/s, raw model one at a time
     model_ms: float = 0.0  # one sentence's forward pass alone, at the light load's pace (mean)
     model_ms_p95: float = 0.0  # the same, its p95
     model_ms_back_to_back: float = 0.0  # the same, one right after another
     light_interval: float = 0.5  # seconds between light-load jobs
-    pipeline: float = 0.0
+    pipeline: float = 0.0  # sentences/s, the median round's burst
+    rounds: tuple[Round, ...] = ()  # every saturation round, in the order they ran
     batch1: float = 0.0
     mean_batch: float = 0.0
     light: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p95, p99 in ms

@@ -1,3 +1,5 @@
+import pytest
+
 from workers.benchmark import Figures, percentile, spanish_texts
 
 
@@ -11,6 +13,23 @@ class BenchmarkFiguresTests:
         assert dict(part.split("=") for part in line.split()).keys() == {
             "limit", "pipeline", "batch1", "vs_limit", "vs_batch1", "p95_light_ms", "mean_batch",
         }
+
+    def test_each_burst_is_judged_against_the_better_raw_round_beside_it(self):
+        from workers.benchmark_figures import Round
+
+        burst = Round(pipeline=450.0, before=500.0, after=540.0)
+        assert (burst.limit, round(burst.ratio, 4)) == (540.0, 0.8333)
+        assert Round(pipeline=1.0, before=0.0, after=0.0).ratio == 0.0  # no limit measured
+
+    def test_the_figures_are_the_median_rounds(self):
+        from workers.benchmark_figures import Round, median_round
+
+        rounds = [Round(360.0, 510.0, 500.0), Round(430.0, 500.0, 520.0), Round(480.0, 520.0, 530.0)]
+        assert median_round(rounds) == 1  # ratios 0.706, 0.827, 0.906
+        assert median_round(rounds[:2]) == 0  # of two, the lower: the figure errs low
+        assert median_round(rounds[2:]) == 0
+        with pytest.raises(ValueError):
+            median_round([])
 
     def test_percentiles(self):
         values = [float(v) for v in range(1, 101)]

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from translation.tiny_models import BENCHMARK_SHAPES
-from workers.benchmark import Benchmark
+from workers.benchmark import SATURATION_ROUNDS, Benchmark
 from workers.lane_layout import MAX_GPU_LANES
 
 
@@ -13,7 +13,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--model", choices=sorted(BENCHMARK_SHAPES), default="small")
-        parser.add_argument("--jobs", type=int, default=512, help="jobs in the saturation burst (default 512)")
+        parser.add_argument("--jobs", type=int, default=512, help="jobs in each saturation burst (default 512)")
+        parser.add_argument(
+            "--rounds", type=int, default=SATURATION_ROUNDS,
+            help=f"saturation bursts, each between two rounds of the raw model; the figures are the round's whose "
+                 f"ratio to its limit is the median (default {SATURATION_ROUNDS})",
+        )
         parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (cuda: the first GPU)")
         parser.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
         parser.add_argument(
@@ -33,10 +38,12 @@ class Command(BaseCommand):
         self.stdout.write(line)
         self.stdout.flush()
 
-    def handle(self, *args, model: str, jobs: int, device: str, precision: str, lanes: int | None, dispatch: str | None,
-               **options) -> None:
+    def handle(self, *args, model: str, jobs: int, rounds: int, device: str, precision: str, lanes: int | None,
+               dispatch: str | None, **options) -> None:
         if not 1 <= jobs <= 100_000:
             raise CommandError("--jobs must be between 1 and 100000.")
+        if not 1 <= rounds <= 9:
+            raise CommandError("--rounds must be between 1 and 9.")
         if lanes is not None and not 0 <= lanes <= 64:
             raise CommandError("--lanes must be between 0 (one per core) and 64.")
         if lanes is not None and device == "cuda" and not 1 <= lanes <= MAX_GPU_LANES:
@@ -49,15 +56,17 @@ class Command(BaseCommand):
         if (precision in ("fp16", "bf16")) != (device == "cuda") and precision != "fp32":
             raise CommandError(f"--precision {precision} does not run on {device} (fp16/bf16: cuda; int8: cpu).")
         benchmark = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision, lanes=lanes,
-                              dispatch=dispatch)
+                              dispatch=dispatch, rounds=rounds)
         try:
             figures = benchmark.run()
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         self.say(
             f"\nSummary ({model} model, {precision} on {device}{benchmark.layout}, {benchmark.dispatch} dispatch, "
-            f"burst of {jobs} jobs):\n"
-            f"  limit (raw batched model)   {figures.limit:8.1f} sent/s\n"
+            f"bursts of {jobs} jobs):\n"
+            f"  rounds (burst / the better raw round beside it)   "
+            + ", ".join(f"{r.pipeline:.1f} / {r.limit:.1f} = {r.ratio:.3f}" for r in figures.rounds) + "\n"
+            f"  limit (raw batched model)   {figures.limit:8.1f} sent/s   beside the median round's burst\n"
             f"  pipeline (batched)          {figures.pipeline:8.1f} sent/s   {figures.pipeline / figures.limit:6.1%} of the limit\n"
             f"  pipeline (one per pass)     {figures.batch1:8.1f} sent/s   pipeline is {figures.pipeline / figures.batch1:.1f}x this\n"
             f"  mean batch size             {figures.mean_batch:8.1f}\n"
