@@ -311,6 +311,7 @@ class Benchmark:
                     self.saturation(figures, client, worker, raw)
                 finally:
                     self.stop_worker(worker)
+                raw.stop()  # its rounds are done: on a GPU its memory goes back before the batch-1 worker loads
                 self.say("[3/3] Pipeline with one job per forward pass ...")
                 worker = self.start_worker(batching=False)
                 try:

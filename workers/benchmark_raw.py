@@ -1,8 +1,10 @@
-"""The benchmark's limit: the raw model laid out as the worker lays it out, nothing else running.
+"""The benchmark's limit: the raw model laid out as the worker lays it out, computing alone.
 
 Its engine processes (one per lane, each with its share of the cores, or instances on one card)
-are started once and kept through the pipelines, idle on their pipes while a pipeline runs, so
-that the limit is measured again beside each saturation burst (``workers.benchmark``).
+are started once and kept through the light load and the saturation bursts, idle on their pipes
+while a pipeline runs, so that the limit is measured again beside each burst
+(``workers.benchmark``). Those rounds run while the batching worker is started but idle (its
+consumer and heartbeat wake now and then; its lanes wait for jobs).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class RawModel:
         gc.collect()
 
     def measure(self, figures: Figures) -> None:
-        """Full batches on every lane side by side, nothing else running; then one sentence at a
-        time through one lane, as a lone job goes through the pipeline."""
+        """Full batches on every lane side by side, before any worker starts; then one sentence at
+        a time through one lane, as a lone job goes through the pipeline."""
         # Two rounds, the better one: a lane's first batches run slower (allocations, caches).
         rate, cpu_ms = max((self.batched_rate() for _ in range(2)), key=lambda rate_and_cpu: rate_and_cpu[0])
         singles = 20

@@ -323,9 +323,12 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
 
     trim()  # what loading the models freed is not a batch's: given back, not kept
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
-    # After the trim: the memory a full batch takes stays for the batches.
-    full_batches = {warmup.spec: (warmup.batch, _full_batch(warmup.spec, warmup.source, warmup.target, warmup.batch))
-                    for warmup in warmups if warmup.batch > 1}
+    try:  # after the trim: the memory a full batch takes stays for the batches
+        full_batches = {warmup.spec: (warmup.batch, _full_batch(warmup.spec, warmup.source, warmup.target, warmup.batch))
+                        for warmup in warmups if warmup.batch > 1}
+    except Exception as exc:
+        connection.send(("error", RuntimeError(f"a full batch failed at start: {type(exc).__name__}: {exc}")))
+        return
     own = torch.get_num_threads()
     lending = Lending(idle_cores, own) if idle_cores is not None else None
 
@@ -358,8 +361,13 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                     memory = _warm_up(spec, source, target)
                     trim()  # as at the start: the load's leftovers go, the full batch's memory stays
                     freeze_heap()
-                    changed = False
-                    _full_batch(spec, source, target, batch)
+                    try:
+                        _full_batch(spec, source, target, batch)
+                    except Exception:  # not ready: not kept, as a model whose canary failed
+                        engine_unload(spec)
+                        _free_memory(spec.device)
+                        raise
+                    changed = False  # trimmed and frozen already
                 connection.send(("ok", memory))
             else:
                 with busy(len(arguments[0])):
@@ -401,25 +409,30 @@ def _full_batch(spec: EngineSpec, source: str, target: str, size: int) -> float 
     """Compute one batch of ``size`` sentences: the memory a full batch needs (its activations,
     the decoder's cache, a GPU allocator's blocks) is taken now and kept (the C heap keeps what a
     batch frees: workers/native_heap.py), not in the first burst of jobs, which computed about a
-    sixth slower than the next on the 2-core machine (docs/benchmarks.md). A batch that does not
-    compute (a card too small for it) is logged; its route's batches will be split as they fail.
-    Returns its seconds; None when it failed or there was none to compute (``size`` 1)."""
+    sixth slower than the next on the 2-core machine (docs/benchmarks.md).
+
+    Returns its seconds; None when there was none to compute (``size`` 1) or the memory ran out
+    (a card too small for the route's batch size: logged, and its batches of that size will be
+    split as they fail). Any other error is raised: a model that cannot compute a batch is not
+    ready."""
     if size <= 1:
         return None
+    import torch
+
     from translation.engines import engine_for
 
     started = time.monotonic()
     try:
         engine_for(spec).translate([FULL_BATCH_TEXT] * size, source, target)
         return time.monotonic() - started
-    except Exception as exc:
-        logger.warning("%s: a full batch of %d did not compute at start (%s: %s); batches that size will be split",
-                       spec.model, size, type(exc).__name__, exc)
-        if spec.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
-        return None
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    # Out of the handler: the error's traceback, and the batch's tensors it holds, are gone.
+    logger.warning("%s: a full batch of %d ran out of memory at start (%s); batches that size will be split",
+                   spec.model, size, failure)
+    if spec.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return None
 
 
 def _memory_of(engine) -> ModelMemory:

@@ -258,15 +258,15 @@ def start_device_loop(
     # Without a heartbeat it cannot tell which queues it serves: it unloads nothing.
     models = LoadedModels(engines, device=device, queues=lambda: heartbeat.queues if heartbeat is not None else [],
                           idle_s=settings.TRANSLATION_MODEL_UNLOAD_IDLE_S if heartbeat is not None else 0,
-                          heartbeat=heartbeat, metrics=metrics)
+                          heartbeat=heartbeat, metrics=metrics, full_batch=batching)
     for loaded in models.report():
         print(f"  loaded {loaded['model']} [{loaded['precision']}] on {loaded['device']}: "
               f"{loaded['memory_mib']:.1f} MiB{lanes_note(loaded)}", flush=True)
     for spec, (size, _) in engines[0].full_batches.items():
         took = [engine.full_batches[spec][1] for engine in engines]
         print(f"  {spec.model}: a full batch of {size} computed at start in {max(took):.1f}s" if None not in took else
-              f"  {spec.model}: a full batch of {size} did not compute at start (see the log); batches that size "
-              "will be split", flush=True)
+              f"  {spec.model}: a full batch of {size} ran out of memory at start; batches that size will be split",
+              flush=True)
     if batching:
         policy = BatchPolicy(
             max_batch_size=settings.TRANSLATION_MAX_BATCH_SIZE,

@@ -42,14 +42,26 @@ class EngineProcessTests:
         process, _ = engines
         assert process.full_batches == {}
 
-    def test_a_full_batch_that_fails_is_logged_not_raised(self, caplog):
+    def test_a_full_batch_that_runs_out_of_memory_is_logged_and_the_model_kept(self, monkeypatch, caplog):
+        from translation import engines
         from workers.engine_process import _full_batch
 
-        spec = EngineSpec("hf-seq2seq", "/nonexistent/model")
+        class Exhausted:  # the model loaded; a batch of its route's size does not fit
+            def translate(self, texts, source, target):
+                raise MemoryError("cannot allocate 3 GiB")
+
+        monkeypatch.setattr(engines, "engine_for", lambda spec: Exhausted())
+        spec = EngineSpec("hf-seq2seq", "org/large")
         with caplog.at_level("WARNING", logger="workers.engine_process"):
             assert _full_batch(spec, "es", "en", 8) is None
-        assert "a full batch of 8 did not compute at start" in caplog.text
-        assert _full_batch(spec, "es", "en", 1) is None  # one sentence: the canary's, nothing more
+        assert "a full batch of 8 ran out of memory at start (MemoryError: cannot allocate 3 GiB)" in caplog.text
+
+    def test_a_full_batch_that_fails_otherwise_fails_the_start(self, tiny_models):
+        from workers.engine_process import _full_batch
+
+        with pytest.raises(OSError):  # no such checkpoint: nothing to compute a batch with
+            _full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 8)
+        assert _full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 1) is None  # the canary's only
 
     def test_translations_equal_the_in_process_engine(self, engines):
         process, spec = engines

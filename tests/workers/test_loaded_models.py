@@ -152,6 +152,18 @@ class OnThisHostTests:
 
 @pytest.mark.django_db
 class LoadAheadTests:
+    def test_a_worker_without_batching_loads_ahead_without_a_full_batch(self):
+        from translation.routing import routes
+
+        queues = sorted({route.queue for route in routes()})
+
+        def sizes(full_batch: bool) -> set[int]:
+            models = LoadedModels([], device="cpu", queues=lambda: queues, idle_s=0, full_batch=full_batch)
+            return {warmup.batch for warmup in models._warmups()}
+
+        assert sizes(False) == {1}
+        assert max(sizes(True)) > 1  # the routes' batches, as at a batching worker's start
+
     """A route changed since the start names a model a lane does not hold: an idle lane loads it
     before its jobs come, if it is on this host; one that fails waits before it is tried again."""
 
