@@ -216,7 +216,7 @@ TRANSLATION_CPU_LEND_IDLE_CORES = env.bool("TRANSLATION_CPU_LEND_IDLE_CORES", de
 # Each engine process computes one full batch of every model it loads before the worker
 # consumes (the largest batch size of the model's routes, within MAX_BATCH_SIZE and
 # MAX_BATCH_TOKENS): the memory a batch of that size needs is in place before the first burst,
-# which otherwise computed about a sixth slower (workers/engine_process.py). Off: the warm-up is
+# which otherwise computed about a sixth slower (workers/engine_models.py). Off: the warm-up is
 # one sentence, the canary.
 TRANSLATION_WARMUP_FULL_BATCH = env.bool("TRANSLATION_WARMUP_FULL_BATCH", default=True)
 # A GPU worker's lanes: instances of its models on its one card (Triton's instance_group count),

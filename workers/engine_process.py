@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from translation.engines import EngineSpec, TokenUsage
+from workers.engine_models import ModelMemory, free_memory, full_batch, memory_of, warm_up
 
 if TYPE_CHECKING:
     from workers.idle_cores import LaneCores
@@ -62,21 +63,6 @@ def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = 
 
 class EngineProcessDied(RuntimeError):
     """The child process ended (killed, out of memory, a crashed driver) or hung."""
-
-
-@dataclass(frozen=True)
-class ModelMemory:
-    """A loaded model's weights in one engine process: ``total`` bytes, of which ``shared`` are
-    mapped from the checkpoint's files and shared with every other process that maps them."""
-
-    total: int
-    shared: int = 0
-
-    @staticmethod
-    def held_together(lanes: list[ModelMemory]) -> int:
-        """What engine processes each holding the model take together: the pages they share
-        once, every process's own part once each."""
-        return max(lane.shared for lane in lanes) + sum(lane.total - lane.shared for lane in lanes)
 
 
 @dataclass(frozen=True)
@@ -315,7 +301,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
             import torch
 
             torch.set_num_threads(threads)
-        memory = {warmup.spec: _warm_up(warmup.spec, warmup.source, warmup.target) for warmup in warmups}
+        memory = {warmup.spec: warm_up(warmup.spec, warmup.source, warmup.target) for warmup in warmups}
     except Exception as exc:
         connection.send(("error", RuntimeError(f"loading models failed: {type(exc).__name__}: {exc}")))
         return
@@ -324,7 +310,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
     trim()  # what loading the models freed is not a batch's: given back, not kept
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
     try:  # after the trim: the memory a full batch takes stays for the batches
-        full_batches = {warmup.spec: (warmup.batch, _full_batch(warmup.spec, warmup.source, warmup.target, warmup.batch))
+        full_batches = {warmup.spec: (warmup.batch, full_batch(warmup.spec, warmup.source, warmup.target, warmup.batch))
                         for warmup in warmups if warmup.batch > 1}
     except Exception as exc:
         connection.send(("error", RuntimeError(f"a full batch failed at start: {type(exc).__name__}: {exc}")))
@@ -353,19 +339,19 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
         try:
             if kind == "unload":
                 engine_unload(spec)
-                _free_memory(spec.device)
+                free_memory(spec.device)
                 connection.send(("ok", None))
             elif kind == "warm":  # a load counts as busy: other lanes do not borrow this lane's cores
                 source, target, batch = arguments
                 with busy(0):
-                    memory = _warm_up(spec, source, target)
+                    memory = warm_up(spec, source, target)
                     trim()  # as at the start: the load's leftovers go, the full batch's memory stays
                     freeze_heap()
                     try:
-                        _full_batch(spec, source, target, batch)
+                        full_batch(spec, source, target, batch)
                     except Exception:  # not ready: not kept, as a model whose canary failed
                         engine_unload(spec)
-                        _free_memory(spec.device)
+                        free_memory(spec.device)
                         raise
                     changed = False  # trimmed and frozen already
                 connection.send(("ok", memory))
@@ -375,91 +361,15 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                         connection.send(("loading", None))
                     engine = engine_for(spec)
                     if changed:  # its memory, for the worker's report, whatever the call then answers
-                        connection.send(("loaded", _memory_of(engine)))
+                        connection.send(("loaded", memory_of(engine)))
                     answer = translate_timed(engine, *arguments)
                 connection.send(("ok", answer))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
         if changed:
-            if kind != "unload":  # an unload gave its memory back already (_free_memory)
+            if kind != "unload":  # an unload gave its memory back already (free_memory)
                 trim()  # a load's leftovers are not kept for the batches
             freeze_heap()
-
-
-def _warm_up(spec: EngineSpec, source: str, target: str) -> ModelMemory:
-    """Load ``spec``'s model and prove it with one sentence (at the start, or ahead of a changed
-    route's jobs); returns its memory. A model that does not load or translate is not kept."""
-    from translation.engines import engine_for, engine_unload
-
-    try:
-        engine = engine_for(spec)
-        engine.translate(["Hello"], source, target)
-    except Exception:
-        engine_unload(spec)
-        _free_memory(spec.device)
-        raise
-    return _memory_of(engine)
-
-
-# The sentence of a full batch at start: a customer's message of a usual length (about 20 tokens).
-FULL_BATCH_TEXT = "Hello, I ordered a pair of shoes two weeks ago and they still have not arrived."
-
-
-def _full_batch(spec: EngineSpec, source: str, target: str, size: int) -> float | None:
-    """Compute one batch of ``size`` sentences: the memory a full batch needs (its activations,
-    the decoder's cache, a GPU allocator's blocks) is taken now and kept (the C heap keeps what a
-    batch frees: workers/native_heap.py), not in the first burst of jobs, which computed about a
-    sixth slower than the next on the 2-core machine (docs/benchmarks.md).
-
-    Returns its seconds; None when there was none to compute (``size`` 1) or the memory ran out
-    (a card too small for the route's batch size: logged, and its batches of that size will be
-    split as they fail). Any other error is raised: a model that cannot compute a batch is not
-    ready."""
-    if size <= 1:
-        return None
-    import torch
-
-    from translation.engines import engine_for
-
-    started = time.monotonic()
-    try:
-        engine_for(spec).translate([FULL_BATCH_TEXT] * size, source, target)
-        return time.monotonic() - started
-    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-    # Out of the handler: the error's traceback, and the batch's tensors it holds, are gone.
-    logger.warning("%s: a full batch of %d ran out of memory at start (%s); batches that size will be split",
-                   spec.model, size, failure)
-    if spec.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return None
-
-
-def _memory_of(engine) -> ModelMemory:
-    """A loaded engine's memory; 0 where it cannot be measured (the model is loaded all the
-    same, and must still be reported to be unloaded later)."""
-    try:
-        return ModelMemory(engine.memory_bytes, engine.shared_bytes)
-    except Exception:
-        logger.warning("Could not measure the memory of %s", engine.spec.model, exc_info=True)
-        return ModelMemory(0)
-
-
-def _free_memory(device: str) -> None:
-    """Return an unloaded model's memory: collect its tensors now, give a GPU's cached blocks
-    back to the driver (other processes, the next model), and the C heap's free pages back to
-    the system (glibc keeps them otherwise: int8 weights are copies on that heap)."""
-    import gc
-
-    from workers.native_heap import trim
-
-    gc.unfreeze()  # the unloaded model's objects were frozen with the rest; the caller freezes again
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-    trim()
 
 
 def _picklable(exc: Exception) -> Exception:

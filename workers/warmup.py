@@ -11,7 +11,8 @@ from django.conf import settings
 from translation.batching import estimate_tokens
 from translation.engines import EngineSpec
 from translation.routing import ANY, routes_for_queues
-from workers.engine_process import FULL_BATCH_TEXT, Warmup
+from workers.engine_models import FULL_BATCH_TEXT
+from workers.engine_process import Warmup
 
 logger = logging.getLogger(__name__)
 

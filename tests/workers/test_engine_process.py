@@ -44,7 +44,7 @@ class EngineProcessTests:
 
     def test_a_full_batch_that_runs_out_of_memory_is_logged_and_the_model_kept(self, monkeypatch, caplog):
         from translation import engines
-        from workers.engine_process import _full_batch
+        from workers.engine_models import full_batch
 
         class Exhausted:  # the model loaded; a batch of its route's size does not fit
             def translate(self, texts, source, target):
@@ -52,16 +52,16 @@ class EngineProcessTests:
 
         monkeypatch.setattr(engines, "engine_for", lambda spec: Exhausted())
         spec = EngineSpec("hf-seq2seq", "org/large")
-        with caplog.at_level("WARNING", logger="workers.engine_process"):
-            assert _full_batch(spec, "es", "en", 8) is None
+        with caplog.at_level("WARNING", logger="workers.engine_models"):
+            assert full_batch(spec, "es", "en", 8) is None
         assert "a full batch of 8 ran out of memory at start (MemoryError: cannot allocate 3 GiB)" in caplog.text
 
     def test_a_full_batch_that_fails_otherwise_fails_the_start(self, tiny_models):
-        from workers.engine_process import _full_batch
+        from workers.engine_models import full_batch
 
         with pytest.raises(OSError):  # no such checkpoint: nothing to compute a batch with
-            _full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 8)
-        assert _full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 1) is None  # the canary's only
+            full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 8)
+        assert full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 1) is None  # the canary's only
 
     def test_translations_equal_the_in_process_engine(self, engines):
         process, spec = engines
@@ -292,7 +292,7 @@ def mapped(pid: int, path: str) -> tuple[int, int, int]:
 # Run in a process of its own: freezing the test run's own heap would keep its garbage cycles.
 FROZEN_HEAP = """
 import gc, weakref
-from workers.engine_process import _free_memory
+from workers.engine_models import free_memory
 from workers.frozen_heap import freeze_heap
 
 class Module:  # a model's parts can refer to each other: a cycle only a collection frees
@@ -306,7 +306,7 @@ print(frozen == gc.get_freeze_count(), any(obj is first for obj in gc.get_object
 del first, second
 gc.collect()
 print(model() is not None)
-_free_memory("cpu")
+free_memory("cpu")
 print(model() is None, gc.get_freeze_count() == 0)
 """
 

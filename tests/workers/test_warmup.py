@@ -5,7 +5,7 @@ from django.test import override_settings
 
 from translation.batching import estimate_tokens
 from translation.engines import EngineSpec
-from workers.engine_process import FULL_BATCH_TEXT
+from workers.engine_models import FULL_BATCH_TEXT
 from workers.warmup import full_batch, warmups_for_queues
 
 
