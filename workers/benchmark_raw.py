@@ -44,10 +44,10 @@ class RawModel:
         """The worker's layout: ``lanes`` engine processes of ``threads`` threads each (on a GPU,
         instances of the model on the card), their models loaded and warmed up as a worker's."""
         from workers.engine_process import Warmup, start_lanes
-        from workers.warmup import full_batch
+        from workers.warmup import full_batch_size
 
         # Warmed up as the worker's lanes are: a full batch computed before the first round.
-        warmup = Warmup(spec, "es", kwargs["target"], batch=full_batch(kwargs["batch_size"]))
+        warmup = Warmup(spec, "es", kwargs["target"], batch=full_batch_size(kwargs["batch_size"]))
         engines = start_lanes([warmup], count=lanes, threads=threads, name="benchmark-engine", device=spec.device)
         return cls(engines, spec, lanes=lanes, **kwargs)
 

@@ -28,7 +28,6 @@ class ModelMemory:
         return max(lane.shared for lane in lanes) + sum(lane.total - lane.shared for lane in lanes)
 
 
-
 def warm_up(spec: EngineSpec, source: str, target: str) -> ModelMemory:
     """Load ``spec``'s model and prove it with one sentence (at the start, or ahead of a changed
     route's jobs); returns its memory. A model that does not load or translate is not kept."""
@@ -48,7 +47,7 @@ def warm_up(spec: EngineSpec, source: str, target: str) -> ModelMemory:
 FULL_BATCH_TEXT = "Hello, I ordered a pair of shoes two weeks ago and they still have not arrived."
 
 
-def full_batch(spec: EngineSpec, source: str, target: str, size: int) -> float | None:
+def compute_full_batch(spec: EngineSpec, source: str, target: str, size: int) -> float | None:
     """Compute one batch of ``size`` sentences: the memory a full batch needs (its activations,
     the decoder's cache, a GPU allocator's blocks) is taken now and kept (the C heap keeps what a
     batch frees: workers/native_heap.py), not in the first burst of jobs, which computed about a

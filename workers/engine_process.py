@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from translation.engines import EngineSpec, TokenUsage
-from workers.engine_models import ModelMemory, free_memory, full_batch, memory_of, warm_up
+from workers.engine_models import ModelMemory, compute_full_batch, free_memory, memory_of, warm_up
 
 if TYPE_CHECKING:
     from workers.idle_cores import LaneCores
@@ -122,7 +122,7 @@ class EngineProcess:
         self.last_used: dict[EngineSpec, float] = {}  # monotonic, per loaded model
         self.threads = 0  # the threads its forward passes use, once ready
         self.heap_kept = False  # whether the child keeps freed memory (once ready)
-        # Per model warmed with a full batch at start: its size and seconds (None: it failed).
+        # Per model warmed with a full batch at start: its size and seconds (None: out of memory).
         self.full_batches: dict[EngineSpec, tuple[int, float | None]] = {}
         # Told when ``memory`` changed (the worker's report of its models).
         self.on_change: Callable[[], None] | None = None
@@ -310,7 +310,8 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
     trim()  # what loading the models freed is not a batch's: given back, not kept
     freeze_heap()  # the models and libraries stay: no full collection walks them during a batch
     try:  # after the trim: the memory a full batch takes stays for the batches
-        full_batches = {warmup.spec: (warmup.batch, full_batch(warmup.spec, warmup.source, warmup.target, warmup.batch))
+        full_batches = {warmup.spec: (warmup.batch, compute_full_batch(warmup.spec, warmup.source, warmup.target,
+                                                                       warmup.batch))
                         for warmup in warmups if warmup.batch > 1}
     except Exception as exc:
         connection.send(("error", RuntimeError(f"a full batch failed at start: {type(exc).__name__}: {exc}")))
@@ -348,7 +349,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                     trim()  # as at the start: the load's leftovers go, the full batch's memory stays
                     freeze_heap()
                     try:
-                        full_batch(spec, source, target, batch)
+                        compute_full_batch(spec, source, target, batch)
                     except Exception:  # not ready: not kept, as a model whose canary failed
                         engine_unload(spec)
                         free_memory(spec.device)

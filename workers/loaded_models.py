@@ -15,7 +15,6 @@ thread between batches, so it never waits on a batch.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -86,15 +85,15 @@ class LoadedModels:
 
     def __init__(
         self, engines: list[EngineProcess], *, device: str, queues, idle_s: float, heartbeat=None, metrics=None,
-        clock=time.monotonic, full_batch: bool = True,
+        clock=time.monotonic, batching: bool = True,
     ) -> None:
         """``queues()``: the queues the worker consumes now (it may follow new routes);
-        ``full_batch``: a model loaded ahead computes a full batch, as at the start (False: a
-        worker without batching, whose batches hold one job)."""
+        ``batching``: whether the worker batches (a model loaded ahead then computes a full
+        batch, as at the start; ``workers.warmup``)."""
         from workers.control import LOADED_MODELS
 
         self.engines, self.device, self._queues, self.idle_s = engines, device, queues, idle_s
-        self.full_batch = full_batch
+        self.batching = batching
         self.heartbeat, self.metrics, self._clock = heartbeat, metrics, clock
         self.held: list[dict] = LOADED_MODELS  # what the "models" inspect command answers
         self._lock = threading.Lock()
@@ -130,8 +129,7 @@ class LoadedModels:
     def _warmups(self) -> list[Warmup]:
         from workers.warmup import warmups_for_queues
 
-        warmups = warmups_for_queues(set(self._queues()), device=self.device, quiet=True)
-        return warmups if self.full_batch else [dataclasses.replace(warmup, batch=1) for warmup in warmups]
+        return warmups_for_queues(set(self._queues()), device=self.device, quiet=True, batching=self.batching)
 
     def load_wanted(self, lane: int) -> EngineSpec | None:
         """In lane ``lane``'s own thread, while it has nothing to compute: load and warm one model

@@ -12,7 +12,6 @@ of that size needs is in place before the first burst), and only then starts con
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import socket
@@ -139,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_during_start_up)
     try:
         lanes = start_device_loop(
-            settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"]), args.batching, heartbeat,
+            settings, warmups_for_queues(set(queues), device=os.environ["TRANSLATION_DEVICE"], batching=args.batching),
+            args.batching, heartbeat,
             metrics, lanes=default_lanes(args.device) if args.lanes is None else args.lanes, cores=args.cores,
         )
     except BaseException as exc:
@@ -241,8 +241,6 @@ def start_device_loop(
 
     device = os.environ.get("TRANSLATION_DEVICE", "cpu")
     count, threads = lane_layout(device, lanes, cores)
-    if not batching:  # every batch holds one job: no full batch to prepare for
-        warmups = [dataclasses.replace(warmup, batch=1) for warmup in warmups]
     engines = start_lanes(warmups, count=count, threads=threads, device=device)
     from workers.control import lanes_note  # also registers the "models" inspect command
     from workers.loaded_models import LoadedModels
@@ -258,7 +256,7 @@ def start_device_loop(
     # Without a heartbeat it cannot tell which queues it serves: it unloads nothing.
     models = LoadedModels(engines, device=device, queues=lambda: heartbeat.queues if heartbeat is not None else [],
                           idle_s=settings.TRANSLATION_MODEL_UNLOAD_IDLE_S if heartbeat is not None else 0,
-                          heartbeat=heartbeat, metrics=metrics, full_batch=batching)
+                          heartbeat=heartbeat, metrics=metrics, batching=batching)
     for loaded in models.report():
         print(f"  loaded {loaded['model']} [{loaded['precision']}] on {loaded['device']}: "
               f"{loaded['memory_mib']:.1f} MiB{lanes_note(loaded)}", flush=True)

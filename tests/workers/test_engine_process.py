@@ -44,7 +44,7 @@ class EngineProcessTests:
 
     def test_a_full_batch_that_runs_out_of_memory_is_logged_and_the_model_kept(self, monkeypatch, caplog):
         from translation import engines
-        from workers.engine_models import full_batch
+        from workers.engine_models import compute_full_batch
 
         class Exhausted:  # the model loaded; a batch of its route's size does not fit
             def translate(self, texts, source, target):
@@ -53,15 +53,15 @@ class EngineProcessTests:
         monkeypatch.setattr(engines, "engine_for", lambda spec: Exhausted())
         spec = EngineSpec("hf-seq2seq", "org/large")
         with caplog.at_level("WARNING", logger="workers.engine_models"):
-            assert full_batch(spec, "es", "en", 8) is None
+            assert compute_full_batch(spec, "es", "en", 8) is None
         assert "a full batch of 8 ran out of memory at start (MemoryError: cannot allocate 3 GiB)" in caplog.text
 
     def test_a_full_batch_that_fails_otherwise_fails_the_start(self, tiny_models):
-        from workers.engine_models import full_batch
+        from workers.engine_models import compute_full_batch
 
         with pytest.raises(OSError):  # no such checkpoint: nothing to compute a batch with
-            full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 8)
-        assert full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 1) is None  # the canary's only
+            compute_full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 8)
+        assert compute_full_batch(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en", 1) is None  # the canary's only
 
     def test_translations_equal_the_in_process_engine(self, engines):
         process, spec = engines

@@ -157,8 +157,8 @@ class LoadAheadTests:
 
         queues = sorted({route.queue for route in routes()})
 
-        def sizes(full_batch: bool) -> set[int]:
-            models = LoadedModels([], device="cpu", queues=lambda: queues, idle_s=0, full_batch=full_batch)
+        def sizes(batching: bool) -> set[int]:
+            models = LoadedModels([], device="cpu", queues=lambda: queues, idle_s=0, batching=batching)
             return {warmup.batch for warmup in models._warmups()}
 
         assert sizes(False) == {1}
