@@ -94,3 +94,32 @@ class BenchmarkFiguresTests:
         client, _ = api_client_key
         conversation = conversation_create(api_client=client, customer_name="Benchmark")
         assert Benchmark.__new__(Benchmark).wait_done(conversation, 0, timeout=1) == []
+
+    def test_each_burst_after_the_first_runs_on_vacuumed_tables_between_raw_rounds(self):
+        """The order of a saturation run: a raw round, then each burst followed by a raw round,
+        the tables vacuumed before every burst but the first (the light load's were, at start).
+        Stand-ins for the raw model, the bursts and the vacuum: the order is the logic tested."""
+        from workers.benchmark import Benchmark, Figures
+
+        calls = []
+
+        class RawModel:
+            def limit_round(self):
+                calls.append("raw")
+                return 500.0
+
+        benchmark = Benchmark(model="small", jobs=4, say=lambda line: None, rounds=3)
+        benchmark.vacuum = lambda: calls.append("vacuum")
+        benchmark.new_conversation = lambda client: None
+
+        def burst(conversation, count, worker):
+            calls.append("burst")
+            benchmark.model_share = 0.9
+            return 400.0, [], None
+
+        benchmark.burst = burst
+        benchmark.latencies_ms = lambda rows, committed=None: [1.0]
+        figures = Figures()
+        benchmark.saturation(figures, client=None, worker=None, raw=RawModel())
+        assert calls == ["raw", "burst", "raw", "vacuum", "burst", "raw", "vacuum", "burst", "raw"]
+        assert (figures.limit, figures.pipeline, len(figures.rounds)) == (500.0, 400.0, 3)
