@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
-from cs_portal.portal.services import agent_create, team_create
+from cs_portal.portal.models import Conversation, ConversationStatus
+from cs_portal.portal.services import agent_create, conversation_create, conversation_set_status, team_create
 from tests.conftest import ROOT
 from translation.models import Translation, TranslationStatus
 
@@ -193,3 +195,74 @@ class AgentWorkspaceBrowserTests:
             return [getComputedStyle(e).direction, e.textContent.trim()];
         }""")
         assert (direction, shown) == ("rtl", "طلبي لم يصل بعد")
+
+
+# Counts the server's "change" events and the live element's "refreshed" events (capture: they
+# do not bubble), on every page the agent opens.
+COUNT_LIVE_EVENTS = """
+window.__changes = 0;
+window.__refreshes = [];
+const Stream = window.EventSource;
+window.EventSource = class extends Stream {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("change", () => { window.__changes += 1; });
+  }
+};
+document.addEventListener("refreshed", (e) => window.__refreshes.push(e.detail.replaced), true);
+"""
+
+
+class LiveRefreshBrowserTests:
+    """A live page re-renders on the server's word without taking anything from under the agent."""
+
+    def open_inbox(self, agent, live_server):
+        agent.add_init_script(COUNT_LIVE_EVENTS)
+        agent.goto(f"{live_server.url}/workspace/")
+        # A first connection is always told to refresh; the page is already up to date.
+        agent.wait_for_function("window.__refreshes.length === 1")
+        assert agent.evaluate("window.__refreshes") == [False]
+
+    def test_content_the_same_as_shown_stays_in_place_and_new_content_replaces_it(
+        self, agent_page, live_server, api_client_key
+    ):
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Noor", language="es")
+        agent = agent_page
+        self.open_inbox(agent, live_server)
+        row = f'tr[data-conversation="{conversation.pk}"]'
+        agent.evaluate(f"document.querySelector('{row}').__kept = true")
+
+        # A change the inbox does not show (the conversation touched): the row stays the same node.
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+        agent.wait_for_function("window.__refreshes.length === 2", timeout=WAIT_MS)
+        assert agent.evaluate("window.__refreshes[1]") is False
+        assert agent.evaluate(f"document.querySelector('{row}').__kept") is True
+
+        # A change it shows replaces the rows.
+        conversation_set_status(conversation=conversation, status=ConversationStatus.PENDING)
+        agent.wait_for_selector(f"{row} .status.pending", timeout=WAIT_MS)
+        assert agent.evaluate("window.__refreshes.at(-1)") is True
+        assert agent.evaluate(f"document.querySelector('{row}').__kept") is None
+
+    def test_a_change_while_a_button_is_held_down_waits_for_its_click(self, agent_page, live_server, api_client_key):
+        client, _ = api_client_key
+        first = conversation_create(api_client=client, customer_name="Noor", language="es")
+        agent = agent_page
+        self.open_inbox(agent, live_server)
+        close = agent.locator(f'tr[data-conversation="{first.pk}"] button:has-text("Close")').bounding_box()
+        agent.mouse.move(close["x"] + close["width"] / 2, close["y"] + close["height"] / 2)
+        agent.mouse.down()
+
+        changes = agent.evaluate("window.__changes")
+        second = conversation_create(api_client=client, customer_name="Omar", language="ar")
+        agent.wait_for_function(f"window.__changes > {changes}", timeout=WAIT_MS)
+        agent.wait_for_timeout(500)  # time enough for a refresh that did not wait to land
+        assert agent.evaluate("window.__refreshes.length") == 1
+        agent.mouse.up()
+
+        # The click went to the button the agent pressed; the new conversation shows after it.
+        agent.wait_for_selector(f'tr[data-conversation="{first.pk}"] .status.closed', timeout=WAIT_MS)
+        agent.wait_for_selector(f'tr[data-conversation="{second.pk}"]', timeout=WAIT_MS)
+        first.refresh_from_db()
+        assert first.status == ConversationStatus.CLOSED
