@@ -210,8 +210,9 @@ TRANSLATION_CPU_LANES = env.int("TRANSLATION_CPU_LANES", default=0)
 if TRANSLATION_CPU_LANES < 0:
     raise environ.ImproperlyConfigured(f"TRANSLATION_CPU_LANES must be 0 (one per core) or more, not {TRANSLATION_CPU_LANES}")
 # A CPU lane computing a batch of 16 jobs or more takes the cores that idle lanes leave (cores /
-# busy lanes threads), counted after each decoding step, so a lane that starts a batch gets its
-# core back within a step (workers/idle_cores.py): a burst's last batch, a quiet hour's batches.
+# busy lanes threads; a lane is idle 0.15 s after its last batch), counted after each decoding
+# step, so a lane that starts a batch gets its core back within a step (workers/idle_cores.py):
+# a burst's last batch, a large batch after a quiet spell.
 TRANSLATION_CPU_LEND_IDLE_CORES = env.bool("TRANSLATION_CPU_LEND_IDLE_CORES", default=True)
 # Each engine process computes one full batch of every model it loads before the worker
 # consumes (the largest batch size of the model's routes, within MAX_BATCH_SIZE and

@@ -12,10 +12,21 @@ The encoder's pass, before the first step, keeps the lane's own threads: a batch
 for it would hold the cores for its whole length whoever started meanwhile (measured: two lanes
 started together then ran about a tenth slower). Every batch counts as busy, small ones too;
 only the large ones borrow.
+
+A lane counts as idle only ``IDLE_AFTER_S`` after its last batch ended. Under a steady stream of
+batches a lane waits 20-50 ms between two of them while its worker stores the results and
+claims the next jobs, and that wait is not an idle core: the worker, PostgreSQL and Redis use
+it. Lent at once, the other lane's two threads shared both cores with them until its next step:
+over 2,048-job bursts on the 2-core machine the model took 12-24 % more CPU per sentence than
+in the raw rounds and the pipeline made 0.73-0.78 of the raw model's throughput; with this wait
+0.84-0.86 (medians of three runs), with no lending at all 0.84-0.88, the model's CPU per
+sentence as in the raw rounds in both (docs/benchmarks.md, eighteenth session).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,22 +35,35 @@ from dataclasses import dataclass
 # two threads, and the threads' start-up and synchronisation cost more than they win.
 MIN_BATCH = 16
 
+# How long after its last batch a lane counts as idle: longer than the 20-50 ms a lane waits
+# between batches while jobs keep coming (its worker storing and claiming, on these cores).
+IDLE_AFTER_S = 0.15
+
 
 class IdleCores:
-    """Which of a worker's CPU lanes compute a batch now: a byte per lane in memory their engine
-    processes share (made by the parent, handed to each child as it starts), and the cores the
-    lanes have together. Each lane writes only its own byte, so no lock is taken: a process
-    killed at any point cannot leave the others waiting on one."""
+    """Which of a worker's CPU lanes compute a batch now, or did a moment ago: per lane, in
+    memory their engine processes share (made by the parent, handed to each child as it starts),
+    the ``time.monotonic()`` until which it counts as busy (infinite while a batch computes), and
+    the cores the lanes have together. Each lane writes only its own slot, so no lock is taken: a
+    process killed at any point cannot leave the others waiting on one."""
 
     def __init__(self, context, cores: int, lanes: int) -> None:
-        self.slots = context.RawArray("b", lanes)
+        self.slots = context.RawArray("d", lanes)  # 0.0: idle since the start
         self.cores = cores
 
     def lane(self, index: int) -> LaneCores:
         return LaneCores(self, index)
 
-    def busy(self) -> int:
-        return sum(self.slots)
+    def start(self, index: int) -> None:
+        self.slots[index] = math.inf
+
+    def end(self, index: int, *, now: float | None = None) -> None:
+        self.slots[index] = (time.monotonic() if now is None else now) + IDLE_AFTER_S
+
+    def busy(self, *, now: float | None = None) -> int:
+        """The lanes computing a batch or done with one less than ``IDLE_AFTER_S`` ago."""
+        now = time.monotonic() if now is None else now
+        return sum(1 for until in self.slots if until > now)
 
 
 @dataclass(frozen=True)
@@ -58,13 +82,14 @@ class Lending:
 
     @contextmanager
     def batch(self, size: int) -> Iterator[None]:
-        """Count this lane busy while a batch of ``size`` jobs computes (0: a model loading or
-        warming up, which borrows nothing); a batch of ``MIN_BATCH`` or more borrows the idle
-        lanes' cores, checked again after each of its decoding steps."""
+        """Count this lane busy while a batch of ``size`` jobs computes and ``IDLE_AFTER_S``
+        after (0: a model loading or warming up, which borrows nothing); a batch of
+        ``MIN_BATCH`` or more borrows the idle lanes' cores, checked again after each of its
+        decoding steps."""
         from translation.engines import between_steps_call
 
-        slots, index = self.lane.shared.slots, self.lane.index
-        slots[index] = 1
+        shared, index = self.lane.shared, self.lane.index
+        shared.start(index)
         try:
             if size >= MIN_BATCH:  # from its first step on: the encoder runs on the lane's own threads
                 with between_steps_call(self.adjust):
@@ -72,7 +97,7 @@ class Lending:
             else:
                 yield
         finally:
-            slots[index] = 0
+            shared.end(index)
             self._use(self.own)
 
     def adjust(self) -> None:

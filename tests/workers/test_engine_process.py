@@ -4,12 +4,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.conftest import ROOT
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
 from workers.engine_process import EngineProcess, EngineProcessDied, ModelMemory, Warmup, start_lanes
+from workers.idle_cores import IDLE_AFTER_S
 from workers.lane_layout import MAX_AUTO_LANES, MAX_GPU_LANES, cpu_lanes, default_lanes, gpu_lanes, lane_layout, usable_cores
 
 
@@ -213,10 +215,12 @@ class CpuLanesTests:
             assert [lane.threads for lane in lanes] == [1, 1]
             # The worker's lanes keep freed memory for their next batches (the setting's default).
             assert [lane.heap_kept for lane in lanes] == [True, True]
-            # and lend each other their idle cores, counting busy lanes together (nothing computes now).
-            assert lanes[0].idle_cores.shared is lanes[1].idle_cores.shared
+            # and lend each other their idle cores, counting busy lanes together (none computes
+            # now: both are idle once IDLE_AFTER_S has passed since their batches).
+            shared = lanes[0].idle_cores.shared
+            assert shared is lanes[1].idle_cores.shared
             assert [lane.idle_cores.index for lane in lanes] == [0, 1]
-            assert (lanes[0].idle_cores.shared.cores, lanes[0].idle_cores.shared.busy()) == (2, 0)
+            assert (shared.cores, shared.busy(now=time.monotonic() + IDLE_AFTER_S)) == (2, 0)
         finally:
             for lane in lanes:
                 lane.stop()
