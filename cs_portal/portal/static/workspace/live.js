@@ -65,7 +65,7 @@
     element.addEventListener("submit", () => { submitting = true; });
     element.addEventListener("pointerdown", () => { pressed = true; });
     // The release may land outside the element; the click (and a form's submit) it makes is
-    // dispatched before a timer runs.
+    // dispatched before a timer runs. A window that loses focus meanwhile may never see it.
     const release = () => {
       if (!pressed) return;
       pressed = false;
@@ -73,6 +73,7 @@
     };
     document.addEventListener("pointerup", release);
     document.addEventListener("pointercancel", release);
+    window.addEventListener("blur", release);
     // Leaving a field may be a click on its form's button: give the click time to submit first.
     element.addEventListener("focusout", () => { if (pending) setTimeout(refresh, 400); });
     const source = new EventSource(element.dataset.live);
