@@ -49,6 +49,7 @@ class IdleCores:
 
     def __init__(self, context, cores: int, lanes: int) -> None:
         self.slots = context.RawArray("d", lanes)  # 0.0: idle since the start
+        self.borrowed = context.RawArray("d", lanes)  # seconds each lane computed on borrowed cores
         self.cores = cores
 
     def lane(self, index: int) -> LaneCores:
@@ -65,6 +66,11 @@ class IdleCores:
         now = time.monotonic() if now is None else now
         return sum(1 for until in self.slots if until > now)
 
+    def borrowed_seconds(self) -> list[float]:
+        """How long each lane has computed with more threads than its own (counted each time it
+        gives them back): the worker's ``translation_worker_lane_borrowed_seconds_total``."""
+        return list(self.borrowed)
+
 
 @dataclass(frozen=True)
 class LaneCores:
@@ -79,6 +85,7 @@ class Lending:
 
     def __init__(self, lane: LaneCores, own: int) -> None:
         self.lane, self.own, self.current = lane, own, own
+        self.borrowing_since = 0.0
 
     @contextmanager
     def batch(self, size: int) -> Iterator[None]:
@@ -109,4 +116,9 @@ class Lending:
             import torch
 
             torch.set_num_threads(threads)
+            now = time.monotonic()
+            if self.current == self.own:
+                self.borrowing_since = now
+            elif threads == self.own:
+                self.lane.shared.borrowed[self.lane.index] += now - self.borrowing_since
             self.current = threads

@@ -277,6 +277,8 @@ def start_device_loop(
     if heartbeat is not None:
         heartbeat.ready(models.held)  # every model translated its warm-up sentence: the canary
     loops = [DeviceLoop(batcher, engine, heartbeat, metrics, lane=lane, models=models) for lane, engine in enumerate(engines)]
+    if metrics is not None and engines[0].idle_cores is not None:
+        metrics.lending(engines[0].idle_cores.shared)
     if metrics is not None:
         # Jobs taken from the broker and not answered yet: waiting in the batcher or computing.
         metrics.in_flight(lambda: batcher.pending() + sum(loop.running for loop in loops))

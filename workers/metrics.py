@@ -1,7 +1,8 @@
 """A worker's own metrics, served on its own port (``--metrics-port``, or the placement plan's
 ``metrics_port``): the job series of ``translation.metrics`` as this worker counted them, plus
 what only the worker knows — its models and their memory, jobs in flight, its last batch and
-its loop's last turn, and the GPU's utilisation and memory where NVML is available.
+its loop's last turn, the time its CPU lanes computed on borrowed cores, and the GPU's
+utilisation and memory where NVML is available.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import time
 
 from prometheus_client import Counter, Gauge, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,30 @@ loop_timestamp = Gauge(
     "translation_worker_loop_timestamp_seconds",
     "When the device loop last went round (Unix time); a hung loop stops moving it.", WORKER,
 )
+
+
+class BorrowedCores(Collector):
+    """Seconds each CPU lane computed on cores borrowed from idle lanes (``workers.idle_cores``),
+    read at scrape time from the memory the lanes share: whether lending happens at all on a
+    machine, and how much, shows here."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, object] = {}  # worker name -> its lanes' IdleCores
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "translation_worker_lane_borrowed_seconds",
+            "Seconds each CPU lane computed on cores borrowed from idle lanes (counted as it gives them back).",
+            labels=["worker", "lane"],
+        )
+        for worker, shared in self.workers.items():
+            for lane, seconds in enumerate(shared.borrowed_seconds()):
+                family.add_metric([worker, str(lane)], seconds)
+        yield family
+
+
+borrowed_cores = BorrowedCores()
+REGISTRY.register(borrowed_cores)
 
 
 class GpuCollector(Collector):
@@ -144,6 +169,11 @@ class WorkerMetrics:
 
     def loop_turned(self) -> None:
         loop_timestamp.labels(worker=self.worker).set(time.time())
+
+    def lending(self, shared) -> None:
+        """The worker's CPU lanes lend each other their idle cores through ``shared``
+        (``workers.idle_cores.IdleCores``)."""
+        borrowed_cores.workers[self.worker] = shared
 
     def batch_ended(self, lane: int = 0) -> None:
         last_batch_timestamp.labels(worker=self.worker).set(time.time())

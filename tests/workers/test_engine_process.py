@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ROOT
 from translation.engines import EngineSpec, InputTooLong, UnsupportedPair, engine_for
 from workers.engine_process import EngineProcess, EngineProcessDied, ModelMemory, Warmup, start_lanes
-from workers.idle_cores import IDLE_AFTER_S
+from workers.idle_cores import IDLE_AFTER_S, MIN_BATCH
 from workers.lane_layout import MAX_AUTO_LANES, MAX_GPU_LANES, cpu_lanes, default_lanes, gpu_lanes, lane_layout, usable_cores
 
 
@@ -221,6 +221,20 @@ class CpuLanesTests:
             assert shared is lanes[1].idle_cores.shared
             assert [lane.idle_cores.index for lane in lanes] == [0, 1]
             assert (shared.cores, shared.busy(now=time.monotonic() + IDLE_AFTER_S)) == (2, 0)
+        finally:
+            for lane in lanes:
+                lane.stop()
+
+    def test_a_large_batch_on_one_lane_computes_on_the_idle_lanes_core_and_says_for_how_long(self, tiny_models):
+        spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        lanes = start_lanes([Warmup(spec, "es", "en")], count=2, threads=1)
+        try:
+            shared = lanes[0].idle_cores.shared
+            assert shared.borrowed_seconds() == [0.0, 0.0]
+            texts = [f"Hola, mi pedido número {n} no ha llegado todavía." for n in range(MIN_BATCH * 2)]
+            assert len(lanes[0].engine(spec).translate(texts, "es", "fr")) == len(texts)
+            first, second = shared.borrowed_seconds()  # written in the lane's process, read here
+            assert first > 0 and second == 0.0
         finally:
             for lane in lanes:
                 lane.stop()

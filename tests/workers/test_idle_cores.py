@@ -22,6 +22,14 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """The lanes' clock, moved by the test: ``time.monotonic()`` is ``clock[0]``."""
+    now = [1000.0]
+    monkeypatch.setattr(idle_cores, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
 def lanes(cores: int = 2, count: int = 2) -> IdleCores:
     return IdleCores(multiprocessing.get_context("spawn"), cores, count)
 
@@ -59,10 +67,8 @@ class LendingTests:
             assert torch.get_num_threads() == 4
         assert torch.get_num_threads() == 2  # the lane's own share again
 
-    def test_a_lane_between_two_batches_keeps_its_cores_for_a_while(self, threads, monkeypatch):
+    def test_a_lane_between_two_batches_keeps_its_cores_for_a_while(self, threads, clock):
         """Jobs still coming: its worker stores and claims on those cores before the next batch."""
-        clock = [1000.0]
-        monkeypatch.setattr(idle_cores, "time", SimpleNamespace(monotonic=lambda: clock[0]))
         shared = lanes(cores=2)
         first = Lending(shared.lane(0), own=1)
         with first.batch(128):
@@ -74,6 +80,24 @@ class LendingTests:
             clock[0] += IDLE_AFTER_S / 2 + 0.001  # no batch came: its core is idle
             first.adjust()
             assert (shared.busy(), torch.get_num_threads()) == (1, 2)
+
+    def test_the_time_on_borrowed_cores_is_counted_per_lane_as_they_go_back(self, threads, clock):
+        shared = lanes(cores=2)
+        first = Lending(shared.lane(0), own=1)
+        with first.batch(128):
+            clock[0] += 0.1  # the encoder's pass, on its own thread
+            first.adjust()  # the other lane idle: both cores
+            clock[0] += 0.5
+            shared.start(1)
+            first.adjust()  # the other lane started: its core goes back
+            assert shared.borrowed_seconds() == [pytest.approx(0.5), 0.0]
+            shared.end(1, now=clock[0] - IDLE_AFTER_S)
+            first.adjust()  # borrowed again until the batch ends
+            clock[0] += 0.25
+        assert shared.borrowed_seconds() == [pytest.approx(0.75), 0.0]
+        with first.batch(MIN_BATCH - 1):  # a small batch borrows nothing
+            clock[0] += 1
+        assert shared.borrowed_seconds() == [pytest.approx(0.75), 0.0]
 
     def test_a_small_batch_or_a_load_keeps_its_threads_but_counts_as_busy(self, threads):
         shared = lanes(cores=2)

@@ -74,6 +74,9 @@ class LiveMetricsTests:
         assert value(after, "translation_worker_ready", worker=WORKER_NAME) == 1
         assert value(after, "translation_worker_jobs_in_flight", worker=WORKER_NAME) == 0
         assert value(after, "translation_worker_last_batch_timestamp_seconds", worker=WORKER_NAME) > 0
+        # Its two CPU lanes lend each other their idle cores: how long each computed on borrowed ones.
+        borrowed = series(after, "translation_worker_lane_borrowed_seconds_total")
+        assert sorted(s["lane"] for s in borrowed if s["worker"] == WORKER_NAME) == ["0", "1"]
         # Bounded labels: no series is labelled by a job or message id (a route id or a bucket
         # bound may equal the translation's id by chance: those labels are bounded by design).
         numeric_by_design = {"route", "le", "quantile"}
@@ -143,3 +146,23 @@ class MetricsTokenTests:
             assert client.get(path, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
             response = client.get(path, HTTP_AUTHORIZATION="Bearer s3cret")
             assert response.status_code == 200 and b"# TYPE" in response.content
+
+
+class BorrowedCoresTests:
+    def test_each_lanes_time_on_borrowed_cores_is_a_counter_read_at_scrape_time(self):
+        import multiprocessing
+
+        from workers.idle_cores import IdleCores
+        from workers.metrics import WorkerMetrics, borrowed_cores
+
+        shared = IdleCores(multiprocessing.get_context("spawn"), 2, 2)
+        WorkerMetrics("lending-worker", device="cpu", queues=["translate.en"]).lending(shared)
+        try:
+            name = "translation_worker_lane_borrowed_seconds_total"
+            assert REGISTRY.get_sample_value(name, {"worker": "lending-worker", "lane": "1"}) == 0.0
+            shared.borrowed[1] += 2.5  # what the lane's engine process adds as it gives cores back
+            assert REGISTRY.get_sample_value(name, {"worker": "lending-worker", "lane": "1"}) == 2.5
+            assert REGISTRY.get_sample_value(name, {"worker": "lending-worker", "lane": "0"}) == 0.0
+        finally:
+            borrowed_cores.workers.pop("lending-worker")
+
