@@ -31,7 +31,7 @@ from translation.tiny_models import write_benchmark_model
 from workers.benchmark_figures import Figures, Round, median_round, model_share, overlap, percentile
 from workers.benchmark_raw import RawModel, spanish_texts
 from workers.cpu_usage import cpu_by_part, processes, unmatched_by_name
-from workers.lifecycle import stop_process, wait_until_consuming
+from workers.lifecycle import free_port, stop_process, wait_until_consuming
 
 FIXED_OUTPUT_TOKENS = 20
 LIGHT_LOAD_JOBS = 40
@@ -58,6 +58,7 @@ class Benchmark:
                        else f", {self.lanes} lanes" if self.lanes > 1 else "")
         self.batch_size = settings.TRANSLATION_MAX_BATCH_SIZE
         self.texts = spanish_texts()
+        self.metrics_port = 0  # the pipeline worker's, once started
         self.target = settings.DEFAULT_AGENT_LANGUAGE
         self.queue = f"translate.{self.target}.benchmark"
         self.prefix = f"bench-{os.getpid()}:"
@@ -78,6 +79,8 @@ class Benchmark:
         command = [sys.executable, "-m", "workers.main", "--queues", self.queue, "--name", name,
                    "--loglevel", "WARNING", "--device", "cuda:0" if self.device == "cuda" else "cpu"]
         command.append(f"--lanes={self.lanes}")
+        self.metrics_port = free_port()  # where the burst reads the lanes' time on borrowed cores
+        command += ["--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"]
         if not batching:
             command.append("--no-batching")
         log = (settings.DATA_DIR / "logs" / "benchmark-worker.log")
@@ -87,6 +90,25 @@ class Benchmark:
             stop_process(process)
             raise RuntimeError(f"the benchmark worker did not start; see {log}")
         return process
+
+    def borrowed_seconds(self) -> float | None:
+        """How long the worker's CPU lanes have computed on cores borrowed from idle lanes
+        (``translation_worker_lane_borrowed_seconds_total``, all lanes); None where they lend
+        none (one lane, a GPU, lending off) or the worker's metrics did not answer."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        if not self.metrics_port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        seconds = [sample.value for family in text_string_to_metric_families(text)
+                   if family.name == "translation_worker_lane_borrowed_seconds" for sample in family.samples]
+        return sum(seconds) if seconds else None
 
     @staticmethod
     def stop_worker(process: subprocess.Popen) -> None:
@@ -160,6 +182,7 @@ class Benchmark:
         from django.utils import timezone
 
         stamps = {}
+        borrowed_before = self.borrowed_seconds()
 
         def at_commit() -> None:  # runs before the sends
             # The CPU reading first, so that reading /proc stays outside the measured time. The
@@ -177,6 +200,7 @@ class Benchmark:
         sending = (timezone.now() - committed).total_seconds()  # the on-commit sends, after the stamp
         rows = self.wait_done(conversation, count, timeout=60 + count * 2)
         cpu_after, cpu_span = processes(), time.monotonic() - stamps["cpu_at"]
+        borrowed_after = self.borrowed_seconds()
         failed = [row for row in rows if row.status != TranslationStatus.DONE]
         if failed:
             raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g.: {failed[0].failure_reason}")
@@ -205,7 +229,9 @@ class Benchmark:
                  f"{len(batches)} batches computing {compute:.2f}s ({compute / elapsed:.0%} of the time); "
                  f"no batch running for {idle:.2f}s (longest {max(0.0, longest):.2f}s, until {longest_until:.1f}s); "
                  f"forward passes at once: {', '.join(f'{k} for {side_by_side[k]:.2f}s' for k in sorted(side_by_side))}; "
-                 f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
+                 + (f"lanes on borrowed cores {borrowed_after - borrowed_before:.2f}s; "
+                    if None not in (borrowed_before, borrowed_after) else "")
+                 + f"batch sizes {sorted((len(b) for b in batches.values()), reverse=True)[:12]}")
         self.model_share = 0.0
         if stamps["cpu"] is not None and cpu_after is not None:  # None: no /proc (not Linux)
             self.model_share = self.report_cpu(stamps["cpu"], cpu_after, cpu_span, count, worker.pid, elapsed)

@@ -123,3 +123,31 @@ class BenchmarkFiguresTests:
         benchmark.saturation(figures, client=None, worker=None, raw=RawModel())
         assert calls == ["raw", "burst", "raw", "vacuum", "burst", "raw", "vacuum", "burst", "raw"]
         assert (figures.limit, figures.pipeline, len(figures.rounds)) == (500.0, 400.0, 3)
+
+    def test_the_lanes_time_on_borrowed_cores_is_read_from_the_workers_metrics(self):
+        """A real metrics endpoint (prometheus_client's server, in this process) serving a
+        worker's lanes: the benchmark sums them; with nothing to read it says so by None."""
+        import multiprocessing
+
+        from prometheus_client import start_http_server
+
+        from workers.benchmark import Benchmark
+        from workers.idle_cores import IdleCores
+        from workers.lifecycle import free_port
+        from workers.metrics import WorkerMetrics, borrowed_cores
+
+        benchmark = Benchmark(model="small", jobs=4, say=lambda line: None)
+        assert benchmark.borrowed_seconds() is None  # no worker started
+        benchmark.metrics_port = free_port()
+        assert benchmark.borrowed_seconds() is None  # nothing answers there
+        shared = IdleCores(multiprocessing.get_context("spawn"), 2, 2)
+        shared.borrowed[0], shared.borrowed[1] = 0.25, 1.5
+        server, thread = start_http_server(benchmark.metrics_port, addr="127.0.0.1")
+        WorkerMetrics("bench-lending", device="cpu", queues=["translate.en"]).lending(shared)
+        try:
+            assert benchmark.borrowed_seconds() == 1.75
+        finally:
+            borrowed_cores.workers.pop("bench-lending")
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
