@@ -95,6 +95,7 @@ class Benchmark:
         """How long the worker's CPU lanes have computed on cores borrowed from idle lanes
         (``translation_worker_lane_borrowed_seconds_total``, all lanes); None where they lend
         none (one lane, a GPU, lending off) or the worker's metrics did not answer."""
+        import http.client
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
@@ -104,10 +105,11 @@ class Benchmark:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
                 text = response.read().decode()
-        except OSError:
+            seconds = [sample.value for family in text_string_to_metric_families(text)
+                       if family.name == "translation_worker_lane_borrowed_seconds" for sample in family.samples
+                       if sample.name.endswith("_total")]
+        except (OSError, ValueError, http.client.HTTPException):  # an optional reading: never the run's end
             return None
-        seconds = [sample.value for family in text_string_to_metric_families(text)
-                   if family.name == "translation_worker_lane_borrowed_seconds" for sample in family.samples]
         return sum(seconds) if seconds else None
 
     @staticmethod

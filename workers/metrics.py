@@ -61,7 +61,7 @@ class BorrowedCores(Collector):
             "Seconds each CPU lane computed on cores borrowed from idle lanes (counted as it gives them back).",
             labels=["worker", "lane"],
         )
-        for worker, shared in self.workers.items():
+        for worker, shared in list(self.workers.items()):  # a worker may register during a scrape
             for lane, seconds in enumerate(shared.borrowed_seconds()):
                 family.add_metric([worker, str(lane)], seconds)
         yield family

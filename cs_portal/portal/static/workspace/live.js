@@ -59,13 +59,21 @@
           }
           element.dispatchEvent(new CustomEvent("refreshed", { detail: { replaced } }));
         })
-        .catch(() => { pending = true; });
+        .catch(() => {  // the server or the network failed: try again in a while
+          if (number !== asked) return;
+          pending = true;
+          setTimeout(() => { if (pending && number === asked) refresh(); }, 2000);
+        });
     }
 
     element.addEventListener("submit", () => { submitting = true; });
-    element.addEventListener("pointerdown", () => { pressed = true; });
+    element.addEventListener("pointerdown", (event) => {
+      // A main-button press that may become a click; a field being edited waits by itself.
+      if (event.button === 0 && event.isPrimary && !event.target.closest("select, textarea")) pressed = true;
+    });
     // The release may land outside the element; the click (and a form's submit) it makes is
-    // dispatched before a timer runs. A window that loses focus meanwhile may never see it.
+    // dispatched before a timer runs. A drag, or a window that loses focus meanwhile, may never
+    // deliver it.
     const release = () => {
       if (!pressed) return;
       pressed = false;
@@ -73,6 +81,7 @@
     };
     document.addEventListener("pointerup", release);
     document.addEventListener("pointercancel", release);
+    document.addEventListener("dragend", release);
     window.addEventListener("blur", release);
     // Leaving a field may be a click on its form's button: give the click time to submit first.
     element.addEventListener("focusout", () => { if (pending) setTimeout(refresh, 400); });
