@@ -15,6 +15,7 @@ from django.utils import timezone
 from translation import backpressure, errors, metrics
 from translation.models import ANY_LANGUAGE, LanguageRoute, Translation, TranslationStatus
 from translation.routing import Route, route_for
+from translation.selectors import translations_stored
 from translation.sending import translation_enqueue, translations_enqueue
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class CommitSends:
         jobs = list({job.pk: job for job in self.jobs}.values())  # a row once, as last saved
         if len(jobs) > 1:  # one query, against a round trip saved per job
             try:
-                stored = set(Translation.objects.filter(pk__in=[job.pk for job in jobs]).values_list("pk", flat=True))
+                stored = translations_stored(job.pk for job in jobs)
                 jobs = [job for job in jobs if job.pk in stored]
             except Exception:  # the database went away after the commit: send them all
                 logger.warning("Could not look up %d committed jobs before sending them", len(jobs), exc_info=True)

@@ -242,3 +242,17 @@ class JobMessageTests:
             _task_stack.pop()
             translate.pop_request()
         assert (sent.headers["parent_id"], sent.headers["root_id"]) == ("first-task", "first-task")
+
+
+class TranslationsStoredTests:
+    def test_it_answers_which_ids_are_rows_now(self, api_client_key, tiny_models):
+        from translation.selectors import translations_stored
+
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Ana")
+        kept, gone = (message_create_from_customer(conversation=conversation, text=f"Pedido {n}", language="es")
+                      .translations.get() for n in range(2))
+        gone_pk = gone.pk
+        gone.delete()
+        assert translations_stored([kept.pk, gone_pk, kept.pk + 10_000]) == {kept.pk}
+        assert translations_stored([]) == set()
