@@ -146,11 +146,15 @@ def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str,
     from workers.models import WorkerHeartbeat
 
     handled = {}
-    stale = WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__lt=stale_before(), ready=True).exclude(name=exclude)
+
+    def stale():  # built only when needed: the ORM's filters cost more CPU than the look's statement
+        return WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__lt=stale_before(), ready=True).exclude(
+            name=exclude)
+
     # A plain read first: most turns find nobody, and take no lock (SQLite's is global).
-    if _rows("stale", exclude, lambda: stale.values_list("pk")[:1]):
+    if _rows("stale", exclude, lambda: stale().values_list("pk")[:1]):
         with transaction.atomic():
-            for beat in stale.select_for_update(skip_locked=True):
+            for beat in stale().select_for_update(skip_locked=True):
                 handled[beat.name] = worker_lost(worker=beat.name, reason="its heartbeat went stale")
     if not orphans:
         return handled
