@@ -284,3 +284,40 @@ class LiveRefreshBrowserTests:
 
         agent.wait_for_selector(f'tr[data-conversation="{second.pk}"]', timeout=WAIT_MS)
         assert agent.evaluate("window.__refreshes") == [False, True]  # the same page, refreshed
+
+
+class SignInElsewhereBrowserTests:
+    @staticmethod
+    def sign_in(page, live_server) -> None:
+        page.goto(f"{live_server.url}/workspace/login/")
+        page.fill("input[name=username]", "sam")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/workspace/")
+
+    def test_a_page_opened_before_signing_in_again_in_another_tab_still_sends_its_forms(
+        self, browser, live_server, api_client_key
+    ):
+        agent_create(username="sam", password=PASSWORD, working_language="en", team=team_create(name="Tier 1"))
+        conversation = conversation_create(api_client=api_client_key[0], customer_name="Noor", language="es")
+        context = browser.new_context(viewport={"width": 1200, "height": 820}, locale="en-US")
+        agent = context.new_page()
+        self.sign_in(agent, live_server)
+        row = f'tr[data-conversation="{conversation.pk}"]'
+        agent.wait_for_selector(row)
+        rendered = agent.input_value(f"{row} input[name=csrfmiddlewaretoken]")
+        before = {c["name"]: c["value"] for c in context.cookies(live_server.url)}["csrftoken"]
+
+        # Signing in again, in another tab of the same browser, gives it a new CSRF secret: the
+        # tokens rendered into the first tab were masked from the old one.
+        self.sign_in(context.new_page(), live_server)
+        assert {c["name"]: c["value"] for c in context.cookies(live_server.url)}["csrftoken"] != before
+        assert agent.input_value(f"{row} input[name=csrfmiddlewaretoken]") == rendered  # the first tab as it was
+
+        # The first tab's form goes with the browser's current secret, and is taken.
+        agent.click(f'{row} button:has-text("Close")')
+        agent.wait_for_selector(f"{row} .status.closed", timeout=WAIT_MS)
+        conversation.refresh_from_db()
+        assert conversation.status == ConversationStatus.CLOSED
+        assert "Not sent" not in agent.content()
+        context.close()

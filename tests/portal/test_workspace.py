@@ -79,6 +79,34 @@ class SignInTests:
         response = client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hello"})
         assert response.status_code == 403
         assert not Message.objects.filter(conversation=conversation).exists()
+        # No CSRF cookie at all (no page was opened): said as a browser that sends no cookies.
+        assert "did not send the portal's cookies" in response.content.decode()
+
+    def test_a_refused_form_gets_a_page_saying_why(self, agent, conversation):
+        from django.middleware.csrf import _get_new_csrf_string
+
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(agent.user)
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        assert client.get(page).status_code == 200  # sets the CSRF cookie
+        reply = reverse("workspace:reply", args=[conversation.pk])
+        # A token of another secret: a page opened before the browser signed in again.
+        stale = client.post(reply, {"text": "Hello", "csrfmiddlewaretoken": _get_new_csrf_string()},
+                            HTTP_REFERER=f"http://testserver{page}")
+        text = stale.content.decode()
+        assert stale.status_code == 403 and "older than this browser's sign-in" in text
+        assert f'href="http://testserver{page}"' in text  # back to the page the form was on
+        # A request from an address the portal does not trust (a proxy missing from the settings).
+        token = client.cookies["csrftoken"].value
+        foreign = client.post(reply, {"text": "Hello", "csrfmiddlewaretoken": token}, HTTP_ORIGIN="http://elsewhere.example",
+                              HTTP_REFERER="http://elsewhere.example/")
+        text = foreign.content.decode()
+        assert foreign.status_code == 403 and "CSRF_TRUSTED_ORIGINS" in text and "elsewhere.example" in text
+        assert f'href="{reverse("workspace:inbox")}">Open the page again' in text  # not back to a foreign page
+        assert not Message.objects.filter(conversation=conversation).exists()
+        # The cookie's secret itself is a valid token (what forms.js sends).
+        sent = client.post(reply, {"text": "Hello", "csrfmiddlewaretoken": token})
+        assert sent.status_code == 302 and Message.objects.filter(conversation=conversation, text="Hello").exists()
 
     def test_a_user_without_an_agent_profile_is_told_so(self, admin_client):
         response = admin_client.get(reverse("workspace:inbox"))

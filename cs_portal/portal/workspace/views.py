@@ -63,6 +63,29 @@ def _not_found(request: HttpRequest, what: str) -> HttpResponse:
     return render(request, "workspace/not_found.html", {"what": what}, status=404)
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """The answer to a form Django's CSRF check refused (``CSRF_FAILURE_VIEW``), in the portal's
+    words instead of Django's bare 403 page; nothing was done. Three causes, each said as such:
+    the browser sends no cookies; the request came from an address the portal does not trust
+    (a proxy's address missing from ``CSRF_TRUSTED_ORIGINS``, a browser sending no Referer over
+    HTTPS); or the form's token is older than the browser's CSRF secret (a page kept open from
+    before a sign-in: the workspace's own forms take the current secret as they are sent,
+    forms.js, so that is a page without it, the admin's or a cached one)."""
+    from django.middleware.csrf import REASON_NO_CSRF_COOKIE
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    if reason == REASON_NO_CSRF_COOKIE:
+        kind = "no_cookie"
+    elif reason.startswith(("Origin checking failed", "Referer checking failed")):
+        kind = "origin"
+    else:
+        kind = "stale"
+    back = request.META.get("HTTP_REFERER", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = reverse("workspace:inbox")
+    return render(request, "workspace/csrf_failure.html", {"kind": kind, "reason": reason, "back": back}, status=403)
+
+
 # --- Inbox -------------------------------------------------------------------------------------
 
 @agent_required
