@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -229,7 +230,10 @@ class RouteTableVersion(models.Model):
     @classmethod
     def bump(cls, **kwargs) -> None:
         if not cls.objects.filter(pk=1).update(version=models.F("version") + 1):
-            cls.objects.get_or_create(pk=1)
+            # The row is gone (the tables emptied, a database restored): it starts again from the
+            # clock, in microseconds, not from 0, so that a process holding the table of before
+            # never finds the number it read then (it would keep routes whose rows are gone).
+            cls.objects.get_or_create(pk=1, defaults={"version": time.time_ns() // 1000})
 
 
 class Translation(models.Model):

@@ -120,6 +120,27 @@ class RouteTableInTheDatabaseTests:
         time.sleep(0.25)
         assert route_for("es", "en").queue == "translate.en.b"
 
+    def test_routes_emptied_and_imported_again_are_seen_by_a_process_holding_the_old_ones(self, settings):
+        """The tables emptied (a test suite's flush, a database restored) and the same routes
+        imported again: new rows, after as many bumps as the first time. A process that holds
+        the table of before (it heard of none of these saves) loads the new one."""
+        from translation import routing
+        from translation.services import routes_import
+
+        def emptied_and_imported():
+            LanguageRoute.objects.all().delete()
+            RouteTableVersion.objects.all().delete()
+            routes_import(settings.TRANSLATION_ROUTES)
+
+        settings.TRANSLATION_ROUTES_CHECK_S = 0
+        emptied_and_imported()
+        held = routing.current_table()  # what another process read then
+        old = route_for("es", "en")
+        emptied_and_imported()
+        routing._table = held  # that process's table: only the version tells it of the change
+        new = route_for("es", "en")
+        assert new.id != old.id and LanguageRoute.objects.filter(pk=new.id).exists()
+
     def test_worker_queues_select_their_enabled_routes(self):
         LanguageRoute.objects.filter(source_language="es", target_language="en").update(enabled=False)
         from translation.routing import routes_changed
