@@ -388,3 +388,48 @@ def http_client_for(api_client_key):
         return messages
 
     return read
+
+
+class SignedOutPostTests:
+    """A form posted after the session ended is not done, leads back to its page after the
+    sign-in, and a reply's text comes back into the reply box."""
+
+    @staticmethod
+    def sign_in(client, next_page: str):
+        page = client.get(f"{reverse('workspace:login')}?next={next_page}")
+        return page, client.post(reverse("workspace:login"), {"username": "sam", "password": "secret-pass",
+                                                               "next": next_page}, follow=True)
+
+    def test_a_reply_typed_while_signed_out_comes_back_after_the_sign_in(self, agent, conversation):
+        client = Client()
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        response = client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "We are on it, Lucía"},
+                               HTTP_REFERER=f"http://testserver{page}")
+        assert response.status_code == 302
+        assert response.url == f"{reverse('workspace:login')}?next={page}"
+        assert not Message.objects.filter(conversation=conversation).exists()
+
+        login_page, landed = self.sign_in(client, page)
+        assert "your reply was not sent" in login_page.content.decode()
+        assert landed.redirect_chain[-1][0] == page and landed.status_code == 200
+        text = landed.content.decode()
+        assert 'id="unsent-reply"' in text and ">We are on it, Lucía</textarea>" in text
+        # Once: the next visit shows an empty box.
+        again = client.get(page).content.decode()
+        assert 'id="unsent-reply"' not in again and "We are on it" not in again
+
+    def test_another_form_leads_back_to_its_page_not_to_the_form_address(self, agent, conversation):
+        client = Client()
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        response = client.post(reverse("workspace:status", args=[conversation.pk]), {"status": "closed"},
+                               HTTP_REFERER=f"http://testserver{page}")
+        assert response.url == f"{reverse('workspace:login')}?next={page}"
+        login_page, landed = self.sign_in(client, page)
+        assert "that was not done" in login_page.content.decode()
+        assert landed.status_code == 200 and landed.redirect_chain[-1][0] == page  # not a 405 on the form's address
+        conversation.refresh_from_db()
+        assert conversation.status != ConversationStatus.CLOSED
+
+    def test_a_foreign_referer_leads_to_the_inbox(self, agent, conversation):
+        response = Client().post(reverse("workspace:take", args=[conversation.pk]), HTTP_REFERER="http://elsewhere.example/x")
+        assert response.url == f"{reverse('workspace:login')}?next={reverse('workspace:inbox')}"

@@ -9,7 +9,7 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages as flash
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.db import connection as db_connection
 from django.db.models import F, Max, Prefetch
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
@@ -30,12 +30,29 @@ STREAM_SECONDS = 25
 STREAM_POLL_S = 0.25
 
 
-def agent_required(view):
-    """Signed in, and an agent (a user without an agent profile gets a page saying so)."""
+# Where a reply typed while signed out waits for its agent's sign-in (the session's data
+# survives it: django.contrib.auth.login keeps an anonymous session's data).
+UNSENT_REPLY = "workspace_unsent_reply"
+KEPT_CHARS = 4  # times the longest message taken: a reply too long is kept for the agent to shorten
+SIGNED_OUT = "You were signed out, so that was not done. Sign in to go back to the page and do it again."
+SIGNED_OUT_REPLY = "You were signed out, so your reply was not sent. Sign in: it will be back in the reply box."
 
-    @login_required
+
+def agent_required(view):
+    """Signed in, and an agent (a user without an agent profile gets a page saying so).
+
+    A page asked for while signed out leads to the sign-in and back, as ``login_required`` does.
+    A form posted while signed out (a session that expired, a sign-out in another tab) is not
+    done: the sign-in leads back to the page the form was on (the form's own address answers
+    only posts), the sign-in page says so, and a reply's text is kept for that conversation's
+    reply box."""
+
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs):
+        if not request.user.is_authenticated:
+            if request.method in ("GET", "HEAD"):
+                return redirect_to_login(request.get_full_path())
+            return _signed_out_post(request, kwargs)
         agent = AgentProfile.objects.select_related("user", "team").filter(user=request.user).first()
         if agent is None:
             return render(request, "workspace/not_an_agent.html", status=403)
@@ -43,6 +60,26 @@ def agent_required(view):
         return view(request, *args, **kwargs)
 
     return wrapper
+
+
+def _signed_out_post(request: HttpRequest, kwargs: dict) -> HttpResponse:
+    from urllib.parse import urlsplit
+
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    referer = request.META.get("HTTP_REFERER", "")
+    same_site = url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()},
+                                                require_https=request.is_secure())
+    back = urlsplit(referer) if same_site and referer else None
+    page = (back.path + (f"?{back.query}" if back.query else "")) if back and back.path else reverse("workspace:inbox")
+    text = request.POST.get("text", "")
+    if request.resolver_match.url_name == "reply" and text.strip():
+        kept = text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]
+        request.session[UNSENT_REPLY] = {"conversation": kwargs["conversation_id"], "text": kept}
+        flash.warning(request, SIGNED_OUT_REPLY)
+    else:
+        flash.warning(request, SIGNED_OUT)
+    return redirect_to_login(page)
 
 
 def _back(request: HttpRequest, default: str) -> HttpResponseRedirect:
@@ -161,12 +198,21 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
     if conversation is None:
         return _not_found(request, f"Conversation {conversation_id}")
     services.conversation_mark_read(conversation=conversation, agent=request.agent)
+    partial = bool(request.GET.get("partial"))
+    # A reply kept while the agent was signed out goes back into the reply box (not on a closed
+    # conversation, which shows none: it waits there until the conversation opens again).
+    shows_reply = not partial and conversation.status != ConversationStatus.CLOSED
+    unsent = request.session.get(UNSENT_REPLY) if shows_reply else None
+    unsent_text = ""
+    if isinstance(unsent, dict) and unsent.get("conversation") == conversation.pk:
+        unsent_text = str(unsent.get("text", ""))
+        del request.session[UNSENT_REPLY]
     context = {
         "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
         "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
-        "statuses": ConversationStatus.values, "teammates": _teammates(request.agent),
+        "statuses": ConversationStatus.values, "teammates": _teammates(request.agent), "unsent_reply": unsent_text,
     }
-    template = "workspace/_thread.html" if request.GET.get("partial") else "workspace/conversation.html"
+    template = "workspace/_thread.html" if partial else "workspace/conversation.html"
     return render(request, template, context)
 
 
