@@ -233,7 +233,9 @@ class RouteTableVersion(models.Model):
             # The row is gone (the tables emptied, a database restored): it starts again from the
             # clock, in microseconds, not from 0, so that a process holding the table of before
             # never finds the number it read then (it would keep routes whose rows are gone).
-            cls.objects.get_or_create(pk=1, defaults={"version": time.time_ns() // 1000})
+            _, created = cls.objects.get_or_create(pk=1, defaults={"version": time.time_ns() // 1000})
+            if not created:  # another transaction made it meanwhile: this change still counts
+                cls.objects.filter(pk=1).update(version=models.F("version") + 1)
 
 
 class Translation(models.Model):

@@ -40,7 +40,7 @@ def translations_stored(ids) -> set[int]:
         table, pk = quote(Translation._meta.db_table), quote(Translation._meta.pk.column)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {pk} FROM {table} WHERE {pk} = ANY(CAST(%s AS bigint[]))", [ids])
-            return {pk for (pk,) in cursor.fetchall()}
+            return {row_id for (row_id,) in cursor.fetchall()}
     return set(Translation.objects.filter(pk__in=ids).values_list("pk", flat=True))
 
 

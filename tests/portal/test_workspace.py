@@ -1,5 +1,7 @@
 """The agent workspace through Django's test client: sign-in, teams, inbox, thread, replies."""
 
+import time
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -95,7 +97,7 @@ class SignInTests:
                             HTTP_REFERER=f"http://testserver{page}")
         text = stale.content.decode()
         assert stale.status_code == 403 and "older than this browser's sign-in" in text
-        assert f'href="http://testserver{page}"' in text  # back to the page the form was on
+        assert f'href="{page}">Open the page again' in text  # back to the page the form was on
         # A request from an address the portal does not trust (a proxy missing from the settings).
         token = client.cookies["csrftoken"].value
         foreign = client.post(reply, {"text": "Hello", "csrfmiddlewaretoken": token}, HTTP_ORIGIN="http://elsewhere.example",
@@ -104,6 +106,12 @@ class SignInTests:
         assert foreign.status_code == 403 and "CSRF_TRUSTED_ORIGINS" in text and "elsewhere.example" in text
         assert f'href="{reverse("workspace:inbox")}">Open the page again' in text  # not back to a foreign page
         assert not Message.objects.filter(conversation=conversation).exists()
+        # No token at all (a page changed by an extension): said as such.
+        bare = client.post(reply, {"text": "Hello"}, HTTP_REFERER=f"http://testserver{page}")
+        assert bare.status_code == 403 and "without a valid security token" in bare.content.decode()
+        # Over HTTPS a browser that sends no Referer is told so, not sent to the administrator.
+        hidden = client.post(reply, {"text": "Hello", "csrfmiddlewaretoken": token}, secure=True)
+        assert hidden.status_code == 403 and "without saying which page it came from" in hidden.content.decode()
         # The cookie's secret itself is a valid token (what forms.js sends).
         sent = client.post(reply, {"text": "Hello", "csrfmiddlewaretoken": token})
         assert sent.status_code == 302 and Message.objects.filter(conversation=conversation, text="Hello").exists()
@@ -392,21 +400,31 @@ def http_client_for(api_client_key):
 
 class SignedOutPostTests:
     """A form posted after the session ended is not done, leads back to its page after the
-    sign-in, and a reply's text comes back into the reply box."""
+    sign-in, and a reply's text comes back into the reply box, for the agent who typed it."""
 
     @staticmethod
-    def sign_in(client, next_page: str):
+    def signed_out_browser(agent, page: str) -> Client:
+        """A browser in which ``agent`` worked (the page opened), and whose session then ended."""
+        client = Client()
+        client.force_login(agent.user)
+        assert client.get(page).status_code == 200
+        from django.conf import settings
+
+        del client.cookies[settings.SESSION_COOKIE_NAME]  # the session ended (expired), its other cookies kept
+        return client
+
+    @staticmethod
+    def sign_in(client, next_page: str, username: str = "sam", password: str = "secret-pass"):
         page = client.get(f"{reverse('workspace:login')}?next={next_page}")
-        return page, client.post(reverse("workspace:login"), {"username": "sam", "password": "secret-pass",
+        return page, client.post(reverse("workspace:login"), {"username": username, "password": password,
                                                                "next": next_page}, follow=True)
 
     def test_a_reply_typed_while_signed_out_comes_back_after_the_sign_in(self, agent, conversation):
-        client = Client()
         page = reverse("workspace:conversation", args=[conversation.pk])
+        client = self.signed_out_browser(agent, page)
         response = client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "We are on it, Lucía"},
                                HTTP_REFERER=f"http://testserver{page}")
-        assert response.status_code == 302
-        assert response.url == f"{reverse('workspace:login')}?next={page}"
+        assert response.status_code == 302 and response.url == f"{reverse('workspace:login')}?next={page}"
         assert not Message.objects.filter(conversation=conversation).exists()
 
         login_page, landed = self.sign_in(client, page)
@@ -418,9 +436,49 @@ class SignedOutPostTests:
         again = client.get(page).content.decode()
         assert 'id="unsent-reply"' not in again and "We are on it" not in again
 
-    def test_another_form_leads_back_to_its_page_not_to_the_form_address(self, agent, conversation):
-        client = Client()
+    def test_a_live_refresh_or_a_head_request_leaves_the_reply_for_the_page(self, agent, conversation):
         page = reverse("workspace:conversation", args=[conversation.pk])
+        client = self.signed_out_browser(agent, page)
+        client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Still here"}, HTTP_REFERER=page)
+        client.force_login(agent.user)
+        assert "Still here" not in client.get(f"{page}?partial=1").content.decode()
+        assert client.head(page).status_code == 200
+        assert ">Still here</textarea>" in client.get(page).content.decode()
+
+    def test_another_agent_signing_in_on_the_same_browser_never_sees_it(self, agent, team, conversation):
+        agent_create(username="kim", password="kim-pass", working_language="en", team=team)
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        client = self.signed_out_browser(agent, page)
+        client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Sam's words"}, HTTP_REFERER=page)
+        _, landed = self.sign_in(client, page, "kim", "kim-pass")
+        assert landed.status_code == 200 and "Sam's words" not in landed.content.decode()
+        # Gone, not waiting: sam signing in later in this browser does not get it back either.
+        client.post(reverse("workspace:logout"))
+        _, later = self.sign_in(client, page)
+        assert "Sam&#x27;s words" not in later.content.decode() and "Sam's words" not in later.content.decode()
+
+    def test_a_reply_kept_longer_than_an_hour_is_dropped(self, agent, conversation, monkeypatch):
+        from cs_portal.portal.workspace import views
+
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        client = self.signed_out_browser(agent, page)
+        client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Old words"}, HTTP_REFERER=page)
+        later = time.time() + views.UNSENT_REPLY_KEPT_S + 1
+        monkeypatch.setattr(views.time, "time", lambda: later)
+        _, landed = self.sign_in(client, page)
+        assert landed.status_code == 200 and "Old words" not in landed.content.decode()
+
+    def test_a_browser_no_agent_used_keeps_nothing(self, agent, conversation):
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        client = Client()  # no agent signed in here before: whose words they are is unknown
+        client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Whose?"}, HTTP_REFERER=page)
+        login_page, landed = self.sign_in(client, page)
+        assert "that was not done" in login_page.content.decode()
+        assert landed.status_code == 200 and "Whose?" not in landed.content.decode()
+
+    def test_another_form_leads_back_to_its_page_not_to_the_form_address(self, agent, conversation):
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        client = self.signed_out_browser(agent, page)
         response = client.post(reverse("workspace:status", args=[conversation.pk]), {"status": "closed"},
                                HTTP_REFERER=f"http://testserver{page}")
         assert response.url == f"{reverse('workspace:login')}?next={page}"
@@ -430,6 +488,13 @@ class SignedOutPostTests:
         conversation.refresh_from_db()
         assert conversation.status != ConversationStatus.CLOSED
 
-    def test_a_foreign_referer_leads_to_the_inbox(self, agent, conversation):
-        response = Client().post(reverse("workspace:take", args=[conversation.pk]), HTTP_REFERER="http://elsewhere.example/x")
+    @pytest.mark.parametrize("referer", [
+        "http://elsewhere.example/x",  # another site
+        "",  # none sent
+        "/workspace/conversations/1/reply/",  # an address that answers only posts
+        "/\\elsewhere.example/x",  # read by browsers as //elsewhere.example
+    ])
+    def test_a_referer_that_is_no_page_of_this_site_leads_to_the_inbox(self, agent, conversation, referer):
+        extra = {"HTTP_REFERER": referer} if referer else {}
+        response = Client().post(reverse("workspace:take", args=[conversation.pk]), **extra)
         assert response.url == f"{reverse('workspace:login')}?next={reverse('workspace:inbox')}"
