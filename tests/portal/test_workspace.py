@@ -1,7 +1,5 @@
 """The agent workspace through Django's test client: sign-in, teams, inbox, thread, replies."""
 
-import time
-
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -16,6 +14,7 @@ from cs_portal.portal.services import (
     reply_send,
     team_create,
 )
+from cs_portal.portal.workspace import views
 from translation.claims import translation_claim
 from translation.execution import translations_complete
 from translation.models import Translation, TranslationStatus
@@ -452,19 +451,17 @@ class SignedOutPostTests:
         client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Sam's words"}, HTTP_REFERER=page)
         _, landed = self.sign_in(client, page, "kim", "kim-pass")
         assert landed.status_code == 200 and "Sam's words" not in landed.content.decode()
-        # Gone, not waiting: sam signing in later in this browser does not get it back either.
-        client.post(reverse("workspace:logout"))
-        _, later = self.sign_in(client, page)
-        assert "Sam&#x27;s words" not in later.content.decode() and "Sam's words" not in later.content.decode()
+        assert views.UNSENT_REPLY not in client.session  # dropped at kim's first page, not left waiting
 
-    def test_a_reply_kept_longer_than_an_hour_is_dropped(self, agent, conversation, monkeypatch):
-        from cs_portal.portal.workspace import views
-
+    def test_a_reply_kept_longer_than_an_hour_is_dropped(self, agent, conversation):
         page = reverse("workspace:conversation", args=[conversation.pk])
         client = self.signed_out_browser(agent, page)
         client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Old words"}, HTTP_REFERER=page)
-        later = time.time() + views.UNSENT_REPLY_KEPT_S + 1
-        monkeypatch.setattr(views.time, "time", lambda: later)
+        session = client.session
+        kept = session[views.UNSENT_REPLY]
+        assert kept["text"] == "Old words"
+        session[views.UNSENT_REPLY] = {**kept, "at": kept["at"] - views.UNSENT_REPLY_KEPT_S - 1}
+        session.save()
         _, landed = self.sign_in(client, page)
         assert landed.status_code == 200 and "Old words" not in landed.content.decode()
 
@@ -498,3 +495,24 @@ class SignedOutPostTests:
         extra = {"HTTP_REFERER": referer} if referer else {}
         response = Client().post(reverse("workspace:take", args=[conversation.pk]), **extra)
         assert response.url == f"{reverse('workspace:login')}?next={reverse('workspace:inbox')}"
+
+
+class BackAfterAnActionTests:
+    @pytest.mark.parametrize("next_page, expected", [
+        ("/workspace/?status=open", "/workspace/?status=open"),  # a page of the workspace, query kept
+        ("reply", None),  # an address that answers only posts: the conversation instead
+        ("http://elsewhere.example/", None),  # another site: the conversation instead
+    ])
+    def test_an_action_goes_back_to_its_next_page_if_it_is_one(self, agent, conversation, next_page, expected):
+        client = Client()
+        client.force_login(agent.user)
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        if next_page == "reply":
+            next_page = reverse("workspace:reply", args=[conversation.pk])
+        response = client.post(reverse("workspace:status", args=[conversation.pk]), {"status": "pending", "next": next_page})
+        assert response.status_code == 302 and response.url == (expected or page)
+
+    def test_a_signed_out_form_goes_back_to_its_next_page_before_the_referer(self, agent, conversation):
+        response = Client().post(reverse("workspace:take", args=[conversation.pk]), {"next": "/workspace/?status=open"},
+                                 HTTP_REFERER=reverse("workspace:conversation", args=[conversation.pk]))
+        assert response.url == f"{reverse('workspace:login')}?next=/workspace/%3Fstatus%3Dopen"

@@ -114,7 +114,7 @@ def _local_page(request: HttpRequest, url: str, default: str) -> str:
                                                       require_https=request.is_secure()):
         return default
     parts = urlsplit(url)
-    if not parts.path.startswith("/") or parts.path.startswith("//") or "\\" in parts.path:
+    if not parts.path.startswith("/"):
         return default
     try:
         match = resolve(parts.path)
