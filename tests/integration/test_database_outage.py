@@ -17,7 +17,7 @@ from tests.conftest import ROOT, broker_url, wait_for
 from workers.lifecycle import stop_process
 from workers.pg_cluster import PG_BIN, Cluster
 
-MESSAGES = 300
+MESSAGES = 900  # several batches after the first stored one: some are still to do when the database stops
 
 SEND = """
 import json, sys, django

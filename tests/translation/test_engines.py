@@ -97,7 +97,11 @@ class HFSeq2SeqEngineTests:
         engine.load()
         assert engine.precision == "fp32"
         assert "fp16 does not run on cpu; loading it in fp32" in caplog.text
-        assert engine.translate(["Hola"], "es", "en") == engine_for(EngineSpec("hf-seq2seq", str(tiny_models.m2m100))).translate(["Hola"], "es", "en")
+        # Against an fp32 engine loaded here too, not the process's cached one (which earlier
+        # tests of this process may have loaded under their own settings).
+        fp32 = HFSeq2SeqEngine(EngineSpec("hf-seq2seq", str(tiny_models.m2m100)))
+        fp32.load()
+        assert engine.translate(["Hola"], "es", "en") == fp32.translate(["Hola"], "es", "en")
 
 
 class FileMappingsTests:

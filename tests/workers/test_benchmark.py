@@ -93,7 +93,31 @@ class BenchmarkFiguresTests:
 
         client, _ = api_client_key
         conversation = conversation_create(api_client=client, customer_name="Benchmark")
-        assert Benchmark.__new__(Benchmark).wait_done(conversation, 0, timeout=1) == []
+        told = []
+        assert Benchmark.__new__(Benchmark).wait_done(conversation, 0, timeout=1, on_done=lambda: told.append(1)) == []
+        assert told == [1]
+
+    def test_the_burst_is_told_done_before_its_rows_are_read_back(self, api_client_key, tiny_models):
+        """The CPU reading that ends a burst comes before the benchmark reads the burst's rows."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from cs_portal.portal.services import conversation_create, message_create_from_customer
+        from translation.models import Translation, TranslationStatus
+        from workers.benchmark import Benchmark
+
+        client, _ = api_client_key
+        conversation = conversation_create(api_client=client, customer_name="Benchmark")
+        for n in range(2):
+            message_create_from_customer(conversation=conversation, text=f"Pedido {n}", language="es")
+        Translation.objects.filter(message__conversation=conversation).update(status=TranslationStatus.DONE)
+        with CaptureQueriesContext(connection) as queries:
+            told_at = []
+            rows = Benchmark.__new__(Benchmark).wait_done(conversation, 2, timeout=5,
+                                                          on_done=lambda: told_at.append(len(queries.captured_queries)))
+        assert len(rows) == 2 and len(told_at) == 1
+        read_back = [i for i, query in enumerate(queries.captured_queries) if '"text"' in query["sql"] or "input_text" in query["sql"]]
+        assert read_back and min(read_back) >= told_at[0]  # the rows' full read came after
 
     def test_each_burst_after_the_first_runs_on_vacuumed_tables_between_raw_rounds(self):
         """The order of a saturation run: a raw round, then each burst followed by a raw round,
