@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
-from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE
+from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE, fixed_output_tokens
 from translation.models import Translation, TranslationStatus
 from translation.routing import Route, pinned_route
 from translation.tiny_models import write_benchmark_model
@@ -317,11 +317,11 @@ class Benchmark:
     def run(self) -> Figures:
         figures = Figures()
         self.model_dir = write_benchmark_model(settings.MODELS_DIR, self.model, progress=self.say)
-        os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(FIXED_OUTPUT_TOKENS)
         self.say(f"[1/3] Raw model ({self.model}, {self.precision} on {self.device}{self.layout}, "
                  f"{FIXED_OUTPUT_TOKENS} output tokens) ...")
-        raw = RawModel.start(self.spec(), lanes=self.lanes, threads=self.threads, batch_size=self.batch_size,
-                             jobs=self.jobs, target=self.target, say=self.say)
+        with fixed_output_tokens(FIXED_OUTPUT_TOKENS):  # the raw model's engine processes inherit it
+            raw = RawModel.start(self.spec(), lanes=self.lanes, threads=self.threads, batch_size=self.batch_size,
+                                 jobs=self.jobs, target=self.target, say=self.say)
         try:
             raw.measure(figures)
             self.pipelines(figures, raw)

@@ -1,11 +1,12 @@
 import io
+import os
 
 import pytest
 import torch
 from django.core.management import call_command
 
 from translation.engines import EngineSpec
-from translation.engines.hf_seq2seq import HFSeq2SeqEngine
+from translation.engines.hf_seq2seq import FIXED_OUTPUT_TOKENS_VARIABLE, HFSeq2SeqEngine, fixed_output_tokens
 from workers.precision import measure_drift, precisions_for
 
 NO_GPU = "needs a CUDA device: fp16 and bf16 run only on a GPU (none on this machine)"
@@ -30,6 +31,19 @@ class PrecisionDriftTests:
         call_command("precision_drift", "--model", "tiny", stdout=out)
         rows = [line.split()[0] for line in out.getvalue().splitlines() if line[:4] in ("fp32", "int8")]
         assert rows == ["fp32", "int8"]
+        # The forced output length was the command's own: engines made after it in this process
+        # translate as before (it had stayed set, and changed a later test's outputs).
+        assert FIXED_OUTPUT_TOKENS_VARIABLE not in os.environ
+
+    def test_a_forced_output_length_ends_with_its_block(self, monkeypatch):
+        monkeypatch.setenv(FIXED_OUTPUT_TOKENS_VARIABLE, "3")
+        with fixed_output_tokens(20):
+            assert os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] == "20"
+        assert os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] == "3"
+        monkeypatch.delenv(FIXED_OUTPUT_TOKENS_VARIABLE)
+        with fixed_output_tokens(20):
+            pass
+        assert FIXED_OUTPUT_TOKENS_VARIABLE not in os.environ
 
     def test_gpu_precisions_are_fp16_and_bf16(self):
         assert precisions_for("cuda") == ["fp16", "bf16"]

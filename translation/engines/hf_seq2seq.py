@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from enum import Enum
@@ -27,6 +28,22 @@ OUTPUT_LENGTH_MARGIN = 16
 # Benchmarks only: every output exactly this many tokens, so random weights (which may stop at
 # once or never) time like a real model on real text. Unset in production.
 FIXED_OUTPUT_TOKENS_VARIABLE = "TRANSLATION_FIXED_OUTPUT_TOKENS"
+
+
+@contextmanager
+def fixed_output_tokens(count: int) -> Iterator[None]:
+    """Outputs forced to ``count`` tokens for the engines made, and the processes started, in
+    this block (random weights would otherwise stop at once or never); the variable as it was
+    after it, so that a command run inside a longer-lived process leaves its later engines be."""
+    before = os.environ.get(FIXED_OUTPUT_TOKENS_VARIABLE)
+    os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(FIXED_OUTPUT_TOKENS_VARIABLE, None)
+        else:
+            os.environ[FIXED_OUTPUT_TOKENS_VARIABLE] = before
 
 
 class Family(Enum):
