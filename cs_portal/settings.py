@@ -25,7 +25,7 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # A refused form gets a page that says why, in the portal's words (Django's own is a bare 403).
-CSRF_FAILURE_VIEW = "cs_portal.portal.workspace.views.csrf_failure"
+CSRF_FAILURE_VIEW = "cs_portal.portal.workspace.access.csrf_failure"
 # Behind a proxy or ingress that terminates TLS: trust its X-Forwarded-Proto, and send the
 # session and CSRF cookies over HTTPS only.
 if env.bool("BEHIND_TLS_PROXY", default=False):

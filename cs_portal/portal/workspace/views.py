@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages as flash
-from django.contrib.auth.views import redirect_to_login
 from django.db import connection as db_connection
 from django.db.models import F, Max, Prefetch
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
@@ -18,6 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from cs_portal.portal import selectors, services
+from cs_portal.portal.workspace.access import agent_required, redirect_back, unsent_reply_take
 from cs_portal.portal.models import AgentProfile, ConversationStatus, Message, Sender
 from translation import errors
 from translation.languages import LANGUAGES
@@ -30,105 +29,6 @@ STREAM_SECONDS = 25
 STREAM_POLL_S = 0.25
 
 
-# A reply typed while signed out waits in the session for the sign-in of the agent who typed it
-# (django.contrib.auth.login keeps an anonymous session's data), for an hour at most.
-UNSENT_REPLY = "workspace_unsent_reply"
-UNSENT_REPLY_KEPT_S = 3600
-KEPT_CHARS = 4  # times the longest message taken: a reply too long is kept for the agent to shorten
-# Who last used the workspace in this browser (a signed cookie): a reply kept while signed out
-# goes back to that agent only, never to another agent signing in on the same browser.
-LAST_AGENT_COOKIE = "workspace_agent"
-LAST_AGENT_SALT = "cs_portal.workspace.last-agent"
-LAST_AGENT_MAX_AGE_S = 30 * 24 * 3600
-SIGNED_OUT = "You were signed out, so that was not done. Sign in to go back to the page and do it again."
-SIGNED_OUT_REPLY = "You were signed out, so your reply was not sent. Sign in: it will be back in the reply box."
-# The workspace's addresses that answer only posts: never a page to go back to.
-FORM_ADDRESSES = {"logout", "take", "assign", "status", "reply", "correct", "send", "language", "translate", "retry"}
-
-
-def agent_required(view):
-    """Signed in, and an agent (a user without an agent profile gets a page saying so).
-
-    A page asked for while signed out leads to the sign-in and back, as ``login_required`` does.
-    A form posted while signed out (a session that expired, a sign-out in another tab) is not
-    done: the sign-in leads back to the page the form was on (the form's own address answers
-    only posts), the sign-in page says so, and a reply's text is kept for that conversation's
-    reply box, for the agent who typed it."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs):
-        if not request.user.is_authenticated:
-            if request.method in ("GET", "HEAD"):
-                return redirect_to_login(request.get_full_path())
-            return _signed_out_post(request, kwargs)
-        agent = AgentProfile.objects.select_related("user", "team").filter(user=request.user).first()
-        if agent is None:
-            return render(request, "workspace/not_an_agent.html", status=403)
-        request.agent = agent
-        unsent = request.session.get(UNSENT_REPLY)
-        if unsent is not None and (not isinstance(unsent, dict) or unsent.get("agent") != str(request.user.pk)):
-            del request.session[UNSENT_REPLY]  # another agent's reply (a shared browser): not theirs to see
-        response = view(request, *args, **kwargs)
-        if request.get_signed_cookie(LAST_AGENT_COOKIE, default=None, salt=LAST_AGENT_SALT) != str(request.user.pk):
-            response.set_signed_cookie(LAST_AGENT_COOKIE, str(request.user.pk), salt=LAST_AGENT_SALT,
-                                       max_age=LAST_AGENT_MAX_AGE_S, httponly=True, samesite="Lax",
-                                       secure=settings.SESSION_COOKIE_SECURE)
-        return response
-
-    return wrapper
-
-
-def _signed_out_post(request: HttpRequest, kwargs: dict) -> HttpResponse:
-    page = _local_page(request, request.POST.get("next") or request.META.get("HTTP_REFERER", ""),
-                       reverse("workspace:inbox"))
-    text = request.POST.get("text", "")
-    writer = request.get_signed_cookie(LAST_AGENT_COOKIE, default=None, salt=LAST_AGENT_SALT)
-    if request.resolver_match.url_name == "reply" and text.strip() and writer:
-        request.session[UNSENT_REPLY] = {"conversation": kwargs["conversation_id"], "agent": writer, "at": time.time(),
-                                         "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
-        flash.warning(request, SIGNED_OUT_REPLY)
-    else:
-        flash.warning(request, SIGNED_OUT)
-    return redirect_to_login(page)
-
-
-def _unsent_reply(request: HttpRequest, conversation_id: int) -> str:
-    """The reply its agent typed into this conversation while signed out, once (then forgotten)."""
-    unsent = request.session.get(UNSENT_REPLY)
-    if not isinstance(unsent, dict) or unsent.get("conversation") != conversation_id:
-        return ""
-    del request.session[UNSENT_REPLY]
-    fresh = isinstance(unsent.get("at"), (int, float)) and time.time() - unsent["at"] <= UNSENT_REPLY_KEPT_S
-    return str(unsent.get("text", "")) if fresh else ""
-
-
-def _local_page(request: HttpRequest, url: str, default: str) -> str:
-    """``url`` as the path (and query) of one of this site's pages, or ``default``: a URL of
-    another site, or an address that answers only posts, is not a page to go back to."""
-    from urllib.parse import urlsplit
-
-    from django.urls import Resolver404, resolve
-    from django.utils.http import url_has_allowed_host_and_scheme
-
-    if not url or not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()},
-                                                      require_https=request.is_secure()):
-        return default
-    parts = urlsplit(url)
-    if not parts.path.startswith("/"):
-        return default
-    try:
-        match = resolve(parts.path)
-    except Resolver404:
-        return default
-    if match.namespace == "workspace" and match.url_name in FORM_ADDRESSES:
-        return default
-    return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def _back(request: HttpRequest, default: str) -> HttpResponseRedirect:
-    return HttpResponseRedirect(_local_page(request, request.POST.get("next", ""), default))
-
-
 def _conversation(request: HttpRequest, conversation_id: int):
     try:
         return selectors.conversation_get_for_agent(agent=request.agent, conversation_id=conversation_id)
@@ -138,31 +38,6 @@ def _conversation(request: HttpRequest, conversation_id: int):
 
 def _not_found(request: HttpRequest, what: str) -> HttpResponse:
     return render(request, "workspace/not_found.html", {"what": what}, status=404)
-
-
-def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
-    """The answer to a form Django's CSRF check refused (``CSRF_FAILURE_VIEW``), in the portal's
-    words instead of Django's bare 403 page; nothing was done. Each cause is said as such: the
-    browser sends no cookies; it sent no Referer over HTTPS (a privacy setting); the request
-    came from an address the portal does not trust (a proxy's address missing from
-    ``CSRF_TRUSTED_ORIGINS``); the form's token is older than the browser's CSRF secret (a page
-    kept open from before a sign-in: the workspace's own forms take the current secret as they
-    are sent, forms.js, so that is a page without it, the admin's or a cached one); or the form
-    came without a well-formed token at all."""
-    from django.middleware.csrf import REASON_NO_CSRF_COOKIE, REASON_NO_REFERER
-
-    if reason == REASON_NO_CSRF_COOKIE:
-        kind = "no_cookie"
-    elif reason == REASON_NO_REFERER:
-        kind = "no_referer"
-    elif reason.startswith(("Origin checking failed", "Referer checking failed")):
-        kind = "origin"
-    elif reason.startswith("CSRF token from") and reason.endswith(" incorrect."):
-        kind = "stale"
-    else:  # missing, of the wrong length or characters
-        kind = "malformed"
-    back = _local_page(request, request.META.get("HTTP_REFERER", ""), reverse("workspace:inbox"))
-    return render(request, "workspace/csrf_failure.html", {"kind": kind, "reason": reason, "back": back}, status=403)
 
 
 # --- Inbox -------------------------------------------------------------------------------------
@@ -244,7 +119,7 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
     # A reply kept while the agent was signed out goes back into the reply box (not on a closed
     # conversation, which shows none: it waits until the conversation opens again).
     shows_reply = request.method == "GET" and not partial and conversation.status != ConversationStatus.CLOSED
-    unsent_text = _unsent_reply(request, conversation.pk) if shows_reply else ""
+    unsent_text = unsent_reply_take(request, conversation.pk) if shows_reply else ""
     context = {
         "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
         "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
@@ -262,7 +137,7 @@ def _act(request: HttpRequest, conversation_id: int, action) -> HttpResponse:
         action(conversation)
     except errors.ApplicationError as exc:
         flash.error(request, exc.message)
-    return _back(request, reverse("workspace:conversation", args=[conversation.pk]))
+    return redirect_back(request, reverse("workspace:conversation", args=[conversation.pk]))
 
 
 @require_POST
