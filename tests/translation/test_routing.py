@@ -150,6 +150,53 @@ class RouteTableInTheDatabaseTests:
         assert all(r.source == "*" for r in routes_for_queues({"translate.en"}))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_version_row_another_transaction_recreates_meanwhile_still_counts_this_change():
+    """The version row is gone (a database restored) and two transactions change the routes at
+    once: both find no row to bump, both create it. The second waits on the first's row and then
+    finds it made; its own change must still move the number, or a process that read the first
+    transaction's number would never load the second's change."""
+    import threading
+    import time
+
+    import psycopg
+    from django.db import connection, transaction
+
+    from tests.conftest import database_url
+
+    RouteTableVersion.objects.all().delete()
+    url = database_url().replace("postgres://", "postgresql://", 1)
+    failure: list[BaseException] = []
+
+    def this_change() -> None:
+        try:
+            with transaction.atomic():
+                RouteTableVersion.bump()
+        except BaseException as error:  # seen by the test below
+            failure.append(error)
+        finally:
+            connection.close()
+
+    with psycopg.connect(url) as other, psycopg.connect(url, autocommit=True) as watcher:
+        other.execute("INSERT INTO translation_routetableversion (id, version) VALUES (1, 777)")  # not committed
+        change = threading.Thread(target=this_change, daemon=True)
+        change.start()
+        for _ in range(200):  # until the change waits for the other transaction's row
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
+                "AND query ILIKE 'INSERT INTO %%translation_routetableversion%%'"
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting, "the change never waited for the other transaction's row"
+        other.commit()
+        change.join(timeout=30)
+    assert not change.is_alive() and not failure, failure
+    assert RouteTableVersion.objects.get(pk=1).version == 778
+
+
+
 def valid(**fields) -> LanguageRoute:
     # Hebrew: a language the initial routes leave out, so these routes meet only each other.
     values = {"source_language": "es", "target_language": "he", "model_name": "model"} | fields
