@@ -43,6 +43,7 @@ class Overloaded(ApplicationError):
 
 TEXT_EMPTY = "Message text is empty."
 TEXT_TOO_LONG = "Message text has {length} characters; the limit is {limit}."
+TEXT_NUL = "Message text contains a NUL character (U+0000), which cannot be stored; remove it and send again."
 LANGUAGE_UNKNOWN = "Unknown language code '{code}': use an ISO 639-1 code such as 'es'."
 LANGUAGE_UNSUPPORTED = "Language '{code}' is not supported here. Supported: {supported}."
 LANGUAGE_UNDETECTED = "Could not detect the language of the text; send 'language' with the message."

@@ -66,10 +66,13 @@ def language_validate(code: str, *, supported_only: bool = True) -> str:
 
 
 def text_validate(text: str) -> str:
-    """The text as stored: surrounding whitespace removed, not empty, within the limit."""
+    """The text as stored: surrounding whitespace removed, not empty, within the limit, without
+    NUL characters (PostgreSQL's text cannot hold them)."""
     cleaned = text.strip()
     if not cleaned:
         raise errors.ApplicationError(errors.TEXT_EMPTY, code="text_empty")
+    if "\x00" in cleaned:
+        raise errors.ApplicationError(errors.TEXT_NUL, code="text_nul")
     if len(cleaned) > settings.MESSAGE_MAX_CHARS:
         raise errors.ApplicationError(
             errors.TEXT_TOO_LONG.format(length=len(cleaned), limit=settings.MESSAGE_MAX_CHARS), code="text_too_long"

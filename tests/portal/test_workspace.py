@@ -127,6 +127,18 @@ class InboxTests:
         response = signed_in.post(reverse("workspace:status", args=[conversation.pk]), {"status": "done"}, follow=True)
         assert "Unknown status &#x27;done&#x27;" in response.content.decode()
 
+    def test_filters_and_ids_the_inbox_does_not_offer_are_dropped_not_searched(self, signed_in, conversation):
+        """A NUL, a digit that is not ASCII, a number beyond any id: PostgreSQL or int() would
+        refuse them with an error page; the inbox ignores such a filter instead."""
+        customer_says(conversation, "¿Dónde está mi paquete?")
+        url = reverse("workspace:inbox")
+        for bad in ({"q": "paq\x00uete"}, {"language": "es\x00"}, {"assignee": "²"}, {"assignee": "9" * 40}):
+            response = signed_in.get(url, bad)
+            assert response.status_code == 200 and "Lucía" in response.content.decode(), bad
+        assert signed_in.get(reverse("workspace:events"), {"conversation": "²"}).status_code == 404
+        assigned = signed_in.post(reverse("workspace:assign", args=[conversation.pk]), {"assignee": "abc"}, follow=True)
+        assert assigned.status_code == 200 and "Choose an agent to assign the conversation to." in assigned.content.decode()
+
 
 class ConversationViewTests:
     def test_shows_the_translation_with_the_original_one_click_away(self, signed_in, conversation):
@@ -250,6 +262,24 @@ class ReplyTests:
     def test_an_empty_reply_is_refused_with_a_message(self, signed_in, conversation):
         response = signed_in.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "   "}, follow=True)
         assert "Message text is empty." in response.content.decode()
+        assert not conversation.messages.exists()
+
+    def test_a_refused_reply_comes_back_to_the_reply_box_with_the_reason(self, signed_in, conversation, settings):
+        settings.MESSAGE_MAX_CHARS = 40
+        long_reply = "Gracias por esperar; su pedido sale mañana por la mañana."
+        page = signed_in.post(reverse("workspace:reply", args=[conversation.pk]), {"text": long_reply}, follow=True)
+        text = page.content.decode()
+        assert f"has {len(long_reply)} characters; the limit is 40" in text
+        assert 'id="unsent-reply"' in text and "see why above" in text and f">{long_reply}</textarea>" in text
+        assert 'maxlength="40"' in text
+        assert not conversation.messages.exists()
+        # Once: the next visit shows an empty box.
+        assert long_reply not in signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
+
+    def test_a_nul_character_is_refused_with_a_message_and_the_reply_kept(self, signed_in, conversation):
+        page = signed_in.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hola\x00 Lucía"}, follow=True)
+        text = page.content.decode()
+        assert page.status_code == 200 and "contains a NUL character (U+0000)" in text and 'id="unsent-reply"' in text
         assert not conversation.messages.exists()
 
 

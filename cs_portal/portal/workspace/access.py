@@ -67,25 +67,41 @@ def agent_required(view):
 def _signed_out_post(request: HttpRequest, kwargs: dict) -> HttpResponse:
     page = _local_page(request, request.POST.get("next") or request.META.get("HTTP_REFERER", ""),
                        reverse("workspace:inbox"))
-    text = request.POST.get("text", "")
     writer = request.get_signed_cookie(LAST_AGENT_COOKIE, default=None, salt=LAST_AGENT_SALT)
-    if request.resolver_match.url_name == "reply" and text.strip() and writer:
-        request.session[UNSENT_REPLY] = {"conversation": kwargs["conversation_id"], "agent": writer, "at": time.time(),
-                                         "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
+    if request.resolver_match.url_name == "reply" and writer and unsent_reply_keep(
+        request, kwargs["conversation_id"], request.POST.get("text", ""), agent=writer, why=SIGNED_OUT_WHY
+    ):
         flash.warning(request, SIGNED_OUT_REPLY)
     else:
         flash.warning(request, SIGNED_OUT)
     return redirect_to_login(page)
 
 
-def unsent_reply_take(request: HttpRequest, conversation_id: int) -> str:
-    """The reply its agent typed into this conversation while signed out, once (then forgotten)."""
+# Why a reply came back to its box: its agent had been signed out, or the reply was refused (too
+# long, the route overloaded, the conversation closed meanwhile: the error says which).
+SIGNED_OUT_WHY, REFUSED_WHY = "signed_out", "refused"
+
+
+def unsent_reply_keep(request: HttpRequest, conversation_id: int, text: str, *, agent: str, why: str) -> bool:
+    """Keep a reply that was not sent for the conversation's reply box, for ``agent`` (a user's
+    pk) only; False if there was nothing to keep."""
+    if not text.strip():
+        return False
+    request.session[UNSENT_REPLY] = {"conversation": conversation_id, "agent": agent, "at": time.time(), "why": why,
+                                     "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
+    return True
+
+
+def unsent_reply_take(request: HttpRequest, conversation_id: int) -> dict[str, str]:
+    """The reply its agent typed into this conversation and that was not sent, once (then
+    forgotten): ``{"text": ..., "why": SIGNED_OUT_WHY or REFUSED_WHY}``, or ``{}``."""
     unsent = request.session.get(UNSENT_REPLY)
     if not isinstance(unsent, dict) or unsent.get("conversation") != conversation_id:
-        return ""
+        return {}
     del request.session[UNSENT_REPLY]
     fresh = isinstance(unsent.get("at"), (int, float)) and time.time() - unsent["at"] <= UNSENT_REPLY_KEPT_S
-    return str(unsent.get("text", "")) if fresh else ""
+    text = str(unsent.get("text", "")) if fresh else ""
+    return {"text": text, "why": REFUSED_WHY if unsent.get("why") == REFUSED_WHY else SIGNED_OUT_WHY} if text else {}
 
 
 def _local_page(request: HttpRequest, url: str, default: str) -> str:

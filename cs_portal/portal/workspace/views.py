@@ -16,7 +16,13 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from cs_portal.portal import selectors, services
-from cs_portal.portal.workspace.access import agent_required, redirect_back, unsent_reply_take
+from cs_portal.portal.workspace.access import (
+    REFUSED_WHY,
+    agent_required,
+    redirect_back,
+    unsent_reply_keep,
+    unsent_reply_take,
+)
 from cs_portal.portal.models import AgentProfile, ConversationStatus, Message, Sender
 from translation import errors
 from translation.languages import LANGUAGES
@@ -34,6 +40,12 @@ def _conversation(request: HttpRequest, conversation_id: int):
         return selectors.conversation_get_for_agent(agent=request.agent, conversation_id=conversation_id)
     except errors.NotFound:
         return None
+
+
+def _an_id(value: str) -> bool:
+    """``value`` is a row's id as a form or a query string carries it: ASCII digits, within a
+    bigint."""
+    return value.isascii() and value.isdigit() and len(value) <= 18
 
 
 def _not_found(request: HttpRequest, what: str) -> HttpResponse:
@@ -61,8 +73,15 @@ def _inbox_context(request: HttpRequest) -> dict:
         "assignee": request.GET.get("assignee", ""),
         "query": request.GET.get("q", "").strip(),
     }
+    # A filter the inbox does not offer is dropped, not searched for (a NUL or a number beyond
+    # any id would reach the database as an error).
     if filters["status"] not in ("", *ConversationStatus.values):
         filters["status"] = ""
+    if filters["language"] not in LANGUAGES:
+        filters["language"] = ""
+    if filters["assignee"] not in ("me", "none") and not _an_id(filters["assignee"]):
+        filters["assignee"] = ""
+    filters["query"] = filters["query"].replace("\x00", "")
     conversations = selectors.inbox(agent=request.agent, **filters)[:200]
     teammates = _teammates(request.agent)
     params = request.GET.copy()
@@ -119,11 +138,12 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
     # A reply kept while the agent was signed out goes back into the reply box (not on a closed
     # conversation, which shows none: it waits until the conversation opens again).
     shows_reply = request.method == "GET" and not partial and conversation.status != ConversationStatus.CLOSED
-    unsent_text = unsent_reply_take(request, conversation.pk) if shows_reply else ""
+    unsent = unsent_reply_take(request, conversation.pk) if shows_reply else {}
     context = {
         "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
         "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
-        "statuses": ConversationStatus.values, "teammates": _teammates(request.agent), "unsent_reply": unsent_text,
+        "statuses": ConversationStatus.values, "teammates": _teammates(request.agent), "unsent_reply": unsent,
+        "message_max_chars": settings.MESSAGE_MAX_CHARS,
     }
     template = "workspace/_thread.html" if partial else "workspace/conversation.html"
     return render(request, template, context)
@@ -150,9 +170,10 @@ def conversation_take(request, conversation_id: int):
 @agent_required
 def conversation_assign(request, conversation_id: int):
     def assign(conversation):
+        chosen = request.POST.get("assignee", "")
         assignee = (
-            AgentProfile.objects.select_related("user")
-            .filter(pk=request.POST.get("assignee") or 0, user__is_active=True).first()
+            AgentProfile.objects.select_related("user").filter(pk=int(chosen), user__is_active=True).first()
+            if _an_id(chosen) else None
         )
         if assignee is None:
             raise errors.ApplicationError("Choose an agent to assign the conversation to.")
@@ -173,10 +194,19 @@ def conversation_status(request, conversation_id: int):
 @require_POST
 @agent_required
 def reply(request, conversation_id: int):
-    return _act(
-        request, conversation_id,
-        lambda c: services.reply_draft_create(conversation=c, agent=request.agent, text=request.POST.get("text", "")),
-    )
+    """A draft of the reply, translated for the agent to check; a reply refused (too long, the
+    route overloaded, the conversation closed meanwhile) comes back to the reply box with the
+    reason, never lost."""
+    text = request.POST.get("text", "")
+
+    def draft(conversation):
+        try:
+            services.reply_draft_create(conversation=conversation, agent=request.agent, text=text)
+        except errors.ApplicationError:
+            unsent_reply_keep(request, conversation.pk, text, agent=str(request.user.pk), why=REFUSED_WHY)
+            raise
+
+    return _act(request, conversation_id, draft)
 
 
 def _act_on_message(request: HttpRequest, message_id: int, action) -> HttpResponse:
@@ -295,7 +325,7 @@ def events(request: HttpRequest) -> HttpResponse:
     """
     conversation_id = request.GET.get("conversation", "")
     if conversation_id:
-        if not conversation_id.isdigit() or _conversation(request, int(conversation_id)) is None:
+        if not _an_id(conversation_id) or _conversation(request, int(conversation_id)) is None:
             return _not_found(request, f"Conversation {conversation_id}")
         stamp = lambda: _conversation_stamp(int(conversation_id))  # noqa: E731
     else:
