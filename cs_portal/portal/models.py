@@ -161,6 +161,13 @@ class Message(models.Model):
     )
     # An agent's reply is a draft until sent: the customer sees it only from then on.
     delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_language = models.CharField(
+        max_length=8, blank=True, default="",
+        help_text=(
+            "An agent's reply: the language the customer reads it in, fixed when it was sent (its own language: as "
+            "written; another: its translation into it). Empty for a customer's message and a draft."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -190,17 +190,19 @@ def message_create_from_customer(*, conversation: Conversation, text: str, langu
 def message_create_from_agent(*, conversation: Conversation, agent: AgentProfile, text: str) -> Message:
     """Store an agent's reply (in the agent's language) and request it in the customer's language."""
     text = text_validate(text)
-    if conversation.status == ConversationStatus.CLOSED:
-        raise errors.ApplicationError(errors.CONVERSATION_CLOSED.format(id=conversation.pk), code="conversation_closed")
+    # Locked and read again: a close or a reassignment made since the caller read it stands.
+    conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+    _check_open(conversation)
+    target = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
     message = Message.objects.create(
         conversation=conversation, sender=Sender.AGENT, author=agent, text=text,
         language=agent.working_language, language_source=LanguageSource.AGENT, delivered_at=timezone.now(),
+        delivered_language=target,
     )
     if conversation.assignee_id is None:
         conversation.assignee = agent
     conversation.status = ConversationStatus.PENDING  # answered: waiting for the customer
     _touch(conversation, customer=False, fields=("assignee", "status"))
-    target = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
     if target != message.language:
         translation_request(message=message, target_language=target)
     return message
@@ -291,7 +293,9 @@ def reply_send(*, message: Message, agent: AgentProfile) -> Message:
         problem = _draft_not_translated(message, conversation)
         if not problem:
             message.delivered_at = timezone.now()
-            message.save(update_fields=["delivered_at", "updated_at"])
+            # What the customer reads from now on, whatever is learned of their language later.
+            message.delivered_language = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
+            message.save(update_fields=["delivered_at", "delivered_language", "updated_at"])
             conversation.status = ConversationStatus.PENDING  # waiting for the customer
             _touch(conversation, customer=False, fields=("status",))
     if problem:

@@ -117,6 +117,54 @@ class AgentReplyBeforeLanguageTests:
         assert (listed[0]["text"], listed[0]["delivery"]) == ("Hello, how can I help?", "delivered")
 
 
+    def test_a_reply_goes_on_showing_as_it_was_sent_when_the_customers_language_is_learned(self, http, conversation):
+        """An agent writing German replies before the customer's language is known: the reply goes
+        out in DEFAULT_AGENT_LANGUAGE's translation. The customer then writes French, and an agent
+        corrects that message's language: neither turns the sent reply into a failed one."""
+        from rest_framework.authtoken.models import Token
+
+        from cs_portal.portal.services import message_language_override
+        from translation.claims import translation_claim
+        from translation.execution import translations_complete
+
+        agent = agent_create(username="lea", password="secret-pass", working_language="de")
+        token = Token.objects.create(user=agent.user).key
+        status, body = http.call(
+            "POST", f"/api/v1/agent/conversations/{conversation.pk}/messages", {"text": "Hallo, wie kann ich helfen?"},
+            headers={"Authorization": f"Token {token}"},
+        )
+        assert status == 201 and (body["text"], body["language"], body["delivery"]) == (None, "en", "pending")
+        translation = Translation.objects.get(message_id=body["id"])
+        job = translation_claim(translation_id=translation.pk, worker="w1", consumed_from=translation.queue)
+        translations_complete([(job, "Hello, how can I help?")], batch_size=1)
+
+        _, key = self.key
+        http.call("POST", f"/api/v1/conversations/{conversation.pk}/messages", {"text": "Bonjour", "language": "fr"}, key=key)
+        _, listed = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages", key=key)
+        assert (listed[0]["text"], listed[0]["language"], listed[0]["delivery"]) == ("Hello, how can I help?", "en", "delivered")
+
+        message_language_override(message=Message.objects.get(pk=listed[1]["id"]), agent=agent, language="it")
+        _, listed = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages", key=key)
+        assert Conversation.objects.get(pk=conversation.pk).language == "it"
+        assert (listed[0]["text"], listed[0]["language"], listed[0]["delivery"]) == ("Hello, how can I help?", "en", "delivered")
+
+
+    def test_a_reply_to_a_conversation_closed_meanwhile_is_refused_and_leaves_it_closed(self, conversation):
+        """The API's view read the conversation before another agent closed it: the reply is
+        refused, and the close stands (not written over with the view's older copy)."""
+        from cs_portal.portal.models import ConversationStatus
+        from cs_portal.portal.services import message_create_from_agent
+
+        agent = agent_create(username="lea", password="secret-pass", working_language="en")
+        seen = Conversation.objects.get(pk=conversation.pk)  # what the view read
+        Conversation.objects.filter(pk=conversation.pk).update(status=ConversationStatus.CLOSED)
+        with pytest.raises(errors.ApplicationError) as refused:
+            message_create_from_agent(conversation=seen, agent=agent, text="Hello again")
+        assert refused.value.code == "conversation_closed"
+        assert Conversation.objects.get(pk=conversation.pk).status == ConversationStatus.CLOSED
+        assert not Message.objects.filter(conversation=conversation).exists()
+
+
 class MessageBadInputTests:
     @pytest.mark.parametrize(("body", "status", "code", "message"), BAD_MESSAGES)
     def test_bad_message_gets_a_specific_4xx_and_writes_nothing(self, http, api_client_key, conversation, body, status, code, message):

@@ -80,18 +80,23 @@ class CustomerMessageOutput(serializers.ModelSerializer):
             "language_source", "detection_confidence", "created_at", "translations",
         ]
 
+    @staticmethod
+    def _read_in(message: Message) -> str:
+        """The language the customer reads the message in: their own message's; an agent's reply
+        in the one it was sent in (``delivered_language``), which a language learned or corrected
+        later does not change."""
+        if message.sender == Sender.CUSTOMER:
+            return message.language
+        return message.delivered_language or message.conversation.language or message.language
+
     def _customer_translation(self, message: Message) -> Translation | None:
-        target = message.conversation.language
+        target = self._read_in(message)
         return next((t for t in message.translations.all() if t.target_language == target), None)
 
     def _is_direct(self, message: Message) -> bool:
-        """Shown as written: the customer's own messages, and replies that needed no translation
-        (in the customer's language, or sent before it was known: no translation was requested;
-        one that needed it always has a row, failed ones included)."""
-        if message.sender == Sender.CUSTOMER:
-            return True
-        conversation_language = message.conversation.language
-        return not conversation_language or message.language == conversation_language or not message.translations.all()
+        """Shown as written: the customer's own messages, and replies sent in the language they
+        were written in."""
+        return message.sender == Sender.CUSTOMER or self._read_in(message) == message.language
 
     def get_text(self, message: Message) -> str | None:
         if self._is_direct(message):
@@ -101,7 +106,7 @@ class CustomerMessageOutput(serializers.ModelSerializer):
         return translation.final_text if translation and translation.status == TranslationStatus.DONE else None
 
     def get_language(self, message: Message) -> str:
-        return message.language if self._is_direct(message) else message.conversation.language
+        return self._read_in(message)
 
     def get_delivery(self, message: Message) -> str:
         if self._is_direct(message):

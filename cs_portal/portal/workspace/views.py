@@ -116,7 +116,8 @@ def _thread(conversation, agent: AgentProfile) -> list[dict]:
             item["needs_translation"] = agent.needs_translation(message.language)
             item["mine"] = translations.get(agent.working_language)
         else:
-            customer_language = conversation.language or settings.DEFAULT_AGENT_LANGUAGE
+            # A sent reply as it went out; a draft as it would go out now.
+            customer_language = message.delivered_language or conversation.language or settings.DEFAULT_AGENT_LANGUAGE
             outgoing = translations.get(customer_language)
             item["outgoing"] = outgoing
             item["back"] = next(iter(outgoing.back_translations.all()), None) if outgoing else None
