@@ -102,13 +102,12 @@ def conversation_create(
 ) -> Conversation:
     if language is not None:
         language_validate(language)
-    customer = None
-    if external_id:
-        customer = Customer.objects.filter(api_client=api_client, external_id=external_id).first()
-    if customer is None:
-        customer = Customer.objects.create(
-            api_client=api_client, name=customer_name, email=customer_email, external_id=external_id
+    if external_id:  # the client's own customer: two requests at once share one (get_or_create reads it again)
+        customer, _ = Customer.objects.get_or_create(
+            api_client=api_client, external_id=external_id, defaults={"name": customer_name, "email": customer_email}
         )
+    else:
+        customer = Customer.objects.create(api_client=api_client, name=customer_name, email=customer_email)
     assignee = _agent_for_new_conversation()
     return Conversation.objects.create(
         customer=customer, assignee=assignee, team=assignee.team if assignee else None,

@@ -1,5 +1,7 @@
 """The customer API over real HTTP: what it accepts, and each bad input's specific answer."""
 
+import time
+
 import pytest
 
 from cs_portal.portal.api.auth import INVALID_KEY, MALFORMED_HEADER
@@ -39,6 +41,56 @@ class ConversationCreateTests:
             http.call("POST", "/api/v1/conversations", {"customer": {"name": "Ana", "external_id": "c-1"}}, key=key)
         assert Customer.objects.count() == 1
         assert Conversation.objects.count() == 2
+
+    def test_same_external_id_at_once_makes_one_customer(self, api_client_key):
+        """Two requests for a new customer at once (a widget's double submit): the second waits
+        for the first's customer and uses it, instead of failing on the unique id."""
+        import threading
+
+        from django.db import connection, transaction
+
+        client, _ = api_client_key
+        opened, failures = [], []
+        in_first = threading.Event()
+
+        def request(hold: bool) -> None:
+            try:
+                with transaction.atomic():
+                    opened.append(conversation_create(api_client=client, customer_name="Ana", external_id="c-7"))
+                    if hold:  # the first keeps its new customer uncommitted while the second asks
+                        in_first.set()
+                        time.sleep(0.5)
+            except BaseException as error:
+                failures.append(error)
+            finally:
+                connection.close()
+
+        first = threading.Thread(target=request, args=(True,))
+        first.start()
+        assert in_first.wait(10)
+        second = threading.Thread(target=request, args=(False,))
+        second.start()
+        first.join(10)
+        second.join(10)
+        assert not failures, failures
+        assert len(opened) == 2 and Customer.objects.filter(external_id="c-7").count() == 1
+        assert opened[0].customer_id == opened[1].customer_id
+
+    def test_optional_fields_may_come_empty_or_null(self, http, api_client_key):
+        _, key = api_client_key
+        status, body = http.call("POST", "/api/v1/conversations", {
+            "customer": {"name": "Ana", "email": "", "external_id": ""}, "subject": "", "language": None,
+        }, key=key)
+        assert status == 201 and body["language"] in ("", None)
+        status, _ = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Ana"}, "language": ""}, key=key)
+        assert status == 201
+
+    def test_an_email_longer_than_the_column_is_refused_with_a_message(self, http, api_client_key):
+        _, key = api_client_key
+        email = "a" * 64 + "@" + ".".join(["b" * 60] * 4) + ".com"  # valid, 312 characters
+        status, body = http.call("POST", "/api/v1/conversations", {"customer": {"name": "A", "email": email}}, key=key)
+        assert status == 400 and "customer.email: Ensure this field has no more than 254 characters." == body["error"]["message"]
+        assert counts() == (0, 0, 0, 0)
 
     def test_customer_name_is_required(self, http, api_client_key):
         _, key = api_client_key
@@ -219,6 +271,12 @@ class MessageBadInputTests:
             "GET", f"/api/v1/conversations/{conversation.pk}/messages", headers={"Authorization": "Bearer a b"}
         )
         assert (status, body["error"]["message"]) == (401, MALFORMED_HEADER)
+
+    def test_the_bearer_scheme_is_case_insensitive(self, http, api_client_key, conversation):
+        _, key = api_client_key
+        status, _ = http.call("GET", f"/api/v1/conversations/{conversation.pk}/messages",
+                              headers={"Authorization": f"bearer {key}"})
+        assert status == 200
 
     def test_closed_conversation_takes_no_messages(self, http, api_client_key, conversation):
         conversation.status = "closed"

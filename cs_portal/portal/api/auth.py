@@ -17,7 +17,7 @@ class ApiClientAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode("latin-1").split()
-        if not header or header[0] != self.keyword:
+        if not header or header[0].lower() != self.keyword.lower():  # a scheme is case-insensitive (RFC 9110)
             return None
         if len(header) != 2:
             raise exceptions.AuthenticationFailed(MALFORMED_HEADER)

@@ -8,24 +8,34 @@ from cs_portal.portal.models import Conversation, Message, Sender
 from translation.models import Translation, TranslationStatus
 
 
+# Optional fields may also come empty (or, for a language, null): a client that sends every field
+# of its form, known or not, is taken as one that left them out.
 class CustomerInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    email = serializers.EmailField(required=False, default="")
-    external_id = serializers.CharField(max_length=200, required=False, default="")
+    email = serializers.EmailField(max_length=254, required=False, default="", allow_blank=True)  # the column's length
+    external_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
 
 
 class ConversationInput(serializers.Serializer):
     customer = CustomerInput()
-    language = serializers.CharField(required=False, help_text="ISO 639-1 code of the customer's language.")
-    subject = serializers.CharField(max_length=200, required=False, default="")
+    language = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, help_text="ISO 639-1 code of the customer's language."
+    )
+    subject = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+
+    def validate_language(self, value):
+        return value or None
 
 
 class MessageInput(serializers.Serializer):
     # Blank and whitespace-only texts reach the service, which answers with its own message.
     text = serializers.CharField(allow_blank=True, trim_whitespace=False)
     language = serializers.CharField(
-        required=False, help_text="ISO 639-1 code; detected from the text when absent."
+        required=False, allow_blank=True, allow_null=True, help_text="ISO 639-1 code; detected from the text when absent."
     )
+
+    def validate_language(self, value):
+        return value or None
 
 
 class AgentMessageInput(serializers.Serializer):

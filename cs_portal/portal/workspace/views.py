@@ -8,6 +8,7 @@ import time
 
 from django.conf import settings
 from django.contrib import messages as flash
+from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
 from django.db.models import F, Max, Prefetch
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
@@ -253,7 +254,11 @@ def message_translate(request, message_id: int):
             return
         if message.language == request.agent.working_language:
             raise errors.ApplicationError("This message is already in your working language.")
-        translation_request(message=message, target_language=request.agent.working_language)
+        try:
+            with transaction.atomic():
+                translation_request(message=message, target_language=request.agent.working_language)
+        except IntegrityError:  # requested meanwhile (a second click, a teammate of the same language)
+            return
 
     return _act_on_message(request, message_id, translate)
 
