@@ -297,6 +297,13 @@ def translation_run_batch(
     jobs = translations_claim([d for d in deliveries if d.translation_id not in claimed], computing=True)
     try:
         outcomes = _run_claimed(deliveries, {**jobs, **claimed}, engines, start)
+    except Exception as exc:
+        # Claimed here and not settled (the database went away past TRANSLATION_STORE_RETRY_S, a
+        # read between claim and store failed): back to queued, or a live worker's claim would
+        # hold them running, skipped by every other worker, until its process ends. The caller
+        # sends the jobs again. (Ledger claims are given back by their intake.)
+        _claims_give_back(list(jobs.values()), f"Its batch failed before its result was stored: {type(exc).__name__}: {exc}")
+        raise
     finally:
         _computing_release(jobs)
     answered: set[int] = set()
@@ -306,6 +313,24 @@ def translation_run_batch(
         answered.add(delivery.translation_id)
         ordered.append(outcomes.get(delivery.translation_id, RunOutcome.SKIPPED) if first else RunOutcome.SKIPPED)
     return ordered
+
+
+def _claims_give_back(jobs: list[Job], reason: str) -> None:
+    """Put the rows of ``jobs`` still held by these claims back to queued (best effort: with the
+    database away this fails too, and the reconciler hands such claims over once they are
+    overdue, ``translation.recovery.overdue_claims_handle``)."""
+    from django.db import connection
+
+    if not jobs:
+        return
+    if not connection.in_atomic_block:  # a connection the failure broke is replaced
+        connection.close_if_unusable_or_obsolete()
+    try:
+        for job in jobs:
+            translation_requeue(job=job, reason=RETRYING.format(attempt=job.attempt, reason=reason))
+    except Exception:
+        logger.warning("Could not put %d claimed job(s) back to queued; the reconciler hands them over later",
+                       len(jobs), exc_info=True)
 
 
 def translation_run(*, translation_id: int, worker: str, consumed_from: str) -> RunOutcome:

@@ -7,7 +7,10 @@ is the lease. Two ways a claim comes back to the queue:
 - ``worker_lost``: at once, when a worker's supervisor sees the process end (``claims_release``
   alone when a worker of that name starts again);
 - ``dead_workers_handle``: workers that stopped beating (a lost host, a frozen process), found
-  by the reconciler that every worker runs.
+  by the reconciler that every worker runs;
+- ``overdue_claims_handle``: a claim older than any batch and its store may take, whoever holds
+  it (a live worker whose batch failed with the database away, so that it could not give the
+  rows back).
 
 A lost worker also held jobs it had taken from the broker but not claimed yet (waiting for
 their batch); on Redis those come back only after the visibility timeout, so they are sent
@@ -44,6 +47,7 @@ UNCLAIMED_AFTER_S = 60.0 + MAX_BACKOFF_S
 
 HANDED_OVER = "Its worker {worker} stopped before finishing ({why}); handed over to another worker."
 LOST = "Sent {times} times without reaching a worker (lost by the broker each time)."
+OVERDUE = "Its claim by {worker} did not end in {seconds:.0f} s; handed over to another worker."
 
 
 def _requeue(rows, reason: str) -> list[int]:
@@ -176,6 +180,33 @@ def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str,
     for (worker,) in sorted(found):
         handled[worker] = (claims_release(worker=worker, reason="its heartbeat went stale"), [])
     return handled
+
+
+def overdue_after_s() -> float:
+    """How long a claim may stay running before it is taken as never to end, its worker alive or
+    not: longer than a batch may legitimately take (the job timeout) and its store may retry
+    for (``TRANSLATION_STORE_RETRY_S``), with a minute's margin for the hosts' clocks."""
+    return settings.TRANSLATION_JOB_TIMEOUT_S + settings.TRANSLATION_STORE_RETRY_S + 60.0
+
+
+def overdue_claims_handle() -> list[int]:
+    """Hand over the running rows whose claim is older than ``overdue_after_s()``: a worker that
+    lives on but will never finish them (its batch failed and the database refused to take them
+    back; a claim left by a bug). A live worker's claim is otherwise never touched, so such a
+    row would stay running, skipped by every worker, until that worker's process ended."""
+    cutoff = timezone.now() - timedelta(seconds=overdue_after_s())
+    with transaction.atomic():
+        rows = list(
+            Translation.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=TranslationStatus.RUNNING, updated_at__lt=cutoff)
+            .only("pk", "worker")
+        )
+        if not rows:
+            return []
+        workers = sorted({row.worker for row in rows})
+        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_after_s()))
+    logger.warning("Handed over %d job(s) whose claim never ended (%s)", len(released), ", ".join(workers))
+    return released
 
 
 # The reconciler's two looks for lost workers, as SQL compiled once per worker name, staleness

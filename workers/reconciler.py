@@ -14,7 +14,13 @@ import time
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from translation.recovery import dead_workers_handle, lost_jobs_resend, lost_look_release, lost_look_turn
+from translation.recovery import (
+    dead_workers_handle,
+    lost_jobs_resend,
+    lost_look_release,
+    lost_look_turn,
+    overdue_claims_handle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class Reconciler(threading.Thread):
                         self._missing = lost_jobs_resend(
                             older_than_s=settings.TRANSLATION_LOST_AFTER_S, seen_missing=self._missing
                         ).missing
+                        overdue_claims_handle()
                     else:  # another looks: this one's suspects grow old, and count for nothing later
                         self._missing = set()
             except Exception:  # the database is down: try again at the next turn

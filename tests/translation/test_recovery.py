@@ -144,3 +144,53 @@ class ClaimRuleTests:
         assert translations_complete([(slow, "late output")]) == set()
         stored = Translation.objects.get(pk=row.pk)
         assert stored.worker == "standby@h" and stored.text != "late output"
+
+
+class OverdueClaimTests:
+    def test_a_claim_older_than_any_batch_is_handed_over_though_its_worker_lives(
+        self, many_translations, sent, settings, django_capture_on_commit_callbacks
+    ):
+        from translation.recovery import OVERDUE, overdue_after_s, overdue_claims_handle
+
+        settings.WORKER_HEARTBEAT_STALE_S = 1
+        heartbeat("alive@h", seconds_ago=0.1)
+        stuck, recent = many_translations[:2]
+        claimed_by([stuck, recent], "alive@h")
+        Translation.objects.filter(pk=stuck.pk).update(
+            updated_at=timezone.now() - timedelta(seconds=overdue_after_s() + 1))
+        assert dead_workers_handle() == {}  # its worker beats: the usual look leaves it alone
+        with django_capture_on_commit_callbacks(execute=True):
+            assert overdue_claims_handle() == [stuck.pk]
+        row = Translation.objects.get(pk=stuck.pk)
+        assert row.status == TranslationStatus.QUEUED and row.resends == 1 and list(sent) == [stuck.pk]
+        assert row.failure_reason == OVERDUE.format(worker="alive@h", seconds=overdue_after_s())
+        assert Translation.objects.get(pk=recent.pk).status == TranslationStatus.RUNNING
+        assert overdue_claims_handle() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_store_fails_gives_its_claims_back(many_translations, settings):
+    """The database goes away while the model computes and stays away past the store's retries:
+    the batch fails, and its rows go back to queued (once the database answers again) instead
+    of staying running under a live worker, which every other worker would skip."""
+    import psycopg
+    from django.db import OperationalError, connection
+
+    from tests.conftest import database_url
+    from tests.stand_ins import StandInEngine
+
+    settings.TRANSLATION_STORE_RETRY_S = 0
+    rows = many_translations[:3]
+
+    class DatabaseLostMeanwhile(StandInEngine):
+        def translate(self, texts, source, target, glossary=None):
+            with psycopg.connect(database_url().replace("postgres://", "postgresql://", 1), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+            return [f"out {text}" for text in texts]
+
+    with pytest.raises(OperationalError):
+        translation_run_batch([Delivery(row.pk, "w1@h", "translate.en") for row in rows],
+                              engines=lambda spec: DatabaseLostMeanwhile())
+    for row in Translation.objects.filter(pk__in=[row.pk for row in rows]):
+        assert row.status == TranslationStatus.QUEUED and row.attempts == 1, row
+        assert "Its batch failed before its result was stored: OperationalError" in row.failure_reason
