@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
 from enum import Enum
@@ -105,13 +106,18 @@ def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | N
     if not results:
         return set()
     now = timezone.now()
-    done = _store_done(results, now=now, batch_size=batch_size or len(results), forward_ms=forward_ms)
-    _count_done([job for job, _ in results if job.id in done], now)
-    wanted = [job.id for job, _ in results if job.back_translate and job.id in done]
-    if wanted:  # an agent's draft reply: its back-translation, for the agent to check
-        from translation.services import back_translations_request
+    # A draft's result and its back-translation's request commit together: were the request to
+    # fail after the store (the database lost in between), the store's retry would find the row
+    # done already and request nothing, and the agent would never get the text to check.
+    drafts = any(job.back_translate for job, _ in results)
+    with transaction.atomic() if drafts else nullcontext():
+        done = _store_done(results, now=now, batch_size=batch_size or len(results), forward_ms=forward_ms)
+        wanted = [job.id for job, _ in results if job.back_translate and job.id in done]
+        if wanted:  # an agent's draft reply: its back-translation, for the agent to check
+            from translation.services import back_translations_request
 
-        back_translations_request(wanted)
+            back_translations_request(wanted)
+    _count_done([job for job, _ in results if job.id in done], now)
     return done
 
 

@@ -194,3 +194,43 @@ def test_a_batch_whose_store_fails_gives_its_claims_back(many_translations, sett
     for row in Translation.objects.filter(pk__in=[row.pk for row in rows]):
         assert row.status == TranslationStatus.QUEUED and row.attempts == 1, row
         assert "Its batch failed before its result was stored: OperationalError" in row.failure_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drafts_back_translation_is_requested_though_the_database_fails_right_after_the_store(
+    api_client_key, tiny_models, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The store of a draft reply's translation succeeds, then the database fails before its
+    back-translation is requested, and the store is retried: the agent still gets the
+    back-translation (the store and the request commit together, or not at all)."""
+    from functools import partial
+
+    from django.db import OperationalError
+
+    import translation.services as services
+    from cs_portal.portal.services import agent_create, conversation_create, reply_draft_create
+    from translation.execution import _while_database_returns, translations_complete
+
+    client, _ = api_client_key
+    agent = agent_create(username="sam", password="secret-pass", working_language="en")
+    with django_capture_on_commit_callbacks(execute=False):
+        conversation = conversation_create(api_client=client, customer_name="Lucía", language="es")
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Your parcel leaves today.")
+    outgoing = draft.translations.get()
+    [job] = translations_claim([Delivery(outgoing.pk, "w1@h", "translate.es")]).values()
+    real, calls = services.back_translations_request, []
+
+    def lost_once(ids):
+        calls.append(ids)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(ids)
+
+    monkeypatch.setattr(services, "back_translations_request", lost_once)
+    with django_capture_on_commit_callbacks(execute=False):
+        stored = _while_database_returns(partial(translations_complete, [(job, "Su paquete sale hoy.")]))
+    assert stored == {outgoing.pk} and len(calls) == 2
+    outgoing.refresh_from_db()
+    assert outgoing.status == TranslationStatus.DONE
+    back = outgoing.back_translations.get()
+    assert (back.source_language, back.target_language, back.input_text) == ("es", "en", "Su paquete sale hoy.")
