@@ -124,6 +124,8 @@ class EngineProcess:
         self.heap_kept = False  # whether the child keeps freed memory (once ready)
         # Per model warmed with a full batch at start: its size and seconds (None: out of memory).
         self.full_batches: dict[EngineSpec, tuple[int, float | None]] = {}
+        # The models that did not load at start, and why (loaded again by their first job).
+        self.failed_at_start: dict[EngineSpec, str] = {}
         # Told when ``memory`` changed (the worker's report of its models).
         self.on_change: Callable[[], None] | None = None
         # Told True when a call starts loading a model (its call may then take up to
@@ -146,7 +148,7 @@ class EngineProcess:
         kind, value = self._receive()
         if kind == "error":
             raise value
-        self.memory, self.threads, self.heap_kept, self.full_batches = value
+        self.memory, self.threads, self.heap_kept, self.full_batches, self.failed_at_start = value
         now = time.monotonic()
         self.last_used = dict.fromkeys(self.memory, now)
         return self.memory
@@ -296,12 +298,23 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
     # process stops (it tells it, or it dies with it), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    # A model that does not load (a route naming a path not on this host, a pair the model does
+    # not serve) is left out, said to the worker, and loaded again by its first job (which fails
+    # with the reason if it still does not load): the worker serves its other routes. Only when
+    # no model loads does the start fail.
+    memory, failed = {}, {}
     try:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        memory = {warmup.spec: warm_up(warmup.spec, warmup.source, warmup.target) for warmup in warmups}
+        for warmup in warmups:
+            try:
+                memory[warmup.spec] = warm_up(warmup.spec, warmup.source, warmup.target)
+            except Exception as exc:
+                failed[warmup.spec] = f"{type(exc).__name__}: {exc}"  # warm_up let go of any part of it
+        if warmups and not memory:
+            raise RuntimeError("; ".join(f"{spec.model} [{spec.precision}]: {why}" for spec, why in failed.items()))
     except Exception as exc:
         connection.send(("error", RuntimeError(f"loading models failed: {type(exc).__name__}: {exc}")))
         return
@@ -312,7 +325,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
     try:  # after the trim: the memory a full batch takes stays for the batches
         full_batches = {warmup.spec: (warmup.batch, compute_full_batch(warmup.spec, warmup.source, warmup.target,
                                                                        warmup.batch))
-                        for warmup in warmups if warmup.batch > 1}
+                        for warmup in warmups if warmup.batch > 1 and warmup.spec in memory}
     except Exception as exc:
         connection.send(("error", RuntimeError(f"a full batch failed at start: {type(exc).__name__}: {exc}")))
         return
@@ -324,7 +337,7 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
         idle cores."""
         return lending.batch(size) if lending is not None else nullcontext()
 
-    connection.send(("ready", (memory, own, heap_kept, full_batches)))
+    connection.send(("ready", (memory, own, heap_kept, full_batches, failed)))
     while True:
         try:
             request = connection.recv()

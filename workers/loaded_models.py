@@ -172,6 +172,13 @@ class LoadedModels:
             return spec  # one per look: the lane goes back to its queue
         return None
 
+    def failed_at_start(self, spec: EngineSpec) -> None:
+        """``spec`` did not load at start: not loaded ahead before ``RETRY_LOAD_S`` (its jobs
+        still load it themselves)."""
+        now = self._clock()
+        for lane in range(len(self.engines)):
+            self._failed[(lane, spec)] = (now + RETRY_LOAD_S, min(2 * RETRY_LOAD_S, RETRY_LOAD_MAX_S))
+
     def unload_idle(self, lane: int) -> list[EngineSpec]:
         """In lane ``lane``'s own thread, between batches: unload its models no route wants that
         have been idle long enough. At most every ``CHECK_EVERY_S``; returns what it unloaded."""

@@ -12,6 +12,7 @@ of that size needs is in place before the first burst), and only then starts con
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ import sys
 import time
 
 from workers.lane_layout import MAX_GPU_LANES
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -276,6 +279,16 @@ def start_device_loop(
     batcher = Batcher(policy)
     if heartbeat is not None:
         heartbeat.ready(models.held)  # every model translated its warm-up sentence: the canary
+    failed = {spec: why for engine in engines for spec, why in engine.failed_at_start.items()}
+    for spec, why in failed.items():
+        logger.error("Model %s [%s] did not load; its routes' jobs load it again, and fail with the reason "
+                     "if it still does not: %s", spec.model, spec.precision, why)
+        models.failed_at_start(spec)
+    if failed:
+        print(f"  {len(failed)} model(s) did not load; serving the others (see the errors above)", flush=True)
+        if heartbeat is not None:
+            heartbeat.error("Models that did not load at start (their jobs load them again): " + "; ".join(
+                f"{spec.model} [{spec.precision}]: {why}" for spec, why in failed.items()))
     loops = [DeviceLoop(batcher, engine, heartbeat, metrics, lane=lane, models=models) for lane, engine in enumerate(engines)]
     if metrics is not None and engines[0].idle_cores is not None:
         metrics.lending(engines[0].idle_cores.shared)

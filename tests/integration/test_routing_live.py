@@ -65,6 +65,45 @@ class FollowingWorkerTests:
             stop_process(process, timeout=30)
 
 
+class ModelNotOnThisHostTests:
+    def test_a_disabled_route_whose_model_does_not_load_leaves_the_worker_serving_the_others(
+        self, api_client_key, tmp_path, tiny_models, broker
+    ):
+        """An admin added a disabled A/B variant naming a checkpoint not on this host: a worker
+        started for its queue serves the enabled route, and says which model did not load."""
+        import os
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT, database_url, free_port
+        from workers.lifecycle import stop_process, wait_until_consuming
+        from workers.models import WorkerHeartbeat
+
+        name, queue, missing = "models@localhost", "translate.en.models", "/srv/models/opus-mt-es-en-typo"
+        route_update("es", "en", queue=queue)
+        LanguageRoute.objects.create(source_language="es", target_language="en", variant="b", traffic_share=0,
+                                     enabled=False, queue=queue, model_name=missing)
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workers.main", "--queues", queue, "--name", name, "--lanes", "1",
+                 f"--metrics-port={free_port()}"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        try:
+            assert wait_until_consuming(process, name, 120), log.read_text()[-3000:]
+            beat = WorkerHeartbeat.objects.get(name=name)
+            assert missing in beat.last_error and beat.ready
+            assert [model["model"] for model in beat.loaded_models] == [str(tiny_models.marian_es_en)]
+            [translation] = finished(send_spanish(api_client_key[0]))
+            assert translation.status == TranslationStatus.DONE, translation.failure_reason
+            assert (translation.consumed_from, translation.worker) == (queue, name)
+            assert "1 model(s) did not load; serving the others" in log.read_text()
+        finally:
+            stop_process(process, timeout=30)
+
+
 class AdminChangeTests:
     def test_moving_es_en_to_queue_b_in_the_admin_sends_the_next_message_there(self, worker, http, api_client_key, admin_client):
         route = es_en()

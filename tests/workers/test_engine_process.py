@@ -104,11 +104,28 @@ class EngineProcessTests:
                                                                         meanwhile=lambda: time.sleep(1.0))
         assert outputs and 0 < usage.seconds < 1.0
 
-    def test_a_model_that_does_not_load_fails_the_start_with_the_reason(self):
+    def test_a_start_where_no_model_loads_fails_with_the_reason(self):
         process = EngineProcess([Warmup(EngineSpec("hf-seq2seq", "/nonexistent/model"), "es", "en")])
-        with pytest.raises(RuntimeError, match="loading models failed"):
+        with pytest.raises(RuntimeError, match="loading models failed.*/nonexistent/model"):
             process.start()
         process.stop()
+
+    def test_a_model_that_does_not_load_is_left_out_and_the_others_serve(self, tiny_models):
+        """A route (a disabled one, say) names a path not on this host: the lane starts with the
+        other models and says which did not load and why; a call for it fails with the reason."""
+        good = EngineSpec("hf-seq2seq", str(tiny_models.marian_es_en))
+        bad = EngineSpec("hf-seq2seq", "/srv/models/opus-mt-es-en-typo")
+        process = EngineProcess([Warmup(bad, "es", "en"), Warmup(good, "es", "en", batch=8)])
+        try:
+            memory = process.start()
+            assert set(memory) == {good} and set(process.full_batches) == {good}
+            assert set(process.failed_at_start) == {bad} and "opus-mt-es-en-typo" in process.failed_at_start[bad]
+            assert process.engine(good).translate(["Hola."], "es", "en") == engine_for(good).translate(["Hola."], "es", "en")
+            with pytest.raises(Exception, match="opus-mt-es-en-typo"):
+                process.engine(bad).translate(["Hola."], "es", "en")
+            assert process.alive()
+        finally:
+            process.stop()
 
 
 class ModelsLoadedLaterTests:
