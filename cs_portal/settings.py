@@ -180,12 +180,21 @@ def _default_routes() -> list[dict]:
 # TRANSLATION_ROUTES (JSON) or TRANSLATION_ROUTES_FILE (a JSON file) replace the defaults;
 # each route: source ("*" for any), target, model, and optionally queue, engine, precision,
 # variant, traffic_share, adapter, max_batch_size, max_wait_ms, max_input_chars, enabled, note.
-if env.str("TRANSLATION_ROUTES_FILE", default=""):
-    TRANSLATION_ROUTES = json.loads(Path(env.str("TRANSLATION_ROUTES_FILE")).read_text())
-elif env.str("TRANSLATION_ROUTES", default=""):
-    TRANSLATION_ROUTES = json.loads(env.str("TRANSLATION_ROUTES"))
-else:
-    TRANSLATION_ROUTES = _default_routes()
+# A file that cannot be read or parsed stops only what needs it (`import_routes`, which names
+# the problem: TRANSLATION_ROUTES_PROBLEM), not every process that loads these settings; the
+# start-up checks warn about it (translation.W001).
+TRANSLATION_ROUTES, TRANSLATION_ROUTES_PROBLEM = None, ""
+try:
+    if env.str("TRANSLATION_ROUTES_FILE", default=""):
+        TRANSLATION_ROUTES = json.loads(Path(env.str("TRANSLATION_ROUTES_FILE")).read_text(encoding="utf-8"))
+    elif env.str("TRANSLATION_ROUTES", default=""):
+        TRANSLATION_ROUTES = json.loads(env.str("TRANSLATION_ROUTES"))
+    else:
+        TRANSLATION_ROUTES = _default_routes()
+except (OSError, ValueError) as _problem:  # unreadable, not UTF-8, not JSON
+    _source = (f"TRANSLATION_ROUTES_FILE={env.str('TRANSLATION_ROUTES_FILE')}" if env.str("TRANSLATION_ROUTES_FILE", default="")
+               else "TRANSLATION_ROUTES")
+    TRANSLATION_ROUTES_PROBLEM = f"{_source}: {getattr(_problem, 'strerror', None) or _problem}"
 # How often a process checks whether the route table changed (one tiny aggregate query): an
 # admin's change reaches every portal process and worker within this many seconds.
 TRANSLATION_ROUTES_CHECK_S = env.float("TRANSLATION_ROUTES_CHECK_S", default=0.5)

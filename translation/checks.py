@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 # A batch's results are stored with UPDATE ... FROM ... RETURNING (translation/execution.py).
 SQLITE_AT_LEAST = (3, 35, 0)
@@ -28,3 +28,19 @@ def sqlite_new_enough(app_configs=None, databases=None, **kwargs) -> list[Error]
                 id="translation.E001",
             ))
     return errors
+
+
+@register()
+def initial_routes_readable(app_configs=None, **kwargs) -> list[Warning]:
+    """The initial routes (TRANSLATION_ROUTES or TRANSLATION_ROUTES_FILE) parse: only
+    ``import_routes`` needs them, so a bad file is a warning to every process, not a crash."""
+    from django.conf import settings
+
+    problem = getattr(settings, "TRANSLATION_ROUTES_PROBLEM", "")
+    if not problem:
+        return []
+    return [Warning(
+        f"The initial routes cannot be read ({problem}); `manage.py import_routes` without a file will refuse to run.",
+        hint="Fix the JSON (a list of routes, as in docker/routes.example.json) or unset the variable.",
+        id="translation.W001",
+    )]

@@ -7,6 +7,7 @@ A job's life: ``translation_request`` writes a queued row and, on commit, ``tran
 
 from __future__ import annotations
 
+import json
 import logging
 
 from django.db import transaction
@@ -245,6 +246,28 @@ ROUTE_KEYS = {
 }
 
 
+def _mistyped(entry: dict) -> list[str]:
+    """The keys of a route entry whose JSON value is of the wrong kind: the model's fields would
+    take ``2.9`` as 2, ``true`` as 1 and an object as its text, where the admin's form refuses
+    them."""
+    from django.db import models as fields
+
+    problems = []
+    for key, value in entry.items():
+        if key == "fallback":
+            continue
+        field = LanguageRoute._meta.get_field(ROUTE_KEYS[key])
+        if isinstance(field, fields.BooleanField):
+            kind, fits = "true or false", isinstance(value, bool)
+        elif isinstance(field, fields.IntegerField):
+            kind, fits = "a whole number", isinstance(value, int) and not isinstance(value, bool)
+        else:  # text
+            kind, fits = "a string", isinstance(value, str)
+        if not fits:
+            problems.append(f"{key} must be {kind}, not {json.dumps(value)[:60]}")
+    return problems
+
+
 @transaction.atomic
 def routes_import(entries: list[dict], *, replace: bool = False) -> list[LanguageRoute]:
     """Create routes from plain entries (``TRANSLATION_ROUTES``, a JSON file), each validated as
@@ -270,6 +293,9 @@ def routes_import(entries: list[dict], *, replace: bool = False) -> list[Languag
         empty = sorted(key for key, value in entry.items() if value is None)
         if empty:
             raise errors.ApplicationError(f"{where}: {empty} must not be null (leave a key out for its default).")
+        mistyped = _mistyped(entry)
+        if mistyped:
+            raise errors.ApplicationError(f"{where}: " + "; ".join(mistyped) + ".")
         route = LanguageRoute(**{ROUTE_KEYS[key]: value for key, value in entry.items() if key != "fallback"})
         try:
             route.full_clean()

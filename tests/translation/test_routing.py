@@ -302,6 +302,17 @@ class RoutesImportTests:
         with pytest.raises(errors.ApplicationError, match=r"routes\[0\]: \['variant'\] must not be null"):
             routes_import([{"source": "es", "target": "he", "model": "m", "variant": None}])
 
+    def test_values_of_the_wrong_kind_are_refused_not_converted(self):
+        with pytest.raises(errors.ApplicationError) as refused:
+            routes_import([{"source": "es", "target": "he", "model": {"path": "x"}, "max_batch_size": 2.9,
+                            "max_wait_ms": True, "enabled": 1, "note": 123}])
+        assert refused.value.message == (
+            'routes[0]: model must be a string, not {"path": "x"}; max_batch_size must be a whole number, not 2.9; '
+            "max_wait_ms must be a whole number, not true; enabled must be true or false, not 1; "
+            "note must be a string, not 123."
+        )
+        assert not LanguageRoute.objects.filter(target_language="he").exists()
+
     def test_fallbacks_name_another_entry_by_position(self):
         first, second = routes_import([
             {"source": "*", "target": "he", "model": "many"},
@@ -311,3 +322,27 @@ class RoutesImportTests:
         assert second.fallback_id == first.pk
         with pytest.raises(errors.ApplicationError, match=r"routes\[0\]: fallback must be the position"):
             routes_import([{"source": "es", "target": "nl", "model": "m", "fallback": 5}])
+
+
+def test_initial_routes_that_cannot_be_read_stop_only_import_routes(tmp_path):
+    """A typo in the routes file: every process still starts (a warning at its checks); only
+    ``import_routes`` without a file refuses, naming the variable and the problem."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    broken = tmp_path / "routes.json"
+    broken.write_text('[{"source": "es",')
+    for variable, value, said in (("TRANSLATION_ROUTES_FILE", str(broken), f"TRANSLATION_ROUTES_FILE={broken}"),
+                                  ("TRANSLATION_ROUTES_FILE", str(tmp_path / "none.json"), "No such file or directory"),
+                                  ("TRANSLATION_ROUTES", "[{bad", "TRANSLATION_ROUTES: Expecting property name")):
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", variable: value}
+        checked = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert checked.returncode == 0 and "translation.W001" in checked.stderr and said in checked.stderr, checked.stderr
+        imported = subprocess.run([sys.executable, "manage.py", "import_routes"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120)
+        assert imported.returncode == 1, imported.stdout
+        assert f"CommandError: The initial routes cannot be read: {variable}" in imported.stderr and said in imported.stderr

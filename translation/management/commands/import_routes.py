@@ -30,11 +30,15 @@ class Command(BaseCommand):
             return
         if file:
             try:
-                entries = json.loads(Path(file).read_text())
+                entries = json.loads(Path(file).read_text(encoding="utf-8"))
             except OSError as exc:
                 raise CommandError(f"Cannot read {file}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"{file} is not UTF-8 text: {exc}") from exc
             except json.JSONDecodeError as exc:
                 raise CommandError(f"{file} is not valid JSON: {exc}") from exc
+        elif settings.TRANSLATION_ROUTES_PROBLEM:
+            raise CommandError(f"The initial routes cannot be read: {settings.TRANSLATION_ROUTES_PROBLEM}")
         else:
             entries = settings.TRANSLATION_ROUTES
         if not replace and LanguageRoute.objects.exists() and not if_empty:
