@@ -39,6 +39,12 @@ class TranslationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # translations are requested by messages, never by hand
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The ledger: a queued or running row deleted here would be a job dropped without a trace
+        # (its worker skips a missing id), a finished one a hole in the figures. A conversation's
+        # deletion (its data erased) still takes its translations with it.
+        return False
+
     def changelist_view(self, request, extra_context=None):
         if request.method == "GET":
             warn_unconsumed_queues(self, request, queue_consumers())

@@ -22,6 +22,19 @@ class TranslationAdminTests:
         done = admin_client.get(url, {"status__exact": TranslationStatus.DONE})
         assert "CUDA error: device lost" not in done.content.decode()
 
+    def test_the_ledger_keeps_its_rows_no_delete_from_the_admin(self, admin_client, queued_translation):
+        from translation.models import Translation
+
+        url = reverse("admin:translation_translation_changelist")
+        assert 'value="delete_selected"' not in admin_client.get(url).content.decode()
+        response = admin_client.post(url, {"action": "delete_selected", "_selected_action": [queued_translation.pk],
+                                           "post": "yes"})
+        assert response.status_code in (200, 302)
+        delete = admin_client.post(reverse("admin:translation_translation_delete", args=[queued_translation.pk]),
+                                   {"post": "yes"})
+        assert delete.status_code == 403
+        assert Translation.objects.filter(pk=queued_translation.pk).exists()
+
     def test_retry_action_queues_the_failed_translation_again(self, admin_client, failed_translation, django_capture_on_commit_callbacks):
         url = reverse("admin:translation_translation_changelist")
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
