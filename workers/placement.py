@@ -103,9 +103,13 @@ def parse_placement(data: object, *, source: str = "the placement plan") -> list
 
 def load_placement(path: Path) -> list[Placement]:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PlacementError(f"No placement plan at {path}") from None
+    except OSError as exc:  # a directory, no permission
+        raise PlacementError(f"Cannot read the placement plan {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PlacementError(f"{path} is not UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise PlacementError(f"{path} is not valid JSON: {exc}") from None
     return parse_placement(data, source=str(path))

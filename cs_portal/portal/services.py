@@ -47,10 +47,30 @@ def agent_create(
 ) -> AgentProfile:
     language_validate(working_language, supported_only=False)
     native = sorted({language_validate(code, supported_only=False) for code in native_languages})
+    username_validate(username)
     user = get_user_model().objects.create_user(username=username, password=password, is_staff=is_staff)
     return AgentProfile.objects.create(
         user=user, working_language=working_language, team=team, native_languages=native
     )
+
+
+def username_validate(username: str) -> str:
+    """A new sign-in name, as the admin's user form takes one: not empty, within the column's
+    length, of letters, digits and @ . + - _ only."""
+    from django.core.exceptions import ValidationError
+
+    User = get_user_model()
+    field = User._meta.get_field(User.USERNAME_FIELD)
+    if not username:
+        raise errors.ApplicationError("A username is required.", code="username_invalid")
+    if len(username) > field.max_length:
+        raise errors.ApplicationError(f"The username has {len(username)} characters; the limit is {field.max_length}.",
+                                      code="username_invalid")
+    try:
+        User.username_validator(username)
+    except ValidationError as exc:
+        raise errors.ApplicationError(f"Username {username!r}: {' '.join(exc.messages)}", code="username_invalid") from exc
+    return username
 
 
 def language_validate(code: str, *, supported_only: bool = True) -> str:

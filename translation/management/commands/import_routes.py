@@ -2,14 +2,15 @@ import json
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from cs_portal.commands import DatabaseCommand
 from translation.errors import ApplicationError
 from translation.models import LanguageRoute
 from translation.services import routes_import
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Load language routes from a JSON file (a list of routes, as in docker/routes.example.json), "
         "or the initial routes of the settings (TRANSLATION_ROUTES) when no file is given. "

@@ -3,6 +3,7 @@ from contextlib import nullcontext
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from translation.engines import EngineError
 from translation.engines.hf_seq2seq import fixed_output_tokens
 from translation.tiny_models import BENCHMARK_SHAPES, write_benchmark_model
 from workers.benchmark import FIXED_OUTPUT_TOKENS, spanish_texts
@@ -34,8 +35,11 @@ class Command(BaseCommand):
         texts = spanish_texts() * 4
         self.stdout.write(f"Translating {len(texts)} sentences {source}->{target} with {model}:")
         with forced:
-            fp32_memory, drifts = measure_drift(model, texts, device=device, source=source, target=target,
-                                                say=self.stdout.write)
+            try:
+                fp32_memory, drifts = measure_drift(model, texts, device=device, source=source, target=target,
+                                                    say=self.stdout.write)
+            except (OSError, ValueError, EngineError) as exc:  # not on this host, not a checkpoint, not this pair
+                raise CommandError(f"Cannot measure {model} {source}->{target}: {type(exc).__name__}: {exc}") from exc
         self.stdout.write(f"\n{'precision':<10}{'identical to fp32':>20}{'chrF vs fp32':>15}{'weights MiB':>14}")
         self.stdout.write(f"{'fp32':<10}{'100.0%':>20}{'100.0':>15}{fp32_memory:>14.1f}")
         for drift in drifts:

@@ -1,10 +1,10 @@
 from collections import Counter
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 from django.db.models import Count
 from django.utils import timezone
 
+from cs_portal.commands import DatabaseCommand
 from translation.models import Translation, TranslationStatus
 from translation.queues import queue_depths
 from translation.routing import routes
@@ -26,7 +26,7 @@ DISPATCH = {
 }
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Routes, queues with their depth, and workers with device, models, heartbeat age and last error."
 
     def handle(self, *args, **options) -> None:

@@ -1,12 +1,12 @@
 import socket
 
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from cs_portal.commands import DatabaseCommand
 from workers.models import WorkerHeartbeat
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Exit 0 when the named worker is alive (--ready: and ready), 1 otherwise, with the reason: "
         "a liveness or readiness probe for the worker's container (exec probe)."

@@ -1,11 +1,13 @@
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+from django.db import transaction
 
+from cs_portal.commands import DatabaseCommand
 from cs_portal.portal.services import agent_create, team_create
 from translation.errors import ApplicationError
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create a support agent with a working language (the language their translations arrive in)."
 
     def add_arguments(self, parser) -> None:
@@ -27,11 +29,12 @@ class Command(BaseCommand):
         if len(password) < 8:
             raise CommandError("The password must have at least 8 characters.")
         try:
-            agent = agent_create(
-                username=username, password=password, working_language=language, is_staff=staff,
-                team=team_create(name=team) if team.strip() else None,
-                native_languages=[code.strip() for code in reads.split(",") if code.strip()],
-            )
+            with transaction.atomic():  # a new team is kept only with its agent
+                agent = agent_create(
+                    username=username, password=password, working_language=language, is_staff=staff,
+                    team=team_create(name=team) if team.strip() else None,
+                    native_languages=[code.strip() for code in reads.split(",") if code.strip()],
+                )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(

@@ -1,10 +1,11 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from cs_portal.commands import DatabaseCommand
 from cs_portal.portal.models import ApiClient
 from cs_portal.portal.services import api_client_create
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create an API client of the customer channel and print its key (shown only once)."
 
     def add_arguments(self, parser) -> None:

@@ -10,15 +10,31 @@ from workers.lifecycle import StopRequested, install_stop_signals, raise_if_stop
 from cs_portal.portal.demo import demo_data_ensure
 
 
+def tcp_port(value: str) -> int:
+    """A port to listen on, 1-65535 (argparse also applies it to a default taken from the
+    environment, so PORTAL_PORT=abc is refused as clearly as --port abc)."""
+    import argparse
+
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
 class Command(BaseCommand):
     help = "Start the whole system on embedded defaults (web, one CPU worker, Flower); Ctrl-C stops it."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", 8000)))
-        parser.add_argument("--flower-port", type=int, default=int(os.environ.get("FLOWER_PORT", 5555)))
+        parser.add_argument("--port", type=tcp_port, default=os.environ.get("PORTAL_PORT", "8000"),
+                            help="the portal's port (default: PORTAL_PORT, else 8000)")
+        parser.add_argument("--flower-port", type=tcp_port, default=os.environ.get("FLOWER_PORT", "5555"),
+                            help="Flower's port (default: FLOWER_PORT, else 5555)")
         parser.add_argument(
-            "--worker-metrics-port", type=int, default=int(os.environ.get("WORKER_METRICS_PORT", 9191)),
-            help="the worker's Prometheus metrics port",
+            "--worker-metrics-port", type=tcp_port, default=os.environ.get("WORKER_METRICS_PORT", "9191"),
+            help="the worker's Prometheus metrics port (default: WORKER_METRICS_PORT, else 9191)",
         )
 
     def say(self, line: str) -> None:

@@ -1,0 +1,77 @@
+"""Management commands given bad input, or run with the database away: one clear line, exit
+status 1 (2 for a bad option), never a traceback, and nothing half-made."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import ROOT
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["resend_translations"], ["import_routes"], ["create_api_client", "shop"],
+    ["create_agent", "kim", "--language", "en", "--password", "secret-pass"],
+])
+def test_the_database_away_is_said_in_one_line(command):
+    done = run(*command, DATABASE_URL="postgres://postgres@127.0.0.1:1/test")
+    assert done.returncode == 1, done.stdout
+    assert "CommandError: The database cannot be reached (postgresql 127.0.0.1:1/test)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.django_db
+class CreateAgentTests:
+    @pytest.mark.parametrize(("username", "said"), [
+        ("", "A username is required."),
+        ("john doe", "Username 'john doe': Enter a valid username."),
+        ("k" * 151, "The username has 151 characters; the limit is 150."),
+    ])
+    def test_a_username_the_admin_would_refuse_is_refused(self, username, said):
+        with pytest.raises(CommandError, match=said.replace(".", r"\.").replace("(", r"\(")):
+            call_command("create_agent", username, language="en", password="secret-pass")
+
+    def test_a_refused_agent_leaves_no_new_team_behind(self):
+        from cs_portal.portal.models import Team
+
+        with pytest.raises(CommandError, match="xx"):
+            call_command("create_agent", "kim", language="xx", password="secret-pass", team="Ghost team")
+        assert not Team.objects.filter(name="Ghost team").exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["inf", "nan", "1e12", "-1"])
+def test_resend_translations_takes_a_sensible_age_only(value):
+    with pytest.raises(CommandError, match="--older-than must be between 0 and"):
+        call_command("resend_translations", f"--older-than={value}")
+
+
+def test_run_system_refuses_a_port_that_is_not_one(monkeypatch):
+    from cs_portal.portal.management.commands.run_system import Command
+
+    done = run("run_system", "--port", "70000")
+    assert done.returncode == 2 and "argument --port: 70000 is not a port (1-65535)" in done.stderr
+    monkeypatch.setenv("PORTAL_PORT", "abc")  # the default from the environment, checked the same way
+    with pytest.raises(CommandError, match="argument --port: 'abc' is not a port number"):
+        Command().create_parser("manage.py", "run_system").parse_args([])
+
+
+def test_start_workers_says_why_it_cannot_read_the_plan(tmp_path):
+    with pytest.raises(CommandError, match=f"Cannot read the placement plan {tmp_path}"):
+        call_command("start_workers", plan=str(tmp_path))
+    latin = tmp_path / "plan.json"
+    latin.write_bytes('{"workers": [{"name": "gpu0", "device": "cuda:0", "queues": ["translate.é"]}]}'.encode("latin-1"))
+    with pytest.raises(CommandError, match="is not UTF-8 text"):
+        call_command("start_workers", plan=str(latin))
+
+
+def test_precision_drift_says_why_a_model_cannot_be_measured(tmp_path):
+    with pytest.raises(CommandError, match=f"Cannot measure {tmp_path / 'none'} es->en"):
+        call_command("precision_drift", model=str(tmp_path / "none"))
