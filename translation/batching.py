@@ -246,22 +246,25 @@ class Batcher:
         return sorted(taken, key=lambda job: job.tokens)
 
 
-def run_isolated(items: list, run: Callable[[list], list]) -> list:
+def run_isolated(items: list, run: Callable[[list], list], *, fatal: tuple[type[BaseException], ...] = ()) -> list:
     """``run(items)`` as one call; when it raises, the halves separately, down to single items.
 
     One bad input does not fail its neighbours: every item gets its own result, or the
     exception its own run raised. A healthy batch costs one call; a single poisoned item
-    among n costs about 2·log2(n) more.
+    among n costs about 2·log2(n) more. An exception of a ``fatal`` type (the engine itself
+    lost: no further call can answer) is raised as it is, not isolated.
     """
     if not items:
         return []
     try:
         results = run(items)
+    except fatal:
+        raise
     except Exception as exc:
         if len(items) == 1:
             return [exc]
         middle = len(items) // 2
-        return run_isolated(items[:middle], run) + run_isolated(items[middle:], run)
+        return run_isolated(items[:middle], run, fatal=fatal) + run_isolated(items[middle:], run, fatal=fatal)
     if len(results) != len(items):
         raise RuntimeError(f"run returned {len(results)} results for {len(items)} items")
     return results

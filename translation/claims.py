@@ -52,6 +52,7 @@ class Job:
     requested_at: datetime | None = None  # the message saved (or the request, for a sample)
     claimed_at: datetime | None = None
     queued_at: datetime | None = None  # when the job was queued (a retry keeps its first queueing)
+    alone: bool = False  # a forward pass it shared stopped the engine: it runs in one of its own
 
     @property
     def waited_s(self) -> float:
@@ -116,7 +117,7 @@ def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
 # the message's conversation and delivery fields), whose loading was most of a claim's CPU.
 CLAIM_FIELDS = (
     "status", "worker", "consumed_from", "attempts", "failure_reason", "route", "source_language", "target_language",
-    "engine", "model_name", "precision", "input_text", "back_translate", "created_at", "enqueued_at",
+    "engine", "model_name", "precision", "input_text", "back_translate", "created_at", "enqueued_at", "runs_alone",
     "message__text", "message__created_at",
 )
 
@@ -286,7 +287,7 @@ def _count_gave_up(*, route_id, source: str, target: str, model: str) -> None:
 
 def job_of(*, id: int, attempts: int, text: str, source: str, target: str, engine: str, model: str, precision: str,
            back_translate: bool, route_id: int | None, created_at: datetime, enqueued_at: datetime | None,
-           message_created_at: datetime | None, now: datetime) -> Job:
+           message_created_at: datetime | None, now: datetime, alone: bool = False) -> Job:
     """The job of a row just claimed, from its values (an ORM row's, or a claim statement's)."""
     return Job(
         id=id, attempt=attempts, text=text, source=source, target=target,
@@ -294,6 +295,7 @@ def job_of(*, id: int, attempts: int, text: str, source: str, target: str, engin
         back_translate=back_translate, route_id=route_id,
         requested_at=message_created_at or created_at,  # the message saved (or the row, for a sample)
         claimed_at=now, queued_at=enqueued_at or created_at,  # a resend keeps its first queueing
+        alone=alone,
     )
 
 
@@ -303,6 +305,7 @@ def _job_of(row: Translation, now) -> Job:
         target=row.target_language, engine=row.engine, model=row.model_name, precision=row.precision,
         back_translate=row.back_translate, route_id=row.route_id, created_at=row.created_at,
         enqueued_at=row.enqueued_at, message_created_at=row.message.created_at if row.message_id else None, now=now,
+        alone=row.runs_alone,
     )
 
 
@@ -320,7 +323,7 @@ def _fail_rows(rows, reason: str) -> int:
 # names only the updated table's columns, and an unqualified ``message_id`` there is the
 # claimed row's).
 _CLAIM_COLUMNS = ("id", "attempts", "status", "input_text", "source_language", "target_language", "engine",
-                  "model_name", "precision", "back_translate", "route_id", "created_at", "enqueued_at")
+                  "model_name", "precision", "back_translate", "route_id", "created_at", "enqueued_at", "runs_alone")
 _CLAIM_DATETIMES = ("created_at", "enqueued_at", "message_created_at")
 
 
@@ -403,7 +406,7 @@ def _read_row(row: dict) -> dict:
         if isinstance(value, datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=utc.utc)  # stored in UTC (USE_TZ)
         row[name] = value
-    row["back_translate"] = bool(row["back_translate"])
+    row["back_translate"], row["runs_alone"] = bool(row["back_translate"]), bool(row["runs_alone"])
     return row
 
 
@@ -414,5 +417,5 @@ def claimed_job(row: dict, now) -> Job:
         source=row["source_language"], target=row["target_language"], engine=row["engine"], model=row["model_name"],
         precision=row["precision"], back_translate=row["back_translate"], route_id=row["route_id"],
         created_at=row["created_at"], enqueued_at=row["enqueued_at"], message_created_at=row["message_created_at"],
-        now=now,
+        now=now, alone=row["runs_alone"],
     )

@@ -25,7 +25,15 @@ from django.utils import timezone
 from translation import metrics
 from translation.batching import run_isolated
 from translation.claims import GAVE_UP, Delivery, Job, _computing_release, _fail_rows, translations_claim
-from translation.engines import EngineError, EngineSpec, TokenUsage, TranslationEngine, engine_for, translate_timed
+from translation.engines import (
+    EngineError,
+    EngineLost,
+    EngineSpec,
+    TokenUsage,
+    TranslationEngine,
+    engine_for,
+    translate_timed,
+)
 from translation.models import Translation, TranslationStatus
 from translation.selectors import glossary_for
 
@@ -209,6 +217,33 @@ def _settle(job: Job, result: str | Exception) -> RunOutcome | TransientFailure 
     return None
 
 
+ENGINE_LOST = "Its forward pass stopped the engine ({reason}); it runs alone from now on."
+ENGINE_GONE = "The engine had stopped before its forward pass ({reason}); sent again."
+
+
+def _engine_lost(group: list[Job], lost: EngineLost) -> dict[int, RunOutcome | TransientFailure]:
+    """The engine stopped during (or before) a group's forward pass. A job that ran alone when it
+    stopped is the likely cause: its attempt counts, and it fails once out of attempts. Jobs that
+    shared the pass are suspects, not culprits: their attempt is given back and each runs alone
+    from then on (an input that stops the engine then fails alone, its neighbours are stored).
+    Jobs whose pass never started (the engine was gone) get their attempt back."""
+    reason = f"{type(lost).__name__}: {lost}"
+    if lost.during_call and len(group) == 1:
+        return {group[0].id: _settle(group[0], lost)}
+    now = timezone.now()
+    for job in group:
+        _latest_claims([job]).update(
+            status=TranslationStatus.QUEUED, updated_at=now, retry_at=None, attempts=F("attempts") - 1,
+            runs_alone=job.alone or lost.during_call,
+            failure_reason=(ENGINE_LOST if lost.during_call else ENGINE_GONE).format(reason=reason)[:2000],
+        )
+        metrics.jobs_retried.labels(**job.labels).inc()
+    if lost.during_call:
+        logger.warning("The engine stopped during a forward pass of %d job(s) (%s); each runs alone from now on",
+                       len(group), reason)
+    return {job.id: TransientFailure(reason) for job in group}
+
+
 def _while_database_returns(store: Callable[[], set[int]]) -> set[int]:
     """Store computed results, retrying with backoff while the database is unreachable: the jobs
     stay unacknowledged meanwhile, and their results are kept, not computed again. Gives up
@@ -240,13 +275,14 @@ def _run_claimed(
     stamps the start of jobs claimed ahead: while the first forward pass computes."""
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in dict.fromkeys(jobs[d.translation_id] for d in deliveries if d.translation_id in jobs):
-        groups[(job.spec, job.source, job.target)].append(job)  # in the batcher's order: by length
+        key = (job.spec, job.source, job.target)
+        groups[(*key, job.id) if job.alone else key].append(job)  # in the batcher's order: by length
     outcomes: dict[int, RunOutcome | TransientFailure] = {}
     unclaimed = [d.translation_id for d in deliveries if d.translation_id not in jobs]
     if unclaimed:  # unfinished yet not claimed: locked by another transaction; sent again later
         for pk in Translation.objects.filter(pk__in=unclaimed, status=TranslationStatus.QUEUED).values_list("pk", flat=True):
             outcomes[pk] = TransientFailure(LOCKED)
-    for (spec, source, target), group in groups.items():
+    for (spec, source, target, *_), group in groups.items():
         try:
             engine = engines(spec)
         except Exception as exc:  # the model does not load: every job of the group, the same way
@@ -261,7 +297,12 @@ def _run_claimed(
                 usage.add(used)
                 return outputs
 
-            results = run_isolated([job.text for job in group], translate)
+            try:
+                results = run_isolated([job.text for job in group], translate, fatal=(EngineLost,))
+            except EngineLost as lost:  # no further call can answer: nothing to isolate by halving
+                start()
+                outcomes.update(_engine_lost(group, lost))
+                continue
             forward_ms = round(usage.seconds * 1000, 1) if usage.seconds else None  # None: no call answered
             metrics.batch_size.labels(model=spec.model).observe(len(group))
             if usage.seconds:

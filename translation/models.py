@@ -283,6 +283,13 @@ class Translation(models.Model):
     resends = models.PositiveIntegerField(
         default=0, help_text="Times the job was sent again: handed over from a dead worker, or lost by the broker."
     )
+    runs_alone = models.BooleanField(
+        default=False,
+        help_text=(
+            "A forward pass it shared stopped the engine process (a crash, a hang): it runs in a pass of its own from "
+            "then on, so an input that stops the engine fails alone and its neighbours are stored."
+        ),
+    )
     batch_size = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs in the forward pass that made it.")
     forward_ms = models.FloatField(
         null=True, blank=True,

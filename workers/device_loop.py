@@ -85,7 +85,7 @@ class DeviceLoop(threading.Thread):
                 logger.critical("The engine process died; stopping this worker")
                 if self.heartbeat:
                     self.heartbeat.error("The engine process died; the worker stopped for its supervisor to restart it.")
-                self.batcher.close(EngineProcessDied("the engine process died before this job ran"))
+                self.batcher.close(EngineProcessDied("the engine process died before this job ran", during_call=False))
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
         close_old_connections()

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from translation.engines import EngineSpec, TokenUsage
+from translation.engines import EngineLost, EngineSpec, TokenUsage
 from workers.engine_models import ModelMemory, compute_full_batch, free_memory, memory_of, warm_up
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = 
     return engines
 
 
-class EngineProcessDied(RuntimeError):
+class EngineProcessDied(EngineLost):
     """The child process ended (killed, out of memory, a crashed driver) or hung."""
 
 
@@ -169,6 +169,9 @@ class EngineProcess:
         loaded yet loads first (in the child, within the call)."""
         failed = None
         with self._lock:
+            if not self._process.is_alive():  # gone before this call: not its inputs' doing
+                raise EngineProcessDied(f"the engine process had ended (exit code {self._process.exitcode})",
+                                        during_call=False)
             self._send(("translate", spec, texts, source, target, glossary or {}))
             if meanwhile is not None:
                 try:
@@ -227,7 +230,9 @@ class EngineProcess:
     def _answer(self, timeout: float = CALL_TIMEOUT_S, *, what: str = "answer"):
         if not self._connection.poll(timeout):
             self._process.kill()
-            raise EngineProcessDied(f"the engine process did not {what} within {timeout:g}s; killed")
+            # A model's load that hangs is not its inputs' doing; a translation that does may be.
+            raise EngineProcessDied(f"the engine process did not {what} within {timeout:g}s; killed",
+                                    during_call=what == "answer")
         return self._receive()
 
     def _loading(self, loading: bool) -> None:
@@ -255,7 +260,7 @@ class EngineProcess:
         try:
             self._connection.send(request)
         except (BrokenPipeError, OSError) as exc:
-            raise EngineProcessDied(f"the engine process is gone ({exc})") from exc
+            raise EngineProcessDied(f"the engine process is gone ({exc})", during_call=False) from exc
 
     def _receive(self):
         try:

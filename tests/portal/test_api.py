@@ -179,6 +179,9 @@ class AgentReplyBeforeLanguageTests:
         from translation.claims import translation_claim
         from translation.execution import translations_complete
 
+        from tests.conftest import route_update
+
+        route_update("*", "en", queue="translate.en.unconsumed")  # this test plays the worker
         agent = agent_create(username="lea", password="secret-pass", working_language="de")
         token = Token.objects.create(user=agent.user).key
         status, body = http.call(
@@ -187,6 +190,15 @@ class AgentReplyBeforeLanguageTests:
         )
         assert status == 201 and (body["text"], body["language"], body["delivery"]) == (None, "en", "pending")
         translation = Translation.objects.get(message_id=body["id"])
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from workers.models import WorkerHeartbeat
+
+        alive = timezone.now() + timedelta(hours=1)  # through the test: no reconciler takes its claim
+        WorkerHeartbeat.objects.create(name="w1", hostname="h", pid=1, device="cpu", started_at=alive, beat_at=alive,
+                                       ready=True)
         job = translation_claim(translation_id=translation.pk, worker="w1", consumed_from=translation.queue)
         translations_complete([(job, "Hello, how can I help?")], batch_size=1)
 

@@ -310,6 +310,17 @@ class RunIsolatedTests:
         assert results[:50] == [f"T{i}" for i in range(50)]
         assert results[51:] == [f"T{i}" for i in range(50, 127)]
 
+    def test_a_fatal_error_is_raised_as_it_is_not_isolated(self):
+        calls = []
+
+        def run(items):
+            calls.append(list(items))
+            raise ConnectionError("the engine is gone")
+
+        with pytest.raises(ConnectionError):
+            run_isolated([1, 2, 3, 4], run, fatal=(ConnectionError,))
+        assert calls == [[1, 2, 3, 4]]  # no halves: no further call could answer
+
     def test_a_run_returning_the_wrong_count_is_an_error(self):
         with pytest.raises(RuntimeError, match="2 results for 3 items"):
             run_isolated([1, 2, 3], lambda items: [1, 2])

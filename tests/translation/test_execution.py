@@ -298,3 +298,59 @@ class HoldTests:
         assert _computing.get(987654) == (-7, 2)
         translations_let_go([(987654, 2)], holder=-7)
         assert 987654 not in _computing
+
+
+class EngineLostTests:
+    """An input that stops the engine (its process crashes or hangs and is killed) fails alone;
+    the jobs that shared its forward pass are stored, their attempts not spent on it."""
+
+    class Stopping(StandInEngine):
+        """Stops (as a crashed engine process) on the word ``veneno``; gone until revived."""
+
+        gone = False
+
+        def translate(self, texts, source, target, glossary=None):
+            from translation.engines import EngineLost
+
+            if self.gone:
+                raise EngineLost("the engine process had ended (exit code -11)", during_call=False)
+            if any("veneno" in text for text in texts):
+                self.gone = True
+                raise EngineLost("the engine process ended (exit code -11)")
+            return [f"out: {text}" for text in texts]
+
+    def test_the_input_that_stops_the_engine_fails_alone_and_its_neighbours_are_stored(self, many_translations, settings):
+        from cs_portal.portal.models import Message
+
+        settings.TRANSLATION_MAX_ATTEMPTS = 3
+        spanish = many_translations[:5]
+        poison = spanish[2]
+        Message.objects.filter(pk=poison.message_id).update(text="veneno en la caja")
+        engine = self.Stopping()
+
+        def run_again():  # the job messages sent again, to a worker whose engine process restarted
+            engine.gone = False
+            return translation_run_batch(deliveries(spanish), engines=lambda spec: engine)
+
+        outcomes = run_again()  # the five shared one pass: every one a suspect, none charged
+        assert all(isinstance(outcome, TransientFailure) for outcome in outcomes)
+        for row in Translation.objects.filter(pk__in=[r.pk for r in spanish]):
+            assert (row.status, row.attempts, row.runs_alone) == (TranslationStatus.QUEUED, 0, True)
+            assert row.failure_reason.startswith("Its forward pass stopped the engine (EngineLost:")
+
+        run_again()  # each alone: the poison first stops it; the rest find it gone, and are not charged
+        rows = {row.pk: row for row in Translation.objects.filter(pk__in=[r.pk for r in spanish])}
+        assert rows[poison.pk].attempts == 1
+        for pk, row in rows.items():
+            if row.status == TranslationStatus.QUEUED and pk != poison.pk:
+                assert row.attempts == 0 and row.failure_reason.startswith("The engine had stopped before")
+
+        for _ in range(4):
+            run_again()
+        rows = {row.pk: row for row in Translation.objects.filter(pk__in=[r.pk for r in spanish])}
+        failed = rows.pop(poison.pk)
+        assert failed.status == TranslationStatus.FAILED and failed.attempts == 3
+        assert "EngineLost: the engine process ended (exit code -11)" in failed.failure_reason
+        assert all(row.status == TranslationStatus.DONE and row.text.startswith("out: ") and row.batch_size == 1
+                   for row in rows.values())
+        assert {row.attempts for row in rows.values()} == {1}

@@ -169,7 +169,7 @@ class OverdueClaimTests:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_whose_store_fails_gives_its_claims_back(many_translations, settings):
+def test_a_batch_whose_store_fails_gives_its_claims_back(settings):
     """The database goes away while the model computes and stays away past the store's retries:
     the batch fails, and its rows go back to queued (once the database answers again) instead
     of staying running under a live worker, which every other worker would skip."""
@@ -179,8 +179,18 @@ def test_a_batch_whose_store_fails_gives_its_claims_back(many_translations, sett
     from tests.conftest import database_url
     from tests.stand_ins import StandInEngine
 
+    import time
+
     settings.TRANSLATION_STORE_RETRY_S = 0
-    rows = many_translations[:3]
+    heartbeat("w1@h", seconds_ago=-3600)  # alive through the test: no reconciler (the session worker's) takes its claims
+    # Committed (the database connection is cut below), with ids far beyond the sequence's: a
+    # message for a row of that id left in the test broker would let the session's worker claim it.
+    base = 10**12 + time.time_ns() % 10**9
+    rows = Translation.objects.bulk_create([
+        Translation(pk=base + i, input_text=f"Mi pedido {i} no ha llegado.", source_language="es", target_language="en",
+                    queue="translate.en.unconsumed", engine="hf-seq2seq", model_name="x")
+        for i in range(3)
+    ])
 
     class DatabaseLostMeanwhile(StandInEngine):
         def translate(self, texts, source, target, glossary=None):
@@ -211,13 +221,18 @@ def test_a_drafts_back_translation_is_requested_though_the_database_fails_right_
     from cs_portal.portal.services import agent_create, conversation_create, reply_draft_create
     from translation.execution import _while_database_returns, translations_complete
 
+    from django.db import transaction
+
     client, _ = api_client_key
     agent = agent_create(username="sam", password="secret-pass", working_language="en")
-    with django_capture_on_commit_callbacks(execute=False):
+    heartbeat("w1@h", seconds_ago=-3600)  # alive through the test: no reconciler (the session worker's) takes its claim
+    # Saved and claimed in one transaction: no other worker (the session's, given a message of
+    # an earlier test for this id) sees the row before this claim holds it.
+    with transaction.atomic(), django_capture_on_commit_callbacks(execute=False):
         conversation = conversation_create(api_client=client, customer_name="Lucía", language="es")
         draft = reply_draft_create(conversation=conversation, agent=agent, text="Your parcel leaves today.")
-    outgoing = draft.translations.get()
-    [job] = translations_claim([Delivery(outgoing.pk, "w1@h", "translate.es")]).values()
+        outgoing = draft.translations.get()
+        [job] = translations_claim([Delivery(outgoing.pk, "w1@h", "translate.es")]).values()
     real, calls = services.back_translations_request, []
 
     def lost_once(ids):

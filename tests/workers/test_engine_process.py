@@ -191,9 +191,24 @@ class EngineProcessDeathTests:
         os.kill(process._process.pid, signal.SIGKILL)
         process._process.join(10)
         assert not process.alive()
-        with pytest.raises(EngineProcessDied):
+        with pytest.raises(EngineProcessDied) as gone:
             process.engine(spec).translate(["Hola"], "es", "en")
+        assert not gone.value.during_call  # gone before the call: not its inputs' doing
         process.stop()
+
+    def test_an_engine_process_that_dies_during_a_call_says_so(self, tiny_models):
+        """Killed while it computes (as a crash on an input would end it): the call's inputs are
+        suspects (translation.execution runs each alone from then on)."""
+        spec = EngineSpec("hf-seq2seq", str(tiny_models.m2m100))
+        process = EngineProcess([Warmup(spec, "es", "en")])
+        process.start()
+        try:
+            with pytest.raises(EngineProcessDied) as died:
+                process.call(spec, ["Hola, ¿dónde está mi pedido?"] * 32, "es", "en",
+                             meanwhile=lambda: os.kill(process._process.pid, signal.SIGKILL))
+            assert died.value.during_call
+        finally:
+            process.stop()
 
 
 class CpuLanesTests:

@@ -4,7 +4,7 @@ Engines import neither Django nor Celery; they take texts and return texts.
 """
 
 from translation.engines.base import (
-    EngineError, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair, between_steps,
+    EngineError, EngineLost, EngineSpec, InputTooLong, TokenUsage, TranslationEngine, UnsupportedPair, between_steps,
     between_steps_call, translate_timed,
 )
 from translation.engines.registry import engine_for, engine_unload, loaded_engines
@@ -13,6 +13,7 @@ __all__ = [
     "between_steps",
     "between_steps_call",
     "EngineError",
+    "EngineLost",
     "EngineSpec",
     "InputTooLong",
     "TokenUsage",

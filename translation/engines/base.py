@@ -18,6 +18,19 @@ class UnsupportedPair(EngineError):
     pass
 
 
+class EngineLost(RuntimeError):
+    """The engine stopped answering: its process died (a crash, the kernel's out-of-memory
+    killer) or hung and was killed. ``during_call``: it stopped during this call, whose inputs
+    may have caused it; False: it was gone before the call."""
+
+    def __init__(self, message: str, *, during_call: bool = True) -> None:
+        super().__init__(message)
+        self.during_call = during_call
+
+    def __reduce__(self):
+        return (type(self), (str(self),), {"during_call": self.during_call})
+
+
 class InputTooLong(EngineError):
     def __init__(self, index: int, tokens: int, limit: int) -> None:
         super().__init__(f"Input has {tokens} tokens; the model accepts at most {limit}.")
