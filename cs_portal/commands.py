@@ -7,12 +7,15 @@ from django.db import InterfaceError, OperationalError, connection
 
 
 def database_unreachable(error: BaseException) -> str:
-    """One line naming the database a command could not reach, and why."""
+    """One line naming the database a command could not reach or that refused it, and why."""
     settings = connection.settings_dict
     where = settings.get("NAME") if connection.vendor == "sqlite" else (
         f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or 'default port'}/{settings.get('NAME')}")
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
-    return f"The database cannot be reached ({connection.vendor} {where}): {reason}. Is it running? (DATABASE_URL)"
+    if connection.connection is None:  # never connected: the database is away, or the address wrong
+        return f"The database cannot be reached ({connection.vendor} {where}): {reason}. Is it running? (DATABASE_URL)"
+    hint = " Has `manage.py migrate` run?" if "no such table" in reason or "does not exist" in reason else ""
+    return f"The database refused the command ({connection.vendor} {where}): {reason}.{hint}"
 
 
 class DatabaseCommand(BaseCommand):

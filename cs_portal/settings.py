@@ -282,6 +282,11 @@ TRANSLATION_MAX_RESENDS = env.int("TRANSLATION_MAX_RESENDS", default=5)
 # A worker whose database is unreachable when a batch's results are ready keeps them and tries
 # to store them again, with backoff up to 5 s, for this long (under TRANSLATION_JOB_TIMEOUT_S).
 TRANSLATION_STORE_RETRY_S = env.float("TRANSLATION_STORE_RETRY_S", default=240.0)
+# A claim still running after this long is handed over by the fleet's reconciler, its worker
+# alive or not (a batch that failed with the database away, so that its worker could not give
+# the rows back). Longer than a claim can legitimately last: a model's load inside a batch (up
+# to 10 minutes), the forward pass (up to 5) and the store's retries.
+TRANSLATION_CLAIM_OVERDUE_S = env.float("TRANSLATION_CLAIM_OVERDUE_S", default=1800.0)
 
 # Alert thresholds. /metrics/fleet exports them (translation_alert_*), and the shipped
 # Prometheus rules (docker/prometheus/alerts.yml) compare against the exported value, so a

@@ -27,6 +27,13 @@ def test_the_database_away_is_said_in_one_line(command):
     assert "Traceback" not in done.stderr
 
 
+def test_a_database_without_its_tables_is_told_to_migrate(tmp_path):
+    done = run("status", DATABASE_URL=f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "CommandError: The database refused the command (sqlite" in done.stderr
+    assert "no such table" in done.stderr and "Has `manage.py migrate` run?" in done.stderr
+
+
 @pytest.mark.django_db
 class CreateAgentTests:
     @pytest.mark.parametrize(("username", "said"), [

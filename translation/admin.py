@@ -42,8 +42,12 @@ class TranslationAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         # The ledger: a queued or running row deleted here would be a job dropped without a trace
         # (its worker skips a missing id), a finished one a hole in the figures. A conversation's
-        # deletion (its data erased) still takes its translations with it.
-        return False
+        # or a message's deletion (its data erased) still takes its translations with it: Django
+        # asks this admin about each of them then, from that page.
+        match = getattr(request, "resolver_match", None)
+        if match is not None and match.url_name and match.url_name.startswith("translation_translation_"):
+            return False
+        return super().has_delete_permission(request, obj)
 
     def changelist_view(self, request, extra_context=None):
         if request.method == "GET":

@@ -122,11 +122,26 @@ def translations_complete(results: list[tuple[Job, str]], *, batch_size: int | N
         done = _store_done(results, now=now, batch_size=batch_size or len(results), forward_ms=forward_ms)
         wanted = [job.id for job, _ in results if job.back_translate and job.id in done]
         if wanted:  # an agent's draft reply: its back-translation, for the agent to check
-            from translation.services import back_translations_request
-
-            back_translations_request(wanted)
+            _back_translations_request(wanted)
     _count_done([job for job, _ in results if job.id in done], now)
     return done
+
+
+def _back_translations_request(ids: list[int]) -> None:
+    """Request the drafts' back-translations with their store. A database error undoes both (the
+    store is retried); any other error leaves the drafts stored without one, logged: the agent
+    can still correct and send them (a correction requests its own)."""
+    from django.db import DatabaseError
+
+    from translation.services import back_translations_request
+
+    try:
+        with transaction.atomic():
+            back_translations_request(ids)
+    except DatabaseError:
+        raise
+    except Exception:
+        logger.exception("Could not request the back-translations of drafts %s", ids)
 
 
 def _count_done(jobs: list[Job], now) -> None:

@@ -284,7 +284,7 @@ class Translation(models.Model):
         default=0, help_text="Times the job was sent again: handed over from a dead worker, or lost by the broker."
     )
     runs_alone = models.BooleanField(
-        default=False,
+        default=False, db_default=False,  # a process of the release before, during a rolling update, writes rows too
         help_text=(
             "A forward pass it shared stopped the engine process (a crash, a hang): it runs in a pass of its own from "
             "then on, so an input that stops the engine fails alone and its neighbours are stored."

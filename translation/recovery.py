@@ -50,8 +50,9 @@ LOST = "Sent {times} times without reaching a worker (lost by the broker each ti
 OVERDUE = "Its claim by {worker} did not end in {seconds:.0f} s; handed over to another worker."
 
 
-def _requeue(rows, reason: str) -> list[int]:
-    """Put claimed or lost rows back to queued, and send each on commit."""
+def _requeue(rows, reason: str, *, give_back: bool = True) -> list[int]:
+    """Put claimed or lost rows back to queued, and send each on commit. ``give_back``: a claim
+    whose batch never started gives its attempt back (``attempts_given_back``)."""
     from translation.execution import attempts_given_back
     from translation.sending import translations_enqueue
 
@@ -61,7 +62,7 @@ def _requeue(rows, reason: str) -> list[int]:
     now = timezone.now()
     Translation.objects.filter(pk__in=ids).update(
         status=TranslationStatus.QUEUED, failure_reason=reason[:2000], enqueued_at=now, updated_at=now,
-        resends=F("resends") + 1, retry_at=None, attempts=attempts_given_back(),
+        resends=F("resends") + 1, retry_at=None, attempts=attempts_given_back() if give_back else F("attempts"),
     )
     fresh = list(Translation.objects.filter(pk__in=ids).select_related("message"))
     transaction.on_commit(lambda: translations_enqueue(fresh, urgent=True))
@@ -184,9 +185,10 @@ def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str,
 
 def overdue_after_s() -> float:
     """How long a claim may stay running before it is taken as never to end, its worker alive or
-    not: longer than a batch may legitimately take (the job timeout) and its store may retry
-    for (``TRANSLATION_STORE_RETRY_S``), with a minute's margin for the hosts' clocks."""
-    return settings.TRANSLATION_JOB_TIMEOUT_S + settings.TRANSLATION_STORE_RETRY_S + 60.0
+    not (``TRANSLATION_CLAIM_OVERDUE_S``): longer than a claim may legitimately be held, its
+    batch's model loading (up to 10 minutes), its forward pass (up to 5) and its store's retries
+    (``TRANSLATION_STORE_RETRY_S``) added up, or, in ledger dispatch, waiting behind one such batch."""
+    return settings.TRANSLATION_CLAIM_OVERDUE_S
 
 
 def overdue_claims_handle() -> list[int]:
@@ -204,7 +206,9 @@ def overdue_claims_handle() -> list[int]:
         if not rows:
             return []
         workers = sorted({row.worker for row in rows})
-        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_after_s()))
+        # The attempt is not given back: the next claim's token differs from the overdue one's,
+        # so a worker that wakes up holding it can neither store nor fail the new claim's row.
+        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_after_s()), give_back=False)
     logger.warning("Handed over %d job(s) whose claim never ended (%s)", len(released), ", ".join(workers))
     return released
 

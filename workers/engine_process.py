@@ -233,7 +233,7 @@ class EngineProcess:
             # A model's load that hangs is not its inputs' doing; a translation that does may be.
             raise EngineProcessDied(f"the engine process did not {what} within {timeout:g}s; killed",
                                     during_call=what == "answer")
-        return self._receive()
+        return self._receive(during_call=what == "answer")
 
     def _loading(self, loading: bool) -> None:
         if self.on_loading is not None:
@@ -262,12 +262,14 @@ class EngineProcess:
         except (BrokenPipeError, OSError) as exc:
             raise EngineProcessDied(f"the engine process is gone ({exc})", during_call=False) from exc
 
-    def _receive(self):
+    def _receive(self, *, during_call: bool = True):
+        """The child's next answer. ``during_call``: a death now happened while it computed the
+        call's inputs (False: while it loaded a model, which is not their doing)."""
         try:
             return self._connection.recv()
         except (EOFError, OSError) as exc:
             code = self._process.exitcode
-            raise EngineProcessDied(f"the engine process ended (exit code {code})") from exc
+            raise EngineProcessDied(f"the engine process ended (exit code {code})", during_call=during_call) from exc
 
     def alive(self) -> bool:
         return self._process.is_alive()

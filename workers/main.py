@@ -264,7 +264,7 @@ def start_device_loop(
         print(f"  loaded {loaded['model']} [{loaded['precision']}] on {loaded['device']}: "
               f"{loaded['memory_mib']:.1f} MiB{lanes_note(loaded)}", flush=True)
     for spec, (size, _) in engines[0].full_batches.items():
-        took = [engine.full_batches[spec][1] for engine in engines]
+        took = [engine.full_batches[spec][1] for engine in engines if spec in engine.full_batches]  # a lane may lack it
         print(f"  {spec.model}: a full batch of {size} computed at start in {max(took):.1f}s" if None not in took else
               f"  {spec.model}: a full batch of {size} ran out of memory at start; batches that size will be split",
               flush=True)

@@ -73,6 +73,7 @@ class ConversationAdmin(admin.ModelAdmin):
 class TranslationInline(admin.TabularInline):
     model = Translation
     extra = 0
+    can_delete = False  # the ledger's rows go only with their message
     fields = ["target_language", "status", "text", "failure_reason", "model_name", "attempts", "worker"]
     readonly_fields = fields
 

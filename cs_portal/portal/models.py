@@ -162,7 +162,7 @@ class Message(models.Model):
     # An agent's reply is a draft until sent: the customer sees it only from then on.
     delivered_at = models.DateTimeField(null=True, blank=True)
     delivered_language = models.CharField(
-        max_length=8, blank=True, default="",
+        max_length=8, blank=True, default="", db_default="",  # a process of the release before writes messages too
         help_text=(
             "An agent's reply: the language the customer reads it in, fixed when it was sent (its own language: as "
             "written; another: its translation into it). Empty for a customer's message and a draft."

@@ -34,6 +34,11 @@ class TranslationAdminTests:
                                    {"post": "yes"})
         assert delete.status_code == 403
         assert Translation.objects.filter(pk=queued_translation.pk).exists()
+        # A conversation erased in the portal's admin still takes its messages' translations along.
+        conversation = queued_translation.message.conversation
+        erased = admin_client.post(reverse("admin:portal_conversation_delete", args=[conversation.pk]), {"post": "yes"})
+        assert erased.status_code == 302
+        assert not Translation.objects.filter(pk=queued_translation.pk).exists()
 
     def test_retry_action_queues_the_failed_translation_again(self, admin_client, failed_translation, django_capture_on_commit_callbacks):
         url = reverse("admin:translation_translation_changelist")

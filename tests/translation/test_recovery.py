@@ -163,6 +163,7 @@ class OverdueClaimTests:
             assert overdue_claims_handle() == [stuck.pk]
         row = Translation.objects.get(pk=stuck.pk)
         assert row.status == TranslationStatus.QUEUED and row.resends == 1 and list(sent) == [stuck.pk]
+        assert row.attempts == 1  # not given back: the overdue claim's token is never reused
         assert row.failure_reason == OVERDUE.format(worker="alive@h", seconds=overdue_after_s())
         assert Translation.objects.get(pk=recent.pk).status == TranslationStatus.RUNNING
         assert overdue_claims_handle() == []
@@ -249,3 +250,30 @@ def test_a_drafts_back_translation_is_requested_though_the_database_fails_right_
     assert outgoing.status == TranslationStatus.DONE
     back = outgoing.back_translations.get()
     assert (back.source_language, back.target_language, back.input_text) == ("es", "en", "Su paquete sale hoy.")
+
+
+def test_a_back_translation_that_cannot_be_requested_leaves_the_draft_stored(
+    api_client_key, tiny_models, monkeypatch, django_capture_on_commit_callbacks, caplog
+):
+    """An error other than the database's while requesting a draft's back-translation: the
+    draft's translation stays stored (the agent can correct and send it), the error logged."""
+    import translation.services as services
+    from cs_portal.portal.services import agent_create, conversation_create, reply_draft_create
+    from translation.execution import translations_complete
+
+    client, _ = api_client_key
+    agent = agent_create(username="sam", password="secret-pass", working_language="en")
+    with django_capture_on_commit_callbacks(execute=False):
+        conversation = conversation_create(api_client=client, customer_name="Lucía", language="es")
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Your parcel leaves today.")
+    outgoing = draft.translations.get()
+    [job] = translations_claim([Delivery(outgoing.pk, "w1@h", "translate.es")]).values()
+
+    def broken(ids):
+        raise ValueError("no route back")
+
+    monkeypatch.setattr(services, "back_translations_request", broken)
+    assert translations_complete([(job, "Su paquete sale hoy.")]) == {outgoing.pk}
+    outgoing.refresh_from_db()
+    assert outgoing.status == TranslationStatus.DONE and not outgoing.back_translations.exists()
+    assert "Could not request the back-translations of drafts" in caplog.text

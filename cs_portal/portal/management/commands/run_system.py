@@ -4,7 +4,9 @@ import time
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import InterfaceError, OperationalError
 
+from cs_portal.commands import database_unreachable
 from cs_portal.embedded import Credentials, EmbeddedSystem, port_is_free
 from workers.lifecycle import StopRequested, install_stop_signals, raise_if_stop_requested
 from cs_portal.portal.demo import demo_data_ensure
@@ -81,6 +83,8 @@ class Command(BaseCommand):
             status = 0
         except RuntimeError as exc:
             self.stderr.write(str(exc))
+        except (OperationalError, InterfaceError) as exc:  # the database of DATABASE_URL is away
+            self.stderr.write(database_unreachable(exc))
         finally:
             system.stop()
         self.say("Stopped.")

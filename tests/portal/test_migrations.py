@@ -1,0 +1,50 @@
+"""Data migrations run against the real PostgreSQL, on rows made as the release before made them."""
+
+import importlib
+
+import pytest
+from django.apps import apps
+
+from cs_portal.portal.models import Message, Sender
+from cs_portal.portal.services import agent_create, message_create_from_customer, reply_draft_create, reply_send
+from translation.claims import translation_claim
+from translation.execution import translations_complete
+
+pytestmark = pytest.mark.django_db
+
+
+def test_delivered_language_is_filled_in_as_the_customer_was_shown_each_reply(conversation, agent, settings):
+    """0004's backfill: a reply sent in the conversation's language, or before it was known, as
+    written; a reply translated into the conversation's language, in it; a reply whose
+    translation went to another language (the language learned later), as written, not failed."""
+    backfill = importlib.import_module("cs_portal.portal.migrations.0004_message_delivered_language").delivered_languages
+
+    settings.DEFAULT_AGENT_LANGUAGE = "en"
+    before = reply_send(message=reply_draft_create(conversation=conversation, agent=agent, text="Hello!"), agent=agent)
+    message_create_from_customer(conversation=conversation, text="Hola, ¿dónde está mi pedido?", language="es")
+    draft = reply_draft_create(conversation=conversation, agent=agent, text="It leaves today.")
+    outgoing = draft.translations.get()
+    translations_complete([(translation_claim(translation_id=outgoing.pk, worker="w1", consumed_from="q"), "Sale hoy.")])
+    translated = reply_send(message=draft, agent=agent)
+    german = agent_create(username="lea", password="secret-pass", working_language="de", team=agent.team)
+    other = reply_draft_create(conversation=conversation, agent=german, text="Guten Tag")
+    Message.objects.filter(pk=other.pk).update(delivered_at=translated.delivered_at)  # sent, its es translation pending
+    conversation.refresh_from_db()
+    conversation.language = "fr"  # corrected later: no reply has a French translation
+    conversation.save()
+    Message.objects.update(delivered_language="")  # as the release before left them
+
+    backfill(apps, None)
+    languages = dict(Message.objects.values_list("pk", "delivered_language"))
+    assert languages[before.pk] == "en"  # as written (the conversation's language was unknown)
+    assert languages[translated.pk] == "en"  # its translation went to es, the language now is fr: as written
+    assert languages[other.pk] == "de"
+    customer = Message.objects.get(sender=Sender.CUSTOMER)
+    assert languages[customer.pk] == ""
+
+    conversation.language = "es"
+    conversation.save()
+    Message.objects.update(delivered_language="")
+    backfill(apps, None)
+    assert Message.objects.get(pk=translated.pk).delivered_language == "es"  # shown in its translation
+    assert Message.objects.get(pk=other.pk).delivered_language == "es"
