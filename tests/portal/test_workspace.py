@@ -276,6 +276,22 @@ class ReplyTests:
         # Once: the next visit shows an empty box.
         assert long_reply not in signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
 
+    def test_a_refused_correction_stays_in_its_box_until_it_is_saved(self, signed_in, conversation, agent, settings):
+        customer_says(conversation, "¿Dónde está mi paquete?")  # the customer's language: Spanish
+        draft = reply_draft_create(conversation=conversation, agent=agent, text="Your parcel leaves today.")
+        finish(draft.translations.get(), "Su paquete sale hoy.")
+        page = reverse("workspace:conversation", args=[conversation.pk])
+        settings.MESSAGE_MAX_CHARS = 30
+        long_text = "Su paquete sale hoy por la mañana, sin falta."
+        refused = signed_in.post(reverse("workspace:correct", args=[draft.pk]), {"text": long_text}, follow=True)
+        text = refused.content.decode()
+        assert "the limit is 30" in text and f">{long_text}</textarea>" in text and "was not saved" in text
+        # The thread refreshes live: the text stays in its box at each rendering, not once.
+        assert f">{long_text}</textarea>" in signed_in.get(page, {"partial": "1"}).content.decode()
+        saved = signed_in.post(reverse("workspace:correct", args=[draft.pk]), {"text": "Sale hoy."}, follow=True)
+        text = saved.content.decode()
+        assert ">Sale hoy.</textarea>" in text and long_text not in text and "was not saved" not in text
+
     def test_a_nul_character_is_refused_with_a_message_and_the_reply_kept(self, signed_in, conversation):
         page = signed_in.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hola\x00 Lucía"}, follow=True)
         text = page.content.decode()

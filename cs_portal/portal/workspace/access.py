@@ -92,6 +92,38 @@ def unsent_reply_keep(request: HttpRequest, conversation_id: int, text: str, *, 
     return True
 
 
+# A correction the portal refused (too long, a NUL character) stays for its draft's box until it
+# is saved, for the agent who typed it, an hour at most: the box lives in the thread the page
+# refreshes live, so it is shown at every rendering of the thread, not taken once.
+UNSENT_CORRECTION = "workspace_unsent_correction"
+
+
+def unsent_correction_keep(request: HttpRequest, message_id: int, text: str) -> None:
+    if text.strip():
+        request.session[UNSENT_CORRECTION] = {"message": message_id, "agent": str(request.user.pk), "at": time.time(),
+                                              "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
+
+
+def unsent_correction(request: HttpRequest) -> tuple[int, str] | None:
+    """(message id, text) of the signed-in agent's refused correction, while it is fresh."""
+    kept = request.session.get(UNSENT_CORRECTION)
+    if not isinstance(kept, dict):
+        return None
+    if kept.get("agent") != str(request.user.pk) or not (
+        isinstance(kept.get("at"), (int, float)) and time.time() - kept["at"] <= UNSENT_REPLY_KEPT_S
+    ):
+        del request.session[UNSENT_CORRECTION]
+        return None
+    return kept.get("message"), str(kept.get("text", ""))
+
+
+def unsent_correction_drop(request: HttpRequest, message_id: int) -> None:
+    """The correction of ``message_id`` was saved: nothing of it waits any more."""
+    kept = request.session.get(UNSENT_CORRECTION)
+    if isinstance(kept, dict) and kept.get("message") == message_id:
+        del request.session[UNSENT_CORRECTION]
+
+
 def unsent_reply_take(request: HttpRequest, conversation_id: int) -> dict[str, str]:
     """The reply its agent typed into this conversation and that was not sent, once (then
     forgotten): ``{"text": ..., "why": SIGNED_OUT_WHY or REFUSED_WHY}``, or ``{}``."""

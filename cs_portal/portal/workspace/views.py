@@ -21,6 +21,9 @@ from cs_portal.portal.workspace.access import (
     REFUSED_WHY,
     agent_required,
     redirect_back,
+    unsent_correction,
+    unsent_correction_drop,
+    unsent_correction_keep,
     unsent_reply_keep,
     unsent_reply_take,
 )
@@ -145,7 +148,7 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
         "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
         "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
         "statuses": ConversationStatus.values, "teammates": _teammates(request.agent), "unsent_reply": unsent,
-        "message_max_chars": settings.MESSAGE_MAX_CHARS,
+        "message_max_chars": settings.MESSAGE_MAX_CHARS, "unsent_correction": unsent_correction(request),
     }
     template = "workspace/_thread.html" if partial else "workspace/conversation.html"
     return render(request, template, context)
@@ -222,10 +225,19 @@ def _act_on_message(request: HttpRequest, message_id: int, action) -> HttpRespon
 @require_POST
 @agent_required
 def message_correct(request, message_id: int):
-    return _act_on_message(
-        request, message_id,
-        lambda m: services.reply_correct(message=m, agent=request.agent, text=request.POST.get("text", "")),
-    )
+    """The agent's correction of a draft's translation; one refused (too long, a NUL character)
+    stays in its box, with the reason, until it is saved."""
+    text = request.POST.get("text", "")
+
+    def correct(message):
+        try:
+            services.reply_correct(message=message, agent=request.agent, text=text)
+        except errors.ApplicationError:
+            unsent_correction_keep(request, message.pk, text)
+            raise
+        unsent_correction_drop(request, message.pk)
+
+    return _act_on_message(request, message_id, correct)
 
 
 @require_POST
