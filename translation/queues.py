@@ -64,8 +64,9 @@ def queue_depths(names: list[str]) -> dict[str, int | None]:
                     depths[name] = channel.queue_declare(queue=name, passive=True).message_count
                 except Exception:  # a queue nobody declared yet holds nothing
                     depths[name] = 0
-    except Exception:
-        logger.warning("Could not read queue depths from the broker", exc_info=True)
+    except Exception as exc:  # one line (a scrape or `status` with the broker away), the traceback at DEBUG
+        logger.warning("Could not read queue depths from the broker: %s: %s", type(exc).__name__, exc)
+        logger.debug("Reading queue depths failed", exc_info=True)
     return depths
 
 

@@ -102,3 +102,24 @@ def free_memory(device: str) -> None:
 
         torch.cuda.empty_cache()
     trim()
+
+
+def device_broken(device: str, error: BaseException) -> bool:
+    """After a call failed on ``device``: whether the device can compute no more in this process.
+    A CUDA error other than running out of memory (an illegal address, a device-side assert, a
+    lost card) is sticky: every later call in the same context fails, while the process lives
+    on and its worker looks healthy. Probed with a synchronize; an engine's own error (a pair it
+    does not serve, an input too long) and a CPU never are."""
+    from translation.engines import EngineError
+
+    if not device.startswith("cuda") or isinstance(error, EngineError):
+        return False
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return False
+    try:
+        torch.cuda.synchronize()
+    except Exception:
+        return True
+    return False

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from translation.engines import EngineLost, EngineSpec, TokenUsage
-from workers.engine_models import ModelMemory, compute_full_batch, free_memory, memory_of, warm_up
+from workers.engine_models import ModelMemory, compute_full_batch, device_broken, free_memory, memory_of, warm_up
 
 if TYPE_CHECKING:
     from workers.idle_cores import LaneCores
@@ -32,6 +32,8 @@ START_TIMEOUT_S = 600  # loading several large checkpoints from disk can take mi
 # the engine process is killed and the worker stops for its supervisor to restart it. A full
 # batch of a base-size model on a slow CPU takes seconds; this is two orders above.
 CALL_TIMEOUT_S = 300
+# The exit status of an engine process whose GPU can compute no more (a sticky CUDA error).
+DEVICE_LOST_EXIT = 70
 
 
 def start_lanes(warmups: list[Warmup], *, count: int, threads: int, name: str = "engine",
@@ -387,6 +389,15 @@ def _serve(connection, warmups: list[Warmup], threads: int = 0, heap_keep_bytes:
                 connection.send(("ok", answer))
         except Exception as exc:
             connection.send(("error", _picklable(exc)))
+            if device_broken(spec.device, exc):
+                # The card's context is gone for good in this process: end it, as a crash would,
+                # so that the worker stops and its supervisor starts it on a fresh context
+                # (its jobs are sent again meanwhile) instead of failing every job it takes.
+                import os
+
+                logger.critical("%s cannot compute any more (%s: %s); the engine process ends",
+                                spec.device, type(exc).__name__, exc)
+                os._exit(DEVICE_LOST_EXIT)
         if changed:
             if kind != "unload":  # an unload gave its memory back already (free_memory)
                 trim()  # a load's leftovers are not kept for the batches

@@ -369,3 +369,32 @@ class FrozenHeapTests:
         assert frozen_and_untracked == "True False"  # frozen: no collection walks it
         assert kept_by_a_collection == "True"  # which is why an unload thaws before it collects
         assert freed_and_thawed == "True True"  # the engine process freezes again once it answered
+
+
+class DeviceBrokenTests:
+    def test_a_cpu_or_an_engines_own_error_never_counts_as_a_lost_device(self):
+        from workers.engine_models import device_broken
+
+        assert not device_broken("cpu", RuntimeError("CUDA error: an illegal memory access was encountered"))
+        assert not device_broken("cuda:0", UnsupportedPair("de->xx is not served by this model"))
+
+    @pytest.mark.gpu
+    @pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                        reason="needs a CUDA device: a sticky CUDA error happens only on a GPU (none on this machine)")
+    def test_a_device_side_assert_counts_as_a_lost_device_and_out_of_memory_does_not(self):
+        """In a process of its own (the error spoils its CUDA context for good)."""
+        program = (
+            "import torch\n"
+            "from workers.engine_models import device_broken\n"
+            "try:\n"
+            "    torch.cuda.synchronize(); torch.zeros(1, device='cuda')[torch.tensor([5], device='cuda')].item()\n"
+            "except Exception as exc:\n"
+            "    print('broken' if device_broken('cuda', exc) else 'fine')\n"
+        )
+        done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "broken", done.stderr
+        import torch
+
+        from workers.engine_models import device_broken
+
+        assert not device_broken("cuda", torch.cuda.OutOfMemoryError("CUDA out of memory"))
