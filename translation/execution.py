@@ -245,13 +245,12 @@ def _engine_lost(group: list[Job], lost: EngineLost) -> dict[int, RunOutcome | T
     reason = f"{type(lost).__name__}: {lost}"
     if lost.during_call and len(group) == 1:
         return {group[0].id: _settle(group[0], lost)}
-    now = timezone.now()
+    _latest_claims(group).update(  # a job already alone is in a group of its own
+        status=TranslationStatus.QUEUED, updated_at=timezone.now(), retry_at=None, attempts=F("attempts") - 1,
+        runs_alone=lost.during_call or group[0].alone,
+        failure_reason=(ENGINE_LOST if lost.during_call else ENGINE_GONE).format(reason=reason)[:2000],
+    )
     for job in group:
-        _latest_claims([job]).update(
-            status=TranslationStatus.QUEUED, updated_at=now, retry_at=None, attempts=F("attempts") - 1,
-            runs_alone=job.alone or lost.during_call,
-            failure_reason=(ENGINE_LOST if lost.during_call else ENGINE_GONE).format(reason=reason)[:2000],
-        )
         metrics.jobs_retried.labels(**job.labels).inc()
     if lost.during_call:
         logger.warning("The engine stopped during a forward pass of %d job(s) (%s); each runs alone from now on",

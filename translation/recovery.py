@@ -183,20 +183,15 @@ def dead_workers_handle(*, exclude: str = "", orphans: bool = True) -> dict[str,
     return handled
 
 
-def overdue_after_s() -> float:
-    """How long a claim may stay running before it is taken as never to end, its worker alive or
-    not (``TRANSLATION_CLAIM_OVERDUE_S``): longer than a claim may legitimately be held, its
-    batch's model loading (up to 10 minutes), its forward pass (up to 5) and its store's retries
-    (``TRANSLATION_STORE_RETRY_S``) added up, or, in ledger dispatch, waiting behind one such batch."""
-    return settings.TRANSLATION_CLAIM_OVERDUE_S
-
-
 def overdue_claims_handle() -> list[int]:
-    """Hand over the running rows whose claim is older than ``overdue_after_s()``: a worker that
+    """Hand over the running rows whose claim is older than ``TRANSLATION_CLAIM_OVERDUE_S``
+    (longer than a claim is ever legitimately held: a model's load inside its batch, the forward
+    pass, the store's retries, or in ledger dispatch the wait behind one such batch): a worker that
     lives on but will never finish them (its batch failed and the database refused to take them
     back; a claim left by a bug). A live worker's claim is otherwise never touched, so such a
     row would stay running, skipped by every worker, until that worker's process ended."""
-    cutoff = timezone.now() - timedelta(seconds=overdue_after_s())
+    overdue_s = settings.TRANSLATION_CLAIM_OVERDUE_S
+    cutoff = timezone.now() - timedelta(seconds=overdue_s)
     with transaction.atomic():
         rows = list(
             Translation.objects.select_for_update(skip_locked=True, of=("self",))
@@ -208,7 +203,7 @@ def overdue_claims_handle() -> list[int]:
         workers = sorted({row.worker for row in rows})
         # The attempt is not given back: the next claim's token differs from the overdue one's,
         # so a worker that wakes up holding it can neither store nor fail the new claim's row.
-        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_after_s()), give_back=False)
+        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_s), give_back=False)
     logger.warning("Handed over %d job(s) whose claim never ended (%s)", len(released), ", ".join(workers))
     return released
 

@@ -161,8 +161,7 @@ class LoadedModels:
             except EngineProcessDied:
                 raise
             except Exception as exc:
-                wait = self._failed.get((lane, spec), (0.0, RETRY_LOAD_S))[1]
-                self._failed[(lane, spec)] = (now + wait, min(2 * wait, RETRY_LOAD_MAX_S))
+                wait = self._load_failed(lane, spec, now)
                 logger.warning("Could not load %s [%s] ahead of its jobs in lane %d (again in %.0f s): %s: %s",
                                spec.model, spec.precision, lane, wait, type(exc).__name__, exc)
                 continue
@@ -172,12 +171,19 @@ class LoadedModels:
             return spec  # one per look: the lane goes back to its queue
         return None
 
+    def _load_failed(self, lane: int, spec: EngineSpec, now: float) -> float:
+        """``spec`` did not load in ``lane``: not tried ahead again for a while, twice as long at
+        each failure; returns that wait."""
+        wait = self._failed.get((lane, spec), (0.0, RETRY_LOAD_S))[1]
+        self._failed[(lane, spec)] = (now + wait, min(2 * wait, RETRY_LOAD_MAX_S))
+        return wait
+
     def failed_at_start(self, spec: EngineSpec) -> None:
         """``spec`` did not load at start: not loaded ahead before ``RETRY_LOAD_S`` (its jobs
         still load it themselves)."""
         now = self._clock()
         for lane in range(len(self.engines)):
-            self._failed[(lane, spec)] = (now + RETRY_LOAD_S, min(2 * RETRY_LOAD_S, RETRY_LOAD_MAX_S))
+            self._load_failed(lane, spec, now)
 
     def unload_idle(self, lane: int) -> list[EngineSpec]:
         """In lane ``lane``'s own thread, between batches: unload its models no route wants that

@@ -150,21 +150,23 @@ class OverdueClaimTests:
     def test_a_claim_older_than_any_batch_is_handed_over_though_its_worker_lives(
         self, many_translations, sent, settings, django_capture_on_commit_callbacks
     ):
-        from translation.recovery import OVERDUE, overdue_after_s, overdue_claims_handle
+        from translation.recovery import OVERDUE, overdue_claims_handle
+
+        overdue_s = settings.TRANSLATION_CLAIM_OVERDUE_S
 
         settings.WORKER_HEARTBEAT_STALE_S = 1
         heartbeat("alive@h", seconds_ago=0.1)
         stuck, recent = many_translations[:2]
         claimed_by([stuck, recent], "alive@h")
         Translation.objects.filter(pk=stuck.pk).update(
-            updated_at=timezone.now() - timedelta(seconds=overdue_after_s() + 1))
+            updated_at=timezone.now() - timedelta(seconds=overdue_s + 1))
         assert dead_workers_handle() == {}  # its worker beats: the usual look leaves it alone
         with django_capture_on_commit_callbacks(execute=True):
             assert overdue_claims_handle() == [stuck.pk]
         row = Translation.objects.get(pk=stuck.pk)
         assert row.status == TranslationStatus.QUEUED and row.resends == 1 and list(sent) == [stuck.pk]
         assert row.attempts == 1  # not given back: the overdue claim's token is never reused
-        assert row.failure_reason == OVERDUE.format(worker="alive@h", seconds=overdue_after_s())
+        assert row.failure_reason == OVERDUE.format(worker="alive@h", seconds=overdue_s)
         assert Translation.objects.get(pk=recent.pk).status == TranslationStatus.RUNNING
         assert overdue_claims_handle() == []
 

@@ -16,26 +16,26 @@ class CustomerInput(serializers.Serializer):
     external_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
 
 
+class OptionalLanguage(serializers.CharField):
+    """An ISO 639-1 code that may be left out, empty or null, each meaning "not given" (None)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(required=False, allow_blank=True, allow_null=True, **kwargs)
+
+    def run_validation(self, data=serializers.empty):
+        return super().run_validation(data) or None
+
+
 class ConversationInput(serializers.Serializer):
     customer = CustomerInput()
-    language = serializers.CharField(
-        required=False, allow_blank=True, allow_null=True, help_text="ISO 639-1 code of the customer's language."
-    )
+    language = OptionalLanguage(help_text="ISO 639-1 code of the customer's language.")
     subject = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
-
-    def validate_language(self, value):
-        return value or None
 
 
 class MessageInput(serializers.Serializer):
     # Blank and whitespace-only texts reach the service, which answers with its own message.
     text = serializers.CharField(allow_blank=True, trim_whitespace=False)
-    language = serializers.CharField(
-        required=False, allow_blank=True, allow_null=True, help_text="ISO 639-1 code; detected from the text when absent."
-    )
-
-    def validate_language(self, value):
-        return value or None
+    language = OptionalLanguage(help_text="ISO 639-1 code; detected from the text when absent.")
 
 
 class AgentMessageInput(serializers.Serializer):

@@ -87,9 +87,18 @@ def unsent_reply_keep(request: HttpRequest, conversation_id: int, text: str, *, 
     pk) only; False if there was nothing to keep."""
     if not text.strip():
         return False
-    request.session[UNSENT_REPLY] = {"conversation": conversation_id, "agent": agent, "at": time.time(), "why": why,
-                                     "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
+    request.session[UNSENT_REPLY] = _kept(text, agent, conversation=conversation_id, why=why)
     return True
+
+
+def _kept(text: str, agent: str, **where) -> dict:
+    """A text kept in the session for ``agent``'s box, from now on (cut, if it is far too long)."""
+    return {**where, "agent": agent, "at": time.time(), "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
+
+
+def _fresh(kept: dict) -> bool:
+    at = kept.get("at")
+    return isinstance(at, (int, float)) and time.time() - at <= UNSENT_REPLY_KEPT_S
 
 
 # A correction the portal refused (too long, a NUL character) stays for its draft's box until it
@@ -100,8 +109,7 @@ UNSENT_CORRECTION = "workspace_unsent_correction"
 
 def unsent_correction_keep(request: HttpRequest, message_id: int, text: str) -> None:
     if text.strip():
-        request.session[UNSENT_CORRECTION] = {"message": message_id, "agent": str(request.user.pk), "at": time.time(),
-                                              "text": text[:KEPT_CHARS * settings.MESSAGE_MAX_CHARS]}
+        request.session[UNSENT_CORRECTION] = _kept(text, str(request.user.pk), message=message_id)
 
 
 def unsent_correction(request: HttpRequest) -> tuple[int, str] | None:
@@ -109,9 +117,7 @@ def unsent_correction(request: HttpRequest) -> tuple[int, str] | None:
     kept = request.session.get(UNSENT_CORRECTION)
     if not isinstance(kept, dict):
         return None
-    if kept.get("agent") != str(request.user.pk) or not (
-        isinstance(kept.get("at"), (int, float)) and time.time() - kept["at"] <= UNSENT_REPLY_KEPT_S
-    ):
+    if kept.get("agent") != str(request.user.pk) or not _fresh(kept):
         del request.session[UNSENT_CORRECTION]
         return None
     return kept.get("message"), str(kept.get("text", ""))
@@ -131,8 +137,7 @@ def unsent_reply_take(request: HttpRequest, conversation_id: int) -> dict[str, s
     if not isinstance(unsent, dict) or unsent.get("conversation") != conversation_id:
         return {}
     del request.session[UNSENT_REPLY]
-    fresh = isinstance(unsent.get("at"), (int, float)) and time.time() - unsent["at"] <= UNSENT_REPLY_KEPT_S
-    text = str(unsent.get("text", "")) if fresh else ""
+    text = str(unsent.get("text", "")) if _fresh(unsent) else ""
     return {"text": text, "why": REFUSED_WHY if unsent.get("why") == REFUSED_WHY else SIGNED_OUT_WHY} if text else {}
 
 
