@@ -1,4 +1,4 @@
-"""Claiming ledger rows on a worker: each claim is a new attempt, the attempt its token.
+"""Claiming ledger rows on a worker: each claim is a new attempt, its token the row's claim count.
 
 A broker's delivery names a row (``Delivery``); claiming it makes the worker's ``Job``. The
 rows a process is computing (or holds for a batch, ledger dispatch) are listed here, so a
@@ -39,10 +39,13 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs of a claimed row to run it. ``attempt`` is the claim's token."""
+    """What a worker needs of a claimed row to run it. ``claim`` is the claim's token: the row's
+    ``claims`` when it was claimed, which only a later claim changes (``attempt`` may be given
+    back: a batch that never started)."""
 
     id: int
     attempt: int
+    claim: int
     text: str
     source: str
     target: str
@@ -97,18 +100,18 @@ def _computing_release(ids) -> None:
 
 
 def translations_hold(claims: list[tuple[int, int]], holder: int) -> None:
-    """List rows claimed ahead of their batch, each ``(id, attempt)``, as ``holder``'s (the
+    """List rows claimed ahead of their batch, each ``(id, claim)``, as ``holder``'s (the
     intake) until ``translations_let_go``: no loop of this process claims them again for a job
-    message. Each listing names its claim's attempt, so letting go of an old claim of a row
-    leaves a newer claim's listing."""
+    message. Each listing names its claim, so letting go of an old claim of a row leaves a
+    newer claim's listing."""
     with _computing_lock:
-        _computing.update((pk, (holder, attempt)) for pk, attempt in claims)
+        _computing.update((pk, (holder, claim)) for pk, claim in claims)
 
 
 def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
     with _computing_lock:
-        for pk, attempt in claims:
-            if _computing.get(pk) == (holder, attempt):
+        for pk, claim in claims:
+            if _computing.get(pk) == (holder, claim):
                 del _computing[pk]
 
 
@@ -116,7 +119,7 @@ def translations_let_go(claims: list[tuple[int, int]], holder: int) -> None:
 # ``_job_of``, ``_claim_rows``), not the rest of two wide rows (the model's output, corrections,
 # the message's conversation and delivery fields), whose loading was most of a claim's CPU.
 CLAIM_FIELDS = (
-    "status", "worker", "consumed_from", "attempts", "failure_reason", "route", "source_language", "target_language",
+    "status", "worker", "consumed_from", "attempts", "claims", "failure_reason", "route", "source_language", "target_language",
     "engine", "model_name", "precision", "input_text", "back_translate", "created_at", "enqueued_at", "runs_alone",
     "message__text", "message__created_at",
 )
@@ -237,18 +240,19 @@ def _claim_rows(rows: list[Translation], now) -> list[Translation]:
         _count_claim(**labels, enqueued_at=row.enqueued_at, now=now)
         row.status = TranslationStatus.RUNNING
         row.attempts += 1
+        row.claims += 1
         row.started_at, row.updated_at = now, now
         claimed.append(row)
     # One UPDATE per (worker, queue), not a bulk_update: its CASE per row and field cost about
     # 2 ms of CPU per job to build (measured, 128 rows). The rows are locked by this
-    # transaction, so ``attempts + 1`` is the value each claimed row now holds.
+    # transaction, so ``attempts + 1`` and ``claims + 1`` are the values each claimed row now holds.
     same_claim: dict[tuple[str, str], list[int]] = defaultdict(list)
     for row in claimed:
         same_claim[(row.worker, row.consumed_from)].append(row.pk)
     for (worker, consumed_from), ids in same_claim.items():
         Translation.objects.filter(pk__in=ids).update(
             status=TranslationStatus.RUNNING, worker=worker, consumed_from=consumed_from,
-            attempts=F("attempts") + 1, started_at=now, updated_at=now, retry_at=None,
+            attempts=F("attempts") + 1, claims=F("claims") + 1, started_at=now, updated_at=now, retry_at=None,
         )
     return claimed
 
@@ -285,12 +289,12 @@ def _count_gave_up(*, route_id, source: str, target: str, model: str) -> None:
     metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_GAVE_UP).inc()
 
 
-def job_of(*, id: int, attempts: int, text: str, source: str, target: str, engine: str, model: str, precision: str,
+def job_of(*, id: int, attempts: int, claims: int, text: str, source: str, target: str, engine: str, model: str, precision: str,
            back_translate: bool, route_id: int | None, created_at: datetime, enqueued_at: datetime | None,
            message_created_at: datetime | None, now: datetime, alone: bool = False) -> Job:
     """The job of a row just claimed, from its values (an ORM row's, or a claim statement's)."""
     return Job(
-        id=id, attempt=attempts, text=text, source=source, target=target,
+        id=id, attempt=attempts, claim=claims, text=text, source=source, target=target,
         spec=EngineSpec(engine=engine, model=model, precision=precision or "fp32", device=device()),
         back_translate=back_translate, route_id=route_id,
         requested_at=message_created_at or created_at,  # the message saved (or the row, for a sample)
@@ -301,7 +305,7 @@ def job_of(*, id: int, attempts: int, text: str, source: str, target: str, engin
 
 def _job_of(row: Translation, now) -> Job:
     return job_of(
-        id=row.pk, attempts=row.attempts, text=row.source_text, source=row.source_language,
+        id=row.pk, attempts=row.attempts, claims=row.claims, text=row.source_text, source=row.source_language,
         target=row.target_language, engine=row.engine, model=row.model_name, precision=row.precision,
         back_translate=row.back_translate, route_id=row.route_id, created_at=row.created_at,
         enqueued_at=row.enqueued_at, message_created_at=row.message.created_at if row.message_id else None, now=now,
@@ -322,7 +326,7 @@ def _fail_rows(rows, reason: str) -> int:
 # The columns a claim statement returns (the message's through a subquery: SQLite's RETURNING
 # names only the updated table's columns, and an unqualified ``message_id`` there is the
 # claimed row's).
-_CLAIM_COLUMNS = ("id", "attempts", "status", "input_text", "source_language", "target_language", "engine",
+_CLAIM_COLUMNS = ("id", "attempts", "claims", "status", "input_text", "source_language", "target_language", "engine",
                   "model_name", "precision", "back_translate", "route_id", "created_at", "enqueued_at", "runs_alone")
 _CLAIM_DATETIMES = ("created_at", "enqueued_at", "message_created_at")
 
@@ -367,6 +371,7 @@ def claim_picked(pick: str, pick_params: list, *, worker: str, consumed_from: st
         f"{c['worker']} = CASE WHEN {out} THEN {c['worker']} ELSE %s END, "
         f"{c['consumed_from']} = CASE WHEN {out} THEN {c['consumed_from']} ELSE %s END, "
         f"{c['attempts']} = CASE WHEN {out} THEN {c['attempts']} ELSE {c['attempts']} + 1 END, "
+        f"{c['claims']} = CASE WHEN {out} THEN {c['claims']} ELSE {c['claims']} + 1 END, "
         f"{c['started_at']} = CASE WHEN {out} THEN {c['started_at']} ELSE {'%s' if started else 'NULL'} END, "
         f"{c['retry_at']} = NULL, {c['updated_at']} = %s "
         f"WHERE {c['id']} IN (SELECT {c['id']} FROM picked) "
@@ -383,6 +388,7 @@ def claim_picked(pick: str, pick_params: list, *, worker: str, consumed_from: st
         most, stamp,
         most, worker,
         most, consumed_from,
+        most,
         most,
         most, *([stamp] if started else []),
         stamp,
@@ -413,7 +419,7 @@ def _read_row(row: dict) -> dict:
 def claimed_job(row: dict, now) -> Job:
     """The job of a row a claim statement claimed."""
     return job_of(
-        id=row["id"], attempts=row["attempts"], text=row["input_text"] or row["message_text"] or "",
+        id=row["id"], attempts=row["attempts"], claims=row["claims"], text=row["input_text"] or row["message_text"] or "",
         source=row["source_language"], target=row["target_language"], engine=row["engine"], model=row["model_name"],
         precision=row["precision"], back_translate=row["back_translate"], route_id=row["route_id"],
         created_at=row["created_at"], enqueued_at=row["enqueued_at"], message_created_at=row["message_created_at"],

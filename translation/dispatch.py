@@ -177,7 +177,7 @@ def translations_claim_queued(queue: str, *, worker: str, limit: int, holder: in
             while (wanted := limit - len(held)) > 0:
                 found = _claim_queued_rows(queue, worker=worker, limit=wanted, now=now)
                 rows += found
-                claims = [(row["id"], row["attempts"]) for row in found if not row["gave_up"]]
+                claims = [(row["id"], row["claims"]) for row in found if not row["gave_up"]]
                 held += claims
                 if holder is not None:
                     translations_hold(claims, holder)
@@ -312,7 +312,7 @@ def translation_run_queued(*, queue: str, worker: str, batch: int, engines=None,
                 events.flush_soon()
             raise
         finally:
-            translations_let_go([(job.id, job.attempt) for job in jobs], holder)
+            translations_let_go([(job.id, job.claim) for job in jobs], holder)
         ran += len(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if events is not None:

@@ -58,13 +58,13 @@ def _latest_claims(jobs: list[Job]):
     """The jobs' rows, only while each job's claim is the latest: a later claim supersedes it."""
     condition = Q()
     for job in jobs:
-        condition |= Q(pk=job.id, attempts=job.attempt)
+        condition |= Q(pk=job.id, claims=job.claim)
     return Translation.objects.filter(condition, status=TranslationStatus.RUNNING)
 
 
 def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: int, forward_ms: float | None) -> set[int]:
-    """``UPDATE ... FROM (VALUES (id, attempt, text), ...) ... RETURNING id``: each row is stored
-    only while its claim is the latest (same attempt, still running), and the statement says
+    """``UPDATE ... FROM (VALUES (id, claim, text), ...) ... RETURNING id``: each row is stored
+    only while its claim is the latest (same claim count, still running), and the statement says
     which it stored. One statement of plain SQL: Django's ``Case``/``When`` and an OR of 128
     conditions cost several milliseconds of CPU per batch to build. PostgreSQL and SQLite (3.35
     and later: checked at start-up, ``translation.checks``) both take it; both name a VALUES
@@ -75,7 +75,7 @@ def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: in
     quote = connection.ops.quote_name
     table = quote(Translation._meta.db_table)
     column = {name: quote(Translation._meta.get_field(name).column) for name in
-              ("id", "attempts", "status", "text", "failure_reason", "finished_at", "updated_at", "batch_size",
+              ("id", "claims", "status", "text", "failure_reason", "finished_at", "updated_at", "batch_size",
                "forward_ms")}
     stamp = connection.ops.adapt_datetimefield_value(now)
     if connection.vendor == "postgresql":
@@ -84,17 +84,17 @@ def _store_done(results: list[tuple[Job, str]], *, now: datetime, batch_size: in
         # over psycopg's 4 KB cache and was parsed again at every batch).
         source = ("unnest(CAST(%s AS bigint[]), CAST(%s AS integer[]), CAST(%s AS text[])) "
                   "AS v(column1, column2, column3)")
-        values: list = [[job.id for job, _ in results], [job.attempt for job, _ in results],
+        values: list = [[job.id for job, _ in results], [job.claim for job, _ in results],
                         [text for _, text in results]]
     else:
         source = "(VALUES {}) AS v".format(", ".join(["(CAST(%s AS bigint), CAST(%s AS integer), CAST(%s AS text))"] * len(results)))
-        values = [value for job, text in results for value in (job.id, job.attempt, text)]
+        values = [value for job, text in results for value in (job.id, job.claim, text)]
     sql = (
         f"UPDATE {table} SET {column['status']} = %s, {column['text']} = v.column3, {column['failure_reason']} = '', "
         f"{column['finished_at']} = %s, {column['updated_at']} = %s, {column['batch_size']} = %s, "
         f"{column['forward_ms']} = %s "
         f"FROM {source} "
-        f"WHERE {table}.{column['id']} = v.column1 AND {table}.{column['attempts']} = v.column2 "
+        f"WHERE {table}.{column['id']} = v.column1 AND {table}.{column['claims']} = v.column2 "
         f"AND {table}.{column['status']} = %s "
         f"RETURNING {column['id']}"  # unqualified: SQLite 3.35 refuses a table name here
     )

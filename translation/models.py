@@ -280,6 +280,13 @@ class Translation(models.Model):
     precision = models.CharField(max_length=10, blank=True, default="")
     worker = models.CharField(max_length=200, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
+    claims = models.PositiveIntegerField(
+        default=0, db_default=0, editable=False,  # a process of the release before writes rows too
+        help_text=(
+            "Times a worker claimed the job: the latest claim's token. Unlike the attempts it is never given back, so a "
+            "superseded claim (a batch that never started, a worker taken over) cannot pass for the latest one."
+        ),
+    )
     resends = models.PositiveIntegerField(
         default=0, help_text="Times the job was sent again: handed over from a dead worker, or lost by the broker."
     )

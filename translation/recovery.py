@@ -1,6 +1,6 @@
 """Nothing lost: the ledger, not the broker, is the source of truth.
 
-A job is claimed in the ledger (``worker``, ``attempts``) before it is computed, and the claim
+A job is claimed in the ledger (``worker``, ``attempts``, ``claims``) before it is computed, and the claim
 lives as long as its worker's heartbeat is fresh (``WORKER_HEARTBEAT_STALE_S``): the heartbeat
 is the lease. Two ways a claim comes back to the queue:
 
@@ -50,9 +50,10 @@ LOST = "Sent {times} times without reaching a worker (lost by the broker each ti
 OVERDUE = "Its claim by {worker} did not end in {seconds:.0f} s; handed over to another worker."
 
 
-def _requeue(rows, reason: str, *, give_back: bool = True) -> list[int]:
-    """Put claimed or lost rows back to queued, and send each on commit. ``give_back``: a claim
-    whose batch never started gives its attempt back (``attempts_given_back``)."""
+def _requeue(rows, reason: str) -> list[int]:
+    """Put claimed or lost rows back to queued, and send each on commit. A claim whose batch
+    never started gives its attempt back (``attempts_given_back``); its token, the row's claim
+    count, stays spent."""
     from translation.execution import attempts_given_back
     from translation.sending import translations_enqueue
 
@@ -62,7 +63,7 @@ def _requeue(rows, reason: str, *, give_back: bool = True) -> list[int]:
     now = timezone.now()
     Translation.objects.filter(pk__in=ids).update(
         status=TranslationStatus.QUEUED, failure_reason=reason[:2000], enqueued_at=now, updated_at=now,
-        resends=F("resends") + 1, retry_at=None, attempts=attempts_given_back() if give_back else F("attempts"),
+        resends=F("resends") + 1, retry_at=None, attempts=attempts_given_back(),
     )
     fresh = list(Translation.objects.filter(pk__in=ids).select_related("message"))
     transaction.on_commit(lambda: translations_enqueue(fresh, urgent=True))
@@ -201,9 +202,9 @@ def overdue_claims_handle() -> list[int]:
         if not rows:
             return []
         workers = sorted({row.worker for row in rows})
-        # The attempt is not given back: the next claim's token differs from the overdue one's,
-        # so a worker that wakes up holding it can neither store nor fail the new claim's row.
-        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_s), give_back=False)
+        # The next claim's token (the claim count) differs from the overdue one's, so a worker
+        # that wakes up holding it can neither store nor fail the new claim's row.
+        released = _requeue(rows, OVERDUE.format(worker=", ".join(workers), seconds=overdue_s))
     logger.warning("Handed over %d job(s) whose claim never ended (%s)", len(released), ", ".join(workers))
     return released
 
@@ -275,8 +276,8 @@ def lost_look_release(worker: str) -> None:
 class Resent:
     sent: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
-    # (id, attempts) of the jobs no queue held at this look; attempts tell a job claimed and
-    # queued again in between from one that stayed where it was.
+    # (id, claims) of the jobs no queue held at this look; the claim count tells a job claimed
+    # and queued again in between from one that stayed where it was.
     missing: set[tuple[int, int]] = field(default_factory=set)
 
 
@@ -317,16 +318,16 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
         for queue in sorted(search.read_whole & beyond):
             candidates += _beyond(queue, cutoff, {pk for pk, of, _, _ in candidates if of == queue})
     held = search.ids if search is not None else (set() if not wanted else None)
-    sent_ones = {(pk, attempts) for pk, _, enqueued_at, attempts in candidates if enqueued_at is not None}
+    sent_ones = {(pk, claims) for pk, _, enqueued_at, claims in candidates if enqueued_at is not None}
     if held is None:  # the broker cannot be searched now: nothing is called lost, nothing forgotten
         # (the suspects beyond this look's windows included: those still queued stay suspects)
         missing = set()
         if seen_missing:
-            still = _sent_before(cutoff).filter(pk__in=[pk for pk, _ in seen_missing]).values_list("pk", "attempts")
+            still = _sent_before(cutoff).filter(pk__in=[pk for pk, _ in seen_missing]).values_list("pk", "claims")
             missing = seen_missing & set(still)
         confirmed: set[tuple[int, int]] = set()
     else:
-        missing = {(pk, attempts) for pk, attempts in sent_ones if pk not in held}
+        missing = {(pk, claims) for pk, claims in sent_ones if pk not in held}
         confirmed = missing if seen_missing is None else missing & seen_missing
     confirmed_ids = {pk for pk, _ in confirmed}
     lost = [pk for pk, _, enqueued_at, _ in candidates if enqueued_at is None or pk in confirmed_ids]
@@ -350,7 +351,7 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
             result.failed = [row.pk for row in give_up]
         result.sent = _requeue([row for row in rows if row not in give_up], "Sent again: no queue held it.")
     handled = set(result.sent) | set(result.failed)
-    result.missing = {(pk, attempts) for pk, attempts in missing if pk not in handled}  # locked ones stay suspects
+    result.missing = {(pk, claims) for pk, claims in missing if pk not in handled}  # locked ones stay suspects
     if result.sent or result.failed:
         logger.warning("Resent %d lost job(s); failed %d after %d resends", len(result.sent), len(result.failed),
                        settings.TRANSLATION_MAX_RESENDS)
@@ -368,7 +369,7 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
 LOST_LOOK_PER_QUEUE = 1000
 
 
-CANDIDATE_FIELDS = ("pk", "queue", "enqueued_at", "attempts")
+CANDIDATE_FIELDS = ("pk", "queue", "enqueued_at", "claims")
 
 
 def _old(cutoff):
@@ -380,7 +381,7 @@ def _sent_before(cutoff):
 
 
 def _lost_candidates(cutoff) -> tuple[list[tuple[int, str, object, int]], set[str]]:
-    """(id, queue, enqueued_at, attempts) of the queued rows saved before ``cutoff`` and not sent
+    """(id, queue, enqueued_at, claims) of the queued rows saved before ``cutoff`` and not sent
     since: every one never sent (no search needed: its row says so), the oldest
     ``LOST_LOOK_PER_QUEUE`` sent ones of each queue (oldest by id, through the index of queued
     rows by queue), and the queue's jobs retried before the newest send of that window (their

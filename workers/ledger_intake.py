@@ -229,7 +229,7 @@ class LedgerIntake(threading.Thread):
     def _finished(self, job: Job, queue: str, future: Future) -> None:
         """A job's batch ended (in a device loop's thread, or the closing batcher's)."""
         error = future.exception()
-        translations_let_go([(job.id, job.attempt)], holder=self._holder)
+        translations_let_go([(job.id, job.claim)], holder=self._holder)
         if self.events is not None:
             self.events.finished(job, outcome=None if error is not None else future.result(), error=error)
         with self._cond:

@@ -32,7 +32,7 @@ class Reconciler(threading.Thread):
         self._stopping = threading.Event()
         self._next_resend = time.monotonic() + settings.TRANSLATION_LOST_AFTER_S / 2
         self._ok_since: float | None = None  # since when this reconciler reaches the database
-        self._missing: set[tuple[int, int]] = set()  # (id, attempts) of the queued jobs no queue held at the last look
+        self._missing: set[tuple[int, int]] = set()  # (id, claims) of the queued jobs no queue held at the last look
         self._next_orphans = 0.0  # when to look again for running rows whose worker never beat
 
     def run(self) -> None:

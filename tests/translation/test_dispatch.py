@@ -274,6 +274,22 @@ class ClaimQueuedTests:
         assert Translation.objects.get(pk=waited.id).attempts == 0
         assert Translation.objects.get(pk=computed.id).attempts == 1
 
+    def test_a_claim_given_back_cannot_pass_for_the_next_claim_of_its_row(self, waiting):
+        """Its attempt is given back, so the next claim has the same attempt: the claim count
+        tells them apart, and the old claim's late outcome leaves the new claim's row alone."""
+        from translation.execution import translation_fail, translation_requeue, translations_complete
+
+        [old] = translations_claim_queued(QUEUE, worker="gone@h", limit=1)
+        translation_requeue(job=old, reason="the worker stops", retry=False)
+        [new] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
+        assert (new.id, new.attempt) == (old.id, old.attempt) and new.claim == old.claim + 1
+        assert translation_fail(translation_id=old.id, reason="late error", job=old) is False
+        assert translation_requeue(job=old, reason="late retry") is False
+        assert translations_complete([(old, "late output")]) == set()
+        row = Translation.objects.get(pk=new.id)
+        assert (row.status, row.worker, row.text, row.claims) == (TranslationStatus.RUNNING, "w1@h", "", 2)
+        assert translations_complete([(new, "its output")]) == {new.id}
+
 
 class RunClaimedTests:
     def test_claimed_jobs_run_without_a_second_claim(self, waiting):

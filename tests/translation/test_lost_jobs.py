@@ -71,7 +71,7 @@ class LostJobsTests:
         self.age([lost], 60)
         Translation.objects.exclude(pk=lost.pk).update(status=TranslationStatus.DONE)
         first = lost_jobs_resend(older_than_s=10, seen_missing=set())
-        Translation.objects.filter(pk=lost.pk).update(attempts=1)  # claimed, failed, queued again, its retry on its way
+        Translation.objects.filter(pk=lost.pk).update(attempts=1, claims=1)  # claimed, failed, queued again, its retry on its way
         second = lost_jobs_resend(older_than_s=10, seen_missing=first.missing)
         assert (second.sent, second.missing) == ([], {(lost.pk, 1)})
 

@@ -165,7 +165,7 @@ class OverdueClaimTests:
             assert overdue_claims_handle() == [stuck.pk]
         row = Translation.objects.get(pk=stuck.pk)
         assert row.status == TranslationStatus.QUEUED and row.resends == 1 and list(sent) == [stuck.pk]
-        assert row.attempts == 1  # not given back: the overdue claim's token is never reused
+        assert row.attempts == 1  # its batch had started: the attempt counts
         assert row.failure_reason == OVERDUE.format(worker="alive@h", seconds=overdue_s)
         assert Translation.objects.get(pk=recent.pk).status == TranslationStatus.RUNNING
         assert overdue_claims_handle() == []

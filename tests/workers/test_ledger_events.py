@@ -166,7 +166,7 @@ def test_a_rows_task_id_is_kept_over_its_attempts_and_differs_between_rows():
     from translation.claims import Job
     from translation.engines import EngineSpec
 
-    job = Job(id=7, attempt=1, text="hola", source="es", target="en", spec=EngineSpec("hf-seq2seq", "m"),
+    job = Job(id=7, attempt=1, claim=1, text="hola", source="es", target="en", spec=EngineSpec("hf-seq2seq", "m"),
               requested_at=datetime(2026, 11, 27, tzinfo=timezone.utc))
     assert task_id(job) == task_id(replace(job, attempt=2))
     assert task_id(job) != task_id(replace(job, id=8))
