@@ -7,6 +7,7 @@ the local Redis, the tiny models); production sets the environment (see README, 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -26,11 +27,14 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # A refused form gets a page that says why, in the portal's words (Django's own is a bare 403).
 CSRF_FAILURE_VIEW = "cs_portal.portal.workspace.access.csrf_failure"
-# Behind a proxy or ingress that terminates TLS: trust its X-Forwarded-Proto, and send the
-# session and CSRF cookies over HTTPS only.
-if env.bool("BEHIND_TLS_PROXY", default=False):
+# Behind a proxy or ingress that terminates TLS: trust its X-Forwarded-Proto and the address it
+# adds to X-Forwarded-For, send the session and CSRF cookies over HTTPS only, and tell browsers
+# to come back over HTTPS only (HSTS, SECURE_HSTS_SECONDS; 0 leaves the header out).
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=86400)
 # Several web processes keep their metrics' counters in this folder (prometheus_client's
 # multiprocess mode); any process of the image may count, so it exists before the first count.
 if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
@@ -49,6 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "simple_history",
     "django_prometheus",
+    "axes",
     "cs_portal.portal",
     "translation",
     "workers",
@@ -67,6 +72,8 @@ MIDDLEWARE = [
     # Records who made each change to a route (LanguageRoute.history).
     "simple_history.middleware.HistoryRequestMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers a locked-out sign-in (django-axes); last, as its documentation asks.
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -121,6 +128,25 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "workspace:login"
 LOGIN_REDIRECT_URL = "workspace:inbox"
+# Passwords the admin's forms and create_agent accept: Django's four checks (8 characters at
+# least, not a common one, not all digits, not like the username).
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in ("UserAttributeSimilarityValidator", "MinimumLengthValidator", "CommonPasswordValidator",
+                 "NumericPasswordValidator")
+]
+# Password guessing (django-axes): a username that fails LOGIN_FAILURE_LIMIT sign-ins in a row
+# from one address (the workspace's form or the admin's) is refused from that address for
+# LOGIN_LOCKOUT_MINUTES; a sign-in that succeeds clears its count. Behind a TLS proxy the
+# address is the one the proxy saw (``client_address``).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no line at every process's start; failures and lockouts are still logged
+AXES_LOCKOUT_CALLABLE = "cs_portal.portal.workspace.access.locked_out"
+AXES_CLIENT_IP_CALLABLE = "cs_portal.portal.workspace.access.client_address"
 
 LOGGING = {
     "version": 1,
@@ -137,6 +163,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "cs_portal.portal.api.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Each API view names its own schemes; the schema and docs pages take a session only (DRF's
+    # default also takes HTTP Basic, a password check with no form, no CSRF and no lockout).
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Support portal API",

@@ -15,7 +15,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: database and broker reachable, and a ready, live worker on every enabled
-    route's queue (workers/health.py). 503 with the reasons otherwise."""
+    route's queue (workers/health.py). 503 with the reasons otherwise. It names workers, hosts
+    and the errors' own words: guarded as the metrics are (``metrics_token_required``)."""
     from workers.health import readiness
 
     result = readiness()
@@ -29,13 +30,14 @@ def readyz_web(request: HttpRequest) -> JsonResponse:
     jobs wait in the ledger), so those must not take the web out of service."""
     from workers.health import database_readiness
 
-    result = database_readiness()
+    result = database_readiness(detail=False)  # open to the load balancer, and so to anyone
     return JsonResponse({"status": "ready" if result.ready else "not ready", "checks": result.checks},
                         status=200 if result.ready else 503)
 
 
 def metrics_token_required(view):
-    """With METRICS_BEARER_TOKEN set, the view answers only requests that carry it."""
+    """With METRICS_BEARER_TOKEN set, the view answers only requests that carry it, or those of
+    a staff member signed in (the operations page links to these views)."""
     import hmac
     from functools import wraps
 
@@ -45,8 +47,9 @@ def metrics_token_required(view):
     def guarded(request: HttpRequest) -> HttpResponse:
         token = settings.METRICS_BEARER_TOKEN
         given = request.headers.get("Authorization", "")
-        if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            response = HttpResponse("Metrics need the bearer token (METRICS_BEARER_TOKEN).\n", status=401,
+        staff = request.user.is_authenticated and request.user.is_active and request.user.is_staff
+        if token and not staff and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            response = HttpResponse("This page needs the bearer token (METRICS_BEARER_TOKEN).\n", status=401,
                                     content_type="text/plain")
             response["WWW-Authenticate"] = "Bearer"
             return response
@@ -87,7 +90,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
-    path("readyz", readyz, name="readyz"),
+    path("readyz", metrics_token_required(readyz), name="readyz"),
     path("readyz/web", readyz_web, name="readyz-web"),
     path("metrics", metrics, name="metrics"),
     path("metrics/fleet", fleet_metrics, name="fleet-metrics"),

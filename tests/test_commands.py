@@ -45,6 +45,28 @@ class CreateAgentTests:
         with pytest.raises(CommandError, match=said.replace(".", r"\.").replace("(", r"\(")):
             call_command("create_agent", username, language="en", password="secret-pass")
 
+    @pytest.mark.parametrize(("password", "said"), [
+        ("short", "This password is too short. It must contain at least 8 characters."),
+        ("password", "This password is too common."),
+        ("8675309123", "This password is entirely numeric."),
+    ])
+    def test_a_password_the_admin_would_refuse_is_refused(self, password, said):
+        with pytest.raises(CommandError, match="The password was refused: .*" + said.replace(".", r"\.")):
+            call_command("create_agent", "kim", language="en", password=password)
+        from django.contrib.auth.models import User
+
+        assert not User.objects.filter(username="kim").exists()
+
+    def test_the_password_can_stay_out_of_the_command_line(self, monkeypatch):
+        from django.contrib.auth.models import User
+
+        monkeypatch.delenv("AGENT_PASSWORD", raising=False)
+        with pytest.raises(CommandError, match="Give the password: --password, the AGENT_PASSWORD variable"):
+            call_command("create_agent", "kim", language="en")  # no terminal here to ask on
+        monkeypatch.setenv("AGENT_PASSWORD", "from-the-environment")
+        call_command("create_agent", "kim", language="en")
+        assert User.objects.get(username="kim").check_password("from-the-environment")
+
     def test_a_refused_agent_leaves_no_new_team_behind(self):
         from cs_portal.portal.models import Team
 

@@ -70,7 +70,7 @@ class TranslationAdmin(admin.ModelAdmin):
     def model_time(self, obj: Translation) -> str:
         return f"{obj.forward_ms / 1000:.3f}" if obj.forward_ms is not None else "-"
 
-    @admin.action(description="Retry the selected failed translations")
+    @admin.action(permissions=["change"], description="Retry the selected failed translations")
     def retry_failed(self, request, queryset) -> None:
         retried = 0
         for translation in queryset.filter(status=TranslationStatus.FAILED):
@@ -81,7 +81,7 @@ class TranslationAdmin(admin.ModelAdmin):
                 self.message_user(request, exc.message, messages.ERROR)
         self.message_user(request, f"{retried} translation(s) sent again.", messages.SUCCESS)
 
-    @admin.action(description="Send queued translations that never reached a queue")
+    @admin.action(permissions=["change"], description="Send queued translations that never reached a queue")
     def send_unsent(self, request, queryset) -> None:
         # Listed once: sending stamps the rows, so the same query counted again would find none.
         unsent = list(queryset.filter(status=TranslationStatus.QUEUED, enqueued_at__isnull=True).select_related("message"))

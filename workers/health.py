@@ -4,10 +4,13 @@ its batch has not outlasted the engine's call timeout)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from django.db import connection
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,15 +23,18 @@ class Readiness:
         self.checks[name] = reason
 
 
-def database_readiness() -> Readiness:
-    """The database answers (the web process's own readiness)."""
+def database_readiness(*, detail: bool = True) -> Readiness:
+    """The database answers (the web process's own readiness). Without ``detail`` the reason
+    names the error's kind only (an open probe: a driver's message names the server and its
+    user); the whole error goes to the log."""
     result = Readiness()
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         result.checks["database"] = "ok"
     except Exception as exc:
-        result.fail("database", f"unreachable: {type(exc).__name__}: {exc}")
+        logger.warning("Readiness: the database does not answer: %s: %s", type(exc).__name__, exc)
+        result.fail("database", f"unreachable: {type(exc).__name__}" + (f": {exc}" if detail else ""))
     return result
 
 

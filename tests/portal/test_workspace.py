@@ -54,6 +54,39 @@ class SignInTests:
         assert response.status_code == 302 and response.url == reverse("workspace:inbox")
         assert client.get(reverse("workspace:inbox")).status_code == 200
 
+    def test_guessing_a_password_pauses_that_accounts_sign_ins_from_that_address(self, agent, settings):
+        from django.core.management import call_command
+
+        from cs_portal.portal.services import agent_create
+
+        agent_create(username="kim", password="kim-password", working_language="en")
+        login, admin_login = reverse("workspace:login"), reverse("admin:login")
+
+        def sign_in(username, password, url=login, address="203.0.113.7"):
+            return Client(REMOTE_ADDR=address).post(url, {"username": username, "password": password})
+
+        for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+            assert sign_in("sam", "guess").status_code == 200  # the form again, with its error
+        paused = sign_in("sam", "guess")
+        assert paused.status_code == 429 and "Sign-in paused" in paused.content.decode()
+        assert f"refused for {round(settings.AXES_COOLOFF_TIME.total_seconds() / 60)} minutes" in paused.content.decode()
+        assert sign_in("sam", "secret-pass").status_code == 429  # the right password too, for now
+        assert sign_in("sam", "secret-pass", url=admin_login).status_code == 429  # the admin's form counts alike
+        assert sign_in("sam", "secret-pass", address="198.51.100.9").status_code == 302  # another address
+        assert sign_in("kim", "kim-password").status_code == 302  # another account
+        call_command("axes_reset_username", "sam")  # an administrator lifts the pause
+        assert sign_in("sam", "secret-pass").status_code == 302
+
+    def test_behind_a_tls_proxy_the_address_is_the_one_the_proxy_added(self, settings, rf):
+        from cs_portal.portal.workspace.access import client_address
+
+        request = rf.get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="1.2.3.4, 203.0.113.7")
+        settings.BEHIND_TLS_PROXY = False
+        assert client_address(request) == "10.0.0.2"
+        settings.BEHIND_TLS_PROXY = True  # "1.2.3.4" is the client's to write: not trusted
+        assert client_address(request) == "203.0.113.7"
+        assert client_address(rf.get("/", REMOTE_ADDR="10.0.0.2")) == "10.0.0.2"
+
     def test_a_post_without_the_csrf_token_is_refused(self, agent, conversation):
         client = Client(enforce_csrf_checks=True)
         client.force_login(agent.user)
@@ -76,6 +109,25 @@ class TeamTests:
         assert client.get(reverse("workspace:conversation", args=[conversation.pk])).status_code == 404
         assert client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hi"}).status_code == 404
         assert "Lucía" not in client.get(reverse("workspace:inbox")).content.decode()
+
+    def test_another_teams_message_is_answered_as_one_that_does_not_exist(self, conversation):
+        """The answer names what was asked for, not the conversation it belongs to."""
+        message = customer_says(conversation, "¿Dónde está mi pedido?")
+        translation = Translation.objects.get(message=message)  # into the team's working language
+        outsider = agent_create(username="kim", password="x", working_language="en", team=team_create(name="Tier 2"))
+        client = Client()
+        client.force_login(outsider.user)
+        gone = Message.objects.order_by("-pk").first().pk + 1000
+        for url, what in [
+            (reverse("workspace:translate", args=[message.pk]), f"Message {message.pk}"),
+            (reverse("workspace:translate", args=[gone]), f"Message {gone}"),
+            (reverse("workspace:retry", args=[translation.pk]), f"Translation {translation.pk}"),
+            (reverse("workspace:retry", args=[10**12]), f"Translation {10**12}"),
+        ]:
+            response = client.post(url)
+            page = response.content.decode()
+            assert response.status_code == 404 and f"{what} does not exist" in page, (url, page[-500:])
+            assert f"Conversation {conversation.pk}" not in page
 
     def test_a_message_is_translated_once_per_distinct_working_language_of_the_team(self, conversation, team):
         agent_create(username="ana", password="x", working_language="fr", team=team)

@@ -50,6 +50,20 @@ class TranslationAdminTests:
         assert failed_translation.status == TranslationStatus.QUEUED
         assert len(callbacks) == 1
 
+    def test_an_admin_who_may_only_view_translations_cannot_retry_or_send_them(self, client, failed_translation):
+        from django.contrib.auth.models import Permission, User
+
+        viewer = User.objects.create_user("viewer", password="viewer-pass", is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_translation"))
+        client.force_login(viewer)
+        url = reverse("admin:translation_translation_changelist")
+        page = client.get(url).content.decode()
+        assert 'value="retry_failed"' not in page and 'value="send_unsent"' not in page
+        for action in ("retry_failed", "send_unsent"):
+            client.post(url, {"action": action, "_selected_action": [failed_translation.pk]})
+        failed_translation.refresh_from_db()
+        assert failed_translation.status == TranslationStatus.FAILED
+
     def test_send_unsent_action_sends_the_queued_unsent_translations_and_counts_them(self, admin_client, many_translations,
                                                                                      broker):
         from translation.models import Translation

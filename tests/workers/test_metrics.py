@@ -147,6 +147,34 @@ class MetricsTokenTests:
             response = client.get(path, HTTP_AUTHORIZATION="Bearer s3cret")
             assert response.status_code == 200 and b"# TYPE" in response.content
 
+    def test_with_a_token_set_the_systems_readiness_answers_that_bearer_or_a_staff_member(self, client, settings):
+        """/readyz names workers, hosts and the errors' own words; /readyz/web, the load
+        balancer's, stays open and names only the kind of a database error."""
+        from django.contrib.auth.models import User
+
+        settings.METRICS_BEARER_TOKEN = "s3cret"
+        assert client.get("/readyz").status_code == 401
+        assert client.get("/readyz", HTTP_AUTHORIZATION="Bearer s3cret").status_code in (200, 503)
+        client.force_login(User.objects.create_user("agent", password="agent-pass"))
+        assert client.get("/readyz").status_code == 401  # signed in, not staff
+        client.force_login(User.objects.create_user("ops", password="ops-pass", is_staff=True))
+        assert client.get("/readyz").status_code in (200, 503)
+        client.logout()
+        assert client.get("/readyz/web").json() == {"status": "ready", "checks": {"database": "ok"}}
+
+    def test_an_open_probe_names_a_database_errors_kind_not_its_words(self, caplog):
+        from unittest import mock
+
+        from django.db import OperationalError
+
+        from workers.health import database_readiness
+
+        refused = OperationalError('connection to server at "10.0.0.5", port 5432 failed: role "portal" denied')
+        with mock.patch("workers.health.connection.cursor", side_effect=refused):
+            assert database_readiness(detail=False).checks == {"database": "unreachable: OperationalError"}
+            assert "10.0.0.5" in database_readiness().checks["database"]  # the guarded /readyz's
+        assert "10.0.0.5" in caplog.text  # the operator still finds it in the log
+
 
 class BorrowedCoresTests:
     def test_each_lanes_time_on_borrowed_cores_is_a_counter_read_at_scrape_time(self):

@@ -32,6 +32,25 @@ SIGNED_OUT_REPLY = "You were signed out, so your reply was not sent. Sign in: it
 FORM_ADDRESSES = {"logout", "take", "assign", "status", "reply", "correct", "send", "language", "translate", "retry"}
 
 
+def client_address(request: HttpRequest) -> str | None:
+    """The address a request came from, for the sign-in lockout: behind a TLS proxy
+    (``BEHIND_TLS_PROXY``), the last address of X-Forwarded-For, the one the proxy added (those
+    before it are the client's to write); else the connection's."""
+    if settings.BEHIND_TLS_PROXY:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        if forwarded[-1]:
+            return forwarded[-1]
+    return request.META.get("REMOTE_ADDR")
+
+
+def locked_out(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
+    """The answer to a sign-in refused for too many failures in a row (django-axes): said in the
+    portal's words, with how long to wait, status 429."""
+    minutes = max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
+    context = {"limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes}
+    return render(request, "workspace/locked_out.html", context, status=429)
+
+
 def agent_required(view):
     """Signed in, and an agent (a user without an agent profile gets a page saying so).
 

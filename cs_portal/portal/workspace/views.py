@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
 from django.db.models import F, Max, Prefetch
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
@@ -154,10 +154,13 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
     return render(request, template, context)
 
 
-def _act(request: HttpRequest, conversation_id: int, action) -> HttpResponse:
+def _act(request: HttpRequest, conversation_id: int, action, *, what: str = "") -> HttpResponse:
+    """Run ``action`` on a conversation the agent may see; ``what`` names the object asked for
+    in the not-found answer (a message of another team's conversation is answered as one that
+    does not exist, not by naming its conversation)."""
     conversation = _conversation(request, conversation_id)
     if conversation is None:
-        return _not_found(request, f"Conversation {conversation_id}")
+        return _not_found(request, what or f"Conversation {conversation_id}")
     try:
         action(conversation)
     except errors.ApplicationError as exc:
@@ -214,12 +217,13 @@ def reply(request, conversation_id: int):
     return _act(request, conversation_id, draft)
 
 
-def _act_on_message(request: HttpRequest, message_id: int, action) -> HttpResponse:
+def _act_on_message(request: HttpRequest, message_id: int, action, *, what: str = "") -> HttpResponse:
     """``_act`` on the message's conversation (which checks the agent may see it)."""
+    what = what or f"Message {message_id}"
     message = Message.objects.filter(pk=message_id).first()
     if message is None:
-        return _not_found(request, f"Message {message_id}")
-    return _act(request, message.conversation_id, lambda conversation: action(message))
+        return _not_found(request, what)
+    return _act(request, message.conversation_id, lambda conversation: action(message), what=what)
 
 
 @require_POST
@@ -279,13 +283,12 @@ def message_translate(request, message_id: int):
 @agent_required
 def translation_retry_view(request, translation_id: int):
     """Retry a failed translation of a message the agent may see, or of its back-translation."""
-    translation = get_object_or_404(
-        Translation.objects.select_related("message", "back_translation_of"), pk=translation_id
-    )
-    origin = translation.back_translation_of if translation.back_translation_of_id else translation
-    if not origin.message_id:
-        return _not_found(request, f"Translation {translation_id}")
-    return _act_on_message(request, origin.message_id, lambda m: translation_retry(translation=translation))
+    what = f"Translation {translation_id}"
+    translation = Translation.objects.select_related("message", "back_translation_of").filter(pk=translation_id).first()
+    origin = translation.back_translation_of if translation and translation.back_translation_of_id else translation
+    if origin is None or not origin.message_id:
+        return _not_found(request, what)
+    return _act_on_message(request, origin.message_id, lambda m: translation_retry(translation=translation), what=what)
 
 
 # --- The agent's own settings ---------------------------------------------------------------------

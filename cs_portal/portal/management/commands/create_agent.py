@@ -1,4 +1,10 @@
+import getpass
+import os
+import sys
+
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 from django.db import transaction
 
@@ -13,7 +19,11 @@ class Command(DatabaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("username")
         parser.add_argument("--language", required=True, help="the agent's working language (ISO 639-1)")
-        parser.add_argument("--password", required=True)
+        parser.add_argument(
+            "--password", default=None,
+            help="the agent's password; without it, AGENT_PASSWORD or, on a terminal, a prompt (kept out of the "
+                 "process list and the shell's history)",
+        )
         parser.add_argument("--staff", action="store_true", help="may also sign in to the admin")
         parser.add_argument("--team", default="", help="the agent's team (created if new)")
         parser.add_argument(
@@ -22,12 +32,17 @@ class Command(DatabaseCommand):
         )
 
     def handle(
-        self, *args, username: str, language: str, password: str, staff: bool, team: str, reads: str, **options
+        self, *args, username: str, language: str, password: str | None, staff: bool, team: str, reads: str,
+        **options
     ) -> None:
-        if get_user_model().objects.filter(username=username).exists():
+        users = get_user_model()
+        if users.objects.filter(username=username).exists():
             raise CommandError(f"User '{username}' already exists.")
-        if len(password) < 8:
-            raise CommandError("The password must have at least 8 characters.")
+        password = password if password is not None else _password_asked()
+        try:  # the checks the admin's forms make (AUTH_PASSWORD_VALIDATORS)
+            validate_password(password, user=users(username=username))
+        except ValidationError as exc:
+            raise CommandError("The password was refused: " + " ".join(exc.messages)) from exc
         try:
             with transaction.atomic():  # a new team is kept only with its agent
                 agent = agent_create(
@@ -42,3 +57,15 @@ class Command(DatabaseCommand):
             + (f", team {agent.team}" if agent.team else "")
             + (f", reads {', '.join(agent.native_languages)}" if agent.native_languages else "") + "."
         )
+
+
+def _password_asked() -> str:
+    """The password from AGENT_PASSWORD, or typed twice at a terminal."""
+    if os.environ.get("AGENT_PASSWORD"):
+        return os.environ["AGENT_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise CommandError("Give the password: --password, the AGENT_PASSWORD variable, or run it on a terminal.")
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != password:
+        raise CommandError("The two passwords differ; nothing was created.")
+    return password
