@@ -45,6 +45,30 @@ class ComposeTests:
             args = parse_args(service["command"][3:])
             assert args.device == "cuda:0", f"{name}: the container sees its one GPU as cuda:0"
 
+    def test_every_service_comes_back_after_a_crash_or_a_reboot(self, compose):
+        """A worker ends on purpose for its supervisor to start it again (a dead engine process,
+        a GPU lost): in Compose the supervisor is the restart policy."""
+        assert {name: service.get("restart") for name, service in compose["services"].items()} == {
+            name: "unless-stopped" for name in compose["services"]}
+
+    def test_each_volume_of_an_image_of_ours_is_a_folder_the_image_gives_its_user(self, compose):
+        """A named volume mounted on a folder the image lacks is created owned by root, and the
+        portal's user cannot write it (Flower lost its state at every restart)."""
+        dockerfiles = {"docker/Dockerfile": (DOCKER / "Dockerfile").read_text(),
+                       "docker/Dockerfile.gpu": (DOCKER / "Dockerfile.gpu").read_text()}
+        for name, service in compose["services"].items():
+            if "build" not in service:
+                continue
+            text = dockerfiles[service["build"]["dockerfile"]]
+            [owned] = re.findall(r"chown portal ([^\n]+)", text)
+            for volume in service.get("volumes", []):
+                if isinstance(volume, str) and ":" in volume:
+                    folder = volume.split(":")[1]
+                    assert folder in owned.split(), f"{name}: {folder} is not the portal user's in its image"
+
+    def test_the_portal_is_told_when_a_tls_proxy_serves_it(self, compose):
+        assert compose["x-portal-env"]["BEHIND_TLS_PROXY"] == "${BEHIND_TLS_PROXY:-false}"
+
     def test_production_secrets_have_no_defaults(self, compose):
         environment = compose["x-portal-env"]
         assert environment["ALLOW_INSECURE_SECRET_KEY"] == "false"

@@ -30,6 +30,7 @@ FAILED_INPUT_TOO_LONG = "input_too_long"
 FAILED_ENGINE_ERROR = "engine_error"
 FAILED_EMPTY_OUTPUT = "empty_output"
 FAILED_GAVE_UP = "gave_up"
+FAILED_LOST = "lost"  # sent again TRANSLATION_MAX_RESENDS times, and no queue ever held it
 
 jobs_requested = Counter(
     "translation_jobs_requested", "Translation jobs requested by the portal, the API or the admin.", JOB_LABELS

@@ -34,6 +34,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from translation import metrics
 from translation.dispatch import MAX_BACKOFF_S
 from translation.models import Translation, TranslationStatus
 
@@ -338,7 +339,7 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
             .filter(pk__in=lost, status=TranslationStatus.QUEUED)
             .exclude(enqueued_at__gte=cutoff)  # another reconciler resent it meanwhile
             .exclude(retry_at__isnull=False, updated_at__gte=cutoff)  # retried meanwhile: a new message
-            .only("pk", "resends")
+            .only("pk", "resends", "route_id", "source_language", "target_language", "model_name")
         )
         give_up = [row for row in rows if row.resends >= settings.TRANSLATION_MAX_RESENDS]
         if give_up:
@@ -350,6 +351,10 @@ def lost_jobs_resend(*, older_than_s: float, seen_missing: set[tuple[int, int]] 
                 )
             result.failed = [row.pk for row in give_up]
         result.sent = _requeue([row for row in rows if row not in give_up], "Sent again: no queue held it.")
+    for row in give_up:  # counted once its transaction is over
+        labels = metrics.job_labels(route_id=row.route_id, source=row.source_language, target=row.target_language,
+                                    model=row.model_name)
+        metrics.jobs_failed.labels(**labels, reason=metrics.FAILED_LOST).inc()
     handled = set(result.sent) | set(result.failed)
     result.missing = {(pk, claims) for pk, claims in missing if pk not in handled}  # locked ones stay suspects
     if result.sent or result.failed:

@@ -82,10 +82,18 @@ class LostJobsTests:
         Translation.objects.filter(pk=never_sent.pk).update(enqueued_at=None)
         Translation.objects.filter(pk=hopeless.pk).update(resends=2)
         Translation.objects.exclude(pk__in=[never_sent.pk, hopeless.pk]).update(status=TranslationStatus.DONE)
+        from prometheus_client import REGISTRY
+
+        from translation import metrics
+
+        labels = {**metrics.job_labels(route_id=hopeless.route_id, source=hopeless.source_language,
+                                       target=hopeless.target_language, model=hopeless.model_name), "reason": "lost"}
+        counted = REGISTRY.get_sample_value("translation_jobs_failed_total", labels) or 0
         result = lost_jobs_resend(older_than_s=10)
         assert result.sent == [never_sent.pk] and result.failed == [hopeless.pk]
         failed = Translation.objects.get(pk=hopeless.pk)
         assert failed.status == TranslationStatus.FAILED and failed.failure_reason == LOST.format(times=3)
+        assert REGISTRY.get_sample_value("translation_jobs_failed_total", labels) == counted + 1  # the dashboard's
 
     def test_the_installations_key_prefix_is_searched(self, many_translations, monkeypatch):
         """With a key prefix (bin/run sets one per data directory), the waiting and taken
