@@ -58,9 +58,12 @@ class CreateAgentTests:
         assert not User.objects.filter(username="kim").exists()
 
     def test_the_password_can_stay_out_of_the_command_line(self, monkeypatch):
+        import io
+
         from django.contrib.auth.models import User
 
         monkeypatch.delenv("AGENT_PASSWORD", raising=False)
+        monkeypatch.setattr("sys.stdin", io.StringIO())  # not a terminal, however pytest runs
         with pytest.raises(CommandError, match="Give the password: --password, the AGENT_PASSWORD variable"):
             call_command("create_agent", "kim", language="en")  # no terminal here to ask on
         monkeypatch.setenv("AGENT_PASSWORD", "from-the-environment")

@@ -244,30 +244,35 @@ class BatchStart:
             return
         self._due = False
         try:
-            _stamp_start([job.id for job in self.jobs], self.now)
+            _stamp_start(self.jobs, self.now)
         except Exception:  # the batch runs on (storing its results retries while the database is down)
             logger.warning("Could not stamp the start of a batch of %d job(s)", len(self.jobs), exc_info=True)
 
 
-def _stamp_start(ids: list[int], now) -> None:
-    """``started_at`` on the claimed rows that have none. On PostgreSQL one statement of the same
-    text for every batch (the ids as one array); the ORM's ``IN`` list elsewhere."""
+def _stamp_start(jobs: list, now) -> None:
+    """``started_at`` on the jobs' rows that have none, while each job's claim is the latest (a
+    superseded claim's batch must not stamp a newer claim, which would then keep its attempt if
+    given back unstarted). On PostgreSQL one statement of the same text for every batch (ids and
+    claims as two arrays); the ORM elsewhere."""
     from django.db import connection, transaction
 
+    from translation.execution import _latest_claims
     from translation.models import Translation, TranslationStatus
 
     if connection.vendor != "postgresql":
-        Translation.objects.filter(pk__in=ids, status=TranslationStatus.RUNNING, started_at__isnull=True).update(
-            started_at=now)
+        _latest_claims(jobs).filter(started_at__isnull=True).update(started_at=now)
         return
     quote = connection.ops.quote_name
-    column = {name: quote(Translation._meta.get_field(name).column) for name in ("id", "status", "started_at")}
+    table = quote(Translation._meta.db_table)
+    column = {name: quote(Translation._meta.get_field(name).column) for name in ("id", "claims", "status", "started_at")}
     with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {quote(Translation._meta.db_table)} SET {column['started_at']} = %s "
-            f"WHERE {column['id']} = ANY(CAST(%s AS bigint[])) AND {column['status']} = %s "
-            f"AND {column['started_at']} IS NULL",
-            [connection.ops.adapt_datetimefield_value(now), ids, TranslationStatus.RUNNING],
+            f"UPDATE {table} SET {column['started_at']} = %s "
+            f"FROM unnest(CAST(%s AS bigint[]), CAST(%s AS integer[])) AS v(id, claim) "
+            f"WHERE {table}.{column['id']} = v.id AND {table}.{column['claims']} = v.claim "
+            f"AND {table}.{column['status']} = %s AND {table}.{column['started_at']} IS NULL",
+            [connection.ops.adapt_datetimefield_value(now), [job.id for job in jobs], [job.claim for job in jobs],
+             TranslationStatus.RUNNING],
         )
 
 

@@ -86,6 +86,11 @@ class SignInTests:
         settings.BEHIND_TLS_PROXY = True  # "1.2.3.4" is the client's to write: not trusted
         assert client_address(request) == "203.0.113.7"
         assert client_address(rf.get("/", REMOTE_ADDR="10.0.0.2")) == "10.0.0.2"
+        for forwarded, seen in [("203.0.113.7:5678", "203.0.113.7"), ("[2001:db8::1]:443", "2001:db8::1"),
+                                ("2001:db8::2", "2001:db8::2"), ("unknown", "10.0.0.2"), ("1.2.3.4, ", "10.0.0.2"),
+                                ("'; DROP TABLE", "10.0.0.2")]:
+            request = rf.get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded)
+            assert client_address(request) == seen, forwarded
 
     def test_a_post_without_the_csrf_token_is_refused(self, agent, conversation):
         client = Client(enforce_csrf_checks=True)

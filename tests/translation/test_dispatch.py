@@ -290,6 +290,21 @@ class ClaimQueuedTests:
         assert (row.status, row.worker, row.text, row.claims) == (TranslationStatus.RUNNING, "w1@h", "", 2)
         assert translations_complete([(new, "its output")]) == {new.id}
 
+    def test_a_superseded_claims_batch_start_leaves_the_next_claim_unstarted(self, waiting):
+        from translation.dispatch import translations_start
+        from translation.execution import translation_requeue
+
+        [old] = translations_claim_queued(QUEUE, worker="gone@h", limit=1)
+        translation_requeue(job=old, reason="the worker stops", retry=False)
+        [new] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
+        translations_start([old])  # the old claim's batch starts late, on another worker
+        assert Translation.objects.get(pk=new.id).started_at is None
+        translation_requeue(job=new, reason="the worker stops", retry=False)
+        assert Translation.objects.get(pk=new.id).attempts == 0  # its batch never started: given back
+        [again] = translations_claim_queued(QUEUE, worker="w1@h", limit=1)
+        [again] = translations_start([again])
+        assert Translation.objects.get(pk=again.id).started_at == again.claimed_at
+
 
 class RunClaimedTests:
     def test_claimed_jobs_run_without_a_second_claim(self, waiting):

@@ -35,12 +35,32 @@ FORM_ADDRESSES = {"logout", "take", "assign", "status", "reply", "correct", "sen
 def client_address(request: HttpRequest) -> str | None:
     """The address a request came from, for the sign-in lockout: behind a TLS proxy
     (``BEHIND_TLS_PROXY``), the last address of X-Forwarded-For, the one the proxy added (those
-    before it are the client's to write); else the connection's."""
+    before it are the client's to write), when it is an address (a port after it dropped); else
+    the connection's. The lockout stores it in an address column: anything else would fail
+    every sign-in."""
     if settings.BEHIND_TLS_PROXY:
-        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        if forwarded[-1]:
-            return forwarded[-1]
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip()
+        address = _address(forwarded)
+        if address is not None:
+            return address
     return request.META.get("REMOTE_ADDR")
+
+
+def _address(text: str) -> str | None:
+    """``text`` as an IP address, or None: ``1.2.3.4``, ``1.2.3.4:5678``, ``[2001:db8::1]:443``."""
+    import ipaddress
+
+    candidates = [text]
+    if text.startswith("[") and "]" in text:
+        candidates = [text[1:text.index("]")]]
+    elif text.count(":") == 1:
+        candidates.append(text.split(":")[0])
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None
 
 
 def locked_out(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
