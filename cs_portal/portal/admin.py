@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
+from django.db.models import Count
 
 from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Customer, Message, Team
 from translation.models import Translation
@@ -16,9 +17,12 @@ class TeamAdmin(admin.ModelAdmin):
     list_display = ["name", "agents_count", "created_at"]
     search_fields = ["name"]
 
-    @admin.display(description="agents")
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(agents_total=Count("agents"))
+
+    @admin.display(description="agents", ordering="agents_total")
     def agents_count(self, team: Team) -> int:
-        return team.agents.count()
+        return team.agents_total
 
 
 @admin.register(AgentProfile)
@@ -48,10 +52,18 @@ class ApiClientAdmin(admin.ModelAdmin):
         return False
 
 
+# The large tables' lists (customers, conversations, messages; translations in translation/admin.py)
+# count their rows once per page, not twice ("N of M selected" counts the whole table again), and
+# their edit pages ask for a related row by id: a drop-down would list every conversation or
+# customer, each label a query of its own.
+
+
 @admin.register(Customer)
 class CustomerAdmin(admin.ModelAdmin):
     list_display = ["name", "email", "external_id", "api_client", "created_at"]
     search_fields = ["name", "email", "external_id"]
+    list_select_related = ["api_client"]
+    show_full_result_count = False
 
 
 class MessageInline(admin.TabularInline):
@@ -61,6 +73,9 @@ class MessageInline(admin.TabularInline):
     readonly_fields = fields
     show_change_link = True
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("author__user")
+
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
@@ -68,6 +83,9 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ["status", "language", "team"]
     search_fields = ["customer__name", "customer__email", "subject"]
     inlines = [MessageInline]
+    list_select_related = ["customer", "team", "assignee__user"]
+    raw_id_fields = ["customer", "assignee"]
+    show_full_result_count = False
 
 
 class TranslationInline(admin.TabularInline):
@@ -84,3 +102,7 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ["sender", "language", "language_source"]
     search_fields = ["text"]
     inlines = [TranslationInline]
+    list_select_related = ["conversation__customer"]
+    raw_id_fields = ["conversation", "author"]
+    ordering = ["-id"]  # newest first, read off the primary key (created_at has no index)
+    show_full_result_count = False

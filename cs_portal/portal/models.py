@@ -8,6 +8,7 @@ import secrets
 from django.conf import settings
 from django.db import models
 
+from cs_portal.portal.indexes import NullsLastIndex
 from translation.languages import LANGUAGES
 
 LANGUAGE_CHOICES = [(code, f"{lang.name} ({code})") for code, lang in LANGUAGES.items()]
@@ -128,8 +129,17 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-updated_at"]
-        # The inbox's live stream asks for the latest change every quarter second.
-        indexes = [models.Index(fields=["updated_at"], name="conversation_updated")]
+        indexes = [
+            # The inbox's live stream asks for the latest change every quarter second.
+            models.Index(fields=["updated_at"], name="conversation_updated"),
+            # The inbox's order (newest activity first, never-written last): its first page is
+            # read off this index instead of sorting every conversation an agent may see.
+            NullsLastIndex(
+                models.F("last_message_at").desc(nulls_last=True), models.F("id").desc(), name="conversation_inbox"
+            ),
+            # A new conversation goes to the agent with the fewest open ones: each agent's count.
+            models.Index(fields=["assignee"], condition=models.Q(status="open"), name="conversation_open_by_assignee"),
+        ]
 
     def __str__(self) -> str:
         return f"Conversation {self.pk} with {self.customer}"
@@ -173,6 +183,14 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # A conversation's latest delivered message (the inbox's preview of every row): one
+            # step down this index, not a sort of the conversation's messages.
+            models.Index(
+                "conversation", models.F("delivered_at").desc(), models.F("id").desc(),
+                condition=models.Q(delivered_at__isnull=False), name="message_latest_delivered",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.sender} message {self.pk} ({self.language})"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cs_portal.portal.models import (
@@ -101,10 +102,16 @@ def text_validate(text: str) -> str:
 
 
 def _agent_for_new_conversation() -> AgentProfile | None:
-    """The available agent with the fewest open conversations."""
+    """The available agent with the fewest open conversations: each agent's open ones counted
+    through the index of open conversations by assignee (a join counted every conversation an
+    agent was ever given, closed ones included, at every new conversation)."""
+    open_ones = (
+        Conversation.objects.filter(assignee=OuterRef("pk"), status=ConversationStatus.OPEN)
+        .order_by().values("assignee").annotate(count=Count("*")).values("count")
+    )
     return (
         AgentProfile.objects.filter(is_available=True, user__is_active=True)
-        .annotate(open_count=Count("conversations", filter=Q(conversations__status=ConversationStatus.OPEN)))
+        .annotate(open_count=Coalesce(Subquery(open_ones), 0))
         .order_by("open_count", "id")
         .first()
     )
