@@ -18,6 +18,15 @@ def database_unreachable(error: BaseException) -> str:
     return f"The database refused the command ({connection.vendor} {where}): {reason}.{hint}"
 
 
+def migrations_unapplied() -> list[str]:
+    """The migrations the database lacks (``app.name``), as ``migrate`` would apply them."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    return [f"{migration.app_label}.{migration.name}" for migration, backwards in plan if not backwards]
+
+
 class DatabaseCommand(BaseCommand):
     """A command that reads or writes the database: when the database cannot be reached it ends
     with one line saying so (exit status 1), not a traceback."""

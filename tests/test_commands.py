@@ -19,12 +19,20 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", [
     ["status"], ["resend_translations"], ["import_routes"], ["create_api_client", "shop"],
     ["create_agent", "kim", "--language", "en", "--password", "secret-pass"],
+    ["benchmark", "--model", "tiny", "--jobs", "8"],
 ])
 def test_the_database_away_is_said_in_one_line(command):
     done = run(*command, DATABASE_URL="postgres://postgres@127.0.0.1:1/test")
     assert done.returncode == 1, done.stdout
     assert "CommandError: The database cannot be reached (postgresql 127.0.0.1:1/test)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_benchmark_asks_for_migrate_before_it_measures_anything(tmp_path):
+    done = run("benchmark", "--model", "tiny", "--jobs", "8", DATABASE_URL=f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "CommandError: The database lacks" in done.stderr and "run `manage.py migrate`" in done.stderr
+    assert "Raw model" not in done.stdout  # said before minutes of measuring, not after
 
 
 def test_a_database_without_its_tables_is_told_to_migrate(tmp_path):

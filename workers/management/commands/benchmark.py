@@ -1,11 +1,12 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from cs_portal.commands import DatabaseCommand, migrations_unapplied
 from translation.tiny_models import BENCHMARK_SHAPES
 from workers.benchmark import SATURATION_ROUNDS, Benchmark
 from workers.lane_layout import MAX_GPU_LANES
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Measure the serving pipeline against the raw batched model (the limit) and against "
         "one job per forward pass (the baseline). Needs the broker and database of the settings."
@@ -55,6 +56,10 @@ class Command(BaseCommand):
                 raise CommandError("--device cuda: no CUDA device on this machine.")
         if (precision in ("fp16", "bf16")) != (device == "cuda") and precision != "fp32":
             raise CommandError(f"--precision {precision} does not run on {device} (fp16/bf16: cuda; int8: cpu).")
+        unapplied = migrations_unapplied()  # before minutes of measuring: the pipelines write their jobs there
+        if unapplied:
+            raise CommandError(f"The database lacks {len(unapplied)} migration(s) (the first: {unapplied[0]}): run "
+                               "`manage.py migrate` with the same DATABASE_URL first.")
         benchmark = Benchmark(model=model, jobs=jobs, say=self.say, device=device, precision=precision, lanes=lanes,
                               dispatch=dispatch, rounds=rounds)
         try:
