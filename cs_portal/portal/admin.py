@@ -1,8 +1,10 @@
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
-from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Customer, Message, Team
+from cs_portal.portal.models import AgentProfile, AgentToken, ApiClient, Conversation, Customer, Message, Team
 from translation.models import Translation
 
 admin.site.site_header = "Support portal administration"
@@ -38,6 +40,28 @@ class AgentProfileAdmin(admin.ModelAdmin):
     @admin.display(description="reads natively")
     def native(self, agent: AgentProfile) -> str:
         return ", ".join(agent.native_languages or []) or "-"
+
+
+admin.site.unregister(TokenProxy)  # its list, edit page and titles show every agent's key whole
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(TokenAdmin):
+    """Agents' API tokens: listed by their first characters only (a token is a password for the
+    agent API, and the list is open to anyone who may view tokens); a new one is shown once, to
+    whoever creates it. ``manage.py drf_create_token NAME`` does the same from a shell."""
+
+    list_display = ("key_start", "user", "created")
+
+    @admin.display(description="key")
+    def key_start(self, token: AgentToken) -> str:
+        return f"{token.key[:6]}…"
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            self.message_user(request, f"API token of {obj.user}: {obj.key} (shown this once; give it to the agent).",
+                              messages.WARNING)
 
 
 @admin.register(ApiClient)

@@ -7,6 +7,7 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from rest_framework.authtoken.models import TokenProxy
 
 from cs_portal.portal.indexes import NullsLastIndex
 from translation.languages import LANGUAGES
@@ -205,3 +206,15 @@ class ConversationRead(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["agent", "conversation"], name="one_read_mark_per_agent")]
+
+
+class AgentToken(TokenProxy):
+    """An agent's token for the agent API, as the admin lists it: named by its agent, never by
+    the key itself (the key is a password; it is shown once, when made)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "agent API token"
+
+    def __str__(self) -> str:
+        return f"API token of {self.user}"

@@ -83,6 +83,23 @@ class TranslationAdminTests:
         broker.delete(*keys)  # rows of this test's transaction: no worker is to take them
 
 
+class AgentTokenAdminTests:
+    def test_a_token_is_listed_by_its_start_and_shown_whole_once_to_whoever_makes_it(self, admin_client):
+        from django.contrib.auth.models import User
+        from rest_framework.authtoken.models import Token
+
+        agent = User.objects.create_user("maria", password="maria-password")
+        made = admin_client.post(reverse("admin:portal_agenttoken_add"), {"user": agent.pk}, follow=True)
+        token = Token.objects.get(user=agent)
+        assert f"API token of maria: {token.key} (shown this once" in made.content.decode()
+        listed = admin_client.get(reverse("admin:portal_agenttoken_changelist")).content.decode()
+        assert token.key[:6] in listed and token.key not in listed
+        edit = admin_client.get(reverse("admin:portal_agenttoken_change", args=[agent.pk])).content.decode()
+        assert token.key not in edit and "API token of maria" in edit
+        admin_client.post(reverse("admin:portal_agenttoken_delete", args=[agent.pk]), {"post": "yes"})
+        assert not Token.objects.filter(user=agent).exists()  # revoked
+
+
 class PortalAdminTests:
     @pytest.mark.parametrize("model", ["conversation", "message", "customer", "agentprofile", "apiclient"])
     def test_changelists_render(self, admin_client, failed_translation, model):
