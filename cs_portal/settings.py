@@ -18,11 +18,42 @@ env = environ.Env()
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DEBUG", default=False)
+
+
+def _installation_key(path: Path) -> str:
+    """This data directory's own secret key, made at its first use (readable by its owner only):
+    a run without SECRET_KEY never signs with a value anyone else knows. Written whole under
+    another name and linked into place, so processes starting together read one key."""
+    import os
+    import secrets
+
+    try:
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        written = path.with_name(f"{path.name}.{os.getpid()}")
+        with os.fdopen(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            file.write(key + "\n")
+        try:
+            os.link(written, path)
+        except FileExistsError:  # another process of this installation made it meanwhile
+            key = path.read_text().strip()
+        finally:
+            written.unlink(missing_ok=True)
+        return key
+    except OSError as error:
+        raise environ.ImproperlyConfigured(
+            f"No SECRET_KEY is set, and none can be kept in {path} ({error.strerror}): set SECRET_KEY.") from error
+
+
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not env.bool("ALLOW_INSECURE_SECRET_KEY", default=True):
         raise environ.ImproperlyConfigured("SECRET_KEY must be set in production")
-    SECRET_KEY = "insecure-embedded-default-do-not-use-in-production"
+    SECRET_KEY = _installation_key(DATA_DIR / "secret_key")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # A refused form gets a page that says why, in the portal's words (Django's own is a bare 403).

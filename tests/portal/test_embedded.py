@@ -89,3 +89,37 @@ class ApiKeyLastUsedTests:
         api_client_by_key(key)
         client.refresh_from_db()
         assert client.last_used_at > stamp - timedelta(minutes=2)
+
+
+class InstallationKeyTests:
+    def test_without_secret_key_each_data_directory_signs_with_a_key_of_its_own(self, tmp_path):
+        import stat
+
+        from cs_portal.settings import _installation_key
+
+        first = _installation_key(tmp_path / "one" / "secret_key")
+        assert len(first) >= 50 and first == _installation_key(tmp_path / "one" / "secret_key")  # kept
+        assert stat.S_IMODE((tmp_path / "one" / "secret_key").stat().st_mode) == 0o600  # its owner's only
+        assert _installation_key(tmp_path / "two" / "secret_key") != first
+        assert sorted(path.name for path in (tmp_path / "one").iterdir()) == ["secret_key"]  # nothing left beside
+
+    def test_processes_starting_together_read_one_key(self, tmp_path):
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT
+
+        script = "from cs_portal.settings import _installation_key as k; import pathlib, sys; print(k(pathlib.Path(sys.argv[1])))"
+        started = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "secret_key")], cwd=ROOT,
+                                    stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        keys = {process.communicate(timeout=60)[0].strip() for process in started}
+        assert keys == {(tmp_path / "secret_key").read_text().strip()}
+
+    def test_a_data_directory_that_cannot_keep_one_asks_for_secret_key(self, tmp_path):
+        from django.core.exceptions import ImproperlyConfigured
+
+        from cs_portal.settings import _installation_key
+
+        (tmp_path / "file").write_text("")
+        with pytest.raises(ImproperlyConfigured, match="none can be kept in .*: set SECRET_KEY"):
+            _installation_key(tmp_path / "file" / "secret_key")
