@@ -211,6 +211,10 @@ SPECTACULAR_SETTINGS = {
 
 # --- Messages and languages ----------------------------------------------------------------
 MESSAGE_MAX_CHARS = env.int("MESSAGE_MAX_CHARS", default=5000)
+# The workspace shows a conversation's latest messages (a link shows the whole of it).
+WORKSPACE_THREAD_MESSAGES = env.int("WORKSPACE_THREAD_MESSAGES", default=200)
+if WORKSPACE_THREAD_MESSAGES < 1:
+    raise environ.ImproperlyConfigured(f"WORKSPACE_THREAD_MESSAGES must be 1 or more, not {WORKSPACE_THREAD_MESSAGES}")
 # Languages customers may write in (ISO 639-1); each must be known to translation.languages.
 SUPPORTED_LANGUAGES = env.list(
     "SUPPORTED_LANGUAGES", default=["en", "zh", "es", "fr", "de", "pt", "ja", "ko", "ru", "ar", "hi", "it"]

@@ -100,18 +100,25 @@ def _inbox_context(request: HttpRequest) -> dict:
 
 # --- Conversation --------------------------------------------------------------------------------
 
-def _thread(conversation, agent: AgentProfile) -> list[dict]:
+def _thread(conversation, agent: AgentProfile, *, latest: int | None = None) -> tuple[list[dict], int]:
     """Each message as the agent sees it: the translation meant for them, the original, drafts
-    with their translation and back-translation."""
+    with their translation and back-translation; with ``latest``, only the latest that many
+    (drafts, last in the thread, always among them: the thread re-renders at every change of a
+    live conversation, and a long one was read and drawn whole each time). Also returns how
+    many earlier messages were left out."""
     back = Translation.objects.order_by("-id")
-    rows = (
+    messages = (
         conversation.messages.select_related("author__user")
         .prefetch_related(Prefetch("translations", queryset=Translation.objects.select_related(
             "corrected_by__user"
         ).prefetch_related(Prefetch("back_translations", queryset=back))))
-        # As the customer sees them: in the order they were sent; drafts last.
-        .order_by(F("delivered_at").asc(nulls_last=True), "id")
     )
+    # As the customer sees them: in the order they were sent; drafts last.
+    if latest is None:
+        rows, earlier = list(messages.order_by(F("delivered_at").asc(nulls_last=True), "id")), 0
+    else:
+        rows = list(messages.order_by(F("delivered_at").desc(nulls_first=True), "-id")[:latest])[::-1]
+        earlier = conversation.messages.count() - len(rows) if len(rows) == latest else 0
     thread = []
     for message in rows:
         translations = {t.target_language: t for t in message.translations.all()}
@@ -130,7 +137,7 @@ def _thread(conversation, agent: AgentProfile) -> list[dict]:
                 outgoing and outgoing.status == TranslationStatus.DONE
             )
         thread.append(item)
-    return thread
+    return thread, earlier
 
 
 @agent_required
@@ -144,8 +151,10 @@ def conversation_view(request: HttpRequest, conversation_id: int) -> HttpRespons
     # conversation, which shows none: it waits until the conversation opens again).
     shows_reply = request.method == "GET" and not partial and conversation.status != ConversationStatus.CLOSED
     unsent = unsent_reply_take(request, conversation.pk) if shows_reply else {}
+    whole = request.GET.get("all") == "1"
+    thread, earlier = _thread(conversation, request.agent, latest=None if whole else settings.WORKSPACE_THREAD_MESSAGES)
     context = {
-        "agent": request.agent, "conversation": conversation, "thread": _thread(conversation, request.agent),
+        "agent": request.agent, "conversation": conversation, "thread": thread, "earlier": earlier, "whole": whole,
         "customer_language": LANGUAGES.get(conversation.language), "languages": sorted(LANGUAGES.items()),
         "statuses": ConversationStatus.values, "teammates": _teammates(request.agent), "unsent_reply": unsent,
         "message_max_chars": settings.MESSAGE_MAX_CHARS, "unsent_correction": unsent_correction(request),
