@@ -22,27 +22,37 @@ DEBUG = env.bool("DEBUG", default=False)
 
 def _installation_key(path: Path) -> str:
     """This data directory's own secret key, made at its first use (readable by its owner only):
-    a run without SECRET_KEY never signs with a value anyone else knows. Written whole under
-    another name and linked into place, so processes starting together read one key."""
+    a run without SECRET_KEY never signs with a value anyone else knows. Written whole to a file
+    of its own, then linked into place, so processes starting together read one key."""
     import os
     import secrets
+    import tempfile
+
+    def kept() -> str:
+        key = path.read_text().strip()
+        if not key:
+            raise environ.ImproperlyConfigured(f"{path} is empty: delete it (a new key is made) or set SECRET_KEY.")
+        return key
 
     try:
         try:
-            return path.read_text().strip()
+            return kept()
         except FileNotFoundError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(50)
-        written = path.with_name(f"{path.name}.{os.getpid()}")
-        with os.fdopen(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-            file.write(key + "\n")
+        descriptor, written = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         try:
-            os.link(written, path)
-        except FileExistsError:  # another process of this installation made it meanwhile
-            key = path.read_text().strip()
+            with os.fdopen(descriptor, "w") as file:
+                file.write(key + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            try:
+                os.link(written, path)
+            except FileExistsError:  # another process of this installation made it meanwhile
+                return kept()
         finally:
-            written.unlink(missing_ok=True)
+            os.unlink(written)
         return key
     except OSError as error:
         raise environ.ImproperlyConfigured(

@@ -52,6 +52,10 @@ class AgentTokenAdmin(TokenAdmin):
     whoever creates it. ``manage.py drf_create_token NAME`` does the same from a shell."""
 
     list_display = ("key_start", "user", "created")
+    raw_id_fields = ("user",)  # not a drop-down of every user
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("user",) if obj is not None else ()  # a key moved to another user would sign in as them
 
     @admin.display(description="key")
     def key_start(self, token: AgentToken) -> str:

@@ -123,3 +123,6 @@ class InstallationKeyTests:
         (tmp_path / "file").write_text("")
         with pytest.raises(ImproperlyConfigured, match="none can be kept in .*: set SECRET_KEY"):
             _installation_key(tmp_path / "file" / "secret_key")
+        (tmp_path / "empty").write_text("\n")  # a key file a crash left empty
+        with pytest.raises(ImproperlyConfigured, match="empty: delete it"):
+            _installation_key(tmp_path / "empty")

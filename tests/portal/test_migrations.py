@@ -48,3 +48,19 @@ def test_delivered_language_is_filled_in_as_the_customer_was_shown_each_reply(co
     backfill(apps, None)
     assert Message.objects.get(pk=translated.pk).delivered_language == "es"  # shown in its translation
     assert Message.objects.get(pk=other.pk).delivered_language == "es"
+
+
+def test_the_admins_history_no_longer_names_a_token_by_its_key(admin_user):
+    """0007: entries the admin wrote when tokens were named by their keys name their kind now;
+    other entries are left as they were."""
+    from django.contrib.admin.models import ADDITION, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+    from rest_framework.authtoken.models import Token, TokenProxy
+
+    token = Token.objects.create(user=admin_user)
+    for model, named in ((TokenProxy, token.key), (Token, token.key), (Message, "customer message 7 (es)")):
+        LogEntry.objects.create(user=admin_user, content_type=ContentType.objects.get_for_model(model, for_concrete_model=False),
+                                object_id=str(admin_user.pk), object_repr=named, action_flag=ADDITION)
+    importlib.import_module("cs_portal.portal.migrations.0007_token_log_entries").keys_out_of_the_log(apps, None)
+    assert sorted(LogEntry.objects.values_list("object_repr", flat=True)) == [
+        "API token", "API token", "customer message 7 (es)"]

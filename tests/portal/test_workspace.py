@@ -462,6 +462,11 @@ class LongThreadTests:
         whole = signed_in.get(reverse("workspace:conversation", args=[conversation.pk]), {"all": "1"}).content.decode()
         assert all(f'id="message-{m.pk}"' in whole for m in said + [draft]) and "earlier message" not in whole
         assert "partial=1&amp;all=1" in whole  # its live refreshes keep the whole of it
+        # Acting on an early message from the whole conversation comes back to the whole of it.
+        back = signed_in.post(reverse("workspace:translate", args=[said[0].pk]),
+                              {"next": f"/workspace/conversations/{conversation.pk}/?all=1"})
+        assert back.status_code == 302 and back.url.endswith("?all=1")
+        assert f'name="next" value="/workspace/conversations/{conversation.pk}/?all=1"' in whole
         settings.WORKSPACE_THREAD_MESSAGES = 6
         page = signed_in.get(reverse("workspace:conversation", args=[conversation.pk])).content.decode()
         assert "earlier message" not in page and all(f'id="message-{m.pk}"' in page for m in said + [draft])

@@ -96,6 +96,9 @@ class AgentTokenAdminTests:
         assert token.key[:6] in listed and token.key not in listed
         edit = admin_client.get(reverse("admin:portal_agenttoken_change", args=[agent.pk])).content.decode()
         assert token.key not in edit and "API token of maria" in edit
+        other = User.objects.create_user("kim", password="kim-password")
+        admin_client.post(reverse("admin:portal_agenttoken_change", args=[agent.pk]), {"user": other.pk})
+        assert Token.objects.get(key=token.key).user == agent  # a key stays with its agent
         admin_client.post(reverse("admin:portal_agenttoken_delete", args=[agent.pk]), {"post": "yes"})
         assert not Token.objects.filter(user=agent).exists()  # revoked
 
