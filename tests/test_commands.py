@@ -115,3 +115,45 @@ def test_start_workers_says_why_it_cannot_read_the_plan(tmp_path):
 def test_precision_drift_says_why_a_model_cannot_be_measured(tmp_path):
     with pytest.raises(CommandError, match=f"Cannot measure {tmp_path / 'none'} es->en"):
         call_command("precision_drift", model=str(tmp_path / "none"))
+
+
+@pytest.mark.django_db
+class RetryFailedTests:
+    def test_an_outages_failures_are_sent_again_narrowed_and_counted(self, many_translations, capsys,
+                                                                    django_capture_on_commit_callbacks):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from translation.execution import translation_fail
+        from translation.models import Translation, TranslationStatus
+
+        outage, other, old = many_translations[:3], many_translations[3], many_translations[4]
+        for row in [*outage, old]:
+            translation_fail(translation_id=row.pk, reason="CUDA error: device lost")
+        translation_fail(translation_id=other.pk, reason="The model produced an empty translation.")
+        Translation.objects.filter(pk=old.pk).update(finished_at=timezone.now() - timedelta(hours=3))
+
+        call_command("retry_failed", reason="CUDA error", dry_run=True)
+        assert "3 failed translation(s) match; none sent (--dry-run)." in capsys.readouterr().out
+        assert Translation.objects.filter(status=TranslationStatus.FAILED).count() == 5
+        with django_capture_on_commit_callbacks(execute=False) as sends:
+            call_command("retry_failed", reason="CUDA error", limit=2)
+        assert "2 translation(s) sent again, 0 refused, 1 more left (--limit 2)." in capsys.readouterr().out
+        assert len(sends) == 2
+        with django_capture_on_commit_callbacks(execute=False):
+            call_command("retry_failed", reason="CUDA error")
+        assert "1 translation(s) sent again, 0 refused." in capsys.readouterr().out
+        statuses = dict(Translation.objects.values_list("pk", "status"))
+        assert [statuses[row.pk] for row in outage] == [TranslationStatus.QUEUED] * 3
+        assert statuses[other.pk] == statuses[old.pk] == TranslationStatus.FAILED  # another reason; before --since
+
+    @pytest.mark.parametrize(("option", "said"), [
+        ({"since": float("nan")}, "--since must be more than 0"),
+        ({"since": 0}, "--since must be more than 0"),
+        ({"limit": 0}, "--limit must be between 1 and 1000000"),
+        ({"target": "xx"}, "--target 'xx' is not a language code"),
+    ])
+    def test_bad_options_are_said(self, option, said):
+        with pytest.raises(CommandError, match=said):
+            call_command("retry_failed", **option)

@@ -21,7 +21,7 @@ from translation.queues import queue_consumers
 from translation.routing import share_problems
 from translation.selectors import RouteFigures, route_figures, waiting_by_queue
 from translation.sending import translations_enqueue
-from translation.services import translation_retry, translation_sample
+from translation.services import translation_sample, translations_retry
 
 
 class _KnownValuesFilter(admin.SimpleListFilter):
@@ -59,6 +59,9 @@ class QueueFilter(_KnownValuesFilter):
 
     def lookups(self, request, model_admin):
         return [(queue, queue) for queue in sorted(set(LanguageRoute.objects.values_list("queue", flat=True)))]
+
+
+ADMIN_RETRY_LIMIT = 500
 
 
 @admin.register(Translation)
@@ -110,14 +113,16 @@ class TranslationAdmin(admin.ModelAdmin):
 
     @admin.action(permissions=["change"], description="Retry the selected failed translations")
     def retry_failed(self, request, queryset) -> None:
-        retried = 0
-        for translation in queryset.filter(status=TranslationStatus.FAILED):
-            try:
-                translation_retry(translation=translation)
-                retried += 1
-            except ApplicationError as exc:
-                self.message_user(request, exc.message, messages.ERROR)
-        self.message_user(request, f"{retried} translation(s) sent again.", messages.SUCCESS)
+        """At most ``ADMIN_RETRY_LIMIT`` per action (each is a transaction of its own; thousands
+        selected after an outage would outlast the web server's timeout): the rest are said, for
+        the action again or ``manage.py retry_failed``."""
+        done = translations_retry(queryset, limit=ADMIN_RETRY_LIMIT)
+        for reason, count in sorted(done.refused.items()):
+            self.message_user(request, f"{count} not retried: {reason}", messages.ERROR)
+        self.message_user(request, f"{done.sent} translation(s) sent again.", messages.SUCCESS)
+        if done.left:
+            self.message_user(request, f"{done.left} more selected failed translation(s) were left: run the action "
+                                       "again, or `manage.py retry_failed` for many at once.", messages.WARNING)
 
     @admin.action(permissions=["change"], description="Send queued translations that never reached a queue")
     def send_unsent(self, request, queryset) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
@@ -244,6 +246,35 @@ ROUTE_KEYS = {
     "adapter": "adapter", "max_batch_size": "max_batch_size", "max_wait_ms": "max_wait_ms",
     "max_input_chars": "max_input_chars", "max_queued": "max_queued", "enabled": "enabled", "note": "note",
 }
+
+
+@dataclass
+class Retried:
+    """What a retry of many failed translations did: how many were sent again, the reasons the
+    rest were refused (each with its count), and how many matching rows it left for later."""
+
+    sent: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    left: int = 0
+
+
+def translations_retry(rows, *, limit: int, progress: Callable[[Retried], None] | None = None) -> Retried:
+    """``translation_retry`` for the failed rows of ``rows`` (a queryset), oldest first, at most
+    ``limit`` of them, each in its own transaction (a refusal, such as a route sample's, leaves
+    the others alone); ``progress`` hears the count every 100 rows."""
+    failed = rows.filter(status=TranslationStatus.FAILED)
+    ids = list(failed.order_by("pk").values_list("pk", flat=True)[: limit + 1])
+    result = Retried(left=failed.count() - limit if len(ids) > limit else 0)  # counted before they change
+    for n, pk in enumerate(ids[:limit], start=1):
+        try:
+            translation_retry(translation=Translation(pk=pk))
+            result.sent += 1
+        except errors.ApplicationError as exc:
+            reason = exc.message.replace(f"Translation {pk} ", "This translation ", 1)
+            result.refused[reason] = result.refused.get(reason, 0) + 1
+        if progress is not None and n % 100 == 0:
+            progress(result)
+    return result
 
 
 def _mistyped(entry: dict) -> list[str]:

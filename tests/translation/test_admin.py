@@ -50,6 +50,21 @@ class TranslationAdminTests:
         assert failed_translation.status == TranslationStatus.QUEUED
         assert len(callbacks) == 1
 
+    def test_a_retry_of_many_sends_a_bounded_number_and_says_what_is_left(self, admin_client, many_translations,
+                                                                          monkeypatch, django_capture_on_commit_callbacks):
+        import translation.admin as translation_admin
+        from translation.models import Translation
+
+        monkeypatch.setattr(translation_admin, "ADMIN_RETRY_LIMIT", 2)
+        for row in many_translations[:3]:
+            translation_fail(translation_id=row.pk, reason="CUDA error: device lost")
+        url = reverse("admin:translation_translation_changelist")
+        with django_capture_on_commit_callbacks(execute=False):
+            page = admin_client.post(url, {"action": "retry_failed", "_selected_action": [r.pk for r in many_translations]},
+                                     follow=True).content.decode()
+        assert "2 translation(s) sent again." in page and "1 more selected failed translation(s) were left" in page
+        assert Translation.objects.filter(status=TranslationStatus.FAILED).count() == 1
+
     def test_an_admin_who_may_only_view_translations_cannot_retry_or_send_them(self, client, failed_translation):
         from django.contrib.auth.models import Permission, User
 
