@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from simple_history.admin import SimpleHistoryAdmin
 
+from translation.admin_filters import QueueFilter, SourceLanguageFilter, TargetLanguageFilter
 from translation.errors import ApplicationError
 from translation.execution import translation_fail
 from translation.languages import LANGUAGES
@@ -22,43 +23,6 @@ from translation.routing import share_problems
 from translation.selectors import RouteFigures, route_figures, waiting_by_queue
 from translation.sending import translations_enqueue
 from translation.services import translation_sample, translations_retry
-
-
-class _KnownValuesFilter(admin.SimpleListFilter):
-    """A filter whose options are known without reading the ledger: Django's default for a plain
-    text column (``SELECT DISTINCT`` over the whole table) read millions of rows at every page.
-    Keeps the default's parameter (``<field>__exact``), so links to filtered lists still work."""
-
-    field = ""
-
-    def __init__(self, request, params, model, model_admin):
-        self.parameter_name = f"{self.field}__exact"
-        super().__init__(request, params, model, model_admin)
-
-    def queryset(self, request, queryset):
-        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
-
-
-class _LanguageFilter(_KnownValuesFilter):
-    def lookups(self, request, model_admin):
-        return [(code, f"{language.name} ({code})") for code, language in LANGUAGES.items()]
-
-
-class TargetLanguageFilter(_LanguageFilter):
-    title, field = "target language", "target_language"
-
-
-class SourceLanguageFilter(_LanguageFilter):
-    title, field = "source language", "source_language"
-
-
-class QueueFilter(_KnownValuesFilter):
-    """The queues the routes name (a handful of rows)."""
-
-    title, field = "queue", "queue"
-
-    def lookups(self, request, model_admin):
-        return [(queue, queue) for queue in sorted(set(LanguageRoute.objects.values_list("queue", flat=True)))]
 
 
 ADMIN_RETRY_LIMIT = 500
