@@ -88,6 +88,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Before rest_framework.authtoken: its drf_create_token takes the place of DRF's (keys kept
+    # as digests, portal/tokens.py).
+    "cs_portal.portal",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -95,7 +98,6 @@ INSTALLED_APPS = [
     "simple_history",
     "django_prometheus",
     "axes",
-    "cs_portal.portal",
     "translation",
     "workers",
 ]

@@ -78,6 +78,16 @@ class CreateAgentTests:
         call_command("create_agent", "kim", language="en")
         assert User.objects.get(username="kim").check_password("from-the-environment")
 
+    def test_a_supervisor_sees_every_team_and_a_staff_agent_only_their_own(self, capsys):
+        from django.contrib.auth.models import User
+
+        call_command("create_agent", "lead", language="en", password="secret-pass", team="Tier 2", every_team=True)
+        call_command("create_agent", "kim", language="en", password="secret-pass", team="Tier 2", staff=True)
+        assert "team Tier 2, sees every team's conversations." in capsys.readouterr().out
+        assert User.objects.get(username="lead").has_perm("portal.view_every_team")
+        kim = User.objects.get(username="kim")
+        assert kim.is_staff and not kim.has_perm("portal.view_every_team")
+
     def test_a_refused_agent_leaves_no_new_team_behind(self):
         from cs_portal.portal.models import Team
 

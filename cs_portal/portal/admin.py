@@ -1,10 +1,21 @@
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.contrib.auth.models import Permission
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
-from cs_portal.portal.models import AgentProfile, AgentToken, ApiClient, Conversation, Customer, Message, Team
+from cs_portal.portal.models import (
+    EVERY_TEAM_PERMISSION,
+    AgentProfile,
+    AgentToken,
+    ApiClient,
+    Conversation,
+    Customer,
+    Message,
+    Team,
+)
+from cs_portal.portal.tokens import token_digest, token_key_new
 from translation.models import Translation
 
 admin.site.site_header = "Support portal administration"
@@ -32,10 +43,28 @@ class AgentProfileAdmin(admin.ModelAdmin):
     """An agent's languages: customer messages are translated into the working language, except
     those in a language the agent reads natively; translation can be switched off."""
 
-    list_display = ["user", "team", "working_language", "native", "translation_enabled", "is_available", "created_at"]
+    list_display = ["user", "team", "every_team", "working_language", "native", "translation_enabled", "is_available",
+                    "created_at"]
     list_filter = ["team", "working_language", "translation_enabled", "is_available"]
     search_fields = ["user__username"]
     list_select_related = ["user", "team"]
+
+    def get_queryset(self, request):
+        app_label, codename = EVERY_TEAM_PERMISSION.split(".", 1)
+        granted = Permission.objects.filter(content_type__app_label=app_label, codename=codename).filter(
+            Q(user=OuterRef("user")) | Q(group__user=OuterRef("user"))
+        )
+        return super().get_queryset(request).annotate(
+            sees_every_team=ExpressionWrapper(
+                Q(user__is_active=True) & (Q(user__is_superuser=True) | Exists(granted)), output_field=BooleanField()
+            )
+        )
+
+    @admin.display(description="every team", boolean=True, ordering="sees_every_team")
+    def every_team(self, agent: AgentProfile) -> bool:
+        """Sees every team's conversations (an active user with the permission, given to them or
+        a group, or an active superuser); set on the user's page."""
+        return agent.sees_every_team
 
     @admin.display(description="reads natively")
     def native(self, agent: AgentProfile) -> str:
@@ -47,24 +76,24 @@ admin.site.unregister(TokenProxy)  # its list, edit page and titles show every a
 
 @admin.register(AgentToken)
 class AgentTokenAdmin(TokenAdmin):
-    """Agents' API tokens: listed by their first characters only (a token is a password for the
-    agent API, and the list is open to anyone who may view tokens); a new one is shown once, to
-    whoever creates it. ``manage.py drf_create_token NAME`` does the same from a shell."""
+    """Agents' API tokens. The database keeps each key's digest only (``portal.tokens``): a new
+    key is shown once, to whoever makes it, and a lost one is replaced (delete, then add). ``manage.py
+    drf_create_token NAME`` does the same from a shell."""
 
-    list_display = ("key_start", "user", "created")
+    list_display = ("user", "created")
     raw_id_fields = ("user",)  # not a drop-down of every user
 
     def get_readonly_fields(self, request, obj=None):
         return ("user",) if obj is not None else ()  # a key moved to another user would sign in as them
 
-    @admin.display(description="key")
-    def key_start(self, token: AgentToken) -> str:
-        return f"{token.key[:6]}…"
-
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
+        key = None
         if not change:
-            self.message_user(request, f"API token of {obj.user}: {obj.key} (shown this once; give it to the agent).",
+            key = token_key_new()
+            obj.key = token_digest(key)
+        super().save_model(request, obj, form, change)
+        if key is not None:
+            self.message_user(request, f"API token of {obj.user}: {key} (shown this once; give it to the agent).",
                               messages.WARNING)
 
 

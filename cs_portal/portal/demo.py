@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from cs_portal.portal.models import ApiClient, Conversation
 from cs_portal.portal.services import (
@@ -16,6 +15,7 @@ from cs_portal.portal.services import (
     message_create_from_customer,
     team_create,
 )
+from cs_portal.portal.tokens import agent_token_issue, agent_token_matches
 
 DEMO_CLIENT = "demo-widget"
 DEMO_TEAM = "Support"
@@ -25,9 +25,10 @@ DEMO_MESSAGE = "Hola, necesito ayuda con mi pedido. El paquete no ha llegado."
 
 @transaction.atomic
 def demo_data_ensure(
-    *, admin_password: str, agent_password: str, api_key: str, reset_passwords: bool = False
+    *, admin_password: str, agent_password: str, api_key: str, agent_token: str = "", reset_passwords: bool = False
 ) -> tuple[str, str]:
-    """Create what is missing; returns the API key and the agent's API token (new or kept).
+    """Create what is missing; returns the API key and the agent's API token (new or kept: the
+    saved ``api_key`` and ``agent_token`` are kept while they still sign in).
 
     ``reset_passwords`` gives existing demo users the passwords passed in.
     """
@@ -51,10 +52,11 @@ def demo_data_ensure(
         api_key = api_client_rotate_key(client=client)  # the saved key was lost
     # The demo agent may look at conversations and translations in the admin.
     agent.user.user_permissions.add(*Permission.objects.filter(codename__in=AGENT_VIEW_PERMISSIONS))
-    token, _ = Token.objects.get_or_create(user=agent.user)
+    if not agent_token_matches(user=agent.user, key=agent_token):  # the saved key was lost (or never made)
+        agent_token = agent_token_issue(user=agent.user)
     if not Conversation.objects.filter(customer__api_client=client).exists():
         conversation = conversation_create(
             api_client=client, customer_name="Lucía García", customer_email="lucia@example.com", external_id="demo-1"
         )
         message_create_from_customer(conversation=conversation, text=DEMO_MESSAGE)
-    return api_key, token.key
+    return api_key, agent_token

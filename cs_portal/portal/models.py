@@ -14,6 +14,10 @@ from translation.languages import LANGUAGES
 
 LANGUAGE_CHOICES = [(code, f"{lang.name} ({code})") for code, lang in LANGUAGES.items()]
 
+# Who sees every team's conversations (a supervisor, say): a permission given in the admin (users
+# and groups), by ``create_agent --every-team``, or held by a superuser.
+EVERY_TEAM_PERMISSION = "portal.view_every_team"
+
 
 class Team(models.Model):
     """A group of agents sharing conversations: an agent sees only their team's."""
@@ -140,6 +144,11 @@ class Conversation(models.Model):
             ),
             # A new conversation goes to the agent with the fewest open ones: each agent's count.
             models.Index(fields=["assignee"], condition=models.Q(status="open"), name="conversation_open_by_assignee"),
+        ]
+        permissions = [
+            # Supervisors: without it an agent sees their own team's conversations, those without a
+            # team and those assigned to them, whatever the admin lets them do.
+            (EVERY_TEAM_PERMISSION.split(".", 1)[1], "Can open every team's conversations in the workspace and agent API"),
         ]
 
     def __str__(self) -> str:

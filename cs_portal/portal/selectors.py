@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from cs_portal.portal.models import AgentProfile, ApiClient, Conversation, Message
+from cs_portal.portal.models import EVERY_TEAM_PERMISSION, AgentProfile, ApiClient, Conversation, Message
 from translation import errors
 from translation.models import Translation
 
@@ -37,9 +37,10 @@ def conversation_get_for_client(*, api_client: ApiClient, conversation_id: int) 
 
 def conversations_visible_to(agent: AgentProfile) -> QuerySet[Conversation]:
     """An agent sees their team's conversations, those without a team, and those assigned to
-    them; staff see all."""
+    them; an agent with the every-team permission (a supervisor, a superuser) sees all. Being
+    staff (allowed into the admin) is not enough."""
     conversations = Conversation.objects.all()
-    if agent.user.is_staff:
+    if agent.user.has_perm(EVERY_TEAM_PERMISSION):
         return conversations
     mine = Q(team__isnull=True) | Q(assignee=agent)
     if agent.team_id:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import transaction
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cs_portal.portal.models import (
+    EVERY_TEAM_PERMISSION,
     AgentProfile,
     ApiClient,
     Conversation,
@@ -44,12 +46,17 @@ def api_client_rotate_key(*, client: ApiClient) -> str:
 @transaction.atomic
 def agent_create(
     *, username: str, password: str, working_language: str, is_staff: bool = False, team: Team | None = None,
-    native_languages: list[str] | tuple[str, ...] = (),
+    native_languages: list[str] | tuple[str, ...] = (), every_team: bool = False,
 ) -> AgentProfile:
+    """A new agent. ``is_staff``: may sign in to the admin (with the permissions given there);
+    ``every_team``: sees every team's conversations (``EVERY_TEAM_PERMISSION``)."""
     language_validate(working_language, supported_only=False)
     native = sorted({language_validate(code, supported_only=False) for code in native_languages})
     username_validate(username)
     user = get_user_model().objects.create_user(username=username, password=password, is_staff=is_staff)
+    if every_team:
+        app_label, codename = EVERY_TEAM_PERMISSION.split(".", 1)
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
     return AgentProfile.objects.create(
         user=user, working_language=working_language, team=team, native_languages=native
     )

@@ -1,9 +1,9 @@
 """End to end with real parts: HTTP API -> PostgreSQL -> Redis -> a worker process -> model -> ledger."""
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from cs_portal.portal.services import agent_create
+from cs_portal.portal.tokens import agent_token_issue
 from tests.conftest import WORKER_LANES, WORKER_NAME, route_update, tasks_processed, wait_for
 from translation.engines import EngineSpec, engine_for
 from translation.models import Translation, TranslationStatus
@@ -68,7 +68,7 @@ class AgentToCustomerTests:
         _, key = api_client_key
         _, conversation = http.call("POST", "/api/v1/conversations", {"customer": {"name": "Lucía"}, "language": "es"}, key=key)
         http.call("POST", f"/api/v1/conversations/{conversation['id']}/messages", {"text": "Hola"}, key=key)
-        token = Token.objects.create(user=agent.user).key
+        token = agent_token_issue(user=agent.user)
         reply = "Your parcel ships tomorrow."
         status, message = http.call(
             "POST", f"/api/v1/agent/conversations/{conversation['id']}/messages", {"text": reply},

@@ -7,6 +7,7 @@ import pytest
 from cs_portal.portal.api.auth import INVALID_KEY, MALFORMED_HEADER
 from cs_portal.portal.models import Conversation, Customer, Message
 from cs_portal.portal.services import agent_create, api_client_create, conversation_create
+from cs_portal.portal.tokens import agent_token_issue
 from translation import errors
 from translation.models import Translation
 
@@ -150,10 +151,8 @@ class AgentReplyBeforeLanguageTests:
         self.key = api_client_key
 
     def test_a_reply_before_the_customer_wrote_is_delivered_as_written(self, http, conversation):
-        from rest_framework.authtoken.models import Token
-
         agent = agent_create(username="kim", password="secret-pass", working_language="en")
-        token = Token.objects.create(user=agent.user).key
+        token = agent_token_issue(user=agent.user)
         status, body = http.call(
             "POST", f"/api/v1/agent/conversations/{conversation.pk}/messages", {"text": "Hello, how can I help?"},
             headers={"Authorization": f"Token {token}"},
@@ -173,8 +172,6 @@ class AgentReplyBeforeLanguageTests:
         """An agent writing German replies before the customer's language is known: the reply goes
         out in DEFAULT_AGENT_LANGUAGE's translation. The customer then writes French, and an agent
         corrects that message's language: neither turns the sent reply into a failed one."""
-        from rest_framework.authtoken.models import Token
-
         from cs_portal.portal.services import message_language_override
         from translation.claims import translation_claim
         from translation.execution import translations_complete
@@ -183,7 +180,7 @@ class AgentReplyBeforeLanguageTests:
 
         route_update("*", "en", queue="translate.en.unconsumed")  # this test plays the worker
         agent = agent_create(username="lea", password="secret-pass", working_language="de")
-        token = Token.objects.create(user=agent.user).key
+        token = agent_token_issue(user=agent.user)
         status, body = http.call(
             "POST", f"/api/v1/agent/conversations/{conversation.pk}/messages", {"text": "Hallo, wie kann ich helfen?"},
             headers={"Authorization": f"Token {token}"},

@@ -2,11 +2,13 @@
 
 import pytest
 import redis
+from django.contrib.auth.models import User
 
 from cs_portal import embedded
 from cs_portal.portal.demo import DEMO_CLIENT, demo_data_ensure
 from cs_portal.portal.models import ApiClient, Conversation
 from cs_portal.portal.selectors import api_client_by_key
+from cs_portal.portal.tokens import agent_token_matches
 
 
 @pytest.fixture
@@ -55,8 +57,10 @@ class DemoDataTests:
     def test_is_created_once_and_keeps_a_working_key(self, tiny_models, django_capture_on_commit_callbacks):
         with django_capture_on_commit_callbacks(execute=False):
             key, token = demo_data_ensure(admin_password="a-password", agent_password="b-password", api_key="")
-            again_key, again_token = demo_data_ensure(admin_password="a-password", agent_password="b-password", api_key=key)
+            again_key, again_token = demo_data_ensure(admin_password="a-password", agent_password="b-password", api_key=key,
+                                                      agent_token=token)
         assert (again_key, again_token) == (key, token)
+        assert agent_token_matches(user=User.objects.get(username="agent"), key=token)
         assert api_client_by_key(key).name == DEMO_CLIENT
         assert Conversation.objects.count() == 1
         assert ApiClient.objects.count() == 1
@@ -68,6 +72,15 @@ class DemoDataTests:
         assert new_key != key
         assert api_client_by_key(key) is None
         assert api_client_by_key(new_key) is not None
+
+    def test_a_lost_agent_token_is_replaced(self, tiny_models, django_capture_on_commit_callbacks):
+        """Only a token's digest is kept: a token the credentials file no longer has is made anew."""
+        with django_capture_on_commit_callbacks(execute=False):
+            _, token = demo_data_ensure(admin_password="a-password", agent_password="b-password", api_key="")
+            _, new_token = demo_data_ensure(admin_password="a-password", agent_password="b-password", api_key="")
+        agent = User.objects.get(username="agent")
+        assert new_token != token and agent_token_matches(user=agent, key=new_token)
+        assert not agent_token_matches(user=agent, key=token)
 
 
 @pytest.mark.django_db

@@ -64,3 +64,20 @@ def test_the_admins_history_no_longer_names_a_token_by_its_key(admin_user):
     importlib.import_module("cs_portal.portal.migrations.0007_token_log_entries").keys_out_of_the_log(apps, None)
     assert sorted(LogEntry.objects.values_list("object_repr", flat=True)) == [
         "API token", "API token", "customer message 7 (es)"]
+
+
+def test_staff_agents_of_the_release_before_keep_seeing_every_team(team):
+    """0008: being staff showed every team's conversations before the permission existed; staff
+    agents get the permission, other agents and users do not."""
+    from django.contrib.auth import get_user_model
+
+    keep = importlib.import_module("cs_portal.portal.migrations.0008_every_team_permission").staff_agents_keep_every_team
+    lead = agent_create(username="lead", password="x", working_language="en", team=team, is_staff=True)
+    plain = agent_create(username="ana", password="x", working_language="en", team=team)
+    admin_only = get_user_model().objects.create_user("ops", password="x", is_staff=True)  # no agent profile
+
+    keep(apps, None)
+    users = get_user_model().objects
+    assert users.get(pk=lead.user.pk).has_perm("portal.view_every_team")
+    assert not users.get(pk=plain.user.pk).has_perm("portal.view_every_team")
+    assert not users.get(pk=admin_only.pk).has_perm("portal.view_every_team")

@@ -97,8 +97,8 @@ class InboxIndexTests:
 
         with django_capture_on_commit_callbacks(execute=False):
             conversations(api_client_key[0], 3)
-        staff = agent_create(username="lead", password="x", working_language="en", is_staff=True)
-        plan = self.plan(inbox(agent=staff)[:200])
+        supervisor = agent_create(username="lead", password="x", working_language="en", every_team=True)
+        plan = self.plan(inbox(agent=supervisor)[:200])
         assert "conversation_inbox" in plan, plan  # the order, without a sort of every conversation
         assert "message_latest_delivered" in plan, plan  # each row's latest message, one index step
         assert "Sort" not in plan, plan  # nothing sorted: every order comes from an index

@@ -77,6 +77,40 @@ class TeamTests:
         assert client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hi"}).status_code == 404
         assert "Lucía" not in client.get(reverse("workspace:inbox")).content.decode()
 
+    def test_being_staff_is_not_seeing_every_team(self, conversation):
+        """The staff flag lets an agent into the admin; it does not open other teams' conversations."""
+        lead = agent_create(username="kim", password="x", working_language="en", team=team_create(name="Tier 2"),
+                            is_staff=True)
+        client = Client()
+        client.force_login(lead.user)
+        assert client.get(reverse("workspace:conversation", args=[conversation.pk])).status_code == 404
+        assert "Lucía" not in client.get(reverse("workspace:inbox")).content.decode()
+        api = reverse("api-agent-messages", args=[conversation.pk])
+        assert client.post(api, {"text": "Hi"}, content_type="application/json").status_code == 404
+
+    @pytest.mark.parametrize("given", ["to the agent", "to a group", "superuser"])
+    def test_the_every_team_permission_opens_every_teams_conversations(self, conversation, given):
+        from django.contrib.auth.models import Group, Permission
+
+        supervisor = agent_create(username="kim", password="x", working_language="en", team=team_create(name="Tier 2"),
+                                  every_team=given == "to the agent")
+        if given == "to a group":
+            group = Group.objects.create(name="Supervisors")
+            group.permissions.add(Permission.objects.get(codename="view_every_team"))
+            supervisor.user.groups.add(group)
+        elif given == "superuser":
+            supervisor.user.is_superuser = True
+            supervisor.user.save()
+        client = Client()
+        client.force_login(supervisor.user)
+        assert client.get(reverse("workspace:conversation", args=[conversation.pk])).status_code == 200
+        assert "Lucía" in client.get(reverse("workspace:inbox")).content.decode()
+        response = client.post(reverse("workspace:reply", args=[conversation.pk]), {"text": "Hi"})
+        assert response.status_code in (200, 302)
+        assert Message.objects.filter(conversation=conversation, text="Hi").exists()
+        api = reverse("api-agent-messages", args=[conversation.pk])
+        assert client.post(api, {"text": "Hello"}, content_type="application/json").status_code == 201
+
     def test_another_teams_message_is_answered_as_one_that_does_not_exist(self, conversation):
         """The answer names what was asked for, not the conversation it belongs to."""
         message = customer_says(conversation, "¿Dónde está mi pedido?")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +18,7 @@ from cs_portal.portal.api.serializers import (
     CustomerMessageOutput,
     MessageInput,
 )
+from cs_portal.portal.tokens import HashedTokenAuthentication
 
 ERROR = OpenApiResponse(description='{"error": {"code": "...", "message": "..."}}')
 
@@ -85,7 +86,7 @@ class MessageListView(CustomerChannelView):
 
 
 class AgentMessageView(APIView):
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = [HashedTokenAuthentication, SessionAuthentication]
     permission_classes = [IsAgent]
 
     @extend_schema(

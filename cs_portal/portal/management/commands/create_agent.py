@@ -25,6 +25,10 @@ class Command(DatabaseCommand):
                  "process list and the shell's history)",
         )
         parser.add_argument("--staff", action="store_true", help="may also sign in to the admin")
+        parser.add_argument(
+            "--every-team", action="store_true",
+            help="sees every team's conversations, not only their own team's (a supervisor)",
+        )
         parser.add_argument("--team", default="", help="the agent's team (created if new)")
         parser.add_argument(
             "--reads", default="", metavar="CODES",
@@ -32,8 +36,8 @@ class Command(DatabaseCommand):
         )
 
     def handle(
-        self, *args, username: str, language: str, password: str | None, staff: bool, team: str, reads: str,
-        **options
+        self, *args, username: str, language: str, password: str | None, staff: bool, every_team: bool, team: str,
+        reads: str, **options
     ) -> None:
         users = get_user_model()
         if users.objects.filter(username=username).exists():
@@ -49,13 +53,15 @@ class Command(DatabaseCommand):
                     username=username, password=password, working_language=language, is_staff=staff,
                     team=team_create(name=team) if team.strip() else None,
                     native_languages=[code.strip() for code in reads.split(",") if code.strip()],
+                    every_team=every_team,
                 )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(
             f"Agent '{agent.user.username}' created, working language {agent.working_language}"
             + (f", team {agent.team}" if agent.team else "")
-            + (f", reads {', '.join(agent.native_languages)}" if agent.native_languages else "") + "."
+            + (f", reads {', '.join(agent.native_languages)}" if agent.native_languages else "")
+            + (", sees every team's conversations" if every_team else "") + "."
         )
 
 

@@ -97,6 +97,7 @@ class Command(BaseCommand):
             admin_password=credentials.admin_password,
             agent_password=credentials.agent_password,
             api_key=credentials.api_key,
+            agent_token=credentials.agent_token,
             reset_passwords=created,  # the old credentials file was lost: the printed passwords must work
         )
         credentials.save(path)
