@@ -63,6 +63,28 @@ def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     ).select_related("author__user")
 
 
+def messages_delivered_page(
+    *, conversation: Conversation, limit: int, before: int | None = None
+) -> tuple[list[Message], bool]:
+    """The conversation's messages as its customer sees them (no drafts), a page at a time: the
+    latest ``limit`` delivered before the message ``before`` (or the latest of all), in the order
+    they were delivered, and whether earlier ones are left. Read off ``message_latest_delivered``."""
+    messages = message_list(conversation=conversation).filter(delivered_at__isnull=False)
+    if before is not None:
+        cursor = (
+            conversation.messages.filter(pk=before, delivered_at__isnull=False).values_list("delivered_at", flat=True).first()
+        )
+        if cursor is None:
+            raise errors.ApplicationError(
+                f"Message {before} is not a delivered message of conversation {conversation.pk}: "
+                "`before` takes the id of a message the list returned.",
+                code="before_unknown",
+            )
+        messages = messages.filter(Q(delivered_at__lt=cursor) | Q(delivered_at=cursor, pk__lt=before))
+    page = list(messages.order_by("-delivered_at", "-id")[: limit + 1])
+    return page[:limit][::-1], len(page) > limit
+
+
 def inbox(
     *, agent: AgentProfile, status: str = "", language: str = "", assignee: str = "", query: str = ""
 ) -> QuerySet[Conversation]:

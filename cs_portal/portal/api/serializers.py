@@ -38,6 +38,22 @@ class MessageInput(serializers.Serializer):
     language = OptionalLanguage(help_text="ISO 639-1 code; detected from the text when absent.")
 
 
+# A page of a conversation's messages: the latest 100 unless asked for more (at most 500).
+MESSAGE_PAGE_DEFAULT = 100
+MESSAGE_PAGE_MAX = 500
+
+
+class MessagePageQuery(serializers.Serializer):
+    limit = serializers.IntegerField(
+        min_value=1, max_value=MESSAGE_PAGE_MAX, default=MESSAGE_PAGE_DEFAULT,
+        help_text=f"How many messages, the latest first chosen (default {MESSAGE_PAGE_DEFAULT}, at most {MESSAGE_PAGE_MAX}).",
+    )
+    before = serializers.IntegerField(
+        min_value=1, required=False,
+        help_text="A message id: the page ends just before that message (the `Link: rel=\"prev\"` header gives it).",
+    )
+
+
 class AgentMessageInput(serializers.Serializer):
     text = serializers.CharField(allow_blank=True, trim_whitespace=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
@@ -17,6 +19,7 @@ from cs_portal.portal.api.serializers import (
     ConversationOutput,
     CustomerMessageOutput,
     MessageInput,
+    MessagePageQuery,
 )
 from cs_portal.portal.tokens import HashedTokenAuthentication
 
@@ -61,13 +64,25 @@ class ConversationDetailView(CustomerChannelView):
 class MessageListView(CustomerChannelView):
     @extend_schema(
         summary="The conversation's messages as the customer sees them, with their translations",
-        responses={200: CustomerMessageOutput(many=True), 401: ERROR, 404: ERROR},
+        description=(
+            "The latest messages, oldest first, in the order they were sent (a draft written earlier may be "
+            "sent later; drafts are not listed). When earlier messages are left, the answer's `Link` header "
+            "has the next page's address (`rel=\"prev\"`)."
+        ),
+        parameters=[MessagePageQuery],
+        responses={200: CustomerMessageOutput(many=True), 400: ERROR, 401: ERROR, 404: ERROR},
     )
     def get(self, request: Request, conversation_id: int) -> Response:
         conversation = self.conversation(request, conversation_id)
-        # No drafts; in the order they were sent (a draft written earlier may be sent later).
-        messages = selectors.message_list(conversation=conversation).filter(delivered_at__isnull=False).order_by("delivered_at", "id")
-        return Response(CustomerMessageOutput(messages, many=True).data)
+        query = MessagePageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        limit, before = query.validated_data["limit"], query.validated_data.get("before")
+        messages, earlier = selectors.messages_delivered_page(conversation=conversation, limit=limit, before=before)
+        response = Response(CustomerMessageOutput(messages, many=True).data)
+        if earlier:
+            address = request.build_absolute_uri(request.path) + "?" + urlencode({"before": messages[0].pk, "limit": limit})
+            response["Link"] = f'<{address}>; rel="prev"'
+        return response
 
     @extend_schema(
         summary="Post a customer message; it is translated into the agent's language",
