@@ -1,6 +1,7 @@
 """Pages whose database work does not grow with the tables: the admin's lists and edit pages ask
 the same number of queries for 3 rows as for 30, the ledger's list reads no column's distinct
-values, and PostgreSQL can read the inbox's first page off its indexes instead of sorting."""
+values, and PostgreSQL can read the inbox's first page off its indexes instead of sorting, and
+its search off a trigram index instead of every message."""
 
 import pytest
 from django.db import connection
@@ -104,6 +105,18 @@ class InboxIndexTests:
         assert "Sort" not in plan, plan  # nothing sorted: every order comes from an index
         assert Translation.objects.exists()  # the rows the plan was asked about are real
 
+    def test_a_search_reads_the_messages_trigram_index_not_every_message(
+        self, api_client_key, django_capture_on_commit_callbacks
+    ):
+        from cs_portal.portal.selectors import inbox
+
+        with django_capture_on_commit_callbacks(execute=False):
+            conversations(api_client_key[0], 3)
+        supervisor = agent_create(username="lead", password="x", working_language="en", every_team=True)
+        plan = self.plan(inbox(agent=supervisor, query="hola 1")[:200])
+        assert "message_text_search" in plan, plan  # portal migration 0010
+        assert [c.customer.name for c in inbox(agent=supervisor, query="HOLA 1")] == ["Customer 1"]
+
 
 class AssignmentTests:
     def test_a_new_conversation_goes_to_the_available_agent_with_the_fewest_open_ones(
@@ -128,3 +141,33 @@ class AssignmentTests:
             assert conversation_create(api_client=client, customer_name="Next").assignee == busy_before  # a tie: first agent
             assert conversation_create(api_client=client, customer_name="Third").assignee == busy_now
             assert not Conversation.objects.filter(assignee=away).exists()
+
+
+class SearchIndexMigrationTests:
+    """0010 where pg_trgm cannot be had: said, and the migration goes on without the index."""
+
+    class Cursor:  # a stand-in for a database that refuses the extension
+        def __init__(self) -> None:
+            self.statements: list[str] = []
+
+        def execute(self, sql, params=None) -> None:
+            from django.db import ProgrammingError
+
+            self.statements.append(sql)
+            if sql.startswith("CREATE EXTENSION"):
+                raise ProgrammingError('permission denied to create extension "pg_trgm"')
+
+        def fetchone(self):
+            return None
+
+    def test_without_the_extension_the_search_goes_on_unindexed(self, capsys):
+        import importlib
+
+        migration = importlib.import_module("cs_portal.portal.migrations.0010_search_indexes")
+        cursor = self.Cursor()
+        assert migration.trigram_extension(cursor) is False
+        said = capsys.readouterr().out
+        assert "The inbox's search index was not made: the pg_trgm extension is not available" in said
+        assert 'permission denied to create extension "pg_trgm"' in said
+        assert not [sql for sql in cursor.statements if "CREATE INDEX" in sql]
+
