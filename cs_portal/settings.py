@@ -7,6 +7,7 @@ the local Redis, the tiny models); production sets the environment (see README, 
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -76,6 +77,18 @@ if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=86400)
+# Served under a path of a shared host (https://support.example.com/portal/): the proxy passes
+# requests on without the prefix (nginx: `location /portal/ { proxy_pass http://web:8000/; }`),
+# and every address the portal writes (links, redirects, static files, the API's Link headers)
+# and its cookies' path carry it.
+URL_PREFIX = env.str("URL_PREFIX", default="").rstrip("/")
+if URL_PREFIX:
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", URL_PREFIX):
+        raise environ.ImproperlyConfigured(
+            f"URL_PREFIX must be a path such as /portal (letters, digits, . _ ~ - between slashes), not {URL_PREFIX!r}"
+        )
+    FORCE_SCRIPT_NAME = URL_PREFIX
+    SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = URL_PREFIX + "/"
 # Several web processes keep their metrics' counters in this folder (prometheus_client's
 # multiprocess mode); any process of the image may count, so it exists before the first count.
 if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):

@@ -398,4 +398,5 @@ def events(request: HttpRequest) -> HttpResponse:
 def customer_chat(request: HttpRequest) -> HttpResponse:
     """A small page that plays the customer through the public API (the key is typed in, or
     given in the fragment, #key=...; the page never sees more than a customer channel would)."""
-    return render(request, "workspace/customer_chat.html", {"languages": sorted(LANGUAGES.items())})
+    api_root = reverse("api-conversations").rsplit("/", 1)[0]  # /api/v1, under URL_PREFIX where one is set
+    return render(request, "workspace/customer_chat.html", {"languages": sorted(LANGUAGES.items()), "api_root": api_root})
