@@ -11,8 +11,8 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 MINUTES = 60
-# The page reads at most this many finished jobs of the hour (the newest); beyond it the
-# charts show a sample and say so. Grafana and Prometheus are the tools at that scale.
+# Where the database cannot compute the figures itself (SQLite), the page reads at most this many
+# finished jobs of the hour (the newest); beyond it the charts show a sample and say so.
 ROW_LIMIT = 100_000
 
 
@@ -45,71 +45,143 @@ class Sparkline:
         return " ".join(commands)
 
 
+def nearest_rank(values: list[float], q: float) -> float | None:
+    """The ``q`` percentile by nearest rank: the value with ``ceil(q * n)`` values at or below it
+    (PostgreSQL's ``percentile_disc``)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class Figures:
+    """Jobs stored, with their latency's p50 and p95 (ms): of an hour, or of one of its minutes."""
+
+    jobs: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+
+    @classmethod
+    def of(cls, latencies_ms: list[float]) -> Figures:
+        return cls(len(latencies_ms), nearest_rank(latencies_ms, 0.50), nearest_rank(latencies_ms, 0.95))
+
+
 @dataclass
 class RouteActivity:
     route: object  # LanguageRoute
-    jobs: int = 0
+    hour: Figures = field(default_factory=Figures)
+    per_minute: list[Figures] = field(default_factory=lambda: [Figures() for _ in range(MINUTES)])
     failed: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    per_minute: list[list[float]] = field(default_factory=lambda: [[] for _ in range(MINUTES)])
 
-    def _percentile(self, values: list[float], q: float) -> float | None:
-        if not values:
-            return None
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+    @property
+    def jobs(self) -> int:
+        return self.hour.jobs
 
     @property
     def p50_ms(self) -> float | None:
-        return self._percentile(self.latencies_ms, 0.50)
+        return self.hour.p50_ms
 
     @property
     def p95_ms(self) -> float | None:
-        return self._percentile(self.latencies_ms, 0.95)
+        return self.hour.p95_ms
 
     @property
     def throughput(self) -> Sparkline:
         """Translations stored per minute."""
-        return Sparkline([float(len(minute)) for minute in self.per_minute])
+        return Sparkline([float(minute.jobs) for minute in self.per_minute])
 
     @property
     def p50_line(self) -> Sparkline:
-        return Sparkline([self._percentile(minute, 0.50) for minute in self.per_minute])
+        return Sparkline([minute.p50_ms for minute in self.per_minute])
 
     @property
     def p95_line(self) -> Sparkline:
-        return Sparkline([self._percentile(minute, 0.95) for minute in self.per_minute])
+        return Sparkline([minute.p95_ms for minute in self.per_minute])
 
 
 def route_activity(now: datetime | None = None) -> tuple[list[RouteActivity], bool]:
-    """Every route with its last hour, and whether the row limit cut the hour short."""
-    from translation.models import LanguageRoute, Translation, TranslationStatus
+    """Every route with its last hour, and whether the row limit cut the hour short (never on
+    PostgreSQL, which computes the figures itself; elsewhere the newest ROW_LIMIT jobs are read)."""
+    from django.db import connection
+
+    from translation.models import LanguageRoute, TranslationStatus
 
     now = now or timezone.now()
     since = now - timedelta(minutes=MINUTES)
     activity = {route.pk: RouteActivity(route) for route in LanguageRoute.objects.order_by("target_language", "source_language", "variant")}
-    # Samples sent from the route admin are not customers' traffic.
-    recent = Translation.objects.filter(finished_at__gte=since, route__isnull=False).exclude(
-        message__isnull=True, back_translation_of__isnull=True
-    )
-    rows = list(
-        recent.filter(status=TranslationStatus.DONE)
-        .order_by("-finished_at")
-        .values_list("route_id", "created_at", "finished_at")[:ROW_LIMIT]
-    )
-    for route_id, created_at, finished_at in rows:
+    recent = finished_since(since)
+    stored = recent.filter(status=TranslationStatus.DONE).values_list("route_id", "created_at", "finished_at")
+    if connection.vendor == "postgresql":
+        figures, truncated = _figures_in_sql(stored, since), False
+    else:
+        figures, truncated = _figures_in_python(stored, since)
+    for route_id, minute, figure in figures:
         entry = activity.get(route_id)
         if entry is None:
             continue
-        latency = (finished_at - created_at).total_seconds() * 1000
-        minute = min(MINUTES - 1, int((finished_at - since).total_seconds() // 60))
-        entry.jobs += 1
-        entry.latencies_ms.append(latency)
-        entry.per_minute[minute].append(latency)
+        if minute is None:
+            entry.hour = figure
+        else:
+            entry.per_minute[minute] = figure
     for route_id, failed in recent.filter(status=TranslationStatus.FAILED).values_list("route_id").annotate(n=Count("id")):
         if route_id in activity:
             activity[route_id].failed = failed
-    return list(activity.values()), len(rows) >= ROW_LIMIT
+    return list(activity.values()), truncated
+
+
+def finished_since(since: datetime):
+    """Customers' jobs finished since ``since`` (samples sent from the route admin are not their
+    traffic)."""
+    from translation.models import Translation
+
+    return Translation.objects.filter(finished_at__gte=since, route__isnull=False).exclude(
+        message__isnull=True, back_translation_of__isnull=True
+    )
+
+
+Rows = list[tuple[int, int | None, Figures]]  # (route, minute of the hour or None for the whole hour, figures)
+
+
+def _figures_in_sql(stored, since: datetime) -> Rows:
+    """The hour's figures by route and minute, computed by PostgreSQL (one statement, a few rows
+    back whatever the traffic): a busy hour's jobs are not read into the web process."""
+    from django.db import connection
+
+    sql, params = stored.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT route_id, minute, count(*),
+                   percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms),
+                   percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms)
+            FROM (
+                SELECT route_id,
+                       LEAST(%s, FLOOR(EXTRACT(EPOCH FROM finished_at - %s) / 60))::int AS minute,
+                       EXTRACT(EPOCH FROM finished_at - created_at)::float8 * 1000 AS latency_ms
+                FROM ({sql}) AS stored (route_id, created_at, finished_at)
+            ) AS jobs
+            GROUP BY GROUPING SETS ((route_id, minute), (route_id))
+            """,
+            [MINUTES - 1, since, *params],
+        )
+        return [(route_id, minute, Figures(jobs, p50, p95)) for route_id, minute, jobs, p50, p95 in cursor.fetchall()]
+
+
+def _figures_in_python(stored, since: datetime) -> tuple[Rows, bool]:
+    """The same figures from the hour's newest ROW_LIMIT jobs, read row by row (SQLite, the
+    embedded run); and whether the limit cut the hour short."""
+    rows = list(stored.order_by("-finished_at")[:ROW_LIMIT])
+    hour: dict[int, list[float]] = {}
+    minutes: dict[tuple[int, int], list[float]] = {}
+    for route_id, created_at, finished_at in rows:
+        latency = (finished_at - created_at).total_seconds() * 1000
+        minute = min(MINUTES - 1, int((finished_at - since).total_seconds() // 60))
+        hour.setdefault(route_id, []).append(latency)
+        minutes.setdefault((route_id, minute), []).append(latency)
+    figures = [(route_id, None, Figures.of(latencies)) for route_id, latencies in hour.items()]
+    figures += [(route_id, minute, Figures.of(latencies)) for (route_id, minute), latencies in minutes.items()]
+    return figures, len(rows) >= ROW_LIMIT
 
 
 @dataclass

@@ -7,7 +7,16 @@ from django.utils import timezone
 
 from translation.models import LanguageRoute, Translation, TranslationStatus
 from workers.models import WorkerHeartbeat
-from workers.operations import RouteActivity, Sparkline, route_activity
+from workers.operations import (
+    MINUTES,
+    Figures,
+    RouteActivity,
+    Sparkline,
+    _figures_in_python,
+    _figures_in_sql,
+    finished_since,
+    route_activity,
+)
 
 URL = "/admin/operations/"
 
@@ -23,8 +32,8 @@ class SparklineTests:
         assert Sparkline([0.0] * 3).top == 0.0
 
     def test_percentiles_are_of_the_values_seen(self):
-        activity = RouteActivity(route=None, latencies_ms=[float(v) for v in range(1, 101)])
-        assert (activity.p50_ms, activity.p95_ms) == (50.0, 95.0)
+        activity = RouteActivity(route=None, hour=Figures.of([float(v) for v in range(100, 0, -1)]))
+        assert (activity.jobs, activity.p50_ms, activity.p95_ms) == (100, 50.0, 95.0)
         assert RouteActivity(route=None).p95_ms is None
 
 
@@ -51,6 +60,28 @@ class RouteActivityTests:
         assert spanish_route.p95_ms == pytest.approx(400, abs=1)
         assert sum(spanish_route.throughput.values) == 4
         assert activity[failed.route_id].failed == 1 and activity[failed.route_id].jobs == 0
+        minutes = spanish_route.per_minute
+        busy = [minute for minute, figures in enumerate(minutes) if figures.jobs]
+        assert len(busy) == 4 and busy == list(range(busy[0], busy[0] + 4)) and 48 <= busy[0] <= 50  # a minute each
+        assert minutes[busy[-1]].p95_ms == pytest.approx(400, abs=1)  # the newest job's latency
+
+    def test_postgresql_computes_what_the_rows_read_one_by_one_would_give(self, many_translations):
+        """The page's figures come from one statement on PostgreSQL, from the rows elsewhere (SQLite):
+        the same figures, route by route and minute by minute."""
+        for index, row in enumerate(many_translations):
+            finished(row, minutes_ago=(index * 7) % 50 + 0.5, latency_ms=37.5 * (index % 5 + 1) + index)
+        since = timezone.now() - timedelta(minutes=MINUTES)
+        stored = finished_since(since).filter(status=TranslationStatus.DONE).values_list("route_id", "created_at",
+                                                                                          "finished_at")
+        by_sql = {(route, minute): figures for route, minute, figures in _figures_in_sql(stored, since)}
+        in_python, truncated = _figures_in_python(stored, since)
+        by_rows = {(route, minute): figures for route, minute, figures in in_python}
+        assert not truncated and set(by_sql) == set(by_rows) and len(by_rows) >= 6
+        for key, figures in by_rows.items():
+            assert by_sql[key].jobs == figures.jobs, key
+            assert by_sql[key].p50_ms == pytest.approx(figures.p50_ms), key
+            assert by_sql[key].p95_ms == pytest.approx(figures.p95_ms), key
+        assert sum(figures.jobs for (_, minute), figures in by_sql.items() if minute is None) == len(many_translations)
 
 
 @pytest.mark.django_db
