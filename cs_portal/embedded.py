@@ -147,6 +147,8 @@ class EmbeddedSystem:
             FLOWER_URL=f"http://127.0.0.1:{self.flower_port}/",  # the admin's link to this run's Flower
         )
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "cs_portal.settings"))
+        # Reached directly, with no proxy to take a prefix off: the addresses it prints are the ones served.
+        env.pop("URL_PREFIX", None)
         return env
 
     def start(self, credentials: Credentials, broker_url: str) -> None:

@@ -89,6 +89,9 @@ if URL_PREFIX:
         )
     FORCE_SCRIPT_NAME = URL_PREFIX
     SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = URL_PREFIX + "/"
+# The admin's one-time notices (a new API token's key among them) are kept in the session, not in
+# a cookie of their own (Django's default: signed, not encrypted, and for the whole host's paths).
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # Several web processes keep their metrics' counters in this folder (prometheus_client's
 # multiprocess mode); any process of the image may count, so it exists before the first count.
 if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
@@ -181,6 +184,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+if URL_PREFIX:  # whole: the web server's WhiteNoise reads it before Django adds the script prefix
+    STATIC_URL = URL_PREFIX + "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "workspace:login"
 LOGIN_REDIRECT_URL = "workspace:inbox"

@@ -3,6 +3,8 @@ the same number of queries for 3 rows as for 30, the ledger's list reads no colu
 values, and PostgreSQL can read the inbox's first page off its indexes instead of sorting, and
 its search off a trigram index instead of every message."""
 
+import contextlib
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -144,30 +146,58 @@ class AssignmentTests:
 
 
 class SearchIndexMigrationTests:
-    """0010 where pg_trgm cannot be had: said, and the migration goes on without the index."""
+    """0010's branches that the test database never takes: pg_trgm refused, and an index left
+    invalid by an interrupted concurrent build (stand-ins for the database's answers)."""
 
-    class Cursor:  # a stand-in for a database that refuses the extension
-        def __init__(self) -> None:
-            self.statements: list[str] = []
+    class Database:
+        def __init__(self, *, extension: str, index_valid: bool | None) -> None:
+            self.extension, self.index_valid, self.statements, self.answer = extension, index_valid, [], None
+            self.vendor = "postgresql"
+
+        # The schema editor's connection, and its cursor.
+        @property
+        def connection(self):
+            return self
+
+        def cursor(self):
+            return contextlib.nullcontext(self)
 
         def execute(self, sql, params=None) -> None:
             from django.db import ProgrammingError
 
             self.statements.append(sql)
-            if sql.startswith("CREATE EXTENSION"):
+            if sql.startswith("CREATE EXTENSION") and self.extension == "refused":
                 raise ProgrammingError('permission denied to create extension "pg_trgm"')
+            if "FROM pg_extension" in sql:
+                self.answer = (1,) if self.extension == "installed" else None
+            elif "FROM pg_index" in sql:
+                self.answer = None if self.index_valid is None else (self.index_valid,)
 
         def fetchone(self):
-            return None
+            return self.answer
 
-    def test_without_the_extension_the_search_goes_on_unindexed(self, capsys):
+    @staticmethod
+    def create(database) -> None:
         import importlib
 
-        migration = importlib.import_module("cs_portal.portal.migrations.0010_search_indexes")
-        cursor = self.Cursor()
-        assert migration.trigram_extension(cursor) is False
+        importlib.import_module("cs_portal.portal.migrations.0010_search_indexes").search_indexes_create(None, database)
+
+    def test_without_the_extension_it_says_so_and_makes_no_index(self, capsys):
+        database = self.Database(extension="refused", index_valid=None)
+        self.create(database)
         said = capsys.readouterr().out
         assert "The inbox's search index was not made: the pg_trgm extension is not available" in said
         assert 'permission denied to create extension "pg_trgm"' in said
-        assert not [sql for sql in cursor.statements if "CREATE INDEX" in sql]
+        assert not [sql for sql in database.statements if "INDEX" in sql]
 
+    def test_an_index_left_invalid_is_made_again(self):
+        database = self.Database(extension="installed", index_valid=False)
+        self.create(database)
+        drop, create = [sql for sql in database.statements if "INDEX CONCURRENTLY" in sql]
+        assert drop == 'DROP INDEX CONCURRENTLY IF EXISTS "message_text_search"'
+        assert create.startswith('CREATE INDEX CONCURRENTLY IF NOT EXISTS "message_text_search" ON "portal_message"')
+
+    def test_a_valid_index_is_kept(self):
+        database = self.Database(extension="installed", index_valid=True)
+        self.create(database)
+        assert not [sql for sql in database.statements if "DROP" in sql]

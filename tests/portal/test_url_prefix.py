@@ -17,9 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json
-import django
-django.setup(set_prefix=True)  # as the WSGI and ASGI handlers start
+from cs_portal.wsgi import application  # Django started as the web server starts it (WhiteNoise included)
 from django.conf import settings
+from django.core.handlers.wsgi import get_script_name
+from django.urls import set_script_prefix
+# What the WSGI handler does at each request, and the test client does not.
+set_script_prefix(get_script_name({}))
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
@@ -35,9 +38,14 @@ User.objects.create_superuser("root", password="root-pass")
 browser = Client()
 seen = {"cookies": {}}
 seen["login_redirect"] = browser.get("/workspace/")["Location"]
+seen["login"] = browser.get("/workspace/login/").content.decode()
 browser.post("/workspace/login/", {"username": "sam", "password": "secret-pass"})
 seen["cookies"].update({name: morsel["path"] for name, morsel in browser.cookies.items()})
 seen["inbox"] = browser.get("/workspace/").content.decode()
+seen["cookies"].update({name: morsel["path"] for name, morsel in browser.cookies.items()})
+back = browser.post(f"/workspace/conversations/{conversation.pk}/take/", {"next": "/support/workspace/?status=open"})
+seen["back"] = back["Location"]
+seen["unknown_api"] = [Client().get("/api/v1/nowhere").status_code, Client().get("/api/v1/nowhere")["Content-Type"]]
 seen["conversation"] = browser.get(f"/workspace/conversations/{conversation.pk}/").content.decode()
 seen["chat"] = Client().get("/chat/").content.decode()
 api = Client(headers={"Authorization": f"Bearer {key}"}).get(f"/api/v1/conversations/{conversation.pk}/messages?limit=1")
@@ -74,8 +82,10 @@ def test_every_address_the_portal_writes_carries_the_prefix(tmp_path):
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["script_name"] == "/support"
     assert seen["login_redirect"] == "/support/workspace/login/?next=/support/workspace/"
-    assert seen["cookies"] == {"sessionid": "/support/", "csrftoken": "/support/"}
-    for page in ("inbox", "conversation", "chat", "admin", "operations"):
+    assert seen["cookies"] == {"sessionid": "/support/", "csrftoken": "/support/", "workspace_agent": "/support/"}
+    assert seen["back"] == "/support/workspace/?status=open"  # a form's way back, under the prefix
+    assert seen["unknown_api"] == [404, "application/json"]
+    for page in ("login", "inbox", "conversation", "chat", "admin", "operations"):
         urls = addresses(seen[page])
         assert urls, page
         assert [url for url in urls if not url.startswith("/support/")] == [], page

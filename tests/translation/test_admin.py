@@ -108,8 +108,10 @@ class AgentTokenAdminTests:
         from cs_portal.portal.tokens import token_digest
 
         agent = User.objects.create_user("maria", password="maria-password")
-        made = admin_client.post(reverse("admin:portal_agenttoken_add"), {"user": agent.pk}, follow=True)
-        key = re.search(r"API token of maria: ([0-9a-f]{40}) \(shown this once", made.content.decode()).group(1)
+        made = admin_client.post(reverse("admin:portal_agenttoken_add"), {"user": agent.pk})
+        assert made.status_code == 302 and "messages" not in made.cookies  # the notice waits in the session
+        shown = admin_client.get(made["Location"]).content.decode()
+        key = re.search(r"API token of maria: ([0-9a-f]{40}) \(shown this once", shown).group(1)
         token = Token.objects.get(user=agent)
         assert token.key == token_digest(key) != key  # the database holds nothing that signs in
         listed = admin_client.get(reverse("admin:portal_agenttoken_changelist")).content.decode()

@@ -54,7 +54,7 @@ def api_exception_handler(exc, context):
 
 def api_not_found(request, exception=None):
     """Django's 404 for URLs the router does not know, in the API's error shape under /api/."""
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):  # under URL_PREFIX too
         body = {"error": {"code": "not_found", "message": f"No API endpoint at {request.path}."}}
         return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)
     from django.views.defaults import page_not_found

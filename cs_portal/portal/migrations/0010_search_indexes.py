@@ -61,7 +61,9 @@ def search_indexes_drop(apps, schema_editor):
 
 class Migration(migrations.Migration):
 
-    atomic = False  # CREATE INDEX CONCURRENTLY runs outside a transaction
+    # CREATE INDEX CONCURRENTLY runs outside a transaction. Never squash this migration with others:
+    # a squashed migration is atomic, and its build would fail.
+    atomic = False
 
     dependencies = [
         ("portal", "0009_token_digests"),

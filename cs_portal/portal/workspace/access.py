@@ -97,7 +97,7 @@ def agent_required(view):
         if request.get_signed_cookie(LAST_AGENT_COOKIE, default=None, salt=LAST_AGENT_SALT) != str(request.user.pk):
             response.set_signed_cookie(LAST_AGENT_COOKIE, str(request.user.pk), salt=LAST_AGENT_SALT,
                                        max_age=LAST_AGENT_MAX_AGE_S, httponly=True, samesite="Lax",
-                                       secure=settings.SESSION_COOKIE_SECURE)
+                                       secure=settings.SESSION_COOKIE_SECURE, path=settings.SESSION_COOKIE_PATH)
         return response
 
     return wrapper
@@ -185,17 +185,18 @@ def _local_page(request: HttpRequest, url: str, default: str) -> str:
     another site, or an address that answers only posts, is not a page to go back to."""
     from urllib.parse import urlsplit
 
-    from django.urls import Resolver404, resolve
+    from django.urls import Resolver404, get_script_prefix, resolve
     from django.utils.http import url_has_allowed_host_and_scheme
 
     if not url or not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()},
                                                       require_https=request.is_secure()):
         return default
     parts = urlsplit(url)
-    if not parts.path.startswith("/"):
+    prefix = get_script_prefix()  # "/", or URL_PREFIX + "/": the portal's pages are under it
+    if not parts.path.startswith(prefix):
         return default
     try:
-        match = resolve(parts.path)
+        match = resolve("/" + parts.path[len(prefix):])
     except Resolver404:
         return default
     if match.namespace == "workspace" and match.url_name in FORM_ADDRESSES:
