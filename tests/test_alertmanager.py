@@ -155,10 +155,11 @@ class RunningTests:
         config["route"].update(group_wait="1s", group_interval="1s")
         (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
         port = free_port()
+        log = (tmp_path / "alertmanager.log").open("wb")  # a file: a pipe nobody reads would fill and stall it
         process = subprocess.Popen(
             ["prometheus-alertmanager", f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path}",
              f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=log,
         )
         base = f"http://127.0.0.1:{port}"
 
@@ -174,6 +175,7 @@ class RunningTests:
         finally:
             process.terminate()
             process.wait(timeout=10)
+            log.close()
             webhook.shutdown()
 
     @staticmethod

@@ -80,7 +80,8 @@ def messages_delivered_page(
                 "`before` takes the id of a message the list returned.",
                 code="before_unknown",
             )
-        messages = messages.filter(Q(delivered_at__lt=cursor) | Q(delivered_at=cursor, pk__lt=before))
+        # (delivered_at, id) before the cursor's; the first term bounds the index's range scan.
+        messages = messages.filter(Q(delivered_at__lte=cursor), Q(delivered_at__lt=cursor) | Q(pk__lt=before))
     page = list(messages.order_by("-delivered_at", "-id")[: limit + 1])
     return page[:limit][::-1], len(page) > limit
 

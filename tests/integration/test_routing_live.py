@@ -93,8 +93,10 @@ class ModelNotOnThisHostTests:
             )
         try:
             assert wait_until_consuming(process, name, 120), log.read_text()[-3000:]
-            beat = WorkerHeartbeat.objects.get(name=name)
-            assert missing in beat.last_error and beat.ready
+            # It answers pings once its consumer is up; its beat says ready at its next turn.
+            beat = wait_for(lambda: WorkerHeartbeat.objects.filter(name=name, ready=True).first(), timeout=30,
+                            what="the worker's heartbeat to say ready")
+            assert missing in beat.last_error
             assert [model["model"] for model in beat.loaded_models] == [str(tiny_models.marian_es_en)]
             [translation] = finished(send_spanish(api_client_key[0]))
             assert translation.status == TranslationStatus.DONE, translation.failure_reason

@@ -16,7 +16,7 @@ def keys_to_digests(apps, schema_editor):
     rows = list(Token.objects.values_list("key", "user_id", "created"))
     Token.objects.all().delete()
     Token.objects.bulk_create(Token(key=digest(key), user_id=user, created=created) for key, user, created in rows)
-    for key, user, created in rows:  # auto_now_add set it anew
+    for key, _user, created in rows:  # auto_now_add set it anew
         Token.objects.filter(key=digest(key)).update(created=created)
     # Entries of the admin's history about a token object named by its key (DRF's old Token page).
     ContentType = apps.get_model("contenttypes", "ContentType")
