@@ -8,7 +8,6 @@ from cs_portal.portal.models import ConversationStatus, Message
 from cs_portal.portal.services import (
     agent_create,
     conversation_create,
-    message_create_from_customer,
     reply_correct,
     reply_draft_create,
     reply_send,
@@ -16,6 +15,7 @@ from cs_portal.portal.services import (
 )
 from translation.claims import translation_claim
 from translation.execution import translations_complete
+from tests.portal.conftest import customer_says
 from translation.models import Translation, TranslationStatus
 
 pytestmark = pytest.mark.django_db
@@ -25,17 +25,6 @@ def finish(translation: Translation, text: str) -> None:
     """Store ``text`` as the translation's result, as a worker would."""
     job = translation_claim(translation_id=translation.pk, worker="w1", consumed_from=translation.queue)
     translations_complete([(job, text)], batch_size=1)
-
-
-@pytest.fixture
-def signed_in(agent) -> Client:
-    client = Client()
-    client.force_login(agent.user)
-    return client
-
-
-def customer_says(conversation, text, language="es"):
-    return message_create_from_customer(conversation=conversation, text=text, language=language)
 
 
 class SignInTests:

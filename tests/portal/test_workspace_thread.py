@@ -1,23 +1,12 @@
 """A long conversation in the workspace: its latest messages, and the whole of it on demand."""
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
-from cs_portal.portal.services import message_create_from_customer, reply_draft_create
+from cs_portal.portal.services import reply_draft_create
+from tests.portal.conftest import customer_says
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def signed_in(agent) -> Client:
-    client = Client()
-    client.force_login(agent.user)
-    return client
-
-
-def customer_says(conversation, text, language="es"):
-    return message_create_from_customer(conversation=conversation, text=text, language=language)
 
 
 class LongThreadTests:
